@@ -1,0 +1,1 @@
+"""Configuration, errors, and the helpers shared by the entry scripts."""
