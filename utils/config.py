@@ -57,12 +57,151 @@ class DataConfig:
         _require(self.num_workers >= 0, prefix + "num_workers", f"must be >= 0, got {self.num_workers}")
 
 
+VQ_LOSS_FORMS = ("authors", "vqvae")
+
+
+def _require_positive_list(values: List[int], key: str) -> None:
+    _require(len(values) >= 1 and all(v >= 1 for v in values), key, f"must be a non-empty list of positive integers, got {values}")
+
+
+def _require_downsampling(values: List[int], length: int, key: str) -> None:
+    _require(len(values) == length and all(v in (1, 2) for v in values),
+             key, f"must hold one factor (1 or 2) per block ({length} blocks), got {values}")
+
+
+@dataclass
+class GMAConfig:
+    """Global motion analysis (SPEC §3.1): masking network, two shift predictors, inpainter."""
+
+    mask_first_channels: int = 64  # masking network: width of the first conv3×3 (3→64)
+    mask_middle_channels: int = 256  # masking network: width of the two ↓2 Res blocks and the middle blocks
+    mask_middle_blocks: int = 9  # masking network: number of Res(256→256) blocks at 1/4 resolution
+    mask_up_channels: int = 64  # masking network: width of the two Up + Res stages back to full size
+    shift_predictor_channels: List[int] = field(default_factory=lambda: [16, 32, 32, 64, 128])  # P_f, P_b: Same block widths
+    shift_predictor_downsampling: List[int] = field(default_factory=lambda: [2, 2, 1, 2, 1])  # P_f, P_b: avgpool factor of each Same block
+    shift_predictor_hidden: List[int] = field(default_factory=lambda: [64, 32])  # P_f, P_b: hidden Linear+BN1d+LReLU widths before Linear(→2)
+    shift_predictor_bias_std: float = 1e-4  # P_f, P_b: last layer has zero weights and bias std·N(0, 1)
+    inpainter_encoder_channels: List[int] = field(default_factory=lambda: [16, 32, 32, 64, 64])  # inpainter encoder Same widths
+    inpainter_encoder_downsampling: List[int] = field(default_factory=lambda: [2, 2, 1, 2, 1])  # inpainter encoder avgpool factors
+    inpainter_decoder_channels: List[int] = field(default_factory=lambda: [64, 32, 32, 16])  # inpainter decoder: one Same, then one Up(×2) per further entry; Same(→3) last
+    inpainter_fill_value: float = -1.1  # value written into the masked region before inpainting (outside [-1, 1])
+    generation_mask_dilation: int = 3  # max-pool kernel dilating the mask before inpainting at generation (1 = none)
+
+    def check(self, prefix: str) -> None:
+        for name in ("mask_first_channels", "mask_middle_channels", "mask_up_channels"):
+            _require(getattr(self, name) >= 1, prefix + name, f"must be >= 1, got {getattr(self, name)}")
+        _require(self.mask_middle_blocks >= 0, prefix + "mask_middle_blocks", f"must be >= 0, got {self.mask_middle_blocks}")
+        _require_positive_list(self.shift_predictor_channels, prefix + "shift_predictor_channels")
+        _require_downsampling(self.shift_predictor_downsampling, len(self.shift_predictor_channels),
+                              prefix + "shift_predictor_downsampling")
+        _require(all(v >= 1 for v in self.shift_predictor_hidden), prefix + "shift_predictor_hidden",
+                 f"must hold positive integers, got {self.shift_predictor_hidden}")
+        _require(self.shift_predictor_bias_std >= 0, prefix + "shift_predictor_bias_std",
+                 f"must be >= 0, got {self.shift_predictor_bias_std}")
+        _require_positive_list(self.inpainter_encoder_channels, prefix + "inpainter_encoder_channels")
+        _require_downsampling(self.inpainter_encoder_downsampling, len(self.inpainter_encoder_channels),
+                              prefix + "inpainter_encoder_downsampling")
+        _require_positive_list(self.inpainter_decoder_channels, prefix + "inpainter_decoder_channels")
+        encoder_downsampling = 2 ** sum(f == 2 for f in self.inpainter_encoder_downsampling)
+        decoder_upsampling = 2 ** (len(self.inpainter_decoder_channels) - 1)
+        _require(encoder_downsampling == decoder_upsampling, prefix + "inpainter_decoder_channels",
+                 f"must have one entry plus one per ↓2 of the encoder ({encoder_downsampling}× down, "
+                 f"{decoder_upsampling}× up), got {self.inpainter_decoder_channels}")
+        _require(self.generation_mask_dilation >= 1 and self.generation_mask_dilation % 2 == 1,
+                 prefix + "generation_mask_dilation", f"must be an odd kernel size >= 1, got {self.generation_mask_dilation}")
+
+
+@dataclass
+class LMAConfig:
+    """Local motion analysis (SPEC §3.2): encoder, compressor, action network, dynamics, decoder."""
+
+    encoder_stem_channels: int = 16  # encoder: width of the first conv3×3 (↓2)
+    encoder_block_channels: List[int] = field(default_factory=lambda: [16, 32, 32, 64, 64])  # encoder: Res block widths after the stem
+    encoder_block_downsampling: List[int] = field(default_factory=lambda: [1, 2, 1, 2, 1])  # encoder: avgpool factor of each Res block
+    encoder_state_channels: int = 64  # φ channels; the last Res block outputs these plus 1 attention channel
+    state_size: int = 8  # s: compressor output channels (state_compressor.out_channels) and p_g, p_l sizes
+    action_trunk_channels: List[int] = field(default_factory=lambda: [128, 64])  # action network: shared Res trunk widths
+    action_trunk_downsampling: List[int] = field(default_factory=lambda: [2, 1])  # action network: avgpool factor of each trunk block
+    direction_sizes: List[int] = field(default_factory=lambda: [128, 128, 128, 64])  # output sizes of the bilinear direction chain (last = trunk width)
+    action_mlp_hidden: List[int] = field(default_factory=lambda: [128, 64])  # hidden Linear+BN1d+LReLU widths from the direction to the action
+    action_dim: int = 16  # dimension of an action code (codebook row)
+    num_actions: int = 6  # K, codebook size (number of local actions)
+    vq_beta: float = 0.25  # β weighting the second term of the quantiser loss
+    vq_loss_form: str = "authors"  # 'authors': mean((sg[e]−z)²) + β·mean((e−sg[z])²); 'vqvae': mean((sg[z]−e)²) + β·mean((z−sg[e])²)
+    use_gumbel: bool = False  # ablation: Linear(→K) + Gumbel-softmax over the codebook instead of the VQ
+    use_plain_direction: bool = False  # ablation: direction = v − u instead of the bilinear chain
+    hidden_size: int = 32  # h: hidden channels of the dynamics network (block 2 uses 2h)
+    noise_size: int = 0  # channels of the noise vector concatenated to every dynamics input (zeros unless sampling)
+    modulated_conv: bool = True  # false = ablation: Same/Up/Same with the conditioning concatenated instead of ModConv
+    joint_input: bool = False  # ablation: conditioning = [p_l, p_g] in every block
+    decoder_channels: List[int] = field(default_factory=lambda: [128, 64, 32])  # decoder: one Up(×2) per entry; Res + Final(→3) after all but the last, Final(→4, k7) after the last
+
+    def check(self, prefix: str) -> None:
+        _require(self.encoder_stem_channels >= 1, prefix + "encoder_stem_channels", f"must be >= 1, got {self.encoder_stem_channels}")
+        _require_positive_list(self.encoder_block_channels, prefix + "encoder_block_channels")
+        _require_downsampling(self.encoder_block_downsampling, len(self.encoder_block_channels),
+                              prefix + "encoder_block_downsampling")
+        for name in ("encoder_state_channels", "state_size", "action_dim", "hidden_size"):
+            _require(getattr(self, name) >= 1, prefix + name, f"must be >= 1, got {getattr(self, name)}")
+        _require_positive_list(self.action_trunk_channels, prefix + "action_trunk_channels")
+        _require_downsampling(self.action_trunk_downsampling, len(self.action_trunk_channels),
+                              prefix + "action_trunk_downsampling")
+        _require_positive_list(self.direction_sizes, prefix + "direction_sizes")
+        _require(self.direction_sizes[-1] == self.action_trunk_channels[-1], prefix + "direction_sizes",
+                 f"the last size must equal the trunk width {self.action_trunk_channels[-1]} (direction = x − u), "
+                 f"got {self.direction_sizes}")
+        _require(all(v >= 1 for v in self.action_mlp_hidden), prefix + "action_mlp_hidden",
+                 f"must hold positive integers, got {self.action_mlp_hidden}")
+        _require(self.num_actions >= 1, prefix + "num_actions", f"must be >= 1, got {self.num_actions}")
+        _require(self.vq_beta >= 0, prefix + "vq_beta", f"must be >= 0, got {self.vq_beta}")
+        _require(self.vq_loss_form in VQ_LOSS_FORMS, prefix + "vq_loss_form",
+                 f"must be one of {VQ_LOSS_FORMS}, got {self.vq_loss_form!r}")
+        _require(self.noise_size >= 0, prefix + "noise_size", f"must be >= 0, got {self.noise_size}")
+        _require_positive_list(self.decoder_channels, prefix + "decoder_channels")
+        _require(2 ** len(self.decoder_channels) == self.encoder_downsampling(), prefix + "decoder_channels",
+                 f"must have one entry per ×2 up to full size ({self.encoder_downsampling()}× from the state), "
+                 f"got {self.decoder_channels}")
+
+    def encoder_downsampling(self) -> int:
+        """Frame size / state size: the stem's ↓2 times the ↓2 Res blocks."""
+        return 2 * 2 ** sum(f == 2 for f in self.encoder_block_downsampling)
+
+
+@dataclass
+class ModelConfig:
+    """The GLASS networks (SPEC §2–3); the defaults are the paper's W-Sprites model."""
+
+    gma: GMAConfig = field(default_factory=GMAConfig)
+    lma: LMAConfig = field(default_factory=LMAConfig)
+
+    def check(self, prefix: str) -> None:
+        pass
+
+    def state_resolution(self, input_size: Sequence[int]) -> Tuple[int, int]:
+        """(H, W) of φ and of the dynamics state for frames of `input_size` = [W, H]: the frame size
+        divided by the encoder downsampling (12×16 W-Sprites, 32×32 BAIR, 12×32 Tennis).
+
+        Raises `ConfigError` when the frames do not fit the networks: the encoder, masking network and
+        inpainter must divide the frame size, and the dynamics halve the state, so it must be even.
+        """
+        width, height = input_size
+        required_divisors = {"the dynamics network (twice the encoder downsampling)": 2 * self.lma.encoder_downsampling(),
+                             "the masking network": 4,
+                             "the inpainter": 2 ** sum(f == 2 for f in self.gma.inpainter_encoder_downsampling)}
+        for network, divisor in required_divisors.items():
+            _require(height % divisor == 0 and width % divisor == 0, "data.input_size",
+                     f"frames of {width}×{height} do not fit {network}: both sizes must be divisible by {divisor}")
+        down = self.lma.encoder_downsampling()
+        return height // down, width // down
+
+
 @dataclass
 class Config:
     """A whole run: one YAML file in configs/ maps onto this."""
 
     name: str = "wsprites"  # a label for the configuration (the run name is given on the command line)
     data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
 
     def check(self, prefix: str) -> None:
         pass

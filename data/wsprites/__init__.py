@@ -1,0 +1,1 @@
+"""W-Sprites (Walking Sprites, SPEC §1.2): run `python -m data.wsprites.generate --help`."""

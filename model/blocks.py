@@ -1,0 +1,208 @@
+"""The building blocks of SPEC §2: Res, Same, Up, Final, ModConv and ConvLSTM.
+
+LReLU is LeakyReLU(0.2), BN is BatchNorm, every 3×3 convolution pads by 1 and
+down-sampling is average pooling. A vector (B, F) that is concatenated with feature
+maps is tiled over the spatial grid first (`tile_and_concatenate`).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LEAKY_RELU_SLOPE = 0.2
+DEMODULATION_EPSILON = 1e-8  # StyleGAN2's ε in w / √(Σ w² + ε)
+LINEAR_INTERPOLATION_MODES = ("linear", "bilinear", "bicubic", "trilinear")
+
+ConvLSTMState = Tuple[torch.Tensor, torch.Tensor]  # (h, c), each (B, out, H, W)
+
+
+def assert_shape(tensor: torch.Tensor, expected: Sequence[Optional[int]], name: str) -> None:
+    """Raise `ValueError` unless `tensor` has len(expected) dimensions matching `expected` (None = any size)."""
+    if tensor.dim() != len(expected) or any(e is not None and e != s for e, s in zip(expected, tensor.shape)):
+        shown = tuple("*" if e is None else e for e in expected)
+        raise ValueError(f"{name}: expected shape {shown}, got {tuple(tensor.shape)}")
+
+
+def tile_and_concatenate(feature_maps: torch.Tensor, *vectors: Optional[torch.Tensor]) -> torch.Tensor:
+    """Concatenate vectors (B, F_i) to maps (B, C, H, W) along channels, each tiled over H×W.
+
+    Returns (B, C + Σ F_i, H, W). `None` entries are skipped (an absent noise input).
+    """
+    batch_size, _, height, width = feature_maps.shape
+    tiled = [v[:, :, None, None].expand(batch_size, v.shape[1], height, width) for v in vectors if v is not None]
+    return torch.cat([feature_maps, *tiled], dim=1)
+
+
+def _downsample(factor: int) -> nn.Module:
+    return nn.AvgPool2d(factor) if factor != 1 else nn.Identity()
+
+
+class Res(nn.Module):
+    """Residual block: conv3×3 → avgpool(down) → BN → LReLU → conv3×3 → BN, plus the skip
+    (identity, or conv1×1 → avgpool(down) → BN when the shape changes); sum → LReLU.
+
+    (B, in, H, W) → (B, out, H/down, W/down).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, down: int = 1):
+        super().__init__()
+        self.residual = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            _downsample(down),
+            nn.BatchNorm2d(out_channels),
+            nn.LeakyReLU(LEAKY_RELU_SLOPE),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+        )
+        if down != 1 or in_channels != out_channels:
+            self.skip = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, bias=False),
+                _downsample(down),
+                nn.BatchNorm2d(out_channels),
+            )
+        else:
+            self.skip = nn.Identity()
+        self.activation = nn.LeakyReLU(LEAKY_RELU_SLOPE)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.residual(inputs) + self.skip(inputs))
+
+
+class Same(nn.Sequential):
+    """conv3×3 (no bias) → avgpool(down) → BN → LReLU: (B, in, H, W) → (B, out, H/down, W/down)."""
+
+    def __init__(self, in_channels: int, out_channels: int, down: int = 1):
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            _downsample(down),
+            nn.BatchNorm2d(out_channels),
+            nn.LeakyReLU(LEAKY_RELU_SLOPE),
+        )
+
+
+class Interpolate(nn.Module):
+    """Resize by `scale_factor` with `mode`; linear modes use align_corners=True (SPEC §2)."""
+
+    def __init__(self, scale_factor: int, mode: str):
+        super().__init__()
+        self.scale_factor = scale_factor
+        self.mode = mode
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        align_corners = True if self.mode in LINEAR_INTERPOLATION_MODES else None
+        return F.interpolate(inputs, scale_factor=self.scale_factor, mode=self.mode, align_corners=align_corners)
+
+    def extra_repr(self) -> str:
+        return f"scale_factor={self.scale_factor}, mode={self.mode!r}"
+
+
+class Up(nn.Sequential):
+    """interpolate ×scale → conv3×3 (no bias) → BN → LReLU; with `late` the interpolation comes last.
+
+    (B, in, H, W) → (B, out, scale·H, scale·W).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, scale_factor: int = 2, mode: str = "bilinear",
+                 late: bool = False):
+        layers = [
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.LeakyReLU(LEAKY_RELU_SLOPE),
+        ]
+        interpolation = Interpolate(scale_factor, mode)
+        super().__init__(*(layers + [interpolation] if late else [interpolation] + layers))
+
+
+class Final(nn.Sequential):
+    """conv k×k (bias, pad k//2) → tanh: (B, in, H, W) → (B, out, H, W) in [-1, 1]."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
+        super().__init__(nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2), nn.Tanh())
+
+
+def _normalise_rms(tensor: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
+    return tensor * torch.rsqrt(tensor.pow(2).mean(dim=tuple(dims), keepdim=True) + DEMODULATION_EPSILON)
+
+
+def modulated_weights(weight: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
+    """StyleGAN2 modulation and demodulation of a conv weight, one weight per sample.
+
+    weight (out, in, k, k), styles (B, in) → (B, out, in, k, k). Both are first divided by
+    their RMS (over (in, k, k) per output channel, and over `in` per sample), which only
+    guards the numerics; the result w·s / √(Σ_{in,k,k} (w·s)² + ε) does not depend on it
+    except through ε.
+    """
+    weight = _normalise_rms(weight, dims=(1, 2, 3))
+    styles = _normalise_rms(styles, dims=(1,))
+    modulated = weight[None] * styles[:, None, :, None, None]  # (B, out, in, k, k)
+    return modulated * torch.rsqrt(modulated.pow(2).sum(dim=(2, 3, 4), keepdim=True) + DEMODULATION_EPSILON)
+
+
+class ModConv(nn.Module):
+    """StyleGAN2 modulated 3×3 convolution (no bias) → avgpool(down) → BN → LReLU.
+
+    The style vector (B, style) goes through Linear(style → in) to give the per-sample
+    input scales s; the weight w (out, in, 3, 3) is initialised N(0, 1). The whole batch
+    runs as one grouped convolution. (B, in, H, W), (B, style) → (B, out, H/down, W/down).
+    The Linear keeps PyTorch's default initialisation (SPEC names no other).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, style_size: int, down: int = 1):
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.style_projection = nn.Linear(style_size, in_channels)
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 3, 3))
+        self.pool = _downsample(down)
+        self.norm = nn.BatchNorm2d(out_channels)
+        self.activation = nn.LeakyReLU(LEAKY_RELU_SLOPE)
+
+    def forward(self, inputs: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        batch_size, _, height, width = inputs.shape
+        assert_shape(inputs, (None, self.in_channels, None, None), "ModConv inputs")
+        assert_shape(style, (batch_size, self.style_projection.in_features), "ModConv style")
+        weights = modulated_weights(self.weight, self.style_projection(style))  # (B, out, in, 3, 3)
+        outputs = F.conv2d(inputs.reshape(1, batch_size * self.in_channels, height, width),
+                           weights.reshape(batch_size * self.out_channels, self.in_channels, 3, 3),
+                           padding=1, groups=batch_size)
+        outputs = outputs.reshape(batch_size, self.out_channels, height, width)
+        return self.activation(self.norm(self.pool(outputs)))
+
+
+class ConvLSTM(nn.Module):
+    """Convolutional LSTM cell at a fixed resolution with a learnable initial state.
+
+    The gates i, f, o, g come from one conv3×3 (bias) with 4·out outputs over
+    concat[inputs, h_prev]; c = f·c + i·g, h = o·tanh(c). The initial h₀, c₀ (out, H, W)
+    are parameters initialised to zero. The cell is functional: the caller starts every
+    sequence from `initial_state(batch_size)`, so no state survives between sequences.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, resolution: Tuple[int, int]):
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.resolution = tuple(resolution)
+        self.gates = nn.Conv2d(in_channels + out_channels, 4 * out_channels, 3, padding=1)
+        self.initial_hidden = nn.Parameter(torch.zeros(out_channels, *self.resolution))
+        self.initial_cell = nn.Parameter(torch.zeros(out_channels, *self.resolution))
+
+    def initial_state(self, batch_size: int) -> ConvLSTMState:
+        """(h₀, c₀) broadcast to the batch: each (B, out, H, W), differentiable w.r.t. the parameters."""
+        shape = (batch_size, self.out_channels, *self.resolution)
+        return self.initial_hidden.expand(shape), self.initial_cell.expand(shape)
+
+    def forward(self, inputs: torch.Tensor, state: ConvLSTMState) -> ConvLSTMState:
+        """inputs (B, in, H, W), state (h, c) each (B, out, H, W) → the new (h, c)."""
+        hidden, cell = state
+        assert_shape(inputs, (hidden.shape[0], self.in_channels, *self.resolution), "ConvLSTM inputs")
+        input_gate, forget_gate, output_gate, candidate = self.gates(torch.cat([inputs, hidden], dim=1)).chunk(4, dim=1)
+        cell = torch.sigmoid(forget_gate) * cell + torch.sigmoid(input_gate) * torch.tanh(candidate)
+        hidden = torch.sigmoid(output_gate) * torch.tanh(cell)
+        return hidden, cell
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, resolution={self.resolution}"

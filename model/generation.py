@@ -1,0 +1,253 @@
+"""Generating video with a trained GLASS model (SPEC §3.3): reconstruction, motion transfer,
+interactive play and the global / local action matrices of the paper's figures.
+
+Every function puts the model in eval mode for its duration (restoring the previous mode)
+and runs without gradients; with `sample_noise=False` (the default) its results are
+deterministic. Frames are (·, 3, H, W) in [−1, 1].
+
+The generated frame is m̂·f̂ + (1−m̂)·background, where the background is the first frame
+inpainted under its dilated mask, shifted by the cumulative background shift with nearest
+sampling and border padding.
+
+    recon = reconstruct(model, video, protocol="one_step")    # video (B, T, 3, H, W)
+    recon.frames                                              # (B, T, 3, H, W), frame 0 real
+    state = start_play(model, first_frames)                   # (B, 3, H, W)
+    state = play_step(model, state, NAMED_SHIFTS["right"], local_action=2)
+    state.frame                                               # (B, 3, H, W)
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, replace
+from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
+
+import torch
+
+from model.blocks import assert_shape
+from model.glass import Glass
+from model.gma import BACKGROUND_PADDING, shift_images
+from model.lma import DynamicsState, split_full_output
+
+# Global shifts (dx, dy) in affine_grid units used in the paper's figures (SPEC §3.3).
+NAMED_SHIFTS: Dict[str, Tuple[float, float]] = {
+    "right": (0.07, 0.0),
+    "left": (-0.07, 0.0),
+    "down": (0.0, 0.1),
+    "up": (0.0, -0.1),
+    "stay": (0.0, 0.0),
+}
+
+# Reconstruction protocols: name → description; `num_ground_truth_steps` gives their T_f.
+RECONSTRUCTION_PROTOCOLS: Dict[str, str] = {
+    "one_step": "T_f = T−1: every step starts from the real foreground (the authors' evaluation)",
+    "single_image": "T_f = 1: from the first frame only, fully autoregressive afterwards",
+}
+
+ShiftLike = Union[Sequence[float], torch.Tensor]
+ActionLike = Union[int, torch.Tensor]
+
+
+def num_ground_truth_steps(protocol: str, length: int) -> int:
+    """T_f of a reconstruction protocol for sequences of `length` frames."""
+    if protocol not in RECONSTRUCTION_PROTOCOLS:
+        raise ValueError(f"unknown reconstruction protocol {protocol!r} (known: {', '.join(RECONSTRUCTION_PROTOCOLS)})")
+    return length - 1 if protocol == "one_step" else 1
+
+
+@contextlib.contextmanager
+def _generating(model: Glass) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _composite(foregrounds: torch.Tensor, masks: torch.Tensor, background: torch.Tensor,
+               cumulative_background_shifts: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """f̂ (N, 3, H, W), m̂ (N, 1, H, W), the first background (N, 3, H, W) and the cumulative Δ_B
+    (N, 2) → the frame m̂·f̂ + (1−m̂)·shifted background, and that background, each (N, 3, H, W)."""
+    shifted_background = shift_images(background, cumulative_background_shifts, BACKGROUND_PADDING, mode="nearest")
+    return masks * foregrounds + (1 - masks) * shifted_background, shifted_background
+
+
+@dataclass
+class Reconstruction:
+    """A generated video and what the model inferred from the driving video.
+
+    frames (B, T, 3, H, W): frame 0 is the real first frame, 1 … T−1 are generated;
+    generated_foregrounds f̂ and generated_masks m̂ (B, T−1, ·, H, W); backgrounds (B, T, 3,
+    H, W) as shown behind each frame; from the driving video: its masks (B, T, 1, H, W),
+    foreground and background shifts Δ_F, Δ_B (B, T−1, 2), local action ids (B, T−1) and
+    codes (B, T−1, D). `protocol` names how it was made and `num_ground_truth_steps` is its T_f.
+    """
+
+    protocol: str
+    num_ground_truth_steps: int
+    frames: torch.Tensor
+    generated_foregrounds: torch.Tensor
+    generated_masks: torch.Tensor
+    backgrounds: torch.Tensor
+    masks: torch.Tensor
+    foreground_shifts: torch.Tensor
+    background_shifts: torch.Tensor
+    action_ids: torch.Tensor
+    action_codes: torch.Tensor
+
+
+def _render(model: Glass, protocol: str, driving_video: torch.Tensor, target_first_frames: Optional[torch.Tensor],
+            ground_truth_steps: int, sample_noise: bool) -> Reconstruction:
+    """Infer motion from `driving_video` (B, T, 3, H, W) and generate with T_f = `ground_truth_steps`
+    from its own frames, or (T_f = 1) from `target_first_frames` (B, 3, H, W) when given."""
+    gma = model.gma(driving_video)
+    states, attention = model.lma.encode(gma.foregrounds)
+    actions = model.lma.infer_actions(gma.shifted_foregrounds, states, attention)
+    if target_first_frames is None:
+        first_frames, first_masks, ground_truth_states = driving_video[:, 0], gma.masks[:, 0], states[:, :ground_truth_steps]
+    else:
+        first_frames, first_masks = target_first_frames, model.gma.masking_network(target_first_frames)
+        ground_truth_states = model.lma.encode((first_masks * first_frames)[:, None])[0]
+    foregrounds, masks = model.lma.unroll(ground_truth_states, gma.foreground_shifts, actions.codes, sample_noise)
+    background = model.gma.generation_background(first_frames, first_masks)
+    steps = gma.foreground_shifts.shape[1]
+    cumulative_shifts = gma.background_shifts.cumsum(dim=1).flatten(0, 1)  # (B·(T−1), 2)
+    frames, backgrounds = _composite(foregrounds[0].flatten(0, 1), masks.flatten(0, 1),
+                                     background.repeat_interleave(steps, dim=0), cumulative_shifts)
+    return Reconstruction(
+        protocol=protocol,
+        num_ground_truth_steps=ground_truth_steps,
+        frames=torch.cat([first_frames[:, None], frames.unflatten(0, (-1, steps))], dim=1),
+        generated_foregrounds=foregrounds[0],
+        generated_masks=masks,
+        backgrounds=torch.cat([background[:, None], backgrounds.unflatten(0, (-1, steps))], dim=1),
+        masks=gma.masks,
+        foreground_shifts=gma.foreground_shifts,
+        background_shifts=gma.background_shifts,
+        action_ids=actions.ids,
+        action_codes=actions.codes,
+    )
+
+
+def reconstruct(model: Glass, video: torch.Tensor, protocol: str = "one_step",
+                sample_noise: bool = False) -> Reconstruction:
+    """Reconstruct a real video (B, T, 3, H, W), T ≥ 2, from its first frame with the shifts and
+    actions inferred from it. `protocol` 'one_step' (T_f = T−1, the authors' evaluation) or
+    'single_image' (T_f = 1); the result records which."""
+    assert_shape(video, (None, None, 3, *model.frame_size), "video")
+    with _generating(model):
+        return _render(model, protocol, video, None, num_ground_truth_steps(protocol, video.shape[1]), sample_noise)
+
+
+def transfer_motion(model: Glass, source_video: torch.Tensor, target_first_frames: torch.Tensor,
+                    sample_noise: bool = False) -> Reconstruction:
+    """Apply the motion of `source_video` (B, T, 3, H, W) to `target_first_frames` (B, 3, H, W).
+
+    The foreground shifts, local actions and background shifts are inferred from the source;
+    generation starts from the target's first frame and is autoregressive after it (T_f = 1,
+    protocol 'motion_transfer'); the background is the target's, moved by the source's
+    cumulative background shift. The masks, shifts and actions in the result are the source's.
+    """
+    assert_shape(source_video, (None, None, 3, *model.frame_size), "source video")
+    assert_shape(target_first_frames, (source_video.shape[0], 3, *model.frame_size), "target first frames")
+    with _generating(model):
+        return _render(model, "motion_transfer", source_video, target_first_frames, 1, sample_noise)
+
+
+@dataclass
+class PlayState:
+    """Where an interactive session stands after `step` steps.
+
+    frame (B, 3, H, W): the current frame; foreground (B, 3, H, W): the current foreground
+    (real at step 0, f̂ afterwards), whose encoding is the next dynamics input;
+    dynamics_state: the ConvLSTM memory; background (B, 3, H, W): the first frame's inpainted
+    background; cumulative_background_shift (B, 2): the sum of the background shifts so far.
+    """
+
+    frame: torch.Tensor
+    foreground: torch.Tensor
+    dynamics_state: DynamicsState
+    background: torch.Tensor
+    cumulative_background_shift: torch.Tensor
+    step: int
+
+
+def start_play(model: Glass, first_frames: torch.Tensor) -> PlayState:
+    """Begin playing from images (B, 3, H, W): their mask, foreground, background and a fresh memory."""
+    assert_shape(first_frames, (None, 3, *model.frame_size), "first frames")
+    with _generating(model):
+        masks = model.gma.masking_network(first_frames)
+        return PlayState(frame=first_frames, foreground=masks * first_frames,
+                         dynamics_state=model.lma.dynamics.initial_state(first_frames.shape[0]),
+                         background=model.gma.generation_background(first_frames, masks),
+                         cumulative_background_shift=first_frames.new_zeros(first_frames.shape[0], 2), step=0)
+
+
+def _per_sample_shifts(shift: ShiftLike, batch_size: int, like: torch.Tensor) -> torch.Tensor:
+    tensor = torch.as_tensor(shift, dtype=like.dtype, device=like.device)
+    tensor = tensor.expand(batch_size, 2) if tensor.dim() == 1 else tensor
+    assert_shape(tensor, (batch_size, 2), "shift")
+    return tensor
+
+
+def play_step(model: Glass, state: PlayState, global_shift: ShiftLike, local_action: ActionLike,
+              background_shift: ShiftLike = (0.0, 0.0), sample_noise: bool = False) -> PlayState:
+    """One generated frame from the user's actions; returns the next `PlayState`.
+
+    global_shift: Δ_F as (dx, dy) for the whole batch or (B, 2), in affine_grid units (see
+    `NAMED_SHIFTS`); local_action: a codebook row id, an int or (B,); background_shift: the
+    background's content motion for this step, (dx, dy) or (B, 2), default none.
+    """
+    batch_size = state.frame.shape[0]
+    action_ids = torch.as_tensor(local_action, dtype=torch.long, device=state.frame.device).expand(batch_size)
+    num_actions = model.lma.action_network.codebook.shape[0]
+    if action_ids.min() < 0 or action_ids.max() >= num_actions:
+        raise ValueError(f"local action ids must be in [0, {num_actions}), got {action_ids.tolist()}")
+    with _generating(model):
+        states, _ = model.lma.encoder(state.foreground)
+        decoded, dynamics_state = model.lma.step(states, _per_sample_shifts(global_shift, batch_size, state.frame),
+                                                 model.lma.action_network.codebook[action_ids], state.dynamics_state,
+                                                 sample_noise)
+        foreground, mask = split_full_output(decoded[0])
+        cumulative = state.cumulative_background_shift + _per_sample_shifts(background_shift, batch_size, state.frame)
+        frame, _ = _composite(foreground, mask, state.background, cumulative)
+    return replace(state, frame=frame, foreground=foreground, dynamics_state=dynamics_state,
+                   cumulative_background_shift=cumulative, step=state.step + 1)
+
+
+def _action_matrix(model: Glass, start_frames: torch.Tensor, num_frames: int, global_shifts: torch.Tensor,
+                   local_actions: torch.Tensor) -> torch.Tensor:
+    """Rows = start frames (R, 3, H, W), columns = (global shift (A, 2), local action (A,)) pairs,
+    each repeated for `num_frames` steps → (R, A, num_frames, 3, H, W)."""
+    rows, columns = start_frames.shape[0], global_shifts.shape[0]
+    state = start_play(model, start_frames.repeat_interleave(columns, dim=0))
+    frames = []
+    for _ in range(num_frames):
+        state = play_step(model, state, global_shifts.repeat(rows, 1), local_actions.repeat(rows))
+        frames.append(state.frame)
+    return torch.stack(frames, dim=1).unflatten(0, (rows, columns))
+
+
+def global_action_matrix(model: Glass, start_frames: torch.Tensor, num_frames: int,
+                         shifts: Optional[Dict[str, Tuple[float, float]]] = None, local_action: int = 0) -> torch.Tensor:
+    """The global-action figure: rows = start frames (R, 3, H, W), one column per shift of
+    `shifts` (default `NAMED_SHIFTS`, in its order) applied for `num_frames` steps with the
+    fixed `local_action` → generated frames (R, A, num_frames, 3, H, W) (start frame excluded)."""
+    assert_shape(start_frames, (None, 3, *model.frame_size), "start frames")
+    shifts = NAMED_SHIFTS if shifts is None else shifts
+    global_shifts = torch.tensor(list(shifts.values()), dtype=start_frames.dtype, device=start_frames.device)
+    local_actions = torch.full((len(shifts),), local_action, dtype=torch.long, device=start_frames.device)
+    return _action_matrix(model, start_frames, num_frames, global_shifts, local_actions)
+
+
+def local_action_matrix(model: Glass, start_frames: torch.Tensor, num_frames: int,
+                        global_shift: Tuple[float, float] = NAMED_SHIFTS["stay"]) -> torch.Tensor:
+    """The local-action figure: rows = start frames (R, 3, H, W), column k = local action k of
+    the codebook (K columns) applied for `num_frames` steps with the fixed `global_shift`
+    (default stay) → generated frames (R, K, num_frames, 3, H, W) (start frame excluded)."""
+    assert_shape(start_frames, (None, 3, *model.frame_size), "start frames")
+    num_actions = model.lma.action_network.codebook.shape[0]
+    global_shifts = torch.tensor([global_shift], dtype=start_frames.dtype, device=start_frames.device).expand(num_actions, 2)
+    return _action_matrix(model, start_frames, num_frames, global_shifts,
+                          torch.arange(num_actions, device=start_frames.device))

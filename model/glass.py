@@ -1,0 +1,90 @@
+"""The full GLASS model (SPEC §3): the GMA on the frames, then the LMA on the detached
+foregrounds, shifts and actions.
+
+    model = build_model(config)                       # config: utils.config.Config
+    output = model(observations, num_ground_truth_steps=5)   # observations (B, T, 3, H, W)
+    output.gma.reconstructed_frames                   # (B, T−1, 3, H, W)
+    output.lma.generated_foregrounds[0]               # (B, T−1, 3, H, W)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence
+
+import torch
+from torch import nn
+
+from model.blocks import assert_shape
+from model.gma import GlobalMotionAnalysis, GMAOutput
+from model.lma import LocalMotionAnalysis, LMAOutput
+from utils.config import Config, ModelConfig
+
+
+@dataclass
+class GlassOutput:
+    """The GMA's outputs (`GMAOutput`) and, unless the GMA ran alone, the LMA's (`LMAOutput`).
+
+    Together they hold every intermediate of the SPEC §4.1 losses: observations Iₜ are the
+    input; Îₜ₊₁ = gma.reconstructed_frames; fₜ = gma.foregrounds, f̃ₜ = gma.shifted_foregrounds;
+    b̂ₜ = gma.inpainted_backgrounds, b̃ₜ = gma.shifted_backgrounds; mₜ = gma.masks;
+    f̂ₜ₊₁ per scale = lma.generated_foregrounds; φₜ = lma.states, E(f̂ₜ₊₁) =
+    lma.reencoded_states; the VQ loss = lma.action_vq_loss; m̂ₜ₊₁ = lma.generated_masks.
+    """
+
+    gma: GMAOutput
+    lma: Optional[LMAOutput]
+
+
+class Glass(nn.Module):
+    """GLASS: global motion analysis (`gma`) and local motion analysis (`lma`).
+
+    Built for frames of `input_size` = [W, H]; the LMA state resolution is the frame size
+    divided by the encoder downsampling (8 by default).
+    """
+
+    def __init__(self, config: ModelConfig, input_size: Sequence[int]):
+        super().__init__()
+        self.config = config
+        self.frame_size = (int(input_size[1]), int(input_size[0]))  # (H, W)
+        self.gma = GlobalMotionAnalysis(config.gma)
+        self.lma = LocalMotionAnalysis(config.lma, config.state_resolution(input_size))
+
+    def forward(self, observations: torch.Tensor, num_ground_truth_steps: int, run_lma: bool = True,
+                gumbel_temperature: Optional[float] = None, sample_noise: bool = False) -> GlassOutput:
+        """observations (B, T, 3, H, W) in [−1, 1], T ≥ 2 → `GlassOutput`.
+
+        The LMA unrolls T−1 steps, the first `num_ground_truth_steps` (T_f, 1 ≤ T_f ≤ T−1)
+        from the real foregrounds. Its inputs (fₜ, f̃ₜ, Δ_F) are detached, so no gradient from
+        an LMA output reaches a GMA parameter. `run_lma=False` runs the GMA alone (warm-up;
+        `lma` is None). `gumbel_temperature` is needed by the Gumbel ablation in training
+        mode; `sample_noise` draws the dynamics noise from N(0, 1) instead of zeros.
+        """
+        assert_shape(observations, (None, None, 3, *self.frame_size), "observations")
+        gma = self.gma(observations)
+        if not run_lma:
+            return GlassOutput(gma=gma, lma=None)
+        lma = self.lma(gma.foregrounds.detach(), gma.shifted_foregrounds.detach(), gma.foreground_shifts.detach(),
+                       num_ground_truth_steps, gumbel_temperature, sample_noise)
+        return GlassOutput(gma=gma, lma=lma)
+
+    def parameter_counts(self) -> Dict[str, int]:
+        """Trainable parameters per module of SPEC §3 and in total."""
+        modules = {
+            "masking network": [self.gma.masking_network],
+            "shift predictors": [self.gma.foreground_shift_predictor, self.gma.background_shift_predictor],
+            "inpainter": [self.gma.inpainter],
+            "encoder": [self.lma.encoder],
+            "compressor": [self.lma.compressor],
+            "action network": [self.lma.action_network],
+            "dynamics": [self.lma.dynamics],
+            "decoder": [self.lma.decoder],
+        }
+        counts = {name: sum(p.numel() for m in parts for p in m.parameters() if p.requires_grad)
+                  for name, parts in modules.items()}
+        counts["total"] = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return counts
+
+
+def build_model(config: Config) -> Glass:
+    """The model for a whole run's configuration (frames of `data.input_size`)."""
+    return Glass(config.model, config.data.input_size)

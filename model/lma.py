@@ -1,0 +1,395 @@
+"""Local motion analysis, LMA (SPEC §3.2): encoder E, compressor C, action network A with
+its quantiser, the recurrent dynamics network and the multi-scale decoder D.
+
+Notation: φ are the encoder's state channels (`encoder_state_channels`, 64) at the state
+resolution (h, w) = frame size / 8; s is `state_size`, h `hidden_size`, D `action_dim`,
+K `num_actions`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.blocks import (LEAKY_RELU_SLOPE, ConvLSTM, ConvLSTMState, Final, ModConv, Res, Same, Up, assert_shape,
+                          tile_and_concatenate)
+from utils.config import LMAConfig
+
+DynamicsState = List[ConvLSTMState]  # the (h, c) of the three ConvLSTMs, blocks 1–3
+
+
+class Encoder(nn.Module):
+    """E: conv3×3 3→16 (no bias) → avgpool 2 → BN → LReLU; Res(16→16); Res(16→32, ↓2); Res(32→32);
+    Res(32→64, ↓2); Res(64→64); Res(64→65).
+
+    Frames (N, 3, H, W) → states φ (N, 64, H/8, W/8) and attention (N, 1, H/8, W/8) (the
+    65th channel, raw).
+    """
+
+    def __init__(self, config: LMAConfig):
+        super().__init__()
+        widths = [config.encoder_stem_channels] + list(config.encoder_block_channels)
+        self.state_channels = config.encoder_state_channels
+        self.layers = nn.Sequential(
+            Same(3, config.encoder_stem_channels, down=2),
+            *[Res(widths[i], widths[i + 1], down=config.encoder_block_downsampling[i]) for i in range(len(widths) - 1)],
+            Res(widths[-1], config.encoder_state_channels + 1),
+        )
+
+    def forward(self, frames: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        assert_shape(frames, (None, 3, None, None), "encoder frames")
+        outputs = self.layers(frames)
+        return outputs[:, :self.state_channels], outputs[:, self.state_channels:]
+
+
+@dataclass
+class ActionOutput:
+    """Local actions of N transitions: codes (N, D) (straight-through for the VQ), ids (N,) in
+    [0, K), and the quantiser loss (a scalar; None for the Gumbel ablation, which has none)."""
+
+    codes: torch.Tensor
+    ids: torch.Tensor
+    vq_loss: Optional[torch.Tensor]
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-codebook-row quantiser with the straight-through estimator.
+
+    Codebook (K, D) initialised U(−1/K, 1/K). Loss, `loss_form` 'authors' (the default, the
+    authors' code): mean((sg[e]−z)²) + β·mean((e−sg[z])²); 'vqvae' (the VQ-VAE paper):
+    mean((sg[z]−e)²) + β·mean((z−sg[e])²). vectors z (N, D) → `ActionOutput`.
+    """
+
+    def __init__(self, num_codes: int, code_dim: int, beta: float, loss_form: str):
+        super().__init__()
+        self.codebook = nn.Parameter(torch.empty(num_codes, code_dim).uniform_(-1.0 / num_codes, 1.0 / num_codes))
+        self.beta = beta
+        self.loss_form = loss_form
+
+    def forward(self, vectors: torch.Tensor) -> ActionOutput:
+        assert_shape(vectors, (None, self.codebook.shape[1]), "quantiser inputs")
+        squared_distances = (vectors.pow(2).sum(1, keepdim=True) - 2 * vectors @ self.codebook.t()
+                             + self.codebook.pow(2).sum(1)[None])  # (N, K)
+        ids = squared_distances.argmin(dim=1)
+        nearest = self.codebook[ids]  # (N, D)
+        if self.loss_form == "authors":
+            loss = F.mse_loss(vectors, nearest.detach()) + self.beta * F.mse_loss(nearest, vectors.detach())
+        else:
+            loss = F.mse_loss(nearest, vectors.detach()) + self.beta * F.mse_loss(vectors, nearest.detach())
+        return ActionOutput(codes=vectors + (nearest - vectors).detach(), ids=ids, vq_loss=loss)
+
+
+class GumbelQuantizer(nn.Module):
+    """Ablation `use_gumbel`: logits (N, K) → Gumbel-softmax probabilities at the given
+    temperature in training; code = probabilities @ codebook (K, D), codebook U(−1/K, 1/K).
+
+    In eval mode there is no noise and the probabilities are the one-hot argmax, so a code is
+    a codebook row as when playing. No quantiser loss.
+    """
+
+    def __init__(self, num_codes: int, code_dim: int):
+        super().__init__()
+        self.codebook = nn.Parameter(torch.empty(num_codes, code_dim).uniform_(-1.0 / num_codes, 1.0 / num_codes))
+
+    def forward(self, logits: torch.Tensor, temperature: Optional[float]) -> ActionOutput:
+        assert_shape(logits, (None, self.codebook.shape[0]), "Gumbel logits")
+        ids = logits.argmax(dim=1)
+        if self.training:
+            if temperature is None:
+                raise ValueError("the Gumbel-softmax ablation needs gumbel_temperature in training mode")
+            probabilities = F.gumbel_softmax(logits, tau=temperature, hard=False)
+        else:
+            probabilities = F.one_hot(ids, self.codebook.shape[0]).to(logits.dtype)
+        return ActionOutput(codes=probabilities @ self.codebook, ids=ids, vq_loss=None)
+
+
+class DirectionLayer(nn.Module):
+    """One link of the direction chain: x ← Bilinear(Linear(u), x), then BN1d + LReLU unless last.
+    u (N, U), x (N, X) → (N, out)."""
+
+    def __init__(self, u_size: int, x_size: int, out_size: int, last: bool):
+        super().__init__()
+        self.linear = nn.Linear(u_size, u_size)
+        self.bilinear = nn.Bilinear(u_size, x_size, out_size)
+        self.post = nn.Identity() if last else nn.Sequential(nn.BatchNorm1d(out_size), nn.LeakyReLU(LEAKY_RELU_SLOPE))
+
+    def forward(self, u: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.post(self.bilinear(self.linear(u), x))
+
+
+class ActionNetwork(nn.Module):
+    """A: from the attention-weighted states of f̃ₜ and fₜ₊₁ to the local action aₜ.
+
+    Shared trunk Res(64→128, ↓2), Res(128→64), global average pool → u (source), v (target);
+    direction = chain(u, v) − u with the 4 bilinear layers (or v − u with
+    `use_plain_direction`); MLP Linear(64→128), BN1d, LReLU, Linear(128→64), BN1d, LReLU,
+    Linear(64→16) → VQ (or Linear(64→K) → Gumbel-softmax with `use_gumbel`).
+    source, target (N, 64, h, w) → `ActionOutput`.
+    """
+
+    def __init__(self, config: LMAConfig):
+        super().__init__()
+        trunk_widths = [config.encoder_state_channels] + list(config.action_trunk_channels)
+        self.trunk = nn.Sequential(*[Res(trunk_widths[i], trunk_widths[i + 1], down=config.action_trunk_downsampling[i])
+                                     for i in range(len(trunk_widths) - 1)])
+        vector_size = trunk_widths[-1]
+        if config.use_plain_direction:
+            self.direction_layers = nn.ModuleList()
+        else:
+            sizes = [vector_size] + list(config.direction_sizes)
+            self.direction_layers = nn.ModuleList([
+                DirectionLayer(vector_size, sizes[k], sizes[k + 1], last=k == len(sizes) - 2) for k in range(len(sizes) - 1)])
+        mlp_layers: List[nn.Module] = []
+        mlp_sizes = [vector_size] + list(config.action_mlp_hidden)
+        for size_in, size_out in zip(mlp_sizes[:-1], mlp_sizes[1:]):
+            mlp_layers += [nn.Linear(size_in, size_out), nn.BatchNorm1d(size_out), nn.LeakyReLU(LEAKY_RELU_SLOPE)]
+        output_size = config.num_actions if config.use_gumbel else config.action_dim
+        self.mlp = nn.Sequential(*mlp_layers, nn.Linear(mlp_sizes[-1], output_size))
+        if config.use_gumbel:
+            self.quantizer: nn.Module = GumbelQuantizer(config.num_actions, config.action_dim)
+        else:
+            self.quantizer = VectorQuantizer(config.num_actions, config.action_dim, config.vq_beta, config.vq_loss_form)
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        """(K, D): row k is the code of local action k."""
+        return self.quantizer.codebook
+
+    def forward(self, source_states: torch.Tensor, target_states: torch.Tensor,
+                gumbel_temperature: Optional[float] = None) -> ActionOutput:
+        assert_shape(target_states, tuple(source_states.shape), "action network target states")
+        u = self.trunk(source_states).mean(dim=(2, 3))  # (N, 64)
+        v = self.trunk(target_states).mean(dim=(2, 3))
+        x = v
+        for layer in self.direction_layers:
+            x = layer(u, x)
+        outputs = self.mlp(x - u)
+        if isinstance(self.quantizer, GumbelQuantizer):
+            return self.quantizer(outputs, gumbel_temperature)
+        return self.quantizer(outputs)
+
+
+class DynamicsNetwork(nn.Module):
+    """The recurrent dynamics: three blocks of ConvLSTM + BN + a conditioned layer.
+
+    p_g = Linear(2→s)(Δ_F), p_l = Linear(D→s)(a). Block 1: ConvLSTM(s + s → h) at (h, w), BN,
+    ModConv(h → 2h, style p_g, ↓2). Block 2: ConvLSTM(2h + s → 2h) at (h/2, w/2), BN,
+    Up(2h + s → h, late) with p_l tiled. Block 3: ConvLSTM(h + s → h), BN, ModConv(h → h,
+    style p_l). Each ConvLSTM gets its block's conditioning (p_g; p_l; p_l) tiled and
+    concatenated to its input. With `joint_input` every conditioning is [p_l, p_g] (2s);
+    with `modulated_conv: false` the ModConvs become Same blocks that take the
+    conditioning concatenated instead. The noise vector (`noise_size`) is concatenated
+    wherever a conditioning vector is concatenated to maps (the three ConvLSTM inputs, the
+    Up, and the Same blocks of the ablation); it is zeros unless sampling.
+
+    inputs C(φ) (B, s, h, w), Δ_F (B, 2), a (B, D), state → hidden (B, h, h, w), new state.
+    """
+
+    def __init__(self, config: LMAConfig, resolution: Tuple[int, int]):
+        super().__init__()
+        s, hidden, noise = config.state_size, config.hidden_size, config.noise_size
+        self.state_size = s
+        self.noise_size = noise
+        self.joint_input = config.joint_input
+        self.modulated_conv = config.modulated_conv
+        self.resolution = tuple(resolution)
+        half_resolution = (resolution[0] // 2, resolution[1] // 2)
+        conditioning = 2 * s if config.joint_input else s
+        self.global_projection = nn.Linear(2, s)
+        self.local_projection = nn.Linear(config.action_dim, s)
+
+        self.lstm_1 = ConvLSTM(s + conditioning + noise, hidden, self.resolution)
+        self.norm_1 = nn.BatchNorm2d(hidden)
+        self.lstm_2 = ConvLSTM(2 * hidden + conditioning + noise, 2 * hidden, half_resolution)
+        self.norm_2 = nn.BatchNorm2d(2 * hidden)
+        self.up_2 = Up(2 * hidden + conditioning + noise, hidden, mode="bilinear", late=True)
+        self.lstm_3 = ConvLSTM(hidden + conditioning + noise, hidden, self.resolution)
+        self.norm_3 = nn.BatchNorm2d(hidden)
+        if config.modulated_conv:
+            self.transform_1: nn.Module = ModConv(hidden, 2 * hidden, conditioning, down=2)
+            self.transform_3: nn.Module = ModConv(hidden, hidden, conditioning)
+        else:
+            self.transform_1 = Same(hidden + conditioning + noise, 2 * hidden, down=2)
+            self.transform_3 = Same(hidden + conditioning + noise, hidden)
+
+    def initial_state(self, batch_size: int) -> DynamicsState:
+        """The learnable initial (h₀, c₀) of the three ConvLSTMs for a new sequence."""
+        return [lstm.initial_state(batch_size) for lstm in (self.lstm_1, self.lstm_2, self.lstm_3)]
+
+    def _conditioned(self, transform: nn.Module, maps: torch.Tensor, conditioning: torch.Tensor,
+                     noise: Optional[torch.Tensor]) -> torch.Tensor:
+        if self.modulated_conv:
+            return transform(maps, conditioning)
+        return transform(tile_and_concatenate(maps, conditioning, noise))
+
+    def forward(self, inputs: torch.Tensor, foreground_shift: torch.Tensor, action_code: torch.Tensor,
+                state: DynamicsState, noise: Optional[torch.Tensor]) -> Tuple[torch.Tensor, DynamicsState]:
+        batch_size = inputs.shape[0]
+        assert_shape(inputs, (batch_size, self.state_size, *self.resolution), "dynamics inputs")
+        assert_shape(foreground_shift, (batch_size, 2), "dynamics foreground shift")
+        assert_shape(action_code, (batch_size, self.local_projection.in_features), "dynamics action code")
+        if noise is not None:
+            assert_shape(noise, (batch_size, self.noise_size), "dynamics noise")
+        global_conditioning = self.global_projection(foreground_shift)  # p_g (B, s)
+        local_conditioning = self.local_projection(action_code)  # p_l (B, s)
+        if self.joint_input:
+            global_conditioning = local_conditioning = torch.cat([local_conditioning, global_conditioning], dim=1)
+
+        state_1 = self.lstm_1(tile_and_concatenate(inputs, global_conditioning, noise), state[0])
+        features = self._conditioned(self.transform_1, self.norm_1(state_1[0]), global_conditioning, noise)
+        state_2 = self.lstm_2(tile_and_concatenate(features, local_conditioning, noise), state[1])
+        features = self.up_2(tile_and_concatenate(self.norm_2(state_2[0]), local_conditioning, noise))
+        state_3 = self.lstm_3(tile_and_concatenate(features, local_conditioning, noise), state[2])
+        features = self._conditioned(self.transform_3, self.norm_3(state_3[0]), local_conditioning, noise)
+        return features, [state_1, state_2, state_3]
+
+
+class Decoder(nn.Module):
+    """D: Up(h→128) + Res(128→128) → Final(128→3, k3) at 1/4; Up(128→64) + Res(64→64) →
+    Final(64→3, k3) at 1/2; Up(64→32) → Final(32→4, k7) at full size.
+
+    hidden (N, h, H/8, W/8) → [(N, 4, H, W), (N, 3, H/2, W/2), (N, 3, H/4, W/4)], full size first;
+    the full-size output's channels are f̂ (3) and the mask logit x, m̂ = (x + 1)/2.
+    """
+
+    def __init__(self, config: LMAConfig):
+        super().__init__()
+        widths = [config.hidden_size] + list(config.decoder_channels)
+        self.stages = nn.ModuleList()
+        self.finals = nn.ModuleList()
+        for i in range(1, len(widths)):
+            last = i == len(widths) - 1
+            up = Up(widths[i - 1], widths[i], mode="bilinear")
+            self.stages.append(up if last else nn.Sequential(up, Res(widths[i], widths[i])))
+            self.finals.append(Final(widths[i], 4, 7) if last else Final(widths[i], 3, 3))
+
+    def forward(self, hidden: torch.Tensor) -> List[torch.Tensor]:
+        outputs = []
+        features = hidden
+        for stage, final in zip(self.stages, self.finals):
+            features = stage(features)
+            outputs.append(final(features))
+        return outputs[::-1]
+
+
+@dataclass
+class LMAOutput:
+    """What the LMA computes on a sequence of T frames with T_f ground-truth steps.
+
+    generated_foregrounds[k] is f̂₁ … f̂_{T−1} at scale 1/2^k, (B, T−1, 3, H/2^k, W/2^k), full
+    size first; generated_masks m̂₁ … m̂_{T−1} (B, T−1, 1, H, W); states φ₀ … φ_{T−1} of the
+    real foregrounds (B, T, 64, h, w); reencoded_states E(f̂₁) … E(f̂_{T−1}) (B, T−1, 64, h, w);
+    the local actions a₀ … a_{T−2} (B, T−1, D) and their ids (B, T−1).
+    """
+
+    states: torch.Tensor  # (B, T, 64, h, w)
+    action_codes: torch.Tensor  # (B, T−1, D)
+    action_ids: torch.Tensor  # (B, T−1)
+    action_vq_loss: Optional[torch.Tensor]  # scalar; None for the Gumbel ablation
+    generated_foregrounds: List[torch.Tensor]  # full size first: (B, T−1, 3, H/2^k, W/2^k)
+    generated_masks: torch.Tensor  # (B, T−1, 1, H, W)
+    reencoded_states: torch.Tensor  # (B, T−1, 64, h, w)
+    num_ground_truth_steps: int  # T_f used for the unrolling
+
+
+def split_full_output(full_output: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The decoder's full-size output (N, 4, H, W) → foreground f̂ (N, 3, H, W), mask m̂ = (x+1)/2 (N, 1, H, W)."""
+    return full_output[:, :3], (full_output[:, 3:] + 1) / 2
+
+
+class LocalMotionAnalysis(nn.Module):
+    """The LMA: encoder, compressor C = conv1×1 64→s (bias), action network, dynamics, decoder."""
+
+    def __init__(self, config: LMAConfig, state_resolution: Tuple[int, int]):
+        super().__init__()
+        self.state_resolution = tuple(state_resolution)
+        self.noise_size = config.noise_size
+        self.encoder = Encoder(config)
+        self.compressor = nn.Conv2d(config.encoder_state_channels, config.state_size, 1)
+        self.action_network = ActionNetwork(config)
+        self.dynamics = DynamicsNetwork(config, state_resolution)
+        self.decoder = Decoder(config)
+
+    def encode(self, frames: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """frames (B, T, 3, H, W) → states φ (B, T, 64, h, w), attention (B, T, 1, h, w); frames folded into the batch."""
+        states, attention = self.encoder(frames.flatten(0, 1))
+        return states.unflatten(0, frames.shape[:2]), attention.unflatten(0, frames.shape[:2])
+
+    def infer_actions(self, shifted_foregrounds: torch.Tensor, states: torch.Tensor, attention: torch.Tensor,
+                      gumbel_temperature: Optional[float] = None) -> ActionOutput:
+        """Local actions aₜ = A(E(f̃ₜ), φₜ₊₁), each state multiplied by its own attention channel.
+
+        shifted_foregrounds f̃ (B, T−1, 3, H, W); states φ (B, T, 64, h, w) and attention
+        (B, T, 1, h, w) of the real foregrounds → codes (B, T−1, D), ids (B, T−1), loss.
+        """
+        batch_size, steps = shifted_foregrounds.shape[:2]
+        assert_shape(states, (batch_size, steps + 1, None, *self.state_resolution), "LMA states")
+        shifted_states, shifted_attention = self.encoder(shifted_foregrounds.flatten(0, 1))
+        target_states = (states[:, 1:] * attention[:, 1:]).flatten(0, 1)
+        actions = self.action_network(shifted_states * shifted_attention, target_states, gumbel_temperature)
+        return ActionOutput(codes=actions.codes.unflatten(0, (batch_size, steps)),
+                            ids=actions.ids.unflatten(0, (batch_size, steps)), vq_loss=actions.vq_loss)
+
+    def noise(self, batch_size: int, sample: bool, like: torch.Tensor) -> Optional[torch.Tensor]:
+        """The dynamics noise (B, noise_size): N(0, 1) when sampling, else zeros; None without noise."""
+        if self.noise_size == 0:
+            return None
+        shape = (batch_size, self.noise_size)
+        return torch.randn(shape, dtype=like.dtype, device=like.device) if sample else like.new_zeros(shape)
+
+    def step(self, states: torch.Tensor, foreground_shift: torch.Tensor, action_code: torch.Tensor,
+             dynamics_state: DynamicsState, sample_noise: bool = False) -> Tuple[List[torch.Tensor], DynamicsState]:
+        """One recurrent step from encoder states φ (B, 64, h, w) of the current foreground, the
+        shift Δ_F (B, 2) and the action code (B, D) → the decoder outputs for the next frame
+        (full size first, see `Decoder`) and the new dynamics state."""
+        noise = self.noise(states.shape[0], sample_noise, states)
+        hidden, dynamics_state = self.dynamics(self.compressor(states), foreground_shift, action_code, dynamics_state, noise)
+        return self.decoder(hidden), dynamics_state
+
+    def unroll(self, ground_truth_states: torch.Tensor, foreground_shifts: torch.Tensor, action_codes: torch.Tensor,
+               sample_noise: bool = False) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        """Run the dynamics over S steps from a fresh state, with T_f = ground_truth_states.shape[1] ground-truth steps.
+
+        ground_truth_states φ₀ … φ_{T_f−1} (B, T_f, 64, h, w), 1 ≤ T_f ≤ S; Δ_F (B, S, 2); codes
+        (B, S, D). Step t < T_f reads φₜ of the real foreground, later steps E(f̂ₜ) of the model's
+        own previous output (with gradient). Returns the foregrounds f̂₁ … f̂_S per scale, full
+        size first, each (B, S, 3, H/2^k, W/2^k), and the masks m̂₁ … m̂_S (B, S, 1, H, W).
+        """
+        batch_size, num_ground_truth_steps = ground_truth_states.shape[:2]
+        steps = foreground_shifts.shape[1]
+        if not 1 <= num_ground_truth_steps <= steps:
+            raise ValueError(f"the number of ground-truth steps must be in [1, {steps}], got {num_ground_truth_steps}")
+        assert_shape(foreground_shifts, (batch_size, steps, 2), "foreground shifts")
+        assert_shape(action_codes, (batch_size, steps, None), "action codes")
+        dynamics_state = self.dynamics.initial_state(batch_size)
+        per_step: List[List[torch.Tensor]] = []
+        masks = []
+        for t in range(steps):
+            states = ground_truth_states[:, t] if t < num_ground_truth_steps else self.encoder(per_step[-1][0])[0]
+            decoded, dynamics_state = self.step(states, foreground_shifts[:, t], action_codes[:, t], dynamics_state,
+                                                sample_noise)
+            foreground, mask = split_full_output(decoded[0])
+            per_step.append([foreground] + decoded[1:])
+            masks.append(mask)
+        foregrounds = [torch.stack(scale, dim=1) for scale in zip(*per_step)]
+        return foregrounds, torch.stack(masks, dim=1)
+
+    def forward(self, foregrounds: torch.Tensor, shifted_foregrounds: torch.Tensor, foreground_shifts: torch.Tensor,
+                num_ground_truth_steps: int, gumbel_temperature: Optional[float] = None,
+                sample_noise: bool = False) -> LMAOutput:
+        """foregrounds f (B, T, 3, H, W), f̃ (B, T−1, 3, H, W), Δ_F (B, T−1, 2), T_f → `LMAOutput`.
+
+        The caller detaches these inputs (no gradient reaches the GMA).
+        """
+        states, attention = self.encode(foregrounds)
+        actions = self.infer_actions(shifted_foregrounds, states, attention, gumbel_temperature)
+        generated_foregrounds, generated_masks = self.unroll(states[:, :num_ground_truth_steps], foreground_shifts,
+                                                             actions.codes, sample_noise)
+        reencoded_states, _ = self.encode(generated_foregrounds[0])
+        return LMAOutput(states=states, action_codes=actions.codes, action_ids=actions.ids,
+                         action_vq_loss=actions.vq_loss, generated_foregrounds=generated_foregrounds,
+                         generated_masks=generated_masks, reencoded_states=reencoded_states,
+                         num_ground_truth_steps=num_ground_truth_steps)

@@ -1,0 +1,94 @@
+"""The building blocks of SPEC §2 against hand computations."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.blocks import (ConvLSTM, Final, Interpolate, ModConv, Res, Same, Up, modulated_weights,
+                          tile_and_concatenate)
+
+torch.set_num_threads(1)
+
+
+def test_res_same_up_final_shapes_and_skip():
+    inputs = torch.randn(2, 4, 8, 12)
+    assert Res(4, 6, down=2)(inputs).shape == (2, 6, 4, 6)
+    assert isinstance(Res(4, 4).skip, nn.Identity)
+    assert isinstance(Res(4, 4, down=2).skip, nn.Sequential)
+    assert Same(4, 5, down=2)(inputs).shape == (2, 5, 4, 6)
+    assert Up(4, 3)(inputs).shape == (2, 3, 16, 24)
+    final = Final(4, 3, 7)(inputs * 100)
+    assert final.shape == (2, 3, 8, 12) and final.abs().max() <= 1
+    # Convolutions without bias where SPEC says so; Final has one.
+    assert Res(4, 6).residual[0].bias is None and Same(4, 5)[0].bias is None and Final(4, 3, 3)[0].bias is not None
+
+
+def test_up_interpolates_with_aligned_corners_first_or_last():
+    ramp = torch.tensor([[[[0.0, 3.0]]]])  # (1, 1, 1, 2)
+    resized = Interpolate(2, "bilinear")(ramp)
+    # align_corners=True keeps the end points: 0, 1, 2, 3 (align_corners=False would give 0, 0.75, 2.25, 3).
+    assert torch.allclose(resized[0, 0, 0], torch.tensor([0.0, 1.0, 2.0, 3.0]))
+    early, late = Up(2, 2), Up(2, 2, late=True)
+    assert isinstance(early[0], Interpolate) and isinstance(early[1], nn.Conv2d)
+    assert isinstance(late[-1], Interpolate) and isinstance(late[0], nn.Conv2d)
+
+
+def test_tile_and_concatenate_tiles_vectors_and_skips_none():
+    maps = torch.randn(2, 3, 4, 5)
+    vector = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    combined = tile_and_concatenate(maps, vector, None)
+    assert combined.shape == (2, 5, 4, 5)
+    assert torch.equal(combined[:, :3], maps)
+    assert torch.equal(combined[1, 4], torch.full((4, 5), 4.0))
+
+
+def test_modconv_with_constant_style_is_a_plain_conv_with_the_demodulated_weight():
+    torch.manual_seed(0)
+    layer = ModConv(3, 5, style_size=4).eval()
+    style = torch.randn(1, 4)
+    inputs = torch.randn(2, 3, 6, 7)
+    scales = layer.style_projection(style)[0]  # (in,)
+    weight = layer.weight * scales[None, :, None, None]
+    weight = weight / torch.sqrt(weight.pow(2).sum(dim=(1, 2, 3), keepdim=True))
+    expected = layer.activation(layer.norm(F.conv2d(inputs, weight, padding=1)))
+    actual = layer(inputs, style.expand(2, 4))
+    assert torch.allclose(actual, expected, atol=1e-5)
+    # Demodulated: every output channel's weight has unit L2 norm, whatever the style's scale.
+    norms = modulated_weights(layer.weight, 10 * layer.style_projection(style)).pow(2).sum(dim=(2, 3, 4))
+    assert torch.allclose(norms, torch.ones(1, 5), atol=1e-5)
+
+
+def test_modconv_batches_samples_with_their_own_styles():
+    torch.manual_seed(0)
+    layer = ModConv(3, 4, style_size=2, down=2).eval()
+    inputs, styles = torch.randn(3, 3, 8, 8), torch.randn(3, 2)
+    batched = layer(inputs, styles)
+    assert batched.shape == (3, 4, 4, 4)
+    separately = torch.cat([layer(inputs[i:i + 1], styles[i:i + 1]) for i in range(3)])
+    assert torch.allclose(batched, separately, atol=1e-5)
+
+
+def test_convlstm_cell_equations_and_learnable_zero_initial_state():
+    torch.manual_seed(0)
+    cell = ConvLSTM(2, 3, (4, 5))
+    assert torch.equal(cell.initial_hidden, torch.zeros(3, 4, 5)) and cell.initial_hidden.requires_grad
+    inputs = torch.randn(2, 2, 4, 5)
+    previous_hidden, previous_cell = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5)
+    hidden, cell_state = cell(inputs, (previous_hidden, previous_cell))
+    gates = F.conv2d(torch.cat([inputs, previous_hidden], 1), cell.gates.weight, cell.gates.bias, padding=1)
+    i, f, o, g = gates.chunk(4, dim=1)
+    expected_cell = torch.sigmoid(f) * previous_cell + torch.sigmoid(i) * torch.tanh(g)
+    assert torch.allclose(cell_state, expected_cell, atol=1e-6)
+    assert torch.allclose(hidden, torch.sigmoid(o) * torch.tanh(expected_cell), atol=1e-6)
+
+    # The initial state is a parameter: a loss after a step from it reaches h0 and c0.
+    hidden, cell_state = cell(inputs, cell.initial_state(2))
+    (hidden.sum() + cell_state.sum()).backward()
+    assert cell.initial_hidden.grad is not None and cell.initial_hidden.grad.abs().sum() > 0
+    assert cell.initial_cell.grad is not None and cell.initial_cell.grad.abs().sum() > 0
+
+
+def test_convlstm_rejects_inputs_at_another_resolution():
+    cell = ConvLSTM(2, 3, (4, 5))
+    with pytest.raises(ValueError, match="ConvLSTM inputs"):
+        cell(torch.randn(1, 2, 4, 6), cell.initial_state(1))

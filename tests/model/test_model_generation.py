@@ -1,0 +1,118 @@
+"""The generation API (SPEC §3.3): reconstruction protocols, motion transfer, play, action matrices."""
+# Multi-step comparisons use atol 1e-4: rounding differences between batch sizes (1e-6) grow through
+# the autoregressive steps, while different actions change the frames by ~0.5.
+import pytest
+import torch
+
+from model.generation import (NAMED_SHIFTS, global_action_matrix, local_action_matrix, num_ground_truth_steps,
+                              play_step, reconstruct, start_play, transfer_motion)
+from model.gma import BACKGROUND_PADDING, shift_images
+
+torch.set_num_threads(2)
+
+
+def test_named_shifts_are_the_papers():
+    assert NAMED_SHIFTS == {"right": (0.07, 0.0), "left": (-0.07, 0.0), "down": (0.0, 0.1), "up": (0.0, -0.1),
+                            "stay": (0.0, 0.0)}
+
+
+def test_protocols_choose_the_ground_truth_steps():
+    assert num_ground_truth_steps("one_step", 12) == 11
+    assert num_ground_truth_steps("single_image", 12) == 1
+    with pytest.raises(ValueError, match="unknown reconstruction protocol"):
+        num_ground_truth_steps("teacher", 12)
+
+
+@pytest.mark.parametrize("protocol, expected_steps", [("one_step", 3), ("single_image", 1)])
+def test_reconstruction_is_deterministic_and_reports_its_protocol(calibrated_model, small_video, protocol,
+                                                                  expected_steps):
+    model = calibrated_model()
+    model.train()
+    first = reconstruct(model, small_video, protocol)
+    second = reconstruct(model, small_video, protocol)
+    assert model.training  # the mode is restored
+    assert first.protocol == protocol and first.num_ground_truth_steps == expected_steps
+    assert first.frames.shape == small_video.shape and first.backgrounds.shape == small_video.shape
+    assert torch.equal(first.frames[:, 0], small_video[:, 0])
+    assert first.generated_masks.shape == (2, 3, 1, 16, 32) and first.action_ids.shape == (2, 3)
+    assert first.masks.shape == (2, 4, 1, 16, 32) and first.background_shifts.shape == (2, 3, 2)
+    for name in ("frames", "generated_foregrounds", "generated_masks", "foreground_shifts", "action_codes"):
+        assert torch.equal(getattr(first, name), getattr(second, name)), name
+    # The frames are m̂·f̂ + (1−m̂)·background, the background moved by the cumulative Δ_B (nearest sampling).
+    moved = shift_images(first.backgrounds[:, 0], first.background_shifts[:, :2].sum(1), BACKGROUND_PADDING, "nearest")
+    assert torch.allclose(first.backgrounds[:, 2], moved, atol=1e-6)
+    expected = (first.generated_masks * first.generated_foregrounds
+                + (1 - first.generated_masks) * first.backgrounds[:, 1:])
+    assert torch.allclose(first.frames[:, 1:], expected, atol=1e-6)
+
+
+def test_the_protocols_agree_on_the_first_step_only(calibrated_model, small_video):
+    model = calibrated_model()
+    one_step = reconstruct(model, small_video, "one_step")
+    single = reconstruct(model, small_video, "single_image")
+    assert torch.allclose(one_step.frames[:, :2], single.frames[:, :2], atol=1e-6)
+    assert not torch.allclose(one_step.frames[:, 2:], single.frames[:, 2:], atol=1e-6)
+
+
+def test_sampled_noise_changes_tennis_style_generations(calibrated_model, small_video):
+    model = calibrated_model(noise_size=3)
+    torch.manual_seed(0)
+    zeros = reconstruct(model, small_video, "single_image")
+    sampled = reconstruct(model, small_video, "single_image", sample_noise=True)
+    assert torch.equal(zeros.frames, reconstruct(model, small_video, "single_image").frames)
+    assert not torch.equal(zeros.frames, sampled.frames)
+
+
+def test_motion_transfer_moves_another_image_with_the_source_actions(calibrated_model, small_video):
+    model = calibrated_model()
+    target = small_video.flip(0)[:, 0]
+    transfer = transfer_motion(model, small_video, target)
+    assert transfer.protocol == "motion_transfer" and transfer.num_ground_truth_steps == 1
+    assert torch.equal(transfer.frames[:, 0], target)
+    source = reconstruct(model, small_video, "single_image")
+    assert torch.equal(transfer.action_ids, source.action_ids)
+    assert torch.equal(transfer.foreground_shifts, source.foreground_shifts)
+    # A target equal to the source's own first frame reproduces the single-image reconstruction.
+    itself = transfer_motion(model, small_video, small_video[:, 0])
+    assert torch.allclose(itself.frames, source.frames, atol=1e-4)
+
+
+def test_playing_the_inferred_actions_replays_the_single_image_reconstruction(calibrated_model, small_video):
+    model = calibrated_model()
+    recon = reconstruct(model, small_video, "single_image")
+    state = start_play(model, small_video[:, 0])
+    for t in range(small_video.shape[1] - 1):
+        state = play_step(model, state, recon.foreground_shifts[:, t], recon.action_ids[:, t],
+                          background_shift=recon.background_shifts[:, t])
+        assert torch.allclose(state.frame, recon.frames[:, t + 1], atol=1e-4), t
+    assert state.step == 3
+    assert torch.allclose(state.cumulative_background_shift, recon.background_shifts.sum(1), atol=1e-6)
+
+
+def test_play_is_repeatable_from_a_kept_state(calibrated_model, small_video):
+    model = calibrated_model()
+    start = start_play(model, small_video[:, 0])
+    first = play_step(model, start, NAMED_SHIFTS["right"], 1)
+    again = play_step(model, start, NAMED_SHIFTS["right"], 1)
+    assert torch.equal(first.frame, again.frame) and start.step == 0
+    other = play_step(model, start, NAMED_SHIFTS["left"], 2)
+    assert not torch.equal(first.frame, other.frame)
+    assert play_step(model, first, NAMED_SHIFTS["stay"], torch.tensor([0, 2])).frame.shape == (2, 3, 16, 32)
+    with pytest.raises(ValueError, match="local action ids"):
+        play_step(model, start, NAMED_SHIFTS["up"], 3)
+
+
+def test_action_matrices_repeat_one_action_per_column(calibrated_model, small_video):
+    model = calibrated_model(num_actions=4)
+    starts = small_video[:, 0]
+    global_matrix = global_action_matrix(model, starts, num_frames=3)
+    assert global_matrix.shape == (2, len(NAMED_SHIFTS), 3, 3, 16, 32)
+    local_matrix = local_action_matrix(model, starts, num_frames=2)
+    assert local_matrix.shape == (2, 4, 2, 3, 16, 32)
+    # Row 1, column "up" of the global matrix is that start frame played with (0, −0.1) and action 0.
+    state = start_play(model, starts[1:2])
+    for n in range(3):
+        state = play_step(model, state, NAMED_SHIFTS["up"], 0)
+        assert torch.allclose(global_matrix[1, list(NAMED_SHIFTS).index("up"), n], state.frame[0], atol=1e-4)
+    state = play_step(model, start_play(model, starts[:1]), NAMED_SHIFTS["stay"], 3)
+    assert torch.allclose(local_matrix[0, 3, 0], state.frame[0], atol=1e-4)

@@ -1,0 +1,143 @@
+"""The LMA of SPEC §3.2: quantisers, action network ablations, dynamics, decoder, unrolling."""
+import pytest
+import torch
+
+from model.lma import ActionNetwork, Decoder, DynamicsNetwork, GumbelQuantizer, LocalMotionAnalysis, VectorQuantizer
+
+torch.set_num_threads(1)
+
+
+def _quantizer(loss_form: str = "authors") -> VectorQuantizer:
+    quantizer = VectorQuantizer(num_codes=3, code_dim=2, beta=0.25, loss_form=loss_form)
+    with torch.no_grad():
+        quantizer.codebook.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]]))
+    return quantizer
+
+
+def test_codebook_is_initialised_uniformly_in_one_over_k():
+    codebook = VectorQuantizer(num_codes=6, code_dim=16, beta=0.25, loss_form="authors").codebook
+    assert codebook.shape == (6, 16)
+    assert codebook.abs().max() <= 1 / 6 and codebook.std() > 1 / 6 / 4
+
+
+def test_vector_quantizer_returns_the_nearest_code_straight_through():
+    quantizer = _quantizer()
+    vectors = torch.tensor([[0.9, 0.2], [0.1, 1.4], [-0.3, 0.2]], requires_grad=True)
+    output = quantizer(vectors)
+    assert output.ids.tolist() == [1, 2, 0]
+    assert torch.allclose(output.codes, quantizer.codebook[[1, 2, 0]])
+    # Straight through: d(Σ w·code)/dz = w.
+    weights = torch.randn(3, 2)
+    (output.codes * weights).sum().backward()
+    assert torch.allclose(vectors.grad, weights)
+
+
+@pytest.mark.parametrize("loss_form", ["authors", "vqvae"])
+def test_vq_loss_weights_its_terms_as_configured(loss_form):
+    quantizer = _quantizer(loss_form)
+    vectors = torch.tensor([[0.9, 0.2], [0.1, 1.4]], requires_grad=True)
+    loss = quantizer(vectors).vq_loss
+    nearest = quantizer.codebook.detach()[[1, 2]]
+    squared_error = (nearest - vectors.detach()).pow(2).mean()
+    assert torch.allclose(loss, 1.25 * squared_error)
+    loss.backward()
+    # mean over N·D = 4 elements; the authors' form gives the inputs weight 1 and the codebook β.
+    vector_weight, codebook_weight = (1.0, 0.25) if loss_form == "authors" else (0.25, 1.0)
+    assert torch.allclose(vectors.grad, vector_weight * 2 * (vectors.detach() - nearest) / 4)
+    assert torch.allclose(quantizer.codebook.grad[[1, 2]], codebook_weight * 2 * (nearest - vectors.detach()) / 4)
+    assert torch.equal(quantizer.codebook.grad[0], torch.zeros(2))
+
+
+def test_gumbel_quantizer_mixes_codes_in_training_and_picks_rows_in_eval():
+    torch.manual_seed(0)
+    quantizer = GumbelQuantizer(num_codes=4, code_dim=3)
+    logits = torch.randn(5, 4)
+    with pytest.raises(ValueError, match="gumbel_temperature"):
+        quantizer(logits, None)
+    trained = quantizer(logits, temperature=1.0)
+    assert trained.codes.shape == (5, 3) and trained.vq_loss is None
+    assert not any(torch.allclose(code, row) for code in trained.codes for row in quantizer.codebook)
+    quantizer.eval()
+    evaluated = quantizer(logits, None)
+    assert torch.equal(evaluated.ids, logits.argmax(1))
+    assert torch.allclose(evaluated.codes, quantizer.codebook[logits.argmax(1)])
+
+
+@pytest.mark.parametrize("plain", [False, True])
+def test_action_network_direction_chain_or_plain_difference(small_model_config, plain):
+    config = small_model_config(use_plain_direction=plain).lma
+    network = ActionNetwork(config)
+    assert len(network.direction_layers) == (0 if plain else 4)
+    if not plain:
+        sizes = [layer.bilinear.out_features for layer in network.direction_layers]
+        assert sizes == config.direction_sizes
+        assert isinstance(network.direction_layers[-1].post, torch.nn.Identity)
+    output = network(torch.randn(6, 8, 2, 4), torch.randn(6, 8, 2, 4))
+    assert output.codes.shape == (6, config.action_dim) and output.ids.shape == (6,) and output.vq_loss.dim() == 0
+
+
+def test_decoder_returns_full_size_first_with_a_mask_channel(small_model_config):
+    decoder = Decoder(small_model_config().lma)
+    outputs = decoder(torch.randn(2, 4, 2, 4))
+    assert [tuple(o.shape) for o in outputs] == [(2, 4, 16, 32), (2, 3, 8, 16), (2, 3, 4, 8)]
+
+
+@pytest.mark.parametrize("overrides", [{}, {"modulated_conv": False}, {"joint_input": True}, {"noise_size": 3},
+                                       {"modulated_conv": False, "joint_input": True, "noise_size": 2}])
+def test_dynamics_shapes_for_every_conditioning(small_model_config, overrides):
+    config = small_model_config(**overrides).lma
+    dynamics = DynamicsNetwork(config, (2, 4))
+    state = dynamics.initial_state(3)
+    assert [tuple(h.shape) for h, _ in state] == [(3, 4, 2, 4), (3, 8, 1, 2), (3, 4, 2, 4)]
+    noise = torch.randn(3, config.noise_size) if config.noise_size else None
+    hidden, state = dynamics(torch.randn(3, 4, 2, 4), torch.randn(3, 2), torch.randn(3, 4), state, noise)
+    assert hidden.shape == (3, config.hidden_size, 2, 4)
+    conditioning = 8 if config.joint_input else 4
+    assert dynamics.lstm_1.in_channels == 4 + conditioning + config.noise_size
+
+
+def _unroll_inputs(lma: LocalMotionAnalysis, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(2, 1, 8, 2, 4, generator=generator), torch.randn(2, 3, 2, generator=generator) * 0.1,
+            lma.action_network.codebook[torch.randint(0, 3, (2, 3), generator=generator)].detach())
+
+
+def test_unroll_starts_every_sequence_from_the_learned_initial_state(small_model_config):
+    torch.manual_seed(0)
+    # Training mode: batch statistics keep the untrained network's signal at unit scale.
+    lma = LocalMotionAnalysis(small_model_config().lma, (2, 4))
+    first, second = _unroll_inputs(lma, 1), _unroll_inputs(lma, 2)
+    with torch.no_grad():
+        before = lma.unroll(*first)[0][0]
+        lma.unroll(*second)
+        again = lma.unroll(*first)[0][0]
+    assert torch.equal(before, again)  # nothing of the second sequence leaked into the third run
+
+    with torch.no_grad():
+        lma.dynamics.lstm_1.initial_hidden.fill_(0.5)
+        changed = lma.unroll(*first)[0][0]
+    assert not torch.allclose(before, changed)  # the initial state is read at the start
+    foregrounds, masks = lma.unroll(*first)
+    (foregrounds[0].sum() + masks.sum()).backward()
+    for lstm in (lma.dynamics.lstm_1, lma.dynamics.lstm_2, lma.dynamics.lstm_3):
+        assert lstm.initial_hidden.grad.abs().sum() > 0 and lstm.initial_cell.grad.abs().sum() > 0
+
+
+def test_ground_truth_steps_decide_which_inputs_are_real(small_model_config):
+    torch.manual_seed(0)
+    lma = LocalMotionAnalysis(small_model_config().lma, (2, 4))  # training mode, see above
+    states = torch.randn(2, 3, 8, 2, 4)
+    shifts, codes = torch.zeros(2, 3, 2), lma.action_network.codebook[torch.zeros(2, 3, dtype=torch.long)].detach()
+    with torch.no_grad():
+        teacher_forced = lma.unroll(states, shifts, codes)[0][0]
+        autoregressive = lma.unroll(states[:, :1], shifts, codes)[0][0]
+        perturbed = states.clone()
+        perturbed[:, 2] += 1
+        teacher_forced_perturbed = lma.unroll(perturbed, shifts, codes)[0][0]
+    assert torch.equal(teacher_forced[:, 0], autoregressive[:, 0])  # step 0 reads φ₀ in both
+    assert not torch.allclose(teacher_forced[:, 1], autoregressive[:, 1])
+    # With T_f = 3 step 2 reads φ₂; earlier steps do not.
+    assert torch.equal(teacher_forced_perturbed[:, :2], teacher_forced[:, :2])
+    assert not torch.allclose(teacher_forced_perturbed[:, 2], teacher_forced[:, 2])
+    with pytest.raises(ValueError, match="ground-truth steps"):
+        lma.unroll(torch.randn(2, 4, 8, 2, 4), shifts, codes)

@@ -1,0 +1,76 @@
+"""The typed configuration: YAML files, dotted overrides, and errors that name the key."""
+import glob
+import os
+
+import pytest
+
+from utils.config import Config, config_from_dict, config_to_dict, dump_config, load_config
+from utils.errors import ConfigError
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPOSITORY, "configs", "*.yaml"))))
+def test_every_shipped_config_loads_and_round_trips(path):
+    config = load_config(path)
+    assert config_from_dict(config_to_dict(config)) == config
+
+
+def test_dataset_values_of_the_spec():
+    wsprites = load_config(os.path.join(REPOSITORY, "configs", "wsprites.yaml"))
+    assert wsprites.data.input_size == [128, 96] and wsprites.data.crop == [0, 0, 128, 96]
+    tennis = load_config(os.path.join(REPOSITORY, "configs", "tennis.yaml"))
+    assert tennis.data.input_size == [256, 96] and tennis.data.skip_frames == 4
+    bair = load_config(os.path.join(REPOSITORY, "configs", "bair.yaml"))
+    assert bair.data.input_size == [256, 256]
+
+
+def test_overrides_are_typed_yaml_values(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  root: somewhere\n")
+    config = load_config(str(path), ["data.skip_frames=3", "data.crop=[0, 0, 10, 10]", "data.split_fractions=[1, 0, 0]"])
+    assert config.data.root == "somewhere" and config.data.skip_frames == 3
+    assert config.data.crop == [0, 0, 10, 10]
+    assert config.data.split_fractions == [1.0, 0.0, 0.0] and isinstance(config.data.split_fractions[0], float)
+    assert load_config(str(path), ["data.crop=null"]).data.crop is None
+    assert "skip_frames: 3" in dump_config(config)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.colour=red"], "unknown key 'data.colour'"),
+    (["optimiser.lr=1"], "unknown key 'optimiser'"),
+    (["data.skip_frames=two"], "data.skip_frames: expected an integer"),
+    (["data.skip_frames=1.5"], "data.skip_frames: expected an integer"),
+    (["data.load_masks=1"], "data.load_masks: expected true or false"),
+    (["data.input_size=5"], "data.input_size: expected a list"),
+    (["data.input_size=[128]"], "data.input_size: must be"),
+    (["data.style=tiled"], "data.style: must be one of"),
+    (["data.split_fractions=[0.5, 0.1, 0.1]"], "data.split_fractions: must be"),
+    (["data.observations_count=0"], "data.observations_count: must be >= 1"),
+    (["data.crop=[10, 0, 5, 5]"], "data.crop: must be"),
+    (["data=3"], "data: expected a mapping"),
+    (["data.root"], "must look like key.subkey=value"),
+])
+def test_bad_values_name_the_key(tmp_path, overrides, message):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: test\n")
+    with pytest.raises(ConfigError, match=message) as error:
+        load_config(str(path), overrides)
+    # A bad value is reported against the file it was loaded with; a malformed override is the command line's.
+    assert str(error.value).startswith("override" if message.startswith("must look") else str(path))
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="configuration file not found"):
+        load_config(str(tmp_path / "missing.yaml"))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(str(broken))
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(str(listing))
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert load_config(str(empty)) == Config()
