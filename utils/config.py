@@ -10,6 +10,7 @@ types and out-of-range values raise `ConfigError` naming the key, before any wor
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import types
@@ -195,6 +196,119 @@ class ModelConfig:
         return height // down, width // down
 
 
+LOSS_NAMES = (
+    "reconstruction_loss", "foreground_loss", "background_loss", "background_perceptual_loss", "binary_mask_loss",
+    "mask_size_loss", "multiscale_global_reconstruction_loss", "multiscale_local_reconstruction_loss",
+    "multiscale_local_perceptual_loss", "local_state_reconstruction_loss", "local_action_vq_loss",
+    "mask_reconstruction_loss",
+)
+GMA_LOSS_NAMES = LOSS_NAMES[:6]  # the terms that train the GMA; the others train the LMA
+WARMUP_MODES = ("gma_only", "authors")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class LossWeightsConfig:
+    """Weights of the twelve loss terms of SPEC §4.1 (W-Sprites values); 0 switches a term off."""
+
+    reconstruction_loss: float = 1.0  # L1(Iₜ₊₁, Îₜ₊₁), motion-weighted
+    foreground_loss: float = 1.0  # MSE(fₜ₊₁, f̃ₜ)
+    background_loss: float = 2.0  # L1(b̂ₜ₊₁, b̃ₜ)
+    background_perceptual_loss: float = 0.02  # VGG19 L1 between b̂ₜ₊₁ (detached) and b̃ₜ (paper table: 0.01)
+    binary_mask_loss: float = 0.5  # mean(min(m, 1 − m))
+    mask_size_loss: float = 0.1  # mean over frames of |mean(m) − ρ|
+    multiscale_global_reconstruction_loss: float = 1.0  # L1(fₜ₊₁, f̂ₜ₊₁) per scale, weights from |fₜ₊₁−fₜ| + |f̂ₜ₊₁−f̂ₜ|
+    multiscale_local_reconstruction_loss: float = 1.0  # same, weights from |fₜ₊₁−f̃ₜ| + |fₜ₊₁−f̂ₜ₊₁|
+    multiscale_local_perceptual_loss: float = 1.0  # VGG19 loss between fₜ₊₁ and f̂ₜ₊₁ per scale
+    local_state_reconstruction_loss: float = 0.2  # L1(φₜ₊₁ detached, E(f̂ₜ₊₁))
+    local_action_vq_loss: float = 0.1  # quantiser codebook + commitment loss (paper table: 0.25)
+    mask_reconstruction_loss: float = 0.2  # L1(m̂ₜ₊₁, mₜ₊₁ detached)
+
+    def check(self, prefix: str) -> None:
+        for name in LOSS_NAMES:
+            _require(getattr(self, name) >= 0, prefix + name, f"must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
+class LossConfig:
+    """The training objective (SPEC §4.1)."""
+
+    weights: LossWeightsConfig = field(default_factory=LossWeightsConfig)
+    mask_size: float = 0.06  # ρ, the target share of foreground pixels (0.06 W-Sprites and BAIR, 0.01 Tennis)
+    motion_weight_epsilon: float = 0.001  # added to the per-pixel motion weights of the reconstruction losses
+    vgg_weights: Optional[str] = None  # VGG19 ImageNet weights file; null = the torch hub cache (vgg19-dcbb9e9d.pth)
+    vgg_imagenet_normalization: bool = False  # the authors feed [-1, 1] images to VGG19 as they are (false)
+
+    def check(self, prefix: str) -> None:
+        _require(0.0 <= self.mask_size <= 1.0, prefix + "mask_size", f"must be in [0, 1], got {self.mask_size}")
+        _require(self.motion_weight_epsilon >= 0, prefix + "motion_weight_epsilon",
+                 f"must be >= 0, got {self.motion_weight_epsilon}")
+
+
+@dataclass
+class LinearScheduleConfig:
+    """A value that goes linearly from `start` to `end` over `steps` steps from step `start_step`."""
+
+    start: float = 0.0  # value up to start_step
+    end: float = 0.0  # value from start_step + steps on
+    start_step: int = 0  # first step of the change
+    steps: int = 0  # length of the change in steps (0 = jump at start_step)
+
+    def check(self, prefix: str) -> None:
+        _require(self.start_step >= 0, prefix + "start_step", f"must be >= 0, got {self.start_step}")
+        _require(self.steps >= 0, prefix + "steps", f"must be >= 0, got {self.steps}")
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation, curricula, logging and checkpoints (SPEC §4.2, W-Sprites values)."""
+
+    batch_size: int = 4  # sequences per GPU (per process)
+    num_steps: int = 300_000  # optimiser steps of a run (SPEC names no length; the first LR milestone)
+    learning_rate: float = 4e-4  # Adam
+    weight_decay: float = 1e-6  # Adam's L2 weight decay
+    lr_milestones: List[int] = field(default_factory=lambda: [300_000, 1_000_000])  # MultiStepLR steps
+    lr_gamma: float = 0.3333  # MultiStepLR factor
+    gma_warmup_steps: int = 3000  # the first steps train the GMA only
+    warmup_mode: str = "gma_only"  # 'gma_only': the LMA is not run nor updated; 'authors': run with zero-weighted losses
+    # T, frames per training sequence: 6 until step 50k, then linear (floor) to 12 over 30k steps.
+    observations_count: LinearScheduleConfig = field(
+        default_factory=lambda: LinearScheduleConfig(start=6, end=12, start_step=50_000, steps=30_000))
+    # T_f, ground-truth steps of the LMA unrolling: 5 → 1 linearly over 25k steps from step 0.
+    ground_truth_steps: LinearScheduleConfig = field(
+        default_factory=lambda: LinearScheduleConfig(start=5, end=1, start_step=0, steps=25_000))
+    # Gumbel-softmax temperature (model.lma.use_gumbel only); our choice, SPEC leaves it to the config.
+    gumbel_temperature: LinearScheduleConfig = field(
+        default_factory=lambda: LinearScheduleConfig(start=1.0, end=0.1, start_step=0, steps=50_000))
+    nan_gradient_value: float = 0.0  # non-finite gradients are replaced before each step: NaN → this
+    inf_gradient_value: float = 1e5  # ±∞ → ±this
+    log_every: int = 100  # steps between status lines and metrics.jsonl rows
+    media_every: int = 5000  # steps between logged images and videos
+    checkpoint_every: int = 5000  # steps between step_N.pth checkpoints (latest.pth too)
+    seed: int = 0  # seeds are seed·world_size + rank
+    channels_last: bool = True  # channels-last memory format for the convolutions
+    precision: str = "fp32"  # 'fp32', or autocast 'bf16' / 'fp16' on CUDA
+    compile: bool = False  # torch.compile the model
+
+    def check(self, prefix: str) -> None:
+        for name in ("batch_size", "num_steps", "log_every", "media_every", "checkpoint_every"):
+            _require(getattr(self, name) >= 1, prefix + name, f"must be >= 1, got {getattr(self, name)}")
+        _require(self.learning_rate > 0, prefix + "learning_rate", f"must be > 0, got {self.learning_rate}")
+        _require(self.weight_decay >= 0, prefix + "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _require(all(m >= 1 for m in self.lr_milestones) and self.lr_milestones == sorted(self.lr_milestones),
+                 prefix + "lr_milestones", f"must be increasing positive steps, got {self.lr_milestones}")
+        _require(self.gma_warmup_steps >= 0, prefix + "gma_warmup_steps", f"must be >= 0, got {self.gma_warmup_steps}")
+        _require(self.warmup_mode in WARMUP_MODES, prefix + "warmup_mode",
+                 f"must be one of {WARMUP_MODES}, got {self.warmup_mode!r}")
+        _require(self.precision in PRECISIONS, prefix + "precision", f"must be one of {PRECISIONS}, got {self.precision!r}")
+        for name in ("observations_count", "ground_truth_steps"):
+            schedule = getattr(self, name)
+            _require(min(schedule.start, schedule.end) >= 1, prefix + name,
+                     f"start and end must be >= 1, got {schedule.start} and {schedule.end}")
+        _require(min(self.gumbel_temperature.start, self.gumbel_temperature.end) > 0, prefix + "gumbel_temperature",
+                 "start and end must be > 0")
+
+
 @dataclass
 class Config:
     """A whole run: one YAML file in configs/ maps onto this."""
@@ -202,6 +316,8 @@ class Config:
     name: str = "wsprites"  # a label for the configuration (the run name is given on the command line)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
 
     def check(self, prefix: str) -> None:
         pass
@@ -261,15 +377,23 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
     raise TypeError(f"unsupported annotation {_type_name(annotation)} for {key}")  # a schema bug, not user input
 
 
-def _from_dict(cls: type, values: Dict[str, Any], prefix: str) -> Any:
+def _from_dict(cls: type, values: Dict[str, Any], prefix: str, base: Any = None) -> Any:
+    """A `cls` instance: `base` (default: `cls()`) with `values` set into it, recursively.
+
+    A nested section given partially keeps the defaults of the enclosing field for the keys
+    it does not name (e.g. `training.ground_truth_steps.start=4` keeps its end 1).
+    """
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     for name in values:
         if name not in known:
             raise ConfigError(f"unknown key '{prefix}{name}' (known: {', '.join(sorted(known))})")
-    instance = cls()
+    instance = copy.deepcopy(base) if base is not None else cls()
     for name, value in values.items():
-        setattr(instance, name, _convert(value, hints[name], prefix + name))
+        if dataclasses.is_dataclass(hints[name]) and isinstance(value, dict):
+            setattr(instance, name, _from_dict(hints[name], value, prefix + name + ".", getattr(instance, name)))
+        else:
+            setattr(instance, name, _convert(value, hints[name], prefix + name))
     instance.check(prefix)
     return instance
 

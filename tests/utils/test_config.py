@@ -60,6 +60,16 @@ def test_bad_values_name_the_key(tmp_path, overrides, message):
     assert str(error.value).startswith("override" if message.startswith("must look") else str(path))
 
 
+def test_a_partial_section_keeps_the_fields_defaults(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("training:\n  ground_truth_steps:\n    start: 4\n")
+    config = load_config(str(path), ["training.observations_count.end=11"])
+    assert config.training.ground_truth_steps.start == 4
+    assert config.training.ground_truth_steps.end == 1 and config.training.ground_truth_steps.steps == 25_000
+    assert config.training.observations_count.end == 11 and config.training.observations_count.start == 6
+    assert Config().training.ground_truth_steps.start == 5, "defaults are not modified in place"
+
+
 def test_bad_files(tmp_path):
     with pytest.raises(ConfigError, match="configuration file not found"):
         load_config(str(tmp_path / "missing.yaml"))
