@@ -221,7 +221,16 @@ def _action_matrix(model: Glass, start_frames: torch.Tensor, num_frames: int, gl
     """Rows = start frames (R, 3, H, W), columns = (global shift (A, 2), local action (A,)) pairs,
     each repeated for `num_frames` steps → (R, A, num_frames, 3, H, W)."""
     rows, columns = start_frames.shape[0], global_shifts.shape[0]
-    state = start_play(model, start_frames.repeat_interleave(columns, dim=0))
+    # Masks and backgrounds depend on the start frame only: compute them once per row, then repeat.
+    row_state = start_play(model, start_frames)
+
+    def repeat(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.repeat_interleave(columns, dim=0)
+
+    state = replace(row_state, frame=repeat(row_state.frame), foreground=repeat(row_state.foreground),
+                    dynamics_state=[(repeat(hidden), repeat(cell)) for hidden, cell in row_state.dynamics_state],
+                    background=repeat(row_state.background),
+                    cumulative_background_shift=repeat(row_state.cumulative_background_shift))
     frames = []
     for _ in range(num_frames):
         state = play_step(model, state, global_shifts.repeat(rows, 1), local_actions.repeat(rows))

@@ -2,8 +2,10 @@
 
 One dataclass per section; every field has a default (the paper's W-Sprites value
 unless said) and a one-line comment. A YAML file overrides the defaults, then dotted
-command-line overrides (`data.skip_frames=2`) override the file. Unknown keys, wrong
-types and out-of-range values raise `ConfigError` naming the key, before any work.
+command-line overrides (`data.skip_frames=2`) override the file. A file may start from
+another one with `base: ../wsprites.yaml` (a path relative to the file) and override its
+values recursively. Unknown keys, wrong types and out-of-range values raise `ConfigError`
+naming the key, before any work.
 
     config = load_config("configs/wsprites.yaml", ["data.observations_count=8"])
     print(dump_config(config))
@@ -13,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -289,6 +292,9 @@ class TrainingConfig:
     channels_last: bool = True  # channels-last memory format for the convolutions
     precision: str = "fp32"  # 'fp32', or autocast 'bf16' / 'fp16' on CUDA
     compile: bool = False  # torch.compile the model
+    # VGG19 of the perceptual losses with random weights instead of ImageNet's (train.py --random-vgg-weights):
+    # for tests and smoke runs only; the run is recorded as not comparable with the paper.
+    random_vgg_weights: bool = False
 
     def check(self, prefix: str) -> None:
         for name in ("batch_size", "num_steps", "log_every", "media_every", "checkpoint_every"):
@@ -330,6 +336,9 @@ def _require(condition: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
@@ -359,6 +368,8 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
     if annotation is Any:
         return value
     if annotation is float:
+        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads exponents without a dot (4e-4) as strings
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
@@ -434,8 +445,23 @@ def apply_overrides(values: Dict[str, Any], overrides: Sequence[str]) -> Dict[st
     return values
 
 
-def load_config(path: str, overrides: Sequence[str] = ()) -> Config:
-    """Read a YAML config file, apply dotted overrides, check everything, return the `Config`."""
+def _merge_values(base: Dict[str, Any], override: Dict[str, Any]) -> Dict[str, Any]:
+    """`base` with `override` set into it: mappings merge key by key, anything else (lists too) replaces."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge_values(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _read_config_values(path: str, visited: Tuple[str, ...] = ()) -> Dict[str, Any]:
+    """The plain values of the YAML file `path`, on top of those of its `base:` file if it names one.
+
+    `base: ../wsprites.yaml` (a path relative to the file) starts from that file's values, which
+    this file then overrides recursively; bases may themselves have a base.
+    """
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: configuration file not found")
     try:
@@ -445,7 +471,20 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> Config:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    values = apply_overrides(values, overrides)
+    if "base" not in values:
+        return values
+    base = values.pop("base")
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: base: expected the path of another configuration file, got {base!r}")
+    base_path = os.path.normpath(os.path.join(os.path.dirname(path), base))
+    if os.path.realpath(base_path) in visited + (os.path.realpath(path),):
+        raise ConfigError(f"{path}: base: {base} leads back to a file already being read (a cycle of bases)")
+    return _merge_values(_read_config_values(base_path, visited + (os.path.realpath(path),)), values)
+
+
+def load_config(path: str, overrides: Sequence[str] = ()) -> Config:
+    """Read a YAML config file (and its `base:` chain), apply dotted overrides, check everything, return the `Config`."""
+    values = apply_overrides(_read_config_values(path), overrides)
     try:
         return config_from_dict(values)
     except ConfigError as error:

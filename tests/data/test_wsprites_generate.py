@@ -164,6 +164,31 @@ def test_refuses_other_parameters_and_foreign_folders_unless_overwrite(small_dat
     assert (foreign / "notes.txt").read_text() == "mine"
 
 
+def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path):
+    """SIGINT to the whole process group (what a terminal's Ctrl-C sends) with worker processes."""
+    import signal
+    import time
+
+    out = tmp_path / "set"
+    command = [sys.executable, "-m", "data.wsprites.generate", "--out", str(out), "--num-characters", "10",
+               "--videos-per-character", "4", "--frames", "40", "--workers", "2"]
+    process = subprocess.Popen(command, cwd=REPOSITORY, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not any((out / "train").glob("sprite_*")):
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert stderr.strip().splitlines()[-1].startswith("error: interrupted") and "resume" in stderr
+    assert json.loads((out / "metadata.json").read_text())["complete"] is False
+    finished = len(list((out / "train").glob("sprite_*")))
+    assert 0 < finished < 32
+    assert generate.main(command[3:]) == 0
+    assert json.loads((out / "metadata.json").read_text())["complete"] is True
+    assert len(list((out / "train").glob("sprite_*"))) == 32
+    assert not list(out.glob("*/.tmp-*"))
+
+
 def test_command_line_errors_are_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "data.wsprites.generate", "--out", str(tmp_path / "x"),
                              "--sprites-dir", str(tmp_path / "nowhere")],

@@ -33,6 +33,10 @@ def test_overrides_are_typed_yaml_values(tmp_path):
     assert config.data.crop == [0, 0, 10, 10]
     assert config.data.split_fractions == [1.0, 0.0, 0.0] and isinstance(config.data.split_fractions[0], float)
     assert load_config(str(path), ["data.crop=null"]).data.crop is None
+    # YAML 1.1 reads 4e-4 as a string; a float field still takes it.
+    assert load_config(str(path), ["training.learning_rate=4e-4"]).training.learning_rate == 4e-4
+    with pytest.raises(ConfigError, match="expected a number"):
+        load_config(str(path), ["training.learning_rate=fast"])
     assert "skip_frames: 3" in dump_config(config)
 
 
@@ -84,3 +88,35 @@ def test_bad_files(tmp_path):
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
     assert load_config(str(empty)) == Config()
+
+
+def test_a_base_file_is_overridden_recursively(tmp_path):
+    (tmp_path / "main.yaml").write_text(
+        "name: main\ndata:\n  root: videos\n  input_size: [64, 32]\n"
+        "training:\n  ground_truth_steps: {start: 4, end: 2}\n  lr_milestones: [10, 20]\n")
+    (tmp_path / "ablations").mkdir()
+    (tmp_path / "ablations" / "middle.yaml").write_text(
+        "base: ../main.yaml\nname: middle\ndata:\n  input_size: [32, 32]\ntraining:\n  ground_truth_steps: {end: 1}\n")
+    (tmp_path / "ablations" / "leaf.yaml").write_text("base: middle.yaml\ntraining:\n  lr_milestones: [5]\n")
+    config = load_config(str(tmp_path / "ablations" / "leaf.yaml"), ["data.skip_frames=2"])
+    assert config.name == "middle" and config.data.root == "videos"
+    assert config.data.input_size == [32, 32], "a list replaces the base's list"
+    assert (config.training.ground_truth_steps.start, config.training.ground_truth_steps.end) == (4, 1)
+    assert config.training.lr_milestones == [5] and config.data.skip_frames == 2
+
+
+def test_bad_base_files(tmp_path):
+    (tmp_path / "missing_base.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="nowhere.yaml: configuration file not found"):
+        load_config(str(tmp_path / "missing_base.yaml"))
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle of bases"):
+        load_config(str(tmp_path / "a.yaml"))
+    (tmp_path / "number.yaml").write_text("base: 3\n")
+    with pytest.raises(ConfigError, match="base: expected the path"):
+        load_config(str(tmp_path / "number.yaml"))
+    (tmp_path / "unknown.yaml").write_text("base: b2.yaml\ndata:\n  rot: x\n")
+    (tmp_path / "b2.yaml").write_text("name: b2\n")
+    with pytest.raises(ConfigError, match="unknown key 'data.rot'"):
+        load_config(str(tmp_path / "unknown.yaml"))

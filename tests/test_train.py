@@ -1,0 +1,315 @@
+"""train.py on the CPU: the command line, the GMA warm-up, exact resumption, two-process DDP,
+a learning smoke test and stopping on SIGTERM. A small model on tiny generated W-Sprites
+(128×96 frames); perceptual losses off, except where the random-VGG flag is tested."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+import train
+from data.wsprites import generate
+from utils.cli import run_main
+from utils.config import config_from_dict, load_config
+from utils.distributed import DistributedContext
+from utils.errors import GlassError
+from utils.training import Trainer
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WSPRITES = os.path.join(REPOSITORY, "configs", "wsprites.yaml")
+SMALL_MODEL = [
+    "model.gma.mask_first_channels=8", "model.gma.mask_middle_channels=16", "model.gma.mask_middle_blocks=1",
+    "model.gma.mask_up_channels=8", "model.gma.shift_predictor_channels=[4, 4, 4, 8, 8]",
+    "model.gma.shift_predictor_hidden=[8, 8]", "model.gma.inpainter_encoder_channels=[4, 4, 4, 8, 8]",
+    "model.gma.inpainter_decoder_channels=[8, 4, 4, 4]", "model.lma.encoder_stem_channels=4",
+    "model.lma.encoder_block_channels=[4, 8, 8, 8, 8]", "model.lma.encoder_state_channels=8", "model.lma.state_size=4",
+    "model.lma.action_trunk_channels=[8, 8]", "model.lma.direction_sizes=[8, 8, 8, 8]",
+    "model.lma.action_mlp_hidden=[8, 8]", "model.lma.action_dim=4", "model.lma.num_actions=3",
+    "model.lma.hidden_size=4", "model.lma.decoder_channels=[8, 8, 4]",
+]
+NO_PERCEPTUAL_LOSSES = ["loss.weights.background_perceptual_loss=0", "loss.weights.multiscale_local_perceptual_loss=0"]
+# T goes 3 → 5 and T_f 3 → 1 over the first steps, so that short runs cross every curriculum change.
+SHORT_CURRICULA = ["training.observations_count={start: 3, end: 5, start_step: 0, steps: 6}",
+                   "training.ground_truth_steps={start: 3, end: 1, start_step: 0, steps: 4}"]
+
+
+@pytest.fixture(scope="module")
+def dataset_root(tmp_path_factory) -> str:
+    """W-Sprites with 6 training videos of 12 frames (3 batches of 2 per epoch)."""
+    root = str(tmp_path_factory.mktemp("wsprites") / "data")
+    assert generate.main(["--out", root, "--num-characters", "5", "--videos-per-character", "2", "--frames", "12",
+                          "--workers", "1"]) == 0
+    return root
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def arguments(dataset_root: str, runs: str, name: str, *extra: str, config: bool = True) -> list:
+    """train.py arguments for a small CPU run (dotted overrides after the options, as a user types them)."""
+    return [*(["--config", WSPRITES] if config else []), "--run-name", name, "--runs-dir", runs, "--device", "cpu",
+            "--no-progress", *SMALL_MODEL, *NO_PERCEPTUAL_LOSSES, f"data.root={dataset_root}", "data.num_workers=0",
+            "training.batch_size=2", "training.log_every=1", "training.media_every=1000", *extra]
+
+
+def metrics(runs: str, name: str) -> list:
+    with open(os.path.join(runs, name, "metrics.jsonl"), encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle]
+
+
+def checkpoint(runs: str, name: str, file: str = "latest.pth") -> dict:
+    return torch.load(os.path.join(runs, name, "checkpoints", file), weights_only=True)
+
+
+def environment() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+# --------------------------------------------------------------------------- the command line
+
+def test_dry_run_prints_the_config_and_the_summary_and_writes_nothing(tmp_path, capsys):
+    runs = str(tmp_path / "runs")
+    assert train.main(["--config", WSPRITES, "--run-name", "dry", "--runs-dir", runs, "--dry-run", "--random-seed", "7",
+                       "model.lma.num_actions=9"]) == 0
+    printed = capsys.readouterr().out
+    config_text, summary = printed.split("wsprites: frames", 1)
+    config = config_from_dict(yaml.safe_load(config_text))
+    assert config.model.lma.num_actions == 9 and config.training.seed == 7
+    assert "128×96, 9 local actions" in summary and "total" in summary and "18,163,100" in summary
+    assert not os.path.exists(runs)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--config", WSPRITES, "--run-name", "bad", "model.lma.num_action=9"], "unknown key 'model.lma.num_action'"),
+    (["--config", WSPRITES, "--run-name", "bad", "training.batch_size=two"], "training.batch_size: expected an integer"),
+    (["--run-name", "bad"], "--config is required"),
+    (["--config", WSPRITES, "--run-name", "bad", "--device", "cpu", "training.precision=bf16"], "needs a CUDA device"),
+    (["--config", WSPRITES, "--run-name", "a/b"], "--run-name: expected a folder name"),
+])
+def test_bad_input_is_one_line_and_exit_status_2(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(train.main, [*argv, "--runs-dir", str(tmp_path / "runs"), "--dry-run"])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in error and error.count("\n") == 1
+
+
+def test_a_new_run_is_refused_where_checkpoints_exist_and_resuming_needs_them(dataset_root, tmp_path):
+    runs = str(tmp_path / "runs")
+    with pytest.raises(GlassError, match="no such run folder"):
+        train.main(arguments(dataset_root, runs, "run", "--resume-step", "latest", config=False))
+    assert train.main(arguments(dataset_root, runs, "run", "training.num_steps=1")) == 0
+    with pytest.raises(GlassError, match="already holds checkpoints: continue it with --resume-step latest"):
+        train.main(arguments(dataset_root, runs, "run", "training.num_steps=1"))
+    with pytest.raises(GlassError, match="a resumed run uses the config.yaml of its folder"):
+        train.main(arguments(dataset_root, runs, "run", "--resume-step", "1"))
+    with pytest.raises(GlassError, match=r"step_5.pth: no such checkpoint \(steps available: 1\)"):
+        train.main(arguments(dataset_root, runs, "run", "--resume-step", "5", config=False))
+    with open(os.path.join(runs, "run", "checkpoints", "step_1.pth"), "wb") as handle:
+        handle.write(b"not a checkpoint")
+    with pytest.raises(GlassError, match="step_1.pth: cannot be loaded"):
+        train.main(arguments(dataset_root, runs, "run", "--resume-step", "1", config=False))
+
+
+def test_random_vgg_weights_are_explicit_and_recorded(dataset_root, tmp_path, capsys):
+    runs = str(tmp_path / "runs")
+    overrides = [argument for argument in arguments(dataset_root, runs, "vgg", "training.num_steps=1",
+                                                    "training.observations_count={start: 2, end: 2}")
+                 if argument not in NO_PERCEPTUAL_LOSSES]
+    assert train.main(overrides + ["--random-vgg-weights"]) == 0
+    assert "warning: comparable: false" in capsys.readouterr().err
+    with open(os.path.join(runs, "vgg", "config.yaml"), encoding="utf-8") as handle:
+        text = handle.read()
+    assert text.startswith("# comparable: false") and "random_vgg_weights: true" in text
+    row, = metrics(runs, "vgg")
+    assert row["comparable"] is False and row["background_perceptual_loss"] > 0
+    assert checkpoint(runs, "vgg")["comparable"] is False
+
+
+# --------------------------------------------------------------------------- the training step
+
+def small_trainer(*overrides: str) -> Trainer:
+    """A Trainer of the small model for 32×16 frames (no data needed)."""
+    config = load_config(WSPRITES, [*SMALL_MODEL, *NO_PERCEPTUAL_LOSSES, "data.input_size=[32, 16]", *overrides])
+    torch.manual_seed(0)
+    return Trainer(config, DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")))
+
+
+def random_batch(step: int) -> dict:
+    """(B=2, T=6, 3, 16, 32) observations, T as the default curriculum wants it."""
+    return {"observations": torch.rand(2, 6, 3, 16, 32, generator=torch.Generator().manual_seed(step)) * 2 - 1}
+
+
+def _snapshot(module: torch.nn.Module) -> dict:
+    return {name: tensor.clone() for name, tensor in module.state_dict().items()}
+
+
+def test_gma_only_warmup_leaves_the_lma_bit_identical():
+    trainer = small_trainer("training.gma_warmup_steps=3")
+    lma_before, gma_before = _snapshot(trainer.model.lma), _snapshot(trainer.model.gma)
+    for step in range(3):
+        assert trainer.training_step(random_batch(step), step).ran_lma is False
+    lma_after, gma_after = _snapshot(trainer.model.lma), _snapshot(trainer.model.gma)
+    assert all(torch.equal(lma_before[name], lma_after[name]) for name in lma_before), "LMA parameters and buffers"
+    assert not any(parameter in trainer.optimizer.state for parameter in trainer.model.lma.parameters())
+    gma_parameters = [name for name, _ in trainer.model.gma.named_parameters()]
+    unchanged = [name for name in gma_parameters if torch.equal(gma_before[name], gma_after[name])]
+    assert unchanged == [], f"every GMA parameter is trained, unchanged: {unchanged}"
+    assert trainer.training_step(random_batch(3), 3).ran_lma is True
+    now = _snapshot(trainer.model.lma)
+    trained = [name for name, _ in trainer.model.lma.named_parameters() if not torch.equal(lma_after[name], now[name])]
+    assert len(trained) == len(list(trainer.model.lma.parameters())), "after the warm-up the LMA is trained"
+
+
+def test_authors_warmup_runs_the_lma_and_weight_decay_moves_it():
+    trainer = small_trainer("training.gma_warmup_steps=3", "training.warmup_mode=authors")
+    before = {name: parameter.detach().clone() for name, parameter in trainer.model.lma.named_parameters()}
+    for step in range(3):
+        result = trainer.training_step(random_batch(step), step)
+        assert result.ran_lma and "multiscale_global_reconstruction_loss" in result.loss.terms
+    after = dict(trainer.model.lma.named_parameters())
+    moved = [name for name in before if not torch.equal(before[name], after[name])]
+    assert len(moved) > len(before) // 2, "the LMA losses count 0, yet weight decay moves the weights"
+    for name in before:
+        large = before[name].abs() > 1e-2  # Adam normalises the decay gradient: steps of about lr, towards zero
+        assert (after[name].detach().abs()[large] < before[name].abs()[large]).all(), name
+
+
+# --------------------------------------------------------------------------- runs
+
+@pytest.mark.parametrize("num_workers, resume_step", [(0, "latest"), (1, "4")])
+def test_resuming_gives_bit_identical_weights(dataset_root, tmp_path, num_workers, resume_step):
+    """7 steps in one go, and 4 steps + resume + 3 steps: the same weights, optimiser, data position and
+    generators. The runs cross the end of the warm-up, changes of T and T_f, epochs (3 steps each) and
+    media steps (3, 6)."""
+    runs = str(tmp_path / "runs")
+    common = [f"data.num_workers={num_workers}", "training.gma_warmup_steps=2", "training.checkpoint_every=4",
+              "training.media_every=3", *SHORT_CURRICULA]
+    assert train.main(arguments(dataset_root, runs, "whole", *common, "training.num_steps=7")) == 0
+    assert train.main(arguments(dataset_root, runs, "parts", *common, "training.num_steps=4")) == 0
+    assert train.main(arguments(dataset_root, runs, "parts", "--resume-step", resume_step, *common,
+                                "training.num_steps=7", config=False)) == 0
+    whole, parts = checkpoint(runs, "whole"), checkpoint(runs, "parts")
+    assert whole["step"] == parts["step"] == 7 and whole["data"] == parts["data"]
+    assert whole["model"].keys() == parts["model"].keys()
+    assert all(torch.equal(whole["model"][name], parts["model"][name]) for name in whole["model"])
+    for state_whole, state_parts in zip(whole["optimizer"]["state"].values(), parts["optimizer"]["state"].values()):
+        assert all(torch.equal(state_whole[key], state_parts[key]) for key in state_whole)
+    assert whole["scheduler"] == parts["scheduler"]
+    assert torch.equal(whole["rng"][0]["torch"], parts["rng"][0]["torch"]) and whole["rng"][0]["numpy"] == parts["rng"][0]["numpy"]
+    losses = [{name: value for name, value in row.items() if name.endswith("loss")} for row in metrics(runs, "whole")]
+    assert losses == [{name: value for name, value in row.items() if name.endswith("loss")} for row in metrics(runs, "parts")]
+    assert [row["observations_count"] for row in metrics(runs, "whole")] == [3, 3, 3, 4, 4, 4, 5]
+
+
+def test_a_few_dozen_steps_lower_the_gma_loss(dataset_root, tmp_path):
+    runs = str(tmp_path / "runs")
+    assert train.main(arguments(dataset_root, runs, "learn", "training.num_steps=40", "training.gma_warmup_steps=40",
+                                "training.learning_rate=0.001", "training.checkpoint_every=1000",
+                                "training.observations_count={start: 4, end: 4}")) == 0
+    losses = [row["loss"] for row in metrics(runs, "learn")]
+    assert len(losses) == 40
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.8 * first, f"mean loss of the first 5 steps {first:.4f}, of the last 5 {last:.4f}"
+
+
+def _wait_for_rows(process: subprocess.Popen, path: str, count: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"train.py ended early: {process.communicate()[1][-2000:]}")
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as handle:
+                if sum(1 for _ in handle) >= count:
+                    return
+        time.sleep(0.2)
+    pytest.fail(f"no {count} metrics rows after {timeout} s")
+
+
+def _stop_with_sigterm(command: list, metrics_path: str, rows: int) -> tuple:
+    """Start `command` in its own process group, SIGTERM it (only the launcher) after `rows` metrics rows;
+    returns (exit status, stdout, stderr). Whatever is left of the group is killed if the test fails."""
+    process = subprocess.Popen(command, cwd=REPOSITORY, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=environment(), start_new_session=True)
+    try:
+        _wait_for_rows(process, metrics_path, rows, timeout=120)
+        process.send_signal(signal.SIGTERM)
+        output, errors = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)  # the launcher and the training processes it spawned
+            process.communicate()
+    return process.returncode, output, errors
+
+
+def test_sigterm_finishes_the_step_saves_and_exits(dataset_root, tmp_path):
+    runs = str(tmp_path / "runs")
+    command = [sys.executable, "train.py", *arguments(dataset_root, runs, "stop", "training.num_steps=1000",
+                                                      "training.gma_warmup_steps=1000", "training.checkpoint_every=1000")]
+    status, output, errors = _stop_with_sigterm(command, os.path.join(runs, "stop", "metrics.jsonl"), rows=2)
+    assert status == 128 + signal.SIGTERM, errors
+    saved = checkpoint(runs, "stop")
+    assert "stopped by SIGTERM after step" in output and "--resume-step latest" in output
+    assert saved["step"] == metrics(runs, "stop")[-1]["step"] >= 2
+    assert train.main(arguments(dataset_root, runs, "stop", "--resume-step", "latest", f"training.num_steps={saved['step'] + 1}",
+                                config=False)) == 0
+    assert checkpoint(runs, "stop")["step"] == saved["step"] + 1
+
+
+def test_two_cpu_processes_keep_identical_replicas_and_stop_together(dataset_root, tmp_path):
+    """--num-gpus 2 --device cpu: two gloo processes (one thread each on 2 cores) on a fresh localhost port.
+    Every checkpoint first checks that the replicas are bit-identical (the run fails otherwise); SIGTERM
+    to the launcher reaches both processes, which finish the step and save."""
+    runs = str(tmp_path / "runs")
+    command = [sys.executable, "train.py", *arguments(
+        dataset_root, runs, "ddp", "--num-gpus", "2", "training.batch_size=1", "training.num_steps=1000",
+        "training.gma_warmup_steps=2", "training.checkpoint_every=2", "training.media_every=3", *SHORT_CURRICULA)]
+    status, output, errors = _stop_with_sigterm(command, os.path.join(runs, "ddp", "metrics.jsonl"), rows=4)
+    assert status == 128 + signal.SIGTERM, errors
+    assert "2 process(es) × batch 1" in output and "stopped by SIGTERM" in output
+    rows = metrics(runs, "ddp")
+    final, after_warmup = checkpoint(runs, "ddp"), checkpoint(runs, "ddp", "step_2.pth")
+    assert final["world_size"] == 2 and len(final["rng"]) == 2 and final["step"] == rows[-1]["step"] >= 4
+    assert not torch.equal(final["rng"][0]["torch"], final["rng"][1]["torch"]), "seeds are seed·world + rank"
+    assert all(torch.isfinite(torch.tensor(row["loss"])) for row in rows) and rows[-1]["lma_trained"]
+    for module in ("gma.masking_network.", "lma.decoder."):
+        assert any(not torch.equal(tensor, final["model"][name]) for name, tensor in after_warmup["model"].items()
+                   if name.startswith(module)), f"{module} trained"
+
+
+@pytest.fixture
+def wandb_without_login(tmp_path, monkeypatch):
+    """wandb with no stored login and no key; its in-process state is reset afterwards."""
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    yield monkeypatch
+    wandb.teardown()
+
+
+def test_wandb_logs_offline_into_the_run_folder(dataset_root, tmp_path, wandb_without_login):
+    wandb_without_login.setenv("WANDB_MODE", "offline")
+    runs = str(tmp_path / "runs")
+    assert train.main(arguments(dataset_root, runs, "logged", "--wandb", "training.num_steps=2", "training.media_every=2",
+                                "training.observations_count={start: 3, end: 3}")) == 0
+    offline_runs = [name for name in os.listdir(os.path.join(runs, "logged", "wandb")) if name.startswith("offline-run")]
+    with open(os.path.join(runs, "logged", "wandb_id.txt"), encoding="utf-8") as handle:
+        assert len(offline_runs) == 1 and offline_runs[0].endswith(handle.read().strip())
+
+
+def test_wandb_online_without_a_login_fails_before_training(dataset_root, tmp_path, wandb_without_login):
+    wandb_without_login.setenv("WANDB_MODE", "online")
+    runs = str(tmp_path / "runs")
+    with pytest.raises(GlassError, match="wandb could not start .* WANDB_MODE=offline") as error:
+        train.main(arguments(dataset_root, runs, "online", "--wandb", "training.num_steps=1"))
+    assert "\n" not in str(error.value) and not os.path.exists(os.path.join(runs, "online", "checkpoints"))

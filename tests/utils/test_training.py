@@ -1,0 +1,98 @@
+"""The trainer's library pieces that need no model: sharded resumable data order, RNG states, stop requests."""
+import os
+import random
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from data.wsprites import generate
+from utils.config import load_config
+from utils.distributed import DistributedContext
+from utils.errors import DatasetError
+from utils.schedules import observations_count_at
+from utils.training import ShardSampler, StopRequest, TrainingBatches, capture_rng_state, restore_rng_state
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def dataset_root(tmp_path_factory) -> str:
+    """W-Sprites with 6 training videos of 12 frames."""
+    root = str(tmp_path_factory.mktemp("wsprites") / "data")
+    assert generate.main(["--out", root, "--num-characters", "5", "--videos-per-character", "2", "--frames", "12",
+                          "--workers", "1"]) == 0
+    return root
+
+
+def test_shards_cover_each_epoch_and_depend_only_on_seed_and_epoch():
+    shards = [ShardSampler(7, rank, 2, seed=3) for rank in (0, 1)]
+    assert [len(sampler) for sampler in shards] == [4, 4]
+    for epoch in (0, 1):
+        for sampler in shards:
+            sampler.set_epoch(epoch)
+        first, second = list(shards[0]), list(shards[1])
+        assert sorted(set(first) | set(second)) == list(range(7)), "every item once, one padded repeat"
+        assert len(set(first) & set(second)) <= 1
+        assert list(ShardSampler(7, 0, 2, seed=3).shard(epoch)) == first, "reproducible from (seed, epoch)"
+    assert ShardSampler(7, 0, 1, seed=3).shard(0) != ShardSampler(7, 0, 1, seed=3).shard(1)
+    sampler = ShardSampler(7, 0, 1, seed=3)
+    sampler.set_epoch(1, start_position=5)
+    assert list(sampler) == sampler.shard(1)[5:] and len(sampler) == 2
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_a_resumed_stream_continues_with_the_same_batches(dataset_root, num_workers):
+    config = load_config(os.path.join(REPOSITORY, "configs", "wsprites.yaml"), [
+        f"data.root={dataset_root}", f"data.num_workers={num_workers}", "training.batch_size=2",
+        "training.observations_count={start: 2, end: 5, start_step: 0, steps: 6}"])
+    context = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+
+    def describe(batch):
+        return batch["video_index"].tolist(), batch["start_frame"].tolist(), batch["observations"].shape[1]
+
+    stream = TrainingBatches(config, context, first_step=0)
+    batches = iter(stream)
+    uninterrupted = []
+    for step in range(7):
+        uninterrupted.append(describe(next(batches)))
+        if step == 3:
+            state = stream.state()
+    assert state == {"epoch": 1, "position": 2}, "3 batches of 2 per epoch: the 4th step ends inside epoch 1"
+    assert [length for _, _, length in uninterrupted] == [observations_count_at(config.training, s) for s in range(7)]
+    assert len({tuple(videos) for videos, _, _ in uninterrupted[:3]}) == 3
+
+    resumed = iter(TrainingBatches(config, context, first_step=4, **state))
+    assert [describe(next(resumed)) for _ in range(3)] == uninterrupted[4:]
+
+
+def test_too_few_videos_for_a_step_is_a_dataset_error(dataset_root):
+    config = load_config(os.path.join(REPOSITORY, "configs", "wsprites.yaml"),
+                         [f"data.root={dataset_root}", "training.batch_size=4"])
+    context = DistributedContext(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"))
+    with pytest.raises(DatasetError, match="fewer than the 8 of one step"):
+        TrainingBatches(config, context, first_step=0)
+
+
+def test_rng_states_survive_a_weights_only_round_trip(tmp_path):
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    np.random.normal()  # leaves a cached Gaussian in NumPy's state
+    path = str(tmp_path / "rng.pth")
+    torch.save(capture_rng_state(torch.device("cpu")), path)
+    expected = (random.random(), np.random.normal(), np.random.random(), torch.rand(3))
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    restore_rng_state(torch.load(path, weights_only=True), torch.device("cpu"))
+    observed = (random.random(), np.random.normal(), np.random.random(), torch.rand(3))
+    assert observed[:3] == expected[:3] and torch.equal(observed[3], expected[3])
+
+
+def test_stop_request_keeps_the_first_signal_and_restores_handlers():
+    previous = signal.getsignal(signal.SIGTERM)
+    stop = StopRequest()
+    assert not stop.requested
+    os.kill(os.getpid(), signal.SIGTERM)
+    os.kill(os.getpid(), signal.SIGINT)  # a second signal while stopping is ignored, not a KeyboardInterrupt
+    assert stop.requested and stop.signal_name() == "SIGTERM"
+    stop.close()
+    assert signal.getsignal(signal.SIGTERM) is previous

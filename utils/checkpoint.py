@@ -1,0 +1,192 @@
+"""The run folder and its checkpoints.
+
+    runs/NAME/config.yaml                  the resolved configuration, written before the first step
+    runs/NAME/metrics.jsonl                one JSON line per logging step
+    runs/NAME/media/                       images and GIFs logged during training
+    runs/NAME/wandb_id.txt, runs/NAME/wandb/   with --wandb
+    runs/NAME/checkpoints/step_N.pth       the state after N optimiser steps
+    runs/NAME/checkpoints/latest.pth       the same as the newest step_N.pth
+
+A checkpoint is a dict of tensors, lists, dicts, ints, floats, strings and booleans only, so
+`torch.load(path, weights_only=True)` reads it (no code runs when loading). Files are written
+to a temporary name in the same folder and moved into place with `os.replace`, so a crash
+never leaves a half-written `step_N.pth` or `latest.pth`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import shutil
+import tempfile
+import zipfile
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+
+from utils.config import Config, dump_config, load_config
+from utils.errors import GlassError
+
+CHECKPOINT_FORMAT = 1  # bumped when the layout of the checkpoint dict changes
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+MEDIA_FOLDER = "media"
+WANDB_ID_FILE = "wandb_id.txt"  # the id of the run's wandb run, so that a resumed run continues it
+CHECKPOINT_FOLDER = "checkpoints"
+LATEST_CHECKPOINT = "latest.pth"
+_STEP_CHECKPOINT = re.compile(r"^step_(\d+)\.pth$")
+REQUIRED_KEYS = ("format", "step", "model", "optimizer", "scheduler", "grad_scaler", "data", "rng")
+
+
+def checkpoint_folder(run_folder: str) -> str:
+    return os.path.join(run_folder, CHECKPOINT_FOLDER)
+
+
+def checkpoint_path(run_folder: str, step: int) -> str:
+    """runs/NAME/checkpoints/step_N.pth for the state after `step` optimiser steps."""
+    return os.path.join(checkpoint_folder(run_folder), f"step_{step}.pth")
+
+
+def checkpoint_steps(run_folder: str) -> List[int]:
+    """The N of every step_N.pth in the run folder, in increasing order."""
+    folder = checkpoint_folder(run_folder)
+    if not os.path.isdir(folder):
+        return []
+    return sorted(int(match.group(1)) for match in map(_STEP_CHECKPOINT.match, os.listdir(folder)) if match)
+
+
+def has_checkpoints(run_folder: str) -> bool:
+    return bool(checkpoint_steps(run_folder)) or os.path.isfile(os.path.join(checkpoint_folder(run_folder), LATEST_CHECKPOINT))
+
+
+def parse_resume_step(text: str) -> Optional[int]:
+    """`--resume-step` → N, or None for the latest checkpoint ('latest' or -1)."""
+    if text.strip().lower() == "latest":
+        return None
+    try:
+        step = int(text)
+    except ValueError:
+        raise GlassError(f"--resume-step: expected a step number, -1 or 'latest', got {text!r}") from None
+    if step < -1:
+        raise GlassError(f"--resume-step: expected a step number >= 0, -1 or 'latest', got {step}")
+    return None if step == -1 else step
+
+
+def _require_run_folder(run_folder: str) -> None:
+    if not os.path.isdir(run_folder):
+        raise GlassError(f"{run_folder}: no such run folder to resume (check --run-name and --runs-dir)")
+
+
+def resume_checkpoint_path(run_folder: str, step: Optional[int]) -> str:
+    """The checkpoint to resume from: step_N.pth, or latest.pth when `step` is None; checked to exist."""
+    _require_run_folder(run_folder)
+    path = os.path.join(checkpoint_folder(run_folder), LATEST_CHECKPOINT) if step is None else checkpoint_path(run_folder, step)
+    if not os.path.isfile(path):
+        available = checkpoint_steps(run_folder)
+        listing = f"steps available: {', '.join(map(str, available))}" if available else "the run has no checkpoints"
+        raise GlassError(f"{path}: no such checkpoint ({listing})")
+    return path
+
+
+def _write_atomically(path: str, write: Callable[[str], None]) -> None:
+    """Call `write(temporary_path)` for a temporary file beside `path`, then move it onto `path`."""
+    folder = os.path.dirname(path) or "."
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def write_config(run_folder: str, config: Config, header: str = "") -> str:
+    """Write the resolved configuration to runs/NAME/config.yaml (atomically); `header` lines go first as comments."""
+    os.makedirs(run_folder, exist_ok=True)
+    path = os.path.join(run_folder, CONFIG_FILE)
+    comments = "".join(f"# {line}\n" for line in header.splitlines())
+
+    def write(temporary: str) -> None:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(comments + dump_config(config))
+
+    _write_atomically(path, write)
+    return path
+
+
+def keep_metrics_up_to(path: str, step: int) -> None:
+    """Drop the rows of metrics.jsonl after `step` (a resumed run logs those steps again)."""
+    if not os.path.isfile(path):
+        return
+    with open(path, "r", encoding="utf-8") as handle:
+        lines = handle.readlines()
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut by a crash
+    def write(temporary: str) -> None:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.writelines(kept)
+
+    _write_atomically(path, write)
+
+
+def prepare_run_folder(run_folder: str, config: Config, first_step: int, header: str = "") -> None:
+    """Make the run folder ready for training from `first_step` (0: a new run): write config.yaml,
+    keep the metrics rows up to `first_step`, and forget the wandb run of a new run."""
+    write_config(run_folder, config, header)
+    keep_metrics_up_to(os.path.join(run_folder, METRICS_FILE), first_step)
+    if first_step == 0 and os.path.isfile(os.path.join(run_folder, WANDB_ID_FILE)):
+        os.remove(os.path.join(run_folder, WANDB_ID_FILE))
+
+
+def read_run_config(run_folder: str, overrides: List[str]) -> Config:
+    """The configuration stored with a run (its config.yaml), with dotted `overrides` applied."""
+    _require_run_folder(run_folder)
+    path = os.path.join(run_folder, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise GlassError(f"{path}: missing; a run folder keeps the configuration it was started with")
+    return load_config(path, overrides)
+
+
+def save_checkpoint(run_folder: str, state: Dict[str, Any]) -> str:
+    """Write `state` (with its 'step' N) to step_N.pth and latest.pth, each atomically; returns step_N's path.
+
+    latest.pth is a hard link to step_N.pth where the file system allows it, a copy otherwise.
+    """
+    folder = checkpoint_folder(run_folder)
+    os.makedirs(folder, exist_ok=True)
+    path = checkpoint_path(run_folder, state["step"])
+    _write_atomically(path, lambda temporary: torch.save(state, temporary))
+
+    def link_or_copy(temporary: str) -> None:
+        os.remove(temporary)
+        try:
+            os.link(path, temporary)
+        except OSError:
+            shutil.copyfile(path, temporary)
+
+    _write_atomically(os.path.join(folder, LATEST_CHECKPOINT), link_or_copy)
+    return path
+
+
+def load_checkpoint(path: str) -> Dict[str, Any]:
+    """Read a checkpoint on the CPU with `weights_only=True`; anything wrong is a one-line `GlassError`."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise GlassError(f"{path}: cannot be loaded ({reason[:200]}); resume from another checkpoint "
+                         f"with --resume-step N") from None
+    if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
+        missing = [key for key in REQUIRED_KEYS if not isinstance(state, dict) or key not in state]
+        raise GlassError(f"{path}: not a GLASS training checkpoint (missing {', '.join(missing)})")
+    if state["format"] != CHECKPOINT_FORMAT:
+        raise GlassError(f"{path}: checkpoint format {state['format']}, this code reads format {CHECKPOINT_FORMAT}")
+    return state

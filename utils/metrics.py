@@ -1,0 +1,56 @@
+"""Action and segmentation metrics of SPEC §5.1 that need no pretrained network.
+
+Shifts predicted by the model are in `affine_grid` units (2 = the full frame width or
+height); ground-truth shifts are in pixels. `shifts_to_pixels` converts the former.
+Predicted shift t (frames t → t+1) is compared with the true shift stored at t+1
+(`global_shifts[:, 1:]` of a batch), which is the displacement from frame t to t+1.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+DIRECTION_COSINE_THRESHOLD = 1.0 / math.sqrt(2.0)  # within 45°
+
+
+def shifts_to_pixels(shifts: torch.Tensor, input_size: Sequence[int]) -> torch.Tensor:
+    """(…, 2) shifts in affine_grid units → pixels of frames `input_size` = [W, H]: (dx·W/2, dy·H/2)."""
+    width, height = input_size
+    scale = torch.tensor([width / 2.0, height / 2.0], dtype=shifts.dtype, device=shifts.device)
+    return shifts * scale
+
+
+def soft_iou(predicted_masks: torch.Tensor, true_masks: torch.Tensor) -> torch.Tensor:
+    """Soft IoU over all elements: Σ m·m* / Σ (1 − (1−m)(1−m*)), masks in [0, 1] of one shape (a scalar).
+
+    For binary masks it is the usual intersection over union. Two empty masks give 1.
+    """
+    if predicted_masks.shape != true_masks.shape:
+        raise ValueError(f"mask shapes differ: {tuple(predicted_masks.shape)} and {tuple(true_masks.shape)}")
+    intersection = (predicted_masks * true_masks).sum()
+    union = (1 - (1 - predicted_masks) * (1 - true_masks)).sum()
+    return intersection / union if union > 0 else torch.ones((), dtype=predicted_masks.dtype)
+
+
+def direction_matches(predicted_shifts: torch.Tensor, true_shifts: torch.Tensor) -> torch.Tensor:
+    """For every non-zero true shift (…, 2), whether the predicted one points within 45° of it.
+
+    Returns a flat bool tensor with one entry per non-zero true shift (cosine > 1/√2;
+    a zero predicted shift never matches).
+    """
+    if predicted_shifts.shape != true_shifts.shape:
+        raise ValueError(f"shift shapes differ: {tuple(predicted_shifts.shape)} and {tuple(true_shifts.shape)}")
+    predicted, true = predicted_shifts.reshape(-1, 2), true_shifts.reshape(-1, 2)
+    moving = true.norm(dim=1) > 0
+    predicted, true = predicted[moving], true[moving]
+    cosine = (predicted * true).sum(dim=1) / (predicted.norm(dim=1) * true.norm(dim=1)).clamp_min(1e-12)
+    return cosine > DIRECTION_COSINE_THRESHOLD
+
+
+def shift_errors(predicted_shifts: torch.Tensor, true_shifts: torch.Tensor) -> torch.Tensor:
+    """Flat L2 distances in pixels between predicted and true shifts (…, 2)."""
+    if predicted_shifts.shape != true_shifts.shape:
+        raise ValueError(f"shift shapes differ: {tuple(predicted_shifts.shape)} and {tuple(true_shifts.shape)}")
+    return (predicted_shifts - true_shifts).reshape(-1, 2).norm(dim=1)
