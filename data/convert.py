@@ -38,7 +38,7 @@ import random
 import re
 import shutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from functools import partial
 from pathlib import Path
@@ -46,6 +46,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 
 from utils.cli import run_main
 from utils.errors import GlassError
+from utils.files import write_json_atomically
 
 # Container extensions looked for in --videos (matched case-insensitively).
 VIDEO_EXTENSIONS = (
@@ -407,14 +408,6 @@ def remove_stale(out: Path) -> int:
 # -------------------------------------------------------------------------- reporting
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.parent / f"{TMP_PREFIX}{path.name}-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as stream:
-        json.dump(data, stream, indent=2)
-        stream.write("\n")
-    os.replace(tmp, path)
-
-
 def _check_previous_run(report: Path, options: Dict[str, Any], overwrite: bool) -> None:
     if not report.exists() or overwrite:
         return
@@ -593,7 +586,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "skipped": [],
         "videos": [],
     }
-    write_json_atomic(report_path, report)
+    write_json_atomically(report_path, report)
 
     done: Dict[str, Tuple[Job, int]] = {job.name: (job, _count_frames(job.dest)) for job in present}
     skipped: List[Result] = []
@@ -633,7 +626,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     if failure is not None:
         report["failed"] = {"file": str(failure.job.source), "message": failure.message}
-    write_json_atomic(report_path, report)
+    write_json_atomically(report_path, report)
     if failure is not None:
         raise ConvertError(f"cannot decode {failure.job.source}: {failure.message} "
                            f"({counts['converted']} video(s) finished before it are kept; "

@@ -13,7 +13,6 @@ import torch
 import yaml
 
 import train
-from data.wsprites import generate
 from utils.cli import run_main
 from utils.config import config_from_dict, load_config
 from utils.distributed import DistributedContext
@@ -36,15 +35,6 @@ NO_PERCEPTUAL_LOSSES = ["loss.weights.background_perceptual_loss=0", "loss.weigh
 # T goes 3 → 5 and T_f 3 → 1 over the first steps, so that short runs cross every curriculum change.
 SHORT_CURRICULA = ["training.observations_count={start: 3, end: 5, start_step: 0, steps: 6}",
                    "training.ground_truth_steps={start: 3, end: 1, start_step: 0, steps: 4}"]
-
-
-@pytest.fixture(scope="module")
-def dataset_root(tmp_path_factory) -> str:
-    """W-Sprites with 6 training videos of 12 frames (3 batches of 2 per epoch)."""
-    root = str(tmp_path_factory.mktemp("wsprites") / "data")
-    assert generate.main(["--out", root, "--num-characters", "5", "--videos-per-character", "2", "--frames", "12",
-                          "--workers", "1"]) == 0
-    return root
 
 
 @pytest.fixture(autouse=True)

@@ -19,14 +19,14 @@ import os
 import pickle
 import re
 import shutil
-import tempfile
 import zipfile
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 
 from utils.config import Config, dump_config, load_config
 from utils.errors import GlassError
+from utils.files import write_atomically
 
 CHECKPOINT_FORMAT = 1  # bumped when the layout of the checkpoint dict changes
 CONFIG_FILE = "config.yaml"
@@ -89,20 +89,6 @@ def resume_checkpoint_path(run_folder: str, step: Optional[int]) -> str:
     return path
 
 
-def _write_atomically(path: str, write: Callable[[str], None]) -> None:
-    """Call `write(temporary_path)` for a temporary file beside `path`, then move it onto `path`."""
-    folder = os.path.dirname(path) or "."
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
 def write_config(run_folder: str, config: Config, header: str = "") -> str:
     """Write the resolved configuration to runs/NAME/config.yaml (atomically); `header` lines go first as comments."""
     os.makedirs(run_folder, exist_ok=True)
@@ -113,7 +99,7 @@ def write_config(run_folder: str, config: Config, header: str = "") -> str:
         with open(temporary, "w", encoding="utf-8") as handle:
             handle.write(comments + dump_config(config))
 
-    _write_atomically(path, write)
+    write_atomically(path, write)
     return path
 
 
@@ -134,7 +120,7 @@ def keep_metrics_up_to(path: str, step: int) -> None:
         with open(temporary, "w", encoding="utf-8") as handle:
             handle.writelines(kept)
 
-    _write_atomically(path, write)
+    write_atomically(path, write)
 
 
 def prepare_run_folder(run_folder: str, config: Config, first_step: int, header: str = "") -> None:
@@ -163,7 +149,7 @@ def save_checkpoint(run_folder: str, state: Dict[str, Any]) -> str:
     folder = checkpoint_folder(run_folder)
     os.makedirs(folder, exist_ok=True)
     path = checkpoint_path(run_folder, state["step"])
-    _write_atomically(path, lambda temporary: torch.save(state, temporary))
+    write_atomically(path, lambda temporary: torch.save(state, temporary))
 
     def link_or_copy(temporary: str) -> None:
         os.remove(temporary)
@@ -172,7 +158,7 @@ def save_checkpoint(run_folder: str, state: Dict[str, Any]) -> str:
         except OSError:
             shutil.copyfile(path, temporary)
 
-    _write_atomically(os.path.join(folder, LATEST_CHECKPOINT), link_or_copy)
+    write_atomically(os.path.join(folder, LATEST_CHECKPOINT), link_or_copy)
     return path
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from model.generation import NAMED_SHIFTS, global_action_matrix, local_action_matrix, reconstruct
 from model.glass import Glass, GlassOutput
+from utils.files import write_atomically
 
 IMAGE_RANGE = (-1.0, 1.0)  # frames, foregrounds, backgrounds
 MASK_RANGE = (0.0, 1.0)  # masks
@@ -50,21 +51,6 @@ def to_uint8_images(images: torch.Tensor, value_range: Tuple[float, float] = IMA
     return np.ascontiguousarray(values.movedim(-3, -1).numpy())
 
 
-def _write_atomically(path: str, write: Callable[[str], None]) -> str:
-    """Call `write(temporary_path)` in the folder of `path` (created if needed), then move the file to `path`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    temporary = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")  # same file system: the move is atomic
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-    return path
-
-
 def _as_pil(image: ImageLike) -> Image.Image:
     if isinstance(image, Image.Image):
         return image
@@ -76,7 +62,7 @@ def _as_pil(image: ImageLike) -> Image.Image:
 def save_png(image: ImageLike, path: str) -> str:
     """Write a uint8 array (H, W) or (H, W, 3 | 4), or a PIL image, as a PNG file; returns `path`."""
     picture = _as_pil(image)
-    return _write_atomically(path, lambda temporary: picture.save(temporary, format="PNG",
+    return write_atomically(path, lambda temporary: picture.save(temporary, format="PNG",
                                                                   compress_level=PNG_COMPRESS_LEVEL))
 
 
@@ -95,7 +81,7 @@ def save_gif(frames: Union[np.ndarray, Sequence[np.ndarray]], path: str, fps: fl
     if fps <= 0:
         raise ValueError(f"save_gif: fps must be > 0, got {fps}")
     duration = max(10, int(round(100.0 / fps)) * 10)  # milliseconds, a multiple of 10
-    return _write_atomically(path, lambda temporary: pictures[0].save(
+    return write_atomically(path, lambda temporary: pictures[0].save(
         temporary, format="GIF", save_all=True, append_images=pictures[1:], duration=duration, loop=0))
 
 

@@ -37,6 +37,7 @@ from data.wsprites.sprites import (CELL_SIZE, REQUIRED_LAYERS, BuiltinSpriteSour
                                    SpriteSource, _sha256, character_choices)
 from utils.cli import run_main
 from utils.errors import GlassError
+from utils.files import write_json_atomically
 
 METADATA_FILE = "metadata.json"
 FORMAT_VERSION = 1
@@ -247,14 +248,6 @@ def _generate_character(job: Tuple[str, int, Tuple[int, ...]]) -> int:
 
 # --------------------------------------------------------------------------- metadata
 
-def _write_json_atomically(path: str, content: Dict) -> None:
-    temporary = path + f"{TEMPORARY_PREFIX}{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(content, handle, indent=2, sort_keys=False)
-        handle.write("\n")
-    os.replace(temporary, path)
-
-
 def build_metadata(parameters: WSpritesParameters, source: SpriteSource, background_identity: Dict,
                    splits: Dict[str, List[int]], choices_per_layer: Tuple[int, ...], complete: bool) -> Dict:
     num_videos = {split: len(ids) * parameters.videos_per_character for split, ids in splits.items()}
@@ -388,7 +381,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     metadata = build_metadata(parameters, source, background_identity, splits, choices_per_layer, complete=False)
 
     _prepare_output(arguments.out, metadata, arguments.overwrite)
-    _write_json_atomically(os.path.join(arguments.out, METADATA_FILE), metadata)
+    write_json_atomically(os.path.join(arguments.out, METADATA_FILE), metadata)
 
     jobs = []
     for split, ids in splits.items():
@@ -423,7 +416,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          "to resume") from None
 
     metadata["complete"] = True
-    _write_json_atomically(os.path.join(arguments.out, METADATA_FILE), metadata)
+    write_json_atomically(os.path.join(arguments.out, METADATA_FILE), metadata)
     print(f"done: {arguments.out} ({sum(metadata['counts']['frames'].values())} frames)", file=sys.stderr)
     return 0
 

@@ -9,7 +9,8 @@ from PIL import Image
 
 from model.glass import Glass
 from tests.model.conftest import SMALL_INPUT_SIZE, small_model_config
-from utils.media import (_write_atomically, blank_like, image_grid, save_gif, save_png, to_uint8_images,
+from utils.files import write_atomically
+from utils.media import (blank_like, image_grid, save_gif, save_png, to_uint8_images,
                          write_training_media)
 
 WIDTH, HEIGHT = SMALL_INPUT_SIZE
@@ -82,7 +83,7 @@ def test_an_interrupted_write_leaves_neither_the_file_nor_a_temporary(tmp_path):
         raise RuntimeError("interrupted")
 
     with pytest.raises(RuntimeError):
-        _write_atomically(str(tmp_path / "media.gif"), failing_write)
+        write_atomically(str(tmp_path / "media.gif"), failing_write)
     assert os.listdir(tmp_path) == []
 
 

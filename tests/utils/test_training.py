@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from data.wsprites import generate
 from utils.config import load_config
 from utils.distributed import DistributedContext
 from utils.errors import DatasetError
@@ -15,15 +14,6 @@ from utils.schedules import observations_count_at
 from utils.training import ShardSampler, StopRequest, TrainingBatches, capture_rng_state, restore_rng_state
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-@pytest.fixture(scope="module")
-def dataset_root(tmp_path_factory) -> str:
-    """W-Sprites with 6 training videos of 12 frames."""
-    root = str(tmp_path_factory.mktemp("wsprites") / "data")
-    assert generate.main(["--out", root, "--num-characters", "5", "--videos-per-character", "2", "--frames", "12",
-                          "--workers", "1"]) == 0
-    return root
 
 
 def test_shards_cover_each_epoch_and_depend_only_on_seed_and_epoch():
