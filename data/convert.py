@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from utils.cli import run_main
+from utils.config import SPLITS
 from utils.errors import GlassError
 from utils.files import write_json_atomically
 
@@ -53,7 +54,6 @@ VIDEO_EXTENSIONS = (
     ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".wmv", ".flv", ".mpg", ".mpeg",
     ".m2v", ".ts", ".mts", ".m2ts", ".ogv", ".ogg", ".3gp", ".3g2", ".mxf", ".gif",
 )
-SPLITS = ("train", "val", "test")
 TMP_PREFIX = ".tmp-"
 REPORT_NAME = "convert.json"
 MAX_FRAMES = 100000  # five-digit frame names: 00000 ... 99999

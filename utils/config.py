@@ -468,7 +468,7 @@ def _read_config_values(path: str, visited: Tuple[str, ...] = ()) -> Dict[str, A
         with open(path, "r", encoding="utf-8") as handle:
             values = yaml.safe_load(handle) or {}
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None  # one line
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     if "base" not in values:

@@ -1,6 +1,7 @@
 """Writing files so that a crash or an interruption never leaves a half-written one."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -26,6 +27,15 @@ def write_atomically(path: str, write: Callable[[str], None]) -> str:
             os.remove(temporary)
         raise
     return path
+
+
+def sha256_of_file(path: str) -> str:
+    """The hexadecimal SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_json_atomically(path: str, content: Any) -> str:

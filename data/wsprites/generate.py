@@ -34,14 +34,14 @@ from tqdm import tqdm
 
 from data.wsprites import walk
 from data.wsprites.sprites import (CELL_SIZE, REQUIRED_LAYERS, BuiltinSpriteSource, LPCDirectorySource,
-                                   SpriteSource, _sha256, character_choices)
+                                   SpriteSource, character_choices)
 from utils.cli import run_main
+from utils.config import SPLITS
 from utils.errors import GlassError
-from utils.files import write_json_atomically
+from utils.files import sha256_of_file, write_json_atomically
 
 METADATA_FILE = "metadata.json"
 FORMAT_VERSION = 1
-SPLITS = ("train", "val", "test")
 TEMPORARY_PREFIX = ".tmp-"
 
 
@@ -374,7 +374,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     background = load_background(arguments.background, parameters)
     background_identity = ({"kind": "builtin", "size": list(parameters.background_size)}
                            if arguments.background is None else
-                           {"kind": "image", "sha256": _sha256(arguments.background),
+                           {"kind": "image", "sha256": sha256_of_file(arguments.background),
                             "size": list(parameters.background_size)})
     characters = select_characters(parameters, combinations)
     splits = split_characters(parameters, characters)

@@ -6,7 +6,6 @@ sheet: 9 animations × 8 frames, each a 64×64 RGBA cell.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from functools import lru_cache
@@ -16,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from utils.errors import GlassError
+from utils.files import sha256_of_file
 
 CELL_SIZE = 64
 REQUIRED_LAYERS = ("body", "bottomwear", "topwear", "hair")
@@ -127,14 +127,6 @@ def _numbered_pngs(folder: str) -> List[str]:
     return sorted(names, key=lambda name: int(name.split(".")[0]))
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_lpc_sheet(path: str) -> np.ndarray:
     """An LPC sheet as (height, width, 4) uint8 RGBA; errors name the file."""
     try:
@@ -190,5 +182,5 @@ class LPCDirectorySource(SpriteSource):
             "kind": "lpc-directory",
             "layers": list(self.layers),
             "files": {layer: [os.path.basename(path) for path in paths] for layer, paths in self.files.items()},
-            "sha256": {layer: [_sha256(path) for path in paths] for layer, paths in self.files.items()},
+            "sha256": {layer: [sha256_of_file(path) for path in paths] for layer, paths in self.files.items()},
         }

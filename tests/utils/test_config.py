@@ -79,8 +79,9 @@ def test_bad_files(tmp_path):
         load_config(str(tmp_path / "missing.yaml"))
     broken = tmp_path / "broken.yaml"
     broken.write_text("data: [unclosed\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match="not valid YAML") as error:
         load_config(str(broken))
+    assert "\n" not in str(error.value) and "line 2" in str(error.value)
     listing = tmp_path / "list.yaml"
     listing.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):

@@ -28,3 +28,14 @@ def test_writes_create_the_folder_and_replace(tmp_path):
     write_json_atomically(str(path), [3])
     assert json.loads(path.read_text()) == [3] and path.read_text().endswith("\n")
     assert os.listdir(path.parent) == ["x.json"]
+
+
+def test_sha256_of_file_matches_hashlib(tmp_path):
+    import hashlib
+
+    from utils.files import sha256_of_file
+
+    path = tmp_path / "blob"
+    content = bytes(range(256)) * 5000  # more than one 1 MiB block
+    path.write_bytes(content)
+    assert sha256_of_file(str(path)) == hashlib.sha256(content).hexdigest()
