@@ -13,6 +13,7 @@ import torch
 import yaml
 
 import train
+from tests.small_model import NO_PERCEPTUAL_LOSSES, SMALL_MODEL
 from utils.cli import run_main
 from utils.config import config_from_dict, load_config
 from utils.distributed import DistributedContext
@@ -21,17 +22,6 @@ from utils.training import Trainer
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WSPRITES = os.path.join(REPOSITORY, "configs", "wsprites.yaml")
-SMALL_MODEL = [
-    "model.gma.mask_first_channels=8", "model.gma.mask_middle_channels=16", "model.gma.mask_middle_blocks=1",
-    "model.gma.mask_up_channels=8", "model.gma.shift_predictor_channels=[4, 4, 4, 8, 8]",
-    "model.gma.shift_predictor_hidden=[8, 8]", "model.gma.inpainter_encoder_channels=[4, 4, 4, 8, 8]",
-    "model.gma.inpainter_decoder_channels=[8, 4, 4, 4]", "model.lma.encoder_stem_channels=4",
-    "model.lma.encoder_block_channels=[4, 8, 8, 8, 8]", "model.lma.encoder_state_channels=8", "model.lma.state_size=4",
-    "model.lma.action_trunk_channels=[8, 8]", "model.lma.direction_sizes=[8, 8, 8, 8]",
-    "model.lma.action_mlp_hidden=[8, 8]", "model.lma.action_dim=4", "model.lma.num_actions=3",
-    "model.lma.hidden_size=4", "model.lma.decoder_channels=[8, 8, 4]",
-]
-NO_PERCEPTUAL_LOSSES = ["loss.weights.background_perceptual_loss=0", "loss.weights.multiscale_local_perceptual_loss=0"]
 # T goes 3 → 5 and T_f 3 → 1 over the first steps, so that short runs cross every curriculum change.
 SHORT_CURRICULA = ["training.observations_count={start: 3, end: 5, start_step: 0, steps: 6}",
                    "training.ground_truth_steps={start: 3, end: 1, start_step: 0, steps: 4}"]

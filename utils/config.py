@@ -315,6 +315,34 @@ class TrainingConfig:
                  "start and end must be > 0")
 
 
+EVALUATION_PROTOCOLS = ("one_step", "single_image")  # model.generation.RECONSTRUCTION_PROTOCOLS
+
+
+@dataclass
+class EvaluationConfig:
+    """evaluate.py, build_evaluation_dataset.py and evaluate_dataset.py (SPEC §5)."""
+
+    split: str = "val"  # evaluate.py's default split (the authors' choice); the evaluation dataset uses 'test'
+    observations_count: int = 12  # frames per evaluated sequence: 12 W-Sprites, 30 BAIR, 16 Tennis (SPEC §5.2)
+    protocol: str = "one_step"  # reconstruction: 'one_step' (T_f = T−1, the authors') or 'single_image' (T_f = 1)
+    batch_size: int = 16  # sequences per batch, for the model and the feature networks (FVD embeds 16 at a time)
+    seed: int = 0  # evaluation is seeded: the random-id NMI floor and any sampling
+    # Feature-network weights; null = the torch hub cache (~/.cache/torch/hub/checkpoints/<standard file name>).
+    inception_weights: Optional[str] = None  # FID Inception-v3 (pt_inception-2015-12-05-6726825d.pth)
+    i3d_weights: Optional[str] = None  # FVD I3D Kinetics-400 (see README "Feature networks")
+    lpips_weights: Optional[str] = None  # LPIPS VGG16 backbone (vgg16-397923af.pth); the linear heads ship with `lpips`
+    detector_weights: Optional[str] = None  # Tennis ADD/MDR person detector (fasterrcnn_resnet50_fpn_coco-258fb6c6.pth)
+    detection_metrics: bool = False  # ADD and MDR (Tennis)
+
+    def check(self, prefix: str) -> None:
+        _require(self.split in SPLITS, prefix + "split", f"must be one of {SPLITS}, got {self.split!r}")
+        _require(self.observations_count >= 2, prefix + "observations_count",
+                 f"must be >= 2, got {self.observations_count}")
+        _require(self.protocol in EVALUATION_PROTOCOLS, prefix + "protocol",
+                 f"must be one of {EVALUATION_PROTOCOLS}, got {self.protocol!r}")
+        _require(self.batch_size >= 1, prefix + "batch_size", f"must be >= 1, got {self.batch_size}")
+
+
 @dataclass
 class Config:
     """A whole run: one YAML file in configs/ maps onto this."""
@@ -324,6 +352,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def check(self, prefix: str) -> None:
         pass

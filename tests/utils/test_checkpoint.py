@@ -102,3 +102,23 @@ def test_run_folder_config_and_metrics(tmp_path):
         read_run_config(run, [])
     with pytest.raises(GlassError, match="no such run folder"):
         read_run_config(str(tmp_path / "elsewhere"), [])
+
+
+def test_load_trained_model_rebuilds_the_run_model_in_eval_mode(trained_run):
+    from utils.checkpoint import load_trained_model
+
+    trained = load_trained_model(trained_run["run_folder"])
+    assert trained.step == trained_run["steps"] and trained.path.endswith("latest.pth")
+    assert not trained.model.training and trained.config.evaluation.observations_count == 6
+    earlier = load_trained_model(trained_run["run_folder"], step=2)
+    assert earlier.step == 2
+    differs = any(not torch.equal(a, b) for a, b in zip(trained.model.state_dict().values(),
+                                                          earlier.model.state_dict().values()))
+    assert differs, "two checkpoints of a training run hold different weights"
+
+
+def test_load_trained_model_names_the_file_when_the_weights_do_not_fit(trained_run):
+    from utils.checkpoint import load_trained_model
+
+    with pytest.raises(GlassError, match=r"latest\.pth: its weights do not fit"):
+        load_trained_model(trained_run["run_folder"], overrides=["model.lma.num_actions=5"])

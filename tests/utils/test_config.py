@@ -23,6 +23,17 @@ def test_dataset_values_of_the_spec():
     assert tennis.data.input_size == [256, 96] and tennis.data.skip_frames == 4
     bair = load_config(os.path.join(REPOSITORY, "configs", "bair.yaml"))
     assert bair.data.input_size == [256, 256]
+    # FVD sequence lengths of SPEC §5.2
+    assert (wsprites.evaluation.observations_count, bair.evaluation.observations_count,
+            tennis.evaluation.observations_count) == (12, 30, 16)
+    assert tennis.evaluation.detection_metrics and not wsprites.evaluation.detection_metrics
+
+
+def test_evaluation_protocols_are_the_generation_protocols():
+    from model.generation import RECONSTRUCTION_PROTOCOLS
+    from utils.config import EVALUATION_PROTOCOLS
+
+    assert EVALUATION_PROTOCOLS == tuple(RECONSTRUCTION_PROTOCOLS)
 
 
 def test_overrides_are_typed_yaml_values(tmp_path):

@@ -1,0 +1,15 @@
+"""Overrides that shrink configs/wsprites.yaml to a model that trains in a fraction of a second per
+step on one CPU thread (128×96 frames kept): shared by the tests of train.py and of the scripts that
+read a trained run."""
+
+SMALL_MODEL = [
+    "model.gma.mask_first_channels=8", "model.gma.mask_middle_channels=16", "model.gma.mask_middle_blocks=1",
+    "model.gma.mask_up_channels=8", "model.gma.shift_predictor_channels=[4, 4, 4, 8, 8]",
+    "model.gma.shift_predictor_hidden=[8, 8]", "model.gma.inpainter_encoder_channels=[4, 4, 4, 8, 8]",
+    "model.gma.inpainter_decoder_channels=[8, 4, 4, 4]", "model.lma.encoder_stem_channels=4",
+    "model.lma.encoder_block_channels=[4, 8, 8, 8, 8]", "model.lma.encoder_state_channels=8", "model.lma.state_size=4",
+    "model.lma.action_trunk_channels=[8, 8]", "model.lma.direction_sizes=[8, 8, 8, 8]",
+    "model.lma.action_mlp_hidden=[8, 8]", "model.lma.action_dim=4", "model.lma.num_actions=3",
+    "model.lma.hidden_size=4", "model.lma.decoder_channels=[8, 8, 4]",
+]
+NO_PERCEPTUAL_LOSSES = ["loss.weights.background_perceptual_loss=0", "loss.weights.multiscale_local_perceptual_loss=0"]
