@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.blocks import LEAKY_RELU_SLOPE, Res, Same, Up, assert_shape
+from model.blocks import LEAKY_RELU_SLOPE, Conv2d, Res, Same, Up, assert_shape
 from utils.config import GMAConfig
 
 FOREGROUND_PADDING = "zeros"  # foregrounds and masks: what enters from outside the frame is empty
@@ -52,7 +52,7 @@ class MaskingNetwork(nn.Module):
         super().__init__()
         first, middle, up = config.mask_first_channels, config.mask_middle_channels, config.mask_up_channels
         self.layers = nn.Sequential(
-            nn.Conv2d(3, first, 3, padding=1),
+            Conv2d(3, first, 3, padding=1),
             nn.BatchNorm2d(first),
             nn.LeakyReLU(LEAKY_RELU_SLOPE),
             Res(first, middle, down=2),
@@ -62,7 +62,7 @@ class MaskingNetwork(nn.Module):
             Res(up, up),
             Up(up, up, mode="bilinear"),
             Res(up, up),
-            nn.Conv2d(up, 1, 3, padding=1),
+            Conv2d(up, 1, 3, padding=1),
             nn.Sigmoid(),
         )
 

@@ -290,6 +290,7 @@ class TrainingConfig:
     checkpoint_every: int = 5000  # steps between step_N.pth checkpoints (latest.pth too)
     seed: int = 0  # seeds are seed·world_size + rank
     channels_last: bool = True  # channels-last memory format for the convolutions
+    flush_denormal: bool = True  # CPU: flush denormal floats (< 1.2e-38) to zero, torch.set_flush_denormal (speed)
     precision: str = "fp32"  # 'fp32', or autocast 'bf16' / 'fp16' on CUDA
     compile: bool = False  # torch.compile the model
     # VGG19 of the perceptual losses with random weights instead of ImageNet's (train.py --random-vgg-weights):

@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.blocks import (ConvLSTM, Final, Interpolate, ModConv, Res, Same, Up, modulated_weights,
-                          tile_and_concatenate)
+from model.blocks import (ConvLSTM, Final, Interpolate, Conv2d, ModConv, Res, Same, Up, modulated_weights,
+                          pooled_kernel, tile_and_concatenate)
 
 torch.set_num_threads(1)
 
@@ -21,6 +21,81 @@ def test_res_same_up_final_shapes_and_skip():
     assert final.shape == (2, 3, 8, 12) and final.abs().max() <= 1
     # Convolutions without bias where SPEC says so; Final has one.
     assert Res(4, 6).residual[0].bias is None and Same(4, 5)[0].bias is None and Final(4, 3, 3)[0].bias is not None
+
+
+@pytest.mark.parametrize("kernel_size, padding, down, bias, size", [
+    (3, 1, 2, False, (8, 12)), (3, 1, 2, True, (9, 7)), (1, 0, 2, False, (8, 12)), (1, 0, 2, True, (7, 9)),
+    (3, 1, 3, False, (9, 12)), (5, 2, 2, False, (10, 6)), (3, 1, 1, False, (5, 6))])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_conv_is_conv_then_avgpool_forward_and_backward(kernel_size, padding, down, bias, size, channels_last):
+    torch.manual_seed(0)
+    layer = Conv2d(4, 6, kernel_size, padding=padding, bias=bias, down=down).double()
+    reference = nn.Conv2d(4, 6, kernel_size, padding=padding, bias=bias).double()
+    reference.load_state_dict(layer.state_dict())
+    inputs = torch.randn(2, 4, *size, dtype=torch.float64)
+    if channels_last:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    inputs_a, inputs_b = inputs.clone().requires_grad_(), inputs.clone().requires_grad_()
+    actual = layer(inputs_a)
+    expected = F.avg_pool2d(reference(inputs_b), down)
+    assert actual.shape == expected.shape and torch.allclose(actual, expected, atol=1e-12)
+    upstream = torch.randn_like(expected)
+    (actual * upstream).sum().backward()
+    (expected * upstream).sum().backward()
+    assert torch.allclose(inputs_a.grad, inputs_b.grad, atol=1e-12)
+    assert torch.allclose(layer.weight.grad, reference.weight.grad, atol=1e-12)
+    if bias:
+        assert torch.allclose(layer.bias.grad, reference.bias.grad, atol=1e-12)
+
+
+@pytest.mark.parametrize("down, kernel_size, padding", [(1, 3, 1), (2, 3, 1), (2, 1, 0)])
+def test_channels_last_cpu_training_path_matches_the_plain_convolution(monkeypatch, down, kernel_size, padding):
+    # float32 channels-last inputs with gradients take the NCHW-weight-gradient path; lower its size
+    # thresholds so that a small test tensor takes it too.
+    import model.blocks as blocks
+
+    calls = []
+    original = blocks._ChannelsLastConvolution.apply
+    monkeypatch.setattr(blocks, "NCHW_WEIGHT_GRADIENT_MIN_PIXELS", 1)
+    monkeypatch.setattr(blocks, "NCHW_WEIGHT_GRADIENT_MIN_CHANNELS", 1)
+    monkeypatch.setattr(blocks._ChannelsLastConvolution, "apply", lambda *a: calls.append(1) or original(*a))
+    torch.manual_seed(0)
+    layer = Conv2d(5, 7, kernel_size, padding=padding, bias=True, down=down).to(memory_format=torch.channels_last)
+    reference = nn.Conv2d(5, 7, kernel_size, padding=padding, bias=True)
+    reference.load_state_dict(layer.state_dict())
+    inputs = torch.randn(3, 5, 10, 14).contiguous(memory_format=torch.channels_last)
+    inputs_a, inputs_b = inputs.clone().requires_grad_(), inputs.clone().requires_grad_()
+    actual, expected = layer(inputs_a), F.avg_pool2d(reference(inputs_b), down)
+    assert calls, "the channels-last training path was not taken"
+    assert torch.allclose(actual, expected, atol=1e-5)
+    upstream = torch.randn_like(expected)
+    (actual * upstream).sum().backward()
+    (expected * upstream).sum().backward()
+    assert torch.allclose(inputs_a.grad, inputs_b.grad, atol=1e-4)
+    assert torch.allclose(layer.weight.grad, reference.weight.grad, atol=1e-4)
+    assert torch.allclose(layer.bias.grad, reference.bias.grad, atol=1e-4)
+    # without gradients (evaluation) the plain path runs
+    calls.clear()
+    with torch.no_grad():
+        layer(inputs)
+    assert not calls
+
+
+def test_pooled_kernel_of_a_single_tap_is_a_box():
+    weight = torch.zeros(1, 1, 3, 3)
+    weight[0, 0, 1, 1] = 1.0  # the identity 3×3 kernel: conv then avgpool(2) = avgpool(2) itself
+    kernel = pooled_kernel(weight, 2)
+    expected = torch.zeros(4, 4)
+    expected[1:3, 1:3] = 0.25
+    assert torch.equal(kernel[0, 0], expected)
+
+
+def test_blocks_keep_the_parameter_names_of_the_two_step_form():
+    # Checkpoints name residual.0 (conv), residual.2 (BN), skip.0 (conv 1×1), skip.2 (BN); Same: 0 and 2.
+    names = set(Res(4, 6, down=2).state_dict())
+    assert {"residual.0.weight", "residual.2.weight", "residual.4.weight", "residual.5.weight", "skip.0.weight",
+            "skip.2.weight"} <= names
+    assert {"0.weight", "2.weight", "2.running_mean"} <= set(Same(4, 5, down=2).state_dict())
 
 
 def test_up_interpolates_with_aligned_corners_first_or_last():
@@ -66,6 +141,12 @@ def test_modconv_batches_samples_with_their_own_styles():
     assert batched.shape == (3, 4, 4, 4)
     separately = torch.cat([layer(inputs[i:i + 1], styles[i:i + 1]) for i in range(3)])
     assert torch.allclose(batched, separately, atol=1e-5)
+    # down 2 is the full-resolution modulated convolution followed by avgpool(2)
+    full = ModConv(3, 4, style_size=2, down=1).eval()
+    full.load_state_dict(layer.state_dict())
+    weights = modulated_weights(full.weight, full.style_projection(styles))
+    expected = torch.cat([F.avg_pool2d(F.conv2d(inputs[i:i + 1], weights[i], padding=1), 2) for i in range(3)])
+    assert torch.allclose(batched, layer.activation(layer.norm(expected)), atol=1e-5)
 
 
 def test_convlstm_cell_equations_and_learnable_zero_initial_state():

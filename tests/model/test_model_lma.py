@@ -141,3 +141,24 @@ def test_ground_truth_steps_decide_which_inputs_are_real(small_model_config):
     assert not torch.allclose(teacher_forced_perturbed[:, 2], teacher_forced[:, 2])
     with pytest.raises(ValueError, match="ground-truth steps"):
         lma.unroll(torch.randn(2, 4, 8, 2, 4), shifts, codes)
+
+
+def test_bilinear_matches_torch_bilinear_values_and_gradients():
+    from model.lma import bilinear
+
+    torch.manual_seed(0)
+    layer = torch.nn.Bilinear(5, 7, 3).double()
+    first = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    second = torch.randn(4, 7, dtype=torch.float64, requires_grad=True)
+    expected = layer(first, second)
+    actual = bilinear(first, second, layer.weight, layer.bias)
+    assert torch.allclose(actual, expected, atol=1e-12)
+    # by hand for one entry: Σ_ij first[n, i] W[o, i, j] second[n, j] + b[o]
+    by_hand = (first[1, :, None] * layer.weight[2] * second[1, None, :]).sum() + layer.bias[2]
+    assert torch.allclose(actual[1, 2], by_hand, atol=1e-12)
+    upstream = torch.randn(4, 3, dtype=torch.float64)
+    gradients = torch.autograd.grad((actual * upstream).sum(), [first, second, layer.weight, layer.bias])
+    expected_gradients = torch.autograd.grad((expected * upstream).sum(), [first, second, layer.weight, layer.bias])
+    for got, want in zip(gradients, expected_gradients):
+        assert torch.allclose(got, want, atol=1e-12)
+    assert torch.allclose(bilinear(first, second, layer.weight, None), expected - layer.bias, atol=1e-12)

@@ -1,4 +1,4 @@
-"""The trainer's library pieces that need no model: sharded resumable data order, RNG states, stop requests."""
+"""The trainer's library pieces: sharded resumable data order, RNG states, stop requests, CPU float settings."""
 import os
 import random
 import signal
@@ -86,3 +86,21 @@ def test_stop_request_keeps_the_first_signal_and_restores_handlers():
     assert stop.requested and stop.signal_name() == "SIGTERM"
     stop.close()
     assert signal.getsignal(signal.SIGTERM) is previous
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_the_cpu_trainer_flushes_denormals_when_configured(flush):
+    from tests.small_model import NO_PERCEPTUAL_LOSSES, SMALL_MODEL
+    from utils.distributed import initialize
+    from utils.training import Trainer
+
+    config = load_config(os.path.join(REPOSITORY, "configs", "wsprites.yaml"),
+                         [*SMALL_MODEL, *NO_PERCEPTUAL_LOSSES, f"training.flush_denormal={str(flush).lower()}"])
+    previous = torch.tensor([1e-39]) * 1.0 == 0  # the state before (other tests may have set it)
+    try:
+        torch.set_flush_denormal(False)
+        Trainer(config, initialize("cpu"))
+        denormal = torch.tensor([1e-39], dtype=torch.float32)
+        assert bool((denormal * 1.0 == 0).item()) is flush
+    finally:
+        torch.set_flush_denormal(bool(previous.item()))
