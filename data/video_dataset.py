@@ -4,6 +4,7 @@
     dataset = VideoDataset(config, "train")                 # one random window per video
     loader = DataLoader(dataset, batch_size=4, shuffle=True, collate_fn=collate_videos)
     batch = next(iter(loader))                              # batch["observations"]: (B, T, 3·stack, H, W)
+    image = load_image("frame.png", config, fit="auto")     # (3, H, W): one image prepared as the frames are
 
 A video is a folder of frames `00000.png, 00001.png, …` (one image extension per video),
 optionally `masks/00000.png, …` (L mode, 0/255), `glactions.pkl` (dict with `global`,
@@ -197,6 +198,61 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+# How `fit_image` treats an image: 'dataset' — exactly as the dataset's frames (data.crop, which must
+# fit, then resize); 'center' — ignore data.crop, centre-crop to the model's aspect ratio, then resize;
+# 'auto' — 'dataset' when data.crop fits in the image and keeps more than half of its width and of its
+# height (the image looks like a frame of the dataset), else 'center' (a photo twice the frame size or
+# more would otherwise lose all but a corner).
+FIT_MODES = ("auto", "dataset", "center")
+
+
+def _centre_crop_to_aspect(image: Image.Image, width: int, height: int) -> Image.Image:
+    """The largest centred box of the aspect ratio width:height (unchanged when it already has it)."""
+    crop_width = min(image.width, round(image.height * width / height))
+    crop_height = min(image.height, round(image.width * height / width))
+    if (crop_width, crop_height) == image.size:
+        return image
+    left, upper = (image.width - crop_width) // 2, (image.height - crop_height) // 2
+    return image.crop((left, upper, left + crop_width, upper + crop_height))
+
+
+def fit_image(image: Image.Image, config: DataConfig, resample: int = Image.BILINEAR, fit: str = "dataset",
+              name: Optional[str] = None) -> Image.Image:
+    """Crop and resize a PIL image to `config.input_size` as `fit` says (see `FIT_MODES`); `name`
+    (default: the image's file name) is the file an error names."""
+    if fit not in FIT_MODES:
+        raise ValueError(f"fit must be one of {FIT_MODES}, got {fit!r}")
+    crop = tuple(config.crop) if config.crop is not None else None
+    output_size = tuple(config.input_size)  # (W, H)
+    if fit == "auto":
+        looks_like_a_frame = (crop is not None and crop[2] <= image.width and crop[3] <= image.height
+                              and 2 * (crop[2] - crop[0]) > image.width and 2 * (crop[3] - crop[1]) > image.height)
+        fit = "dataset" if looks_like_a_frame else "center"
+    if fit == "center":
+        image = _centre_crop_to_aspect(image, *output_size)
+    elif crop is not None:
+        if crop[2] > image.width or crop[3] > image.height:
+            raise DatasetError(f"{name or getattr(image, 'filename', '?')}: data.crop {list(crop)} exceeds the "
+                               f"image size {image.width}×{image.height}")
+        image = image.crop(crop)
+    if image.size != output_size:
+        image = image.resize(output_size, resample)
+    return image
+
+
+def prepare_image(image: Image.Image, config: DataConfig, fit: str = "dataset", name: Optional[str] = None) -> torch.Tensor:
+    """A PIL image as the model sees a frame: (3, H, W) float32 in [-1, 1], composited over white,
+    cropped and resized bilinearly (`fit`: see `FIT_MODES`; 'dataset' is what `VideoDataset` does)."""
+    array = np.asarray(fit_image(_to_rgb(image), config, Image.BILINEAR, fit, name or getattr(image, "filename", None)),
+                       dtype=np.float32)
+    return torch.from_numpy(array).permute(2, 0, 1).div_(127.5).sub_(1.0)
+
+
+def load_image(path: str, config: DataConfig, fit: str = "dataset") -> torch.Tensor:
+    """`prepare_image` of the image file at `path`; an unreadable file is a `DatasetError` naming it."""
+    return prepare_image(_open_image(path), config, fit, name=path)
+
+
 class VideoDataset(Dataset):
     """Samples of `observations_count` frames spaced by `skip_frames` from videos of one split.
 
@@ -252,25 +308,13 @@ class VideoDataset(Dataset):
         return len(self.windows) if self.sampling == "all" else len(self.videos)
 
     # -- reading ------------------------------------------------------------------------
-    def _prepare(self, image: Image.Image, resample: int) -> Image.Image:
-        if self.crop is not None:
-            if self.crop[2] > image.width or self.crop[3] > image.height:
-                raise DatasetError(f"{getattr(image, 'filename', '?')}: data.crop {list(self.crop)} exceeds the "
-                                   f"image size {image.width}×{image.height}")
-            image = image.crop(self.crop)
-        if image.size != self.output_size:
-            image = image.resize(self.output_size, resample)
-        return image
-
     def load_frame(self, path: str) -> torch.Tensor:
         """(3, H, W) float32 in [-1, 1]: composited over white, cropped, resized bilinearly."""
-        image = self._prepare(_to_rgb(_open_image(path)), Image.BILINEAR)
-        array = np.asarray(image, dtype=np.float32)
-        return torch.from_numpy(array).permute(2, 0, 1).div_(127.5).sub_(1.0)
+        return load_image(path, self.config)
 
     def load_mask(self, path: str) -> torch.Tensor:
         """(1, H, W) float32 in [0, 1]."""
-        image = self._prepare(_open_image(path).convert("L"), Image.BILINEAR)
+        image = fit_image(_open_image(path).convert("L"), self.config, Image.BILINEAR, name=path)
         return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).unsqueeze(0)
 
     def _shift_scale(self, video: VideoRecord) -> np.ndarray:

@@ -6,6 +6,7 @@
 
     frames = to_uint8_images(video)                  # (T, 3, H, W) in [−1, 1] → (T, H, W, 3) uint8
     save_gif(frames, "video.gif", fps=4)
+    save_mp4(frames, "video.mp4", fps=4)           # with PyAV installed (the `video` extra)
     save_png(image_grid(cells, row_labels=["real", "generated"]), "grid.png")
 
 Tensors are images (…, 3, H, W) in [−1, 1] or masks (…, 1, H, W) in [0, 1] until
@@ -15,6 +16,7 @@ refreshes during training never reads half a file.
 """
 from __future__ import annotations
 
+import fractions
 import functools
 import os
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -83,6 +85,32 @@ def save_gif(frames: Union[np.ndarray, Sequence[np.ndarray]], path: str, fps: fl
     duration = max(10, int(round(100.0 / fps)) * 10)  # milliseconds, a multiple of 10
     return write_atomically(path, lambda temporary: pictures[0].save(
         temporary, format="GIF", save_all=True, append_images=pictures[1:], duration=duration, loop=0))
+
+
+def save_mp4(frames: Union[np.ndarray, Sequence[np.ndarray]], path: str, fps: float = 4.0) -> str:
+    """Write frames (N, H, W, 3) uint8 as an MP4 (H.264, or MPEG-4 part 2 where PyAV lacks libx264;
+    yuv420p, so odd sizes are padded with white to even ones) at `fps`; returns `path`. Needs PyAV
+    (the `video` extra): ImportError without it."""
+    import av  # optional dependency
+
+    pictures = [np.asarray(frame) for frame in frames]
+    if not pictures:
+        raise ValueError("save_mp4: no frames")
+    height, width = pictures[0].shape[:2]
+    even_height, even_width = height + height % 2, width + width % 2
+
+    def write(temporary: str) -> None:
+        with av.open(temporary, mode="w", format="mp4") as container:
+            stream = container.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4",
+                                          rate=fractions.Fraction(fps).limit_denominator(1000))
+            stream.width, stream.height, stream.pix_fmt = even_width, even_height, "yuv420p"
+            for picture in pictures:
+                padded = np.full((even_height, even_width, 3), GRID_PAD_VALUE, dtype=np.uint8)
+                padded[:height, :width] = picture[:, :, :3]
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(padded, format="rgb24")))
+            container.mux(stream.encode())
+
+    return write_atomically(path, write)
 
 
 @functools.lru_cache(maxsize=None)
@@ -191,19 +219,19 @@ def reconstruction_grid(observations: torch.Tensor, output: GlassOutput, num_seq
     return image_grid(np.stack(rows), row_labels=labels)
 
 
-def _matrix_media(matrix: torch.Tensor, start_frames: torch.Tensor,
-                  column_names: Sequence[str]) -> Tuple[List[np.ndarray], np.ndarray]:
+def action_matrix_media(matrix: torch.Tensor, start_frames: torch.Tensor, column_names: Sequence[str],
+                        row_names: Optional[Sequence[str]] = None) -> Tuple[List[np.ndarray], np.ndarray]:
     """An action matrix (R, A, N, 3, H, W) from start frames (R, 3, H, W) → the N+1 frames of its
     GIF (each an R × A grid, the start frames first) and its contact sheet (one row per (start,
-    action) pair, columns = time 0 … N)."""
+    action) pair, columns = time 0 … N). Rows are labelled by `row_names` (default 'start 0', …)."""
     rows, actions = matrix.shape[:2]
     starts = start_frames[:, None, None].expand(rows, actions, 1, *start_frames.shape[1:])
     cells = to_uint8_images(torch.cat([starts, matrix], dim=2))  # (R, A, N+1, H, W, 3)
-    row_labels = [f"start {row}" for row in range(rows)]
+    row_labels = list(row_names) if row_names is not None else [f"start {row}" for row in range(rows)]
     video = [image_grid(cells[:, :, t], row_labels=row_labels, column_labels=column_names)
              for t in range(cells.shape[2])]
     sheet = image_grid(cells.reshape(rows * actions, *cells.shape[2:]),
-                       row_labels=[f"start {row}: {name}" for row in range(rows) for name in column_names],
+                       row_labels=[f"{row_labels[row]}: {name}" for row in range(rows) for name in column_names],
                        column_labels=[f"t={t}" for t in range(cells.shape[2])])
     return video, sheet
 
@@ -255,7 +283,7 @@ def write_training_media(model: torch.nn.Module, batch_observations: torch.Tenso
                           [f"action {k}" for k in range(num_actions)]),
     }
     for name, (matrix, column_names) in matrices.items():
-        video, sheet = _matrix_media(matrix, start_frames, column_names)
+        video, sheet = action_matrix_media(matrix, start_frames, column_names)
         paths[name + "_video"] = save_gif(video, prefix + name + "_video.gif", fps)
         paths[name + "_sheet"] = save_png(sheet, prefix + name + "_sheet.png")
     return paths

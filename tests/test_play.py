@@ -1,0 +1,199 @@
+"""play.py on the tiny trained run of conftest: play, action files, motion transfer, reconstruction,
+action matrices, default output folders and one-line errors."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import play
+from data.video_dataset import load_image, split_video_folders
+from utils.config import DataConfig
+from utils.errors import GlassError
+from utils.play import mp4_available
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_ACTIONS = 3  # tests/small_model.py
+FPS = 5.0  # 200 ms per GIF frame
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared CPU, two OpenMP threads wait for each other whenever another
+    process holds a core, which made these small models 50× slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def videos(trained_run):
+    """Two video folders of the run's dataset (test and val splits)."""
+    data = DataConfig(root=trained_run["dataset_root"])
+    return split_video_folders(data, "test")[0], split_video_folders(data, "val")[0]
+
+
+def _run(trained_run, *arguments: str) -> None:
+    assert play.main(["--run-name", trained_run["run_name"], "--runs-dir", trained_run["runs_dir"], "--device", "cpu",
+                      "--fps", str(FPS), *arguments]) == 0
+
+
+def _gif_frames_and_duration(path: str):
+    with Image.open(path) as gif:
+        durations = []
+        for index in range(gif.n_frames):
+            gif.seek(index)
+            durations.append(gif.info["duration"])
+        return gif.n_frames, sum(durations), gif.size
+
+
+def _check_video(folder: str, frame_count: int) -> None:
+    frames, total_duration, size = _gif_frames_and_duration(os.path.join(folder, "video.gif"))
+    # Pillow merges identical consecutive frames into a longer one: the total duration counts them all.
+    assert total_duration == frame_count * 200 and frames <= frame_count and size == (128, 96)
+    assert sorted(os.listdir(os.path.join(folder, "frames"))) == [f"{index:05d}.png" for index in range(frame_count)]
+    if mp4_available():
+        import av
+
+        with av.open(os.path.join(folder, "video.mp4")) as container:
+            assert sum(1 for _ in container.decode(video=0)) == frame_count
+
+
+def test_play_an_action_string(trained_run, videos, tmp_path):
+    image = os.path.join(videos[0], "00000.png")
+    out = str(tmp_path / "played")
+    _run(trained_run, "--image", image, "--actions", "right right 2 2 left stay 0*2 0.05,-0.02:1", "--out", out)
+    _check_video(out, 1 + 9)
+    # Frame 0 is the input image as the model sees it.
+    first = np.asarray(Image.open(os.path.join(out, "frames", "00000.png")))
+    expected = ((load_image(image, DataConfig(crop=[0, 0, 128, 96])) + 1) * 127.5).round().permute(1, 2, 0).byte().numpy()
+    assert np.array_equal(first, expected)
+    record = json.load(open(os.path.join(out, "play.json")))
+    assert record["step"] == trained_run["steps"] and record["checkpoint"].endswith("latest.pth")
+    assert [(step["global_shift"], step["local_action"]) for step in record["steps"]] == [
+        ([0.07, 0.0], 0), ([0.07, 0.0], 0), ([0.0, 0.0], 2), ([0.0, 0.0], 2), ([-0.07, 0.0], 2), ([0.0, 0.0], 2),
+        ([0.0, 0.0], 0), ([0.0, 0.0], 0), ([0.05, -0.02], 1)]
+
+
+def test_play_an_action_file_from_a_chosen_checkpoint(trained_run, videos, tmp_path):
+    actions = tmp_path / "moves.yaml"
+    actions.write_text("- right*3\n- {shift: [0.0, 0.1], action: 1}\n")
+    out = str(tmp_path / "from_file")
+    _run(trained_run, "--step", "2", "--image", os.path.join(videos[1], "00003.png"), "--actions-file", str(actions),
+         "--out", out)
+    _check_video(out, 1 + 4)
+    record = json.load(open(os.path.join(out, "play.json")))
+    assert record["step"] == 2 and record["checkpoint"].endswith("step_2.pth")
+
+
+def test_transfer_and_reconstruct(trained_run, videos, tmp_path):
+    source, target = videos
+    transferred = str(tmp_path / "transfer")
+    _run(trained_run, "--image", os.path.join(target, "00000.png"), "--transfer", source, "--max-frames", "5",
+         "--out", transferred)
+    _check_video(transferred, 5)
+    record = json.load(open(os.path.join(transferred, "play.json")))
+    assert record["protocol"] == "motion_transfer" and record["frames"] == 5 and len(record["inferred"]) == 4
+    assert all(0 <= row["local_action"] < NUM_ACTIONS for row in record["inferred"])
+    comparison_frames, duration, size = _gif_frames_and_duration(os.path.join(transferred, "comparison.gif"))
+    assert duration == 5 * 200 and size[0] > 2 * 128  # source | transferred, side by side
+
+    for protocol, ground_truth_steps in (("single_image", 1), ("one_step", 5)):
+        out = str(tmp_path / protocol)
+        _run(trained_run, "--reconstruct", source, "--protocol", protocol, "--max-frames", "6", "--out", out)
+        _check_video(out, 6)
+        record = json.load(open(os.path.join(out, "play.json")))
+        assert record["protocol"] == protocol and record["num_ground_truth_steps"] == ground_truth_steps
+        first = np.asarray(Image.open(os.path.join(out, "frames", "00000.png")))
+        assert np.array_equal(first, np.asarray(Image.open(os.path.join(source, "00000.png")).convert("RGB")))
+
+
+def test_grid_of_global_and_local_actions(trained_run, videos, tmp_path):
+    images = tmp_path / "starts"
+    images.mkdir()
+    for index, video in enumerate(videos):
+        shutil.copy(os.path.join(video, "00000.png"), images / f"start_{index}.png")
+    out = str(tmp_path / "grid")
+    _run(trained_run, "--grid", "--image", str(images), "--grid-frames", "3", "--out", out)
+    assert sorted(os.listdir(out)) == ["global_actions.gif", "global_actions_sheet.png", "local_actions.gif",
+                                       "local_actions_sheet.png", "play.json"]
+    for name, columns in (("global_actions", 5), ("local_actions", NUM_ACTIONS)):
+        _, duration, (width, height) = _gif_frames_and_duration(os.path.join(out, f"{name}.gif"))
+        assert duration == (1 + 3) * 200  # the start frame, then 3 generated frames
+        assert width > columns * 128 and 2 * 96 < height < 3 * 96 + 40  # 2 rows (start images) × columns
+        sheet = Image.open(os.path.join(out, f"{name}_sheet.png"))
+        assert sheet.width > 4 * 128 and sheet.height > 2 * columns * 96  # one row per (start, action), 4 times
+    assert json.load(open(os.path.join(out, "play.json")))["images"] == ["start_0.png", "start_1.png"]
+
+
+def test_default_output_folder_is_in_the_run(trained_run, videos, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(trained_run["run_folder"], runs / "copy")  # the shared run is read-only for tests
+    assert play.main(["--run-name", "copy", "--runs-dir", str(runs), "--device", "cpu", "--grid", "--grid-frames", "1",
+                      "--image", os.path.join(videos[0], "00000.png")]) == 0
+    (folder,) = os.listdir(runs / "copy" / "play")
+    assert folder.startswith("grid-") and os.path.isfile(runs / "copy" / "play" / folder / "global_actions.gif")
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--run-name", "nope", "--image", "IMAGE", "--actions", "right"], r"nope: no such run folder"),
+    (["--step", "3", "--image", "IMAGE", "--actions", "right"],
+     r"step_3.pth: no such checkpoint \(steps available: 2, 4\)"),
+    (["--image", "missing.png", "--actions", "right"], r"missing.png: no such image file"),
+    (["--image", "NOT_AN_IMAGE", "--actions", "right"], r"notes.png: unreadable image"),
+    (["--image", "IMAGE", "--actions", "right 5"],
+     r"--actions: token 2 '5': local action 5 is out of range: this model has 3 actions"),
+    (["--image", "IMAGE", "--transfer", "nowhere"], r"nowhere: no such video folder"),
+    (["--image", "IMAGE", "--reconstruct", "VIDEO"], r"--image: not used with --reconstruct"),
+    (["--image", "IMAGE", "--image", "IMAGE", "--actions", "right"], r"--actions: needs exactly one --image \(got 2\)"),
+])
+def test_errors_are_one_line_and_name_the_bad_input(trained_run, videos, tmp_path, arguments, message):
+    notes = tmp_path / "notes.png"
+    notes.write_text("not an image")
+    substitutions = {"NOT_AN_IMAGE": str(notes), "IMAGE": os.path.join(videos[0], "00000.png"), "VIDEO": videos[0]}
+    arguments = [substitutions.get(argument, argument) for argument in arguments]
+    if "--run-name" not in arguments:
+        arguments = ["--run-name", trained_run["run_name"], *arguments]
+    with pytest.raises(GlassError, match=message) as caught:
+        play.main(["--runs-dir", trained_run["runs_dir"], "--device", "cpu", "--out", str(tmp_path / "out"), *arguments])
+    assert "\n" not in str(caught.value)
+    assert not os.path.exists(tmp_path / "out")  # nothing written on errors
+
+
+def test_command_line_error_exits_with_status_2(trained_run, videos):
+    result = subprocess.run([sys.executable, "play.py", "--run-name", trained_run["run_name"], "--runs-dir",
+                             trained_run["runs_dir"], "--device", "cpu", "--image", os.path.join(videos[0], "00000.png"),
+                             "--actions", "right jump"], cwd=REPOSITORY, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: --actions: token 2 'jump': unknown direction 'jump' "
+                                                  "(expected one of right, left, down, up, stay)"]
+
+
+def test_help_documents_the_action_language(capsys):
+    with pytest.raises(SystemExit):
+        play.parse_arguments(["--help"])
+    help_text = capsys.readouterr().out
+    for expected in ("DIRECTION:ACTION", "DX,DY:ACTION", "STEP*N", "--transfer VIDEO_DIR", "--serve", "--grid-frames",
+                     "right right 3 3 left stay 0"):
+        assert expected in help_text
+
+
+def test_serve_wires_the_run_into_a_local_server(trained_run, monkeypatch, capsys):
+    import utils.play_server
+
+    served = []
+
+    def serve_once(http_server, *arguments, **keywords):  # instead of serving until Ctrl-C
+        served.append(http_server.server_address)
+
+    monkeypatch.setattr(utils.play_server._LocalHTTPServer, "serve_forever", serve_once)
+    _run(trained_run, "--serve", "--port", "0", "--max-upload-mb", "0.5")
+    (host, port), = served
+    assert host == "127.0.0.1" and port > 0
+    assert f"2 start image(s); open http://127.0.0.1:{port}/" in capsys.readouterr().out
