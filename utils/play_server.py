@@ -295,6 +295,11 @@ def _handler_class(server: PlayServer, log_requests: bool) -> type:
         def _error(self, error: RequestError, close: bool = False) -> None:
             self._json(int(error.status), {"error": error.message}, close=close)
 
+        def _internal_error(self, error: Exception) -> None:
+            traceback.print_exc()
+            self._error(RequestError(HTTPStatus.INTERNAL_SERVER_ERROR,
+                                     f"internal error: {type(error).__name__}: {error}"), close=True)
+
         def _host_allowed(self) -> bool:
             host = (self.headers.get("Host") or "").strip().lower()
             name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
@@ -331,9 +336,7 @@ def _handler_class(server: PlayServer, log_requests: bool) -> type:
             except RequestError as error:
                 self._error(error)
             except Exception as error:  # a bug: keep serving, tell the page, log the traceback here
-                traceback.print_exc()
-                self._error(RequestError(HTTPStatus.INTERNAL_SERVER_ERROR,
-                                         f"internal error: {type(error).__name__}: {error}"), close=True)
+                self._internal_error(error)
 
         def do_POST(self) -> None:  # noqa: N802
             if not self._host_allowed():
@@ -380,9 +383,7 @@ def _handler_class(server: PlayServer, log_requests: bool) -> type:
             except RequestError as error:
                 self._error(error)
             except Exception as error:  # a bug: keep serving, tell the page, log the traceback here
-                traceback.print_exc()
-                self._error(RequestError(HTTPStatus.INTERNAL_SERVER_ERROR,
-                                         f"internal error: {type(error).__name__}: {error}"), close=True)
+                self._internal_error(error)
 
         def _drain(self, length: int) -> None:
             remaining = length
