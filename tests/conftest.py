@@ -19,6 +19,27 @@ def dataset_root(tmp_path_factory) -> str:
 TRAINED_RUN_STEPS = 4
 
 
+def _torch_threads(count: int):
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """PyTorch on one CPU thread for the test (restored after): steady timings beside other processes."""
+    yield from _torch_threads(1)
+
+
+@pytest.fixture
+def two_torch_threads():
+    """PyTorch on two CPU threads for the test (restored after)."""
+    yield from _torch_threads(2)
+
+
 @pytest.fixture(scope="session")
 def trained_run(dataset_root, tmp_path_factory) -> dict:
     """A tiny run of train.py on `dataset_root` (the small test model, 4 steps past a 2-step GMA warm-up,

@@ -5,7 +5,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import build_evaluation_dataset
@@ -17,12 +16,7 @@ from utils.evaluation_dataset import MANIFEST_KEYS, read_manifest
 from utils.media import to_uint8_images
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def build(trained_run, out, *extra) -> int:

@@ -4,7 +4,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import evaluate_dataset
@@ -15,12 +14,7 @@ CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 SEQUENCES, FRAMES, WIDTH, HEIGHT = 16, 3, 32, 24
 
 
-@pytest.fixture(autouse=True)
-def two_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("two_torch_threads")
 
 
 def _write_video(folder: str, frames: np.ndarray) -> None:

@@ -27,12 +27,7 @@ SHORT_CURRICULA = ["training.observations_count={start: 3, end: 5, start_step: 0
                    "training.ground_truth_steps={start: 3, end: 1, start_step: 0, steps: 4}"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def arguments(dataset_root: str, runs: str, name: str, *extra: str, config: bool = True) -> list:

@@ -11,12 +11,7 @@ from utils.feature_networks import (build_fid_inception, build_i3d, build_lpips,
 from utils.pretrained import MissingWeightsError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("two_torch_threads")
 
 
 def test_i3d_gives_400_logits_and_has_the_pytorch_i3d_key_names():
