@@ -54,3 +54,40 @@ def shift_errors(predicted_shifts: torch.Tensor, true_shifts: torch.Tensor) -> t
     if predicted_shifts.shape != true_shifts.shape:
         raise ValueError(f"shift shapes differ: {tuple(predicted_shifts.shape)} and {tuple(true_shifts.shape)}")
     return (predicted_shifts - true_shifts).reshape(-1, 2).norm(dim=1)
+
+
+def _entropy(counts: torch.Tensor) -> torch.Tensor:
+    probabilities = counts[counts > 0] / counts.sum()
+    return -(probabilities * probabilities.log()).sum()
+
+
+def normalized_mutual_information(labels_a: torch.Tensor, labels_b: torch.Tensor) -> float:
+    """NMI of two labelings of the same items, normalised by the arithmetic mean of their entropies.
+
+    NMI = I(A; B) / ((H(A) + H(B)) / 2), natural logarithms, in [0, 1]; the same definition as
+    scikit-learn's `normalized_mutual_info_score` (its default `average_method='arithmetic'`),
+    including its convention that two labelings with one class each score 1. Labels are any
+    integers (1-D, equal lengths, at least one item).
+    """
+    if labels_a.shape != labels_b.shape or labels_a.dim() != 1 or labels_a.numel() == 0:
+        raise ValueError(f"expected two non-empty 1-D labelings of one length, got {tuple(labels_a.shape)} and "
+                         f"{tuple(labels_b.shape)}")
+    _, index_a = torch.unique(labels_a, return_inverse=True)
+    _, index_b = torch.unique(labels_b, return_inverse=True)
+    classes_a, classes_b = int(index_a.max()) + 1, int(index_b.max()) + 1
+    if classes_a == classes_b == 1:
+        return 1.0
+    joint = torch.zeros(classes_a * classes_b, dtype=torch.float64)
+    joint.index_add_(0, index_a * classes_b + index_b, torch.ones(labels_a.numel(), dtype=torch.float64))
+    joint = joint.view(classes_a, classes_b)
+    entropy_a, entropy_b = _entropy(joint.sum(dim=1)), _entropy(joint.sum(dim=0))
+    mutual_information = entropy_a + entropy_b - _entropy(joint.flatten())
+    normaliser = (entropy_a + entropy_b) / 2
+    return float((mutual_information / normaliser).clamp(0.0, 1.0)) if normaliser > 0 else 0.0
+
+
+def mean_nmi_per_group(predicted: torch.Tensor, true: torch.Tensor, groups: torch.Tensor) -> float:
+    """The mean over groups (e.g. characters) of the NMI of `predicted` and `true` within each group."""
+    values = [normalized_mutual_information(predicted[groups == group], true[groups == group])
+              for group in torch.unique(groups)]
+    return sum(values) / len(values)

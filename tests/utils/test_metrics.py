@@ -41,3 +41,41 @@ def test_direction_match_uses_45_degrees_and_ignores_still_truth():
 def test_shift_errors_are_l2_pixels():
     errors = shift_errors(torch.tensor([[3.0, 4.0], [0.0, 0.0]]), torch.tensor([[0.0, 0.0], [0.0, -2.0]]))
     assert errors.tolist() == [5.0, 2.0]
+
+
+def test_nmi_of_identical_permuted_and_independent_labelings():
+    from utils.metrics import normalized_mutual_information as nmi
+
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    assert nmi(labels, labels) == pytest.approx(1.0)
+    assert nmi(labels, torch.tensor([5, 5, 3, 3, 9, 9])) == pytest.approx(1.0), "names of the classes do not matter"
+    # B splits every class of A evenly: independent, I = 0
+    assert nmi(torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 0, 1])) == pytest.approx(0.0, abs=1e-12)
+    assert nmi(torch.tensor([3, 3, 3]), torch.tensor([7, 7, 7])) == 1.0  # one class each (scikit-learn's convention)
+    assert nmi(torch.tensor([0, 0, 0, 0]), torch.tensor([0, 1, 0, 1])) == 0.0
+
+
+def test_nmi_on_a_hand_computed_case():
+    from utils.metrics import normalized_mutual_information as nmi
+
+    # A = [0,0,1,1], B = [0,0,0,1]: H(A) = ln 2; H(B) = −(3/4 ln 3/4 + 1/4 ln 1/4);
+    # H(A,B) over the pairs (0,0) ×2, (1,0), (1,1) = −(1/2 ln 1/2 + 2 · 1/4 ln 1/4) = 1.5 ln 2
+    h_a = math.log(2)
+    h_b = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    h_ab = 1.5 * math.log(2)
+    expected = (h_a + h_b - h_ab) / ((h_a + h_b) / 2)
+    assert nmi(torch.tensor([0, 0, 1, 1]), torch.tensor([0, 0, 0, 1])) == pytest.approx(expected, abs=1e-12)
+
+
+def test_nmi_of_random_ids_is_near_zero_and_groups_are_averaged():
+    from utils.metrics import mean_nmi_per_group, normalized_mutual_information as nmi
+
+    generator = torch.Generator().manual_seed(0)
+    true = torch.randint(0, 6, (20000,), generator=generator)
+    assert nmi(torch.randint(0, 6, (20000,), generator=generator), true) < 0.01
+    predicted = torch.tensor([0, 0, 1, 1, 0, 1, 0, 1])
+    true = torch.tensor([4, 4, 2, 2, 4, 4, 2, 2])
+    groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])  # group 0 agrees perfectly, group 1 is independent
+    assert mean_nmi_per_group(predicted, true, groups) == pytest.approx(0.5, abs=1e-12)
+    with pytest.raises(ValueError, match="1-D labelings"):
+        nmi(torch.tensor([0, 1]), torch.tensor([0, 1, 2]))
