@@ -3,7 +3,8 @@
     # the run's latest checkpoint, the config's protocol (one_step: T_f = T−1, the authors' evaluation)
     python build_evaluation_dataset.py --run-name wsprites
     # a given step, the single-image protocol (T_f = 1), a chosen folder, on the CPU
-    python build_evaluation_dataset.py --run-name wsprites --step 300000 --protocol single_image --out /data/eval --device cpu
+    python build_evaluation_dataset.py --run-name wsprites --step 300000 --protocol single_image \
+        --out /data/eval --device cpu
     # then measure it
     python evaluate_dataset.py --run-name wsprites --step 300000 --protocol single_image
 
@@ -19,7 +20,6 @@ Several GPUs: run one process per checkpoint or protocol.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 from typing import Optional, Sequence
 
@@ -27,10 +27,9 @@ import torch
 from tqdm import tqdm
 
 from model.generation import RECONSTRUCTION_PROTOCOLS
-from utils.checkpoint import CONFIG_FILE, load_trained_model
 from utils.cli import run_main
-from utils.config import load_config
 from utils.distributed import DEVICE_CHOICES, resolve_device_kind
+from utils.evaluation import load_run_for_evaluation
 from utils.evaluation_dataset import build_evaluation_dataset, default_folder
 
 
@@ -61,15 +60,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch.set_num_threads(arguments.num_threads)
     run_folder = os.path.join(arguments.runs_dir, arguments.run_name)
     device = torch.device(resolve_device_kind(arguments.device))
-    trained = load_trained_model(run_folder, arguments.step, device, arguments.overrides)
-    if arguments.config:  # data and evaluation settings from the user's file; the model stays the run's
-        chosen = load_config(arguments.config, arguments.overrides)
-        trained.config = dataclasses.replace(trained.config, data=chosen.data, evaluation=chosen.evaluation)
+    # data and evaluation settings from --config when given; the model always from the run
+    trained, comparable = load_run_for_evaluation(run_folder, arguments.step, device, arguments.overrides,
+                                                  arguments.config)
     config = trained.config
     protocol = arguments.protocol or config.evaluation.protocol
     folder = arguments.out or default_folder(run_folder, trained.step, protocol)
-    stored = load_config(os.path.join(run_folder, CONFIG_FILE))
-    comparable = not stored.training.random_vgg_weights
     print(f"{trained.path} (step {trained.step}) → {folder}: test windows of {config.evaluation.observations_count} "
           f"frames, protocol {protocol}, {device.type}")
     with tqdm(desc="videos", unit="video", disable=arguments.no_progress) as bar:

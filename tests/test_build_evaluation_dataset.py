@@ -83,3 +83,29 @@ def test_refuses_a_foreign_folder_and_names_bad_input(trained_run, tmp_path, cap
         error = capsys.readouterr().err.strip()
         assert len(error.splitlines()) == 1 and message in error, error
     assert (foreign / "notes.txt").read_text() == "mine" and len(os.listdir(foreign)) == 1
+
+
+def test_a_crash_while_writing_leaves_no_partial_video(trained_run, tmp_path, monkeypatch):
+    """A failure in the middle of a video (here the 9th PNG, the 3rd frame of the 2nd video) leaves the first video
+    complete, no folder named like a video with missing frames, and no manifest; the re-run completes it."""
+    import utils.evaluation_dataset as library
+
+    written = []
+    real_save_png = library.save_png
+
+    def failing_save_png(image, path):
+        if len(written) == 8:
+            raise OSError("disk full (simulated)")
+        written.append(path)
+        real_save_png(image, path)
+
+    monkeypatch.setattr(library, "save_png", failing_save_png)
+    out = tmp_path / "generated"
+    with pytest.raises(OSError, match="simulated"):
+        build(trained_run, out)
+    videos = sorted(name for name in os.listdir(out) if not name.startswith("."))
+    assert videos == ["00000"] and len(os.listdir(out / "00000")) == 6 and not (out / "manifest.json").exists()
+    monkeypatch.setattr(library, "save_png", real_save_png)
+    assert build(trained_run, out) == 0
+    assert all(len(os.listdir(out / video["name"])) == 6 for video in read_manifest(str(out))["videos"])
+    assert not any(name.startswith(".") for name in os.listdir(out))

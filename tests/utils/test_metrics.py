@@ -36,6 +36,9 @@ def test_direction_match_uses_45_degrees_and_ignores_still_truth():
                               [5.0, 5.0], [0.0, -0.1], [0.0, 0.0]])
     matches = direction_matches(predicted, true)
     assert matches.tolist() == [True, True, False, True, False]  # the zero true shift is left out
+    # exactly 45° is not within 45° (cosine > 1/√2, strictly); just inside is
+    assert direction_matches(torch.tensor([[1.0, 1.0], [1.0, 0.999]]), torch.tensor([[1.0, 0.0], [1.0, 0.0]])).tolist() \
+        == [False, True]
 
 
 def test_shift_errors_are_l2_pixels():

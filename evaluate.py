@@ -1,0 +1,169 @@
+"""Action and segmentation metrics of a trained GLASS run (SPEC §5.1) on the windows of one split.
+
+NMI of the local actions, shift errors and directions, soft mask IoU — of the predictions on the real videos
+against the labels (GT), of those on their reconstructions (RE), and between the two (CO).
+
+    # one GPU (or the CPU when there is none): the run's latest checkpoint, the validation split
+    python evaluate.py --run-name wsprites
+    # a given checkpoint, the test split, the single-image protocol (T_f = 1) for the reconstructions
+    python evaluate.py --run-name wsprites --step 300000 --split test --protocol single_image
+    # the dataset (data and evaluation settings) of another config file; the model is always the run's
+    python evaluate.py --config configs/wsprites.yaml --run-name wsprites data.root=/data/wsprites
+
+    # several GPUs of this machine, one process each (NCCL); or torchrun
+    python evaluate.py --run-name wsprites --num-gpus 4
+    torchrun --nproc-per-node 4 evaluate.py --run-name wsprites
+
+    # the CPU, K processes (gloo)
+    python evaluate.py --run-name wsprites-tiny --device cpu
+    python evaluate.py --run-name wsprites-tiny --device cpu --num-gpus 2
+
+The model is rebuilt from RUNS_DIR/RUN_NAME/config.yaml and checkpoints/step_N.pth (latest.pth
+without --step). It runs on every non-overlapping window of evaluation.observations_count
+frames of the split (default evaluation.split, 'val'); the reconstructions use
+evaluation.protocol (default one_step: T_f = T−1, the authors' evaluation). The metrics and
+their alignment with the labels are defined in utils/evaluation.py. A table is printed and one
+JSON line appended to RUNS_DIR/RUN_NAME/metrics/evaluate-SPLIT-PROTOCOL.jsonl (step, split,
+protocol, checkpoint, time, every value, and what was skipped and why on data without labels).
+Several processes split the windows by whole batches and give the single-process result.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import torch
+import torch.multiprocessing
+from tqdm import tqdm
+
+from model.generation import RECONSTRUCTION_PROTOCOLS
+from utils.cli import run_main
+from utils.config import SPLITS
+from utils.distributed import (DEVICE_CHOICES, DistributedContext, initialize, initialize_from_environment,
+                               launched_by_torchrun, resolve_device_kind, shutdown, spawn_local_processes)
+from utils.errors import GlassError
+from utils.evaluation import (append_record, evaluate_run, evaluation_dataset, format_table, load_run_for_evaluation,
+                              metrics_path, result_record, shard_indices)
+
+
+@dataclass
+class EvaluationPlan:
+    """What every evaluation process needs, decided once before they start."""
+
+    run_folder: str
+    step: Optional[int]
+    config_path: Optional[str]
+    overrides: List[str]
+    device_kind: str
+    show_progress: bool
+
+
+def parse_arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python evaluate.py", description=__doc__.splitlines()[0],
+                                     epilog="Full commands (one GPU, several GPUs, torchrun, CPU): see the top of "
+                                            "evaluate.py.", formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-name", required=True, help="the run folder's name: RUNS_DIR/RUN_NAME")
+    parser.add_argument("--runs-dir", default="runs", help="folder holding the run folders (default: runs)")
+    parser.add_argument("--config", help="take the data and evaluation settings from this file instead of the run's "
+                                         "config.yaml (the model is always the run's)")
+    parser.add_argument("--step", type=int, metavar="N", help="use checkpoints/step_N.pth (default: latest.pth)")
+    parser.add_argument("--split", choices=SPLITS, help="the split to evaluate (default: evaluation.split, 'val')")
+    parser.add_argument("--protocol", choices=list(RECONSTRUCTION_PROTOCOLS),
+                        help="reconstruction for RE and CO: one_step (T_f = T−1) or single_image (T_f = 1); "
+                             "default: evaluation.protocol")
+    parser.add_argument("--num-gpus", type=int, default=1,
+                        help="processes on this machine, one per GPU (with --device cpu: CPU processes with gloo)")
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="auto: CUDA when a GPU is visible")
+    parser.add_argument("--num-threads", type=int, help="CPU threads of PyTorch per process (torch.set_num_threads)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="dotted config overrides, e.g. evaluation.batch_size=8 data.root=/data/wsprites")
+    return parser.parse_intermixed_args(argv)
+
+
+def run_process(plan: EvaluationPlan, context: DistributedContext) -> int:
+    """Evaluate this process's share of the windows; rank 0 prints the table and appends the JSON line."""
+    trained, comparable = load_run_for_evaluation(plan.run_folder, plan.step, context.device, plan.overrides,
+                                                  plan.config_path)
+    evaluation = trained.config.evaluation
+    protocol = evaluation.protocol
+    if context.is_main:
+        print(f"{trained.path} (step {trained.step}): split {evaluation.split}, windows of "
+              f"{evaluation.observations_count} frames, protocol {protocol}, {context.world_size} process(es) on "
+              f"{context.device.type}")
+    share = len(shard_indices(len(evaluation_dataset(trained.config)), evaluation.batch_size, context.rank,
+                              context.world_size))
+    with tqdm(desc="windows", unit="window", total=share, disable=not (plan.show_progress and context.is_main)) as bar:
+        result = evaluate_run(trained, protocol, context, progress=bar.update)
+    if result is None:
+        return 0
+    print(format_table(result))
+    if not comparable:
+        print("comparable: false: the run trained with random VGG19 weights")
+    path = metrics_path(plan.run_folder, evaluation.split, protocol)
+    append_record(path, result_record(result, trained, plan.run_folder, protocol, comparable, context.world_size))
+    print(f"appended to {path}")
+    return 0
+
+
+def spawned_process(local_rank: int, world_size: int, init_method: str, plan: EvaluationPlan) -> None:
+    """One of the `--num-gpus K` processes; a `GlassError` is printed on one line and exits with status 2."""
+    if plan.device_kind == "cpu":
+        torch.set_num_threads(max(1, torch.get_num_threads() // world_size))
+    try:
+        run_process(plan, initialize(plan.device_kind, local_rank, world_size, local_rank, init_method))
+    except GlassError as error:
+        print(f"error (process {local_rank}): {error}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        shutdown()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    arguments = parse_arguments(argv)
+    if arguments.num_threads is not None:
+        if arguments.num_threads < 1:
+            raise GlassError(f"--num-threads: must be >= 1, got {arguments.num_threads}")
+        torch.set_num_threads(arguments.num_threads)
+    if arguments.num_gpus < 1:
+        raise GlassError(f"--num-gpus: must be >= 1, got {arguments.num_gpus}")
+    overrides = list(arguments.overrides)
+    if arguments.split:
+        overrides.append(f"evaluation.split={arguments.split}")
+    if arguments.protocol:
+        overrides.append(f"evaluation.protocol={arguments.protocol}")
+    device_kind = resolve_device_kind(arguments.device)
+    if device_kind == "cuda" and arguments.num_gpus > torch.cuda.device_count():
+        raise GlassError(f"--num-gpus {arguments.num_gpus}: only {torch.cuda.device_count()} GPUs are visible")
+    if launched_by_torchrun() and arguments.num_gpus != 1:
+        raise GlassError("--num-gpus: launched by torchrun, whose --nproc-per-node sets the processes; drop --num-gpus")
+    plan = EvaluationPlan(run_folder=os.path.join(arguments.runs_dir, arguments.run_name), step=arguments.step,
+                          config_path=arguments.config, overrides=overrides, device_kind=device_kind,
+                          show_progress=not arguments.no_progress)
+    # Every bad input (run, checkpoint, config keys, data) fails here, once, before processes start.
+    trained, _ = load_run_for_evaluation(plan.run_folder, plan.step, torch.device("cpu"), plan.overrides,
+                                         plan.config_path)
+    evaluation_dataset(trained.config)
+    del trained
+
+    if launched_by_torchrun():
+        try:
+            return run_process(plan, initialize_from_environment(device_kind))
+        finally:
+            shutdown()
+    if arguments.num_gpus > 1:
+        try:
+            spawn_local_processes(spawned_process, arguments.num_gpus, (plan,))
+        except torch.multiprocessing.ProcessExitedException as error:
+            if error.exit_code == 2:
+                return 2  # a process printed its one-line error
+            raise
+        return 0
+    return run_process(plan, initialize(device_kind))
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,107 @@
+"""evaluate.py on the tiny trained run: the table, the JSON lines, unlabelled data, one-line errors, and two
+gloo processes giving the single-process result."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import evaluate
+from utils.cli import run_main
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path):
+    """A copy of the trained run (evaluate.py writes into the run folder)."""
+    runs = tmp_path / "runs"
+    shutil.copytree(trained_run["run_folder"], runs / "tiny")
+    return {**trained_run, "runs_dir": str(runs), "run_folder": str(runs / "tiny")}
+
+
+def evaluate_arguments(run, *extra):
+    return ["--run-name", run["run_name"], "--runs-dir", run["runs_dir"], "--device", "cpu", "--no-progress", *extra]
+
+
+def lines(path):
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle]
+
+
+def test_prints_the_table_and_appends_one_line_per_run(run_copy, capsys):
+    assert evaluate.main(evaluate_arguments(run_copy)) == 0
+    printed = capsys.readouterr().out
+    for text in ("local action NMI", "sprite shift error mean (px)", "soft mask IoU", "GT", "RE", "CO", "FLOOR"):
+        assert text in printed
+    path = os.path.join(run_copy["run_folder"], "metrics", "evaluate-val-one_step.jsonl")
+    assert evaluate.main(evaluate_arguments(run_copy, "--step", "2")) == 0
+    first, second = lines(path)
+    assert (first["step"], second["step"]) == (4, 2) and first["checkpoint"].endswith("latest.pth")
+    assert first["split"] == "val" and first["protocol"] == "one_step" and first["num_ground_truth_steps"] == 5
+    assert first["metric"] == "glass_action_metrics" and first["comparable"] is True and "time" in first
+    results = first["results"]
+    for variant in ("gt", "re", "co"):
+        for key in ("local_action_nmi", "local_action_nmi_per_character", "sprite_shift_error_mean",
+                    "sprite_shift_error_min", "sprite_shift_error_max", "sprite_shift_direction_match",
+                    "background_shift_error_mean", "background_shift_direction_match", "mask_iou"):
+            assert f"{variant}/{key}" in results, (variant, key)
+    assert "random/local_action_nmi" in results and "all_foreground/mask_iou" in results and first["skipped"] == {}
+    assert all(0.0 <= results[f"{v}/mask_iou"] <= 1.0 for v in ("gt", "re", "co"))
+    assert first["counts"]["windows"] == 4  # 1 val character × 2 videos of 12 frames, 2 windows of 6 each
+    # the test split and the single-image protocol go to their own file
+    assert evaluate.main(evaluate_arguments(run_copy, "--split", "test", "--protocol", "single_image")) == 0
+    (record,) = lines(os.path.join(run_copy["run_folder"], "metrics", "evaluate-test-single_image.jsonl"))
+    assert record["num_ground_truth_steps"] == 1 and record["split"] == "test"
+
+
+def test_data_without_labels_reports_what_it_skipped(run_copy, tmp_path, capsys):
+    # a flat dataset of plain frames: no glactions.pkl, no masks/, no sprite ids in the names
+    source = os.path.join(run_copy["dataset_root"], "val")
+    flat = tmp_path / "flat"
+    for index, name in enumerate(sorted(os.listdir(source))):
+        os.makedirs(flat / f"clip{index}")
+        for frame in sorted(os.listdir(os.path.join(source, name))):
+            if frame.endswith(".png"):
+                shutil.copy(os.path.join(source, name, frame), flat / f"clip{index}" / frame)
+    assert evaluate.main(evaluate_arguments(run_copy, f"data.root={flat}", "data.style=flat",
+                                            "data.split_fractions=[0, 1, 0]")) == 0
+    printed = capsys.readouterr().out
+    assert "skipped gt, re, random: local_action_nmi: no window has action labels" in printed
+    assert "skipped gt: mask_iou: no ground-truth masks" in printed
+    (record,) = lines(os.path.join(run_copy["run_folder"], "metrics", "evaluate-val-one_step.jsonl"))
+    assert "gt/mask_iou" not in record["results"] and "co/mask_iou" in record["results"]
+    assert record["data_root"] == str(flat) and len(record["skipped"]) >= 3
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--step", "3"], "step_3.pth: no such checkpoint"),
+    (["evaluation.observations_count=1"], "evaluation.observations_count"),
+    (["evaluation.observations_count=50"], "no video has the 50 frames"),
+    (["--num-gpus", "0"], "--num-gpus"),
+])
+def test_bad_input_is_one_line(run_copy, capsys, extra, message):
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(evaluate.main, evaluate_arguments(run_copy, *extra))
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and message in error, error
+
+
+def test_two_cpu_processes_give_the_single_process_result(run_copy):
+    """--num-gpus 2 --device cpu: two gloo processes, one thread each, batches of 1 alternate between them
+    (fresh localhost port per launch); the one-process run also has one thread."""
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "evaluate.py", *evaluate_arguments(run_copy), "--split", "test",
+               "evaluation.batch_size=1"]
+    for extra in ([], ["--num-gpus", "2"]):
+        completed = subprocess.run(command + extra, cwd=REPOSITORY, env=environment, capture_output=True, text=True,
+                                   timeout=120)
+        assert completed.returncode == 0, completed.stderr
+    single, double = lines(os.path.join(run_copy["run_folder"], "metrics", "evaluate-test-one_step.jsonl"))
+    assert (single["world_size"], double["world_size"]) == (1, 2) and single["counts"] == double["counts"]
+    # each window runs in the same batch as in one process and rank 0 reduces in window order: bit-identical
+    assert double["results"] == single["results"]

@@ -1,0 +1,120 @@
+"""utils.evaluation: the per-window records on the tiny trained run (RE is the GT metrics of the reconstruction,
+CO is bounded and exact against itself), the reduction on hand-made records (alignment, skips, floor), sharding."""
+import pytest
+import torch
+
+from data.video_dataset import collate_videos
+from model.generation import reconstruct
+from utils.evaluation import (evaluation_dataset, load_run_for_evaluation, shard_indices, summarize,
+                              window_records)
+from utils.metrics import shifts_to_pixels
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def tiny(trained_run):
+    trained, comparable = load_run_for_evaluation(trained_run["run_folder"], None, torch.device("cpu"))
+    dataset = evaluation_dataset(trained.config)
+    batch = collate_videos([dataset[index] for index in range(min(3, len(dataset)))])
+    return trained, comparable, batch
+
+
+def test_re_is_the_gt_evaluation_of_the_reconstruction(tiny):
+    trained, comparable, batch = tiny
+    assert comparable and trained.config.evaluation.observations_count == 6
+    size = trained.config.data.input_size
+    records = window_records(trained.model, batch, "one_step", size, torch.device("cpu"))
+    frames = reconstruct(trained.model, batch["observations"], "one_step").frames
+    again = window_records(trained.model, {**batch, "observations": frames}, "one_step", size, torch.device("cpu"))
+    for field in ("action_ids", "sprite_shifts", "background_shifts"):
+        assert torch.equal(records[f"generated_{field}"], again[f"real_{field}"]), field
+    assert torch.equal(records["re_mask_intersection"], again["gt_mask_intersection"])
+    assert torch.equal(records["re_mask_union"], again["gt_mask_union"])
+    assert records["real_action_ids"].shape == (3, 5) and records["real_sprite_shifts"].shape == (3, 5, 2)
+    assert torch.equal(records["true_local_actions"], batch["local_actions"][:, 1:])
+    num_actions = trained.config.model.lma.num_actions
+    result = summarize(records, num_actions, seed=0)
+    re_only = summarize({**again, "generated_action_ids": again["real_action_ids"]}, num_actions, seed=0)
+    for key in ("local_action_nmi", "sprite_shift_error_mean", "background_shift_direction_match", "mask_iou"):
+        if f"gt/{key}" in re_only.results:
+            assert result.results[f"re/{key}"] == pytest.approx(re_only.results[f"gt/{key}"], abs=1e-12), key
+
+
+def test_co_is_bounded_and_exact_when_the_two_analyses_agree(tiny):
+    trained, _, batch = tiny
+    records = window_records(trained.model, batch, "single_image", trained.config.data.input_size, torch.device("cpu"))
+    result = summarize(records, trained.config.model.lma.num_actions, seed=0).results
+    assert 0.0 <= result["co/mask_iou"] <= 1.0 and 0.0 <= result["co/local_action_nmi"] <= 1.0
+    assert (result["co/sprite_shift_error_min"] <= result["co/sprite_shift_error_mean"]
+            <= result["co/sprite_shift_error_max"])
+    # CO of the real analysis against itself: zero errors, every direction matched, NMI 1
+    same = {**records, "generated_action_ids": records["real_action_ids"],
+            "generated_sprite_shifts": records["real_sprite_shifts"],
+            "generated_background_shifts": records["real_background_shifts"]}
+    exact = summarize(same, 3, seed=0).results
+    assert exact["co/sprite_shift_error_max"] == 0.0 and exact["co/background_shift_direction_match"] == 1.0
+    assert exact["co/local_action_nmi"] == pytest.approx(1.0)
+
+
+def _records(predicted_ids, true_local, predicted_shifts, true_shifts, sprite_ids, has_actions=True, has_masks=True):
+    count = len(sprite_ids)
+    shifts = torch.tensor(predicted_shifts, dtype=torch.float32)
+    return {"sprite_id": torch.tensor(sprite_ids), "has_masks": torch.full((count,), has_masks),
+            "has_actions": torch.full((count,), has_actions), "true_local_actions": torch.tensor(true_local),
+            "true_sprite_shifts": torch.tensor(true_shifts, dtype=torch.float32),
+            "true_background_shifts": torch.tensor(true_shifts, dtype=torch.float32),
+            **{f"{name}_{field}": value for name in ("real", "generated") for field, value in
+               (("action_ids", torch.tensor(predicted_ids)), ("sprite_shifts", shifts), ("background_shifts", shifts))},
+            **{f"{variant}_mask_{part}": torch.full((count,), value, dtype=torch.float64)
+               for variant in ("gt", "re", "co", "all_foreground")
+               for part, value in (("intersection", 1.0), ("union", 4.0))}}
+
+
+def test_summary_on_hand_made_records():
+    # two windows of 3 transitions; ids are a renaming of the labels for character 1, constant for character 2
+    records = _records(predicted_ids=[[0, 0, 1], [2, 2, 2]], true_local=[[5, 5, 7], [5, 7, 5]],
+                       predicted_shifts=[[[7.0, 0.0], [0.0, 0.0], [1.0, 1.0]], [[0.0, 3.0], [0.0, 0.0], [0.0, 0.0]]],
+                       true_shifts=[[[7.0, 0.0], [0.0, 0.0], [0.0, 1.0]], [[0.0, 7.0], [0.0, 0.0], [-4.0, 0.0]]],
+                       sprite_ids=[1, 2])
+    result = summarize(records, num_actions=3, seed=0)
+    values = result.results
+    assert values["gt/local_action_nmi_per_character"] == pytest.approx(0.5)  # 1 for character 1, 0 for 2
+    assert values["gt/sprite_shift_error_min"] == 0.0 and values["gt/sprite_shift_error_max"] == 4.0
+    assert values["gt/sprite_shift_error_mean"] == pytest.approx((0 + 0 + 1 + 4 + 0 + 4) / 6)
+    # moving true shifts: (7,0) ✓, (0,1) vs (1,1) at exactly 45° ✗ (cosine = 1/√2 is not > 1/√2),
+    # (0,7) ✓, (−4,0) ✗
+    assert values["gt/sprite_shift_direction_match"] == pytest.approx(0.5)
+    assert result.counts["sprite_moving_transitions"] == 4
+    assert values["gt/mask_iou"] == pytest.approx(0.25) and values["co/mask_iou"] == pytest.approx(0.25)
+    assert 0.0 <= values["random/local_action_nmi"] <= 1.0 and values["all_foreground/mask_iou"] == pytest.approx(0.25)
+    assert summarize(records, 3, seed=0).results == values, "seeded"
+    assert summarize(records, 3, seed=1).results["random/local_action_nmi"] != values["random/local_action_nmi"] or \
+        summarize(records, 3, seed=2).results["random/local_action_nmi"] != values["random/local_action_nmi"]
+
+
+def test_unlabelled_records_report_what_was_skipped():
+    records = _records(predicted_ids=[[0, 1]], true_local=[[0, 0]], predicted_shifts=[[[1.0, 0.0], [0.0, 1.0]]],
+                       true_shifts=[[[0.0, 0.0], [0.0, 0.0]]], sprite_ids=[-1], has_actions=False, has_masks=False)
+    result = summarize(records, num_actions=3, seed=0)
+    assert not any(key.startswith(("gt/", "re/", "random/")) for key in result.results), result.results
+    assert {"co/local_action_nmi", "co/sprite_shift_error_mean", "co/mask_iou"} <= set(result.results)
+    skipped = " | ".join(f"{key}: {reason}" for key, reason in result.skipped.items())
+    for text in ("local_action_nmi: no window has action labels", "gt: mask_iou: no ground-truth masks",
+                 "all_foreground: mask_iou: no ground-truth masks",
+                 "per_character: no video folder name", "sprite_shift_*: no window has action labels"):
+        assert text in skipped, skipped
+    # labels without shifts (actions.pkl): NMI computed, shifts skipped
+    labelled = summarize({**records, "has_actions": torch.tensor([True])}, 3, seed=0)
+    assert "gt/local_action_nmi" in labelled.results and "gt/sprite_shift_error_mean" not in labelled.results
+    assert "every true sprite shift is zero" in labelled.skipped["gt, re: sprite_shift_*"]
+
+
+def test_shards_are_whole_batches_covering_every_window_once():
+    shards = [shard_indices(11, 3, rank, 2) for rank in range(2)]
+    assert shards == [[0, 1, 2, 6, 7, 8], [3, 4, 5, 9, 10]]
+    assert sorted(shards[0] + shards[1]) == list(range(11)) and shard_indices(2, 4, 1, 2) == []
+
+
+def test_shift_pixels_follow_the_frame_size():
+    assert torch.equal(shifts_to_pixels(torch.tensor([[1.0, -1.0]]), [128, 96]), torch.tensor([[64.0, -48.0]]))

@@ -1,0 +1,349 @@
+"""The action and segmentation metrics of a trained run (SPEC §5.1): the loop behind evaluate.py.
+
+Every non-overlapping window of T = `evaluation.observations_count` frames of a split is
+reconstructed with the chosen protocol (default 'one_step', T_f = T−1); three sets of metrics
+come out, with the names used in the table and the JSON line:
+
+- `gt`: the model's predictions on the real video against the ground truth;
+- `re` (re-encoding): the reconstructed video (frame 0 real, 1 … T−1 generated) fed back
+  through the model's analysis (GMA and action inference, no unrolling); its predictions
+  against the ground truth — the `gt` metrics of the reconstruction, over the same frames;
+- `co` (consistency): the `re` predictions against the `gt` predictions instead of the
+  ground truth (soft masks against soft masks, ids against ids); needs no labels.
+
+Alignment with the labels (`data.video_dataset`: shifts[t] is the move from frame t−1 to t,
+local[t] the animation shown in frame t, chosen by the walk step t−1 → t): the model's
+transition t (frames t → t+1, t = 0 … T−2) — its Δ_F,ₜ, Δ_B,ₜ and action aₜ — is compared with
+shifts[t+1], bg_shifts[t+1] and local[t+1]; label 0 of a window (no previous frame) is unused.
+Masks are compared on all T frames.
+
+Reduction: masks give one soft IoU over the split (Σ intersections / Σ unions, SPEC §5.1's
+formula); shifts are converted to pixels (dx·W/2, dy·H/2) and give the mean / min / max L2
+error and the share of non-zero reference shifts matched within 45°; ids give the NMI over
+the whole split (`utils.metrics.normalized_mutual_information`, arithmetic-mean
+normalisation), the mean per-character NMI (windows grouped by `sprite_id`), and the same two
+for uniformly random ids drawn with `evaluation.seed` (the floor, `random/…`); the IoU's floor is that of a
+mask calling every pixel foreground (`all_foreground/mask_iou`).
+
+Several processes: each takes whole batches (batch b goes to rank b mod K), so every window is
+computed in the same batch as in one process; rank 0 gathers the per-window records, orders
+them by window and reduces them in that order, so K processes give the single-process result.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from data.video_dataset import VideoDataset, collate_videos
+from model.generation import num_ground_truth_steps, reconstruct
+from utils.checkpoint import CONFIG_FILE, TrainedModel, load_trained_model
+from utils.config import Config, load_config
+from utils.distributed import DistributedContext, all_gather_objects
+from utils.errors import GlassError
+from utils.metrics import (direction_matches, mean_nmi_per_group, normalized_mutual_information, shift_errors,
+                           shifts_to_pixels)
+
+METRIC_NAME = "glass_action_metrics"  # the "metric" field of every JSON line
+METRICS_FOLDER = "metrics"
+VARIANTS = ("gt", "re", "co")
+_PREDICTION_SETS = ("real", "generated")  # the model's analysis of the real video and of its reconstruction
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def load_run_for_evaluation(run_folder: str, step: Optional[int], device: torch.device, overrides: Sequence[str] = (),
+                            config_path: Optional[str] = None) -> Tuple[TrainedModel, bool]:
+    """The run's model (rebuilt from its config.yaml, checkpoint `step` or latest) and whether its results are
+    comparable with the paper's (false when it trained with random VGG19 weights).
+
+    With `config_path`, the `data` and `evaluation` sections come from that file (e.g. the dataset
+    elsewhere) and the model from the run; `overrides` apply to both files.
+    """
+    trained = load_trained_model(run_folder, step, device, overrides)
+    if config_path:
+        chosen = load_config(config_path, list(overrides))
+        trained.config = dataclasses.replace(trained.config, data=chosen.data, evaluation=chosen.evaluation)
+    stored = load_config(os.path.join(run_folder, CONFIG_FILE))
+    return trained, not stored.training.random_vgg_weights
+
+
+# --------------------------------------------------------------------------- per window
+
+
+@dataclass
+class MotionAnalysis:
+    """What the model infers from a video (B, T, 3, H, W): masks (B, T, 1, H, W), foreground and
+    background shifts Δ_F, Δ_B (B, T−1, 2) in affine_grid units, local action ids (B, T−1)."""
+
+    masks: torch.Tensor
+    foreground_shifts: torch.Tensor
+    background_shifts: torch.Tensor
+    action_ids: torch.Tensor
+
+
+def analyse_motion(model: torch.nn.Module, video: torch.Tensor) -> MotionAnalysis:
+    """The GMA and the LMA's action inference on `video` (B, T, 3, H, W), in eval mode without gradients
+    (the same inference as `model.generation.reconstruct`, without unrolling the dynamics)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            gma = model.gma(video)
+            states, attention = model.lma.encode(gma.foregrounds)
+            actions = model.lma.infer_actions(gma.shifted_foregrounds, states, attention)
+    finally:
+        model.train(was_training)
+    return MotionAnalysis(masks=gma.masks, foreground_shifts=gma.foreground_shifts,
+                          background_shifts=gma.background_shifts, action_ids=actions.ids)
+
+
+def _mask_sums(predicted: torch.Tensor, reference: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per window (B,) float64: Σ m·m* and Σ (1 − (1−m)(1−m*)) over (T, 1, H, W)."""
+    predicted, reference = predicted.double(), reference.double()
+    intersection = (predicted * reference).flatten(1).sum(dim=1)
+    union = (1 - (1 - predicted) * (1 - reference)).flatten(1).sum(dim=1)
+    return intersection.cpu(), union.cpu()
+
+
+def window_records(model: torch.nn.Module, batch: Dict[str, Any], protocol: str, input_size: Sequence[int],
+                   device: torch.device) -> Dict[str, torch.Tensor]:
+    """The per-window quantities of one batch (CPU tensors with a leading window dimension B).
+
+    Labels are cut to the model's transitions (index 1 … T−1, see the module docstring); shifts are
+    in pixels; `{real,generated}_*` are the analyses of the real video and of its reconstruction.
+    """
+    observations = batch["observations"].to(device)
+    reconstruction = reconstruct(model, observations, protocol)
+    real = MotionAnalysis(masks=reconstruction.masks, foreground_shifts=reconstruction.foreground_shifts,
+                          background_shifts=reconstruction.background_shifts, action_ids=reconstruction.action_ids)
+    analyses = {"real": real, "generated": analyse_motion(model, reconstruction.frames)}
+    true_masks = batch["masks"].to(device)
+    records: Dict[str, torch.Tensor] = {
+        "sprite_id": batch["sprite_id"], "has_masks": batch["has_masks"], "has_actions": batch["has_actions"],
+        "true_local_actions": batch["local_actions"][:, 1:],
+        "true_sprite_shifts": batch["global_shifts"][:, 1:],
+        "true_background_shifts": batch["background_shifts"][:, 1:],
+    }
+    for name, analysis in analyses.items():
+        records[f"{name}_action_ids"] = analysis.action_ids.cpu()
+        records[f"{name}_sprite_shifts"] = shifts_to_pixels(analysis.foreground_shifts, input_size).float().cpu()
+        records[f"{name}_background_shifts"] = shifts_to_pixels(analysis.background_shifts, input_size).float().cpu()
+    for variant, predicted, reference in (("gt", analyses["real"].masks, true_masks),
+                                          ("re", analyses["generated"].masks, true_masks),
+                                          ("co", analyses["generated"].masks, analyses["real"].masks)):
+        records[f"{variant}_mask_intersection"], records[f"{variant}_mask_union"] = _mask_sums(predicted, reference)
+    # the floor of the IoU: a mask that calls everything foreground
+    records["all_foreground_mask_intersection"], records["all_foreground_mask_union"] = _mask_sums(
+        torch.ones_like(true_masks), true_masks)
+    return records
+
+
+# --------------------------------------------------------------------------- reduction
+
+
+@dataclass
+class EvaluationResult:
+    """Every value (`results`, flat names 'variant/metric'), why some were not computed (`skipped`:
+    what → reason), and the counts behind them (`counts`)."""
+
+    results: Dict[str, float]
+    skipped: Dict[str, str]
+    counts: Dict[str, int]
+
+
+def _shift_metrics(predicted: torch.Tensor, reference: torch.Tensor, prefix: str) -> Tuple[Dict[str, float], int]:
+    errors = shift_errors(predicted, reference)
+    matches = direction_matches(predicted, reference)
+    values = {f"{prefix}_error_mean": errors.double().mean().item(), f"{prefix}_error_min": errors.min().item(),
+              f"{prefix}_error_max": errors.max().item()}
+    if matches.numel():
+        values[f"{prefix}_direction_match"] = matches.double().mean().item()
+    return values, int(matches.numel())
+
+
+def _nmi_metrics(predicted: torch.Tensor, reference: torch.Tensor, characters: torch.Tensor) -> Dict[str, float]:
+    """NMI over all items, and the mean per-character NMI over the items of known characters (id ≥ 0)."""
+    values = {"local_action_nmi": normalized_mutual_information(predicted.flatten(), reference.flatten())}
+    known = characters >= 0
+    if known.any():
+        groups = characters[:, None].expand_as(predicted)[known]
+        values["local_action_nmi_per_character"] = mean_nmi_per_group(predicted[known].flatten(),
+                                                                     reference[known].flatten(), groups.flatten())
+    return values
+
+
+def summarize(records: Dict[str, torch.Tensor], num_actions: int, seed: int) -> EvaluationResult:
+    """Reduce the records of every window of a split (ordered by window) to the SPEC §5.1 metrics."""
+    results: Dict[str, float] = {}
+    skipped: Dict[str, str] = {}
+    windows = int(records["sprite_id"].numel())
+    has_actions, has_masks = records["has_actions"].bool(), records["has_masks"].bool()
+    characters = records["sprite_id"]
+    counts = {"windows": windows, "windows_with_action_labels": int(has_actions.sum()),
+              "windows_with_masks": int(has_masks.sum()), "transitions": int(records["real_action_ids"].numel())}
+    if not (characters >= 0).any():
+        skipped["local_action_nmi_per_character"] = ("no video folder name gives a character "
+                                                     "(sprite_<id>_video_<k>)")
+
+    # Local actions: against the labels (gt, re, random floor), and re against gt (co).
+    if has_actions.any():
+        true = records["true_local_actions"][has_actions]
+        labelled_characters = characters[has_actions]
+        for variant, name in (("gt", "real"), ("re", "generated")):
+            predicted = records[f"{name}_action_ids"][has_actions]
+            for key, value in _nmi_metrics(predicted, true, labelled_characters).items():
+                results[f"{variant}/{key}"] = value
+        generator = torch.Generator().manual_seed(seed)
+        random_ids = torch.randint(0, num_actions, tuple(true.shape), generator=generator)
+        for key, value in _nmi_metrics(random_ids, true, labelled_characters).items():
+            results[f"random/{key}"] = value
+    else:
+        skipped["gt, re, random: local_action_nmi"] = "no window has action labels (glactions.pkl or actions.pkl)"
+    for key, value in _nmi_metrics(records["generated_action_ids"], records["real_action_ids"], characters).items():
+        results[f"co/{key}"] = value
+
+    # Shifts: labels only where a window has them and some true shift is non-zero (actions.pkl has none).
+    for kind in ("sprite", "background"):
+        true = records[f"true_{kind}_shifts"][has_actions]
+        if true.numel() and bool((true != 0).any()):
+            for variant, name in (("gt", "real"), ("re", "generated")):
+                values, moving = _shift_metrics(records[f"{name}_{kind}_shifts"][has_actions], true, f"{kind}_shift")
+                results.update({f"{variant}/{key}": value for key, value in values.items()})
+            counts[f"{kind}_moving_transitions"] = moving
+        else:
+            skipped[f"gt, re: {kind}_shift_*"] = ("no window has action labels" if not has_actions.any() else
+                                                  f"every true {kind} shift is zero (labels without shifts, "
+                                                  f"e.g. actions.pkl)")
+        values, _ = _shift_metrics(records[f"generated_{kind}_shifts"], records[f"real_{kind}_shifts"], f"{kind}_shift")
+        results.update({f"co/{key}": value for key, value in values.items()})
+
+    # Masks: one soft IoU over the split.
+    for variant in (*VARIANTS, "all_foreground"):
+        selected = has_masks if variant != "co" else torch.ones_like(has_masks)
+        if not selected.any():
+            skipped[f"{variant}: mask_iou"] = "no ground-truth masks (no masks/ folders, or data.load_masks=false)"
+            continue
+        union = records[f"{variant}_mask_union"][selected].sum()
+        intersection = records[f"{variant}_mask_intersection"][selected].sum()
+        results[f"{variant}/mask_iou"] = (intersection / union).item() if union > 0 else 1.0
+    return EvaluationResult(results=results, skipped=skipped, counts=counts)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def shard_indices(num_windows: int, batch_size: int, rank: int, world_size: int) -> List[int]:
+    """The windows of process `rank`: those of batches rank, rank + K, … of the single-process batching."""
+    return [index for index in range(num_windows) if (index // batch_size) % world_size == rank]
+
+
+def evaluation_dataset(config: Config) -> VideoDataset:
+    """Every non-overlapping window of `evaluation.observations_count` frames of `evaluation.split`."""
+    evaluation = config.evaluation
+    dataset = VideoDataset(config.data, evaluation.split, sampling="all",
+                           observations_count=evaluation.observations_count)
+    if len(dataset) == 0:
+        raise GlassError(f"{config.data.root}: no '{evaluation.split}' window of {evaluation.observations_count} "
+                         f"frames (evaluation.observations_count)")
+    return dataset
+
+
+def evaluate_run(trained: TrainedModel, protocol: str, context: DistributedContext,
+                 progress: Optional[Callable[[int], Any]] = None) -> Optional[EvaluationResult]:
+    """Run the model over this process's share of the split's windows; on rank 0 gather every share and
+    return the metrics (None on the other ranks). `progress(n)` is called after each batch."""
+    config = trained.config
+    torch.manual_seed(config.evaluation.seed)
+    dataset = evaluation_dataset(config)
+    indices = shard_indices(len(dataset), config.evaluation.batch_size, context.rank, context.world_size)
+    loader = DataLoader(Subset(dataset, indices), batch_size=config.evaluation.batch_size, collate_fn=collate_videos,
+                        num_workers=min(config.data.num_workers, 2))
+    parts: List[Dict[str, torch.Tensor]] = []
+    position = 0
+    for batch in loader:
+        records = window_records(trained.model, batch, protocol, config.data.input_size, context.device)
+        size = len(batch["video_name"])
+        records["window"] = torch.tensor(indices[position:position + size], dtype=torch.int64)
+        position += size
+        parts.append(records)
+        if progress is not None:
+            progress(size)
+    local = {key: torch.cat([part[key] for part in parts]) for key in parts[0]} if parts else {}
+    gathered = [part for part in all_gather_objects(context, local) if part]
+    if not context.is_main:
+        return None
+    merged = {key: torch.cat([part[key] for part in gathered]) for key in gathered[0]}
+    order = torch.argsort(merged.pop("window"))
+    merged = {key: value[order] for key, value in merged.items()}
+    return summarize(merged, config.model.lma.num_actions, config.evaluation.seed)
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def metrics_path(run_folder: str, split: str, protocol: str) -> str:
+    """runs/R/metrics/evaluate-SPLIT-PROTOCOL.jsonl: one line per evaluation."""
+    return os.path.join(run_folder, METRICS_FOLDER, f"evaluate-{split}-{protocol}.jsonl")
+
+
+def result_record(result: EvaluationResult, trained: TrainedModel, run_folder: str, protocol: str, comparable: bool,
+                  world_size: int) -> Dict[str, Any]:
+    """The JSON line of one evaluation: what was measured, on what, when, and every value."""
+    config = trained.config
+    count = config.evaluation.observations_count
+    return {"metric": METRIC_NAME, "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "run_folder": os.path.abspath(run_folder), "checkpoint": os.path.abspath(trained.path),
+            "step": trained.step, "split": config.evaluation.split, "protocol": protocol,
+            "num_ground_truth_steps": num_ground_truth_steps(protocol, count), "observations_count": count,
+            "skip_frames": config.data.skip_frames, "data_root": os.path.abspath(config.data.root),
+            "seed": config.evaluation.seed, "world_size": world_size, "comparable": comparable,
+            "counts": result.counts, "results": result.results, "skipped": result.skipped}
+
+
+def append_record(path: str, record: Dict[str, Any]) -> None:
+    """Append one JSON line (a single write of a whole line, flushed and synced)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+_TABLE_ROWS = [
+    ("local_action_nmi", "local action NMI"),
+    ("local_action_nmi_per_character", "  mean per-character NMI"),
+    ("sprite_shift_error_mean", "sprite shift error mean (px)"),
+    ("sprite_shift_error_min", "  min (px)"),
+    ("sprite_shift_error_max", "  max (px)"),
+    ("sprite_shift_direction_match", "  direction within 45°"),
+    ("background_shift_error_mean", "background shift error mean (px)"),
+    ("background_shift_error_min", "  min (px)"),
+    ("background_shift_error_max", "  max (px)"),
+    ("background_shift_direction_match", "  direction within 45°"),
+    ("mask_iou", "soft mask IoU"),
+]
+
+
+def format_table(result: EvaluationResult) -> str:
+    """The metrics as a text table: one row per metric, columns GT, RE, CO and the floor (random ids for the NMI,
+    an all-foreground mask for the IoU)."""
+    columns = ("gt", "re", "co", "floor")
+    lines = [f"{'metric':<34}" + "".join(f"{name.upper():>10}" for name in columns)]
+    for key, label in _TABLE_ROWS:
+        floor = result.results.get(f"random/{key}", result.results.get(f"all_foreground/{key}"))
+        cells = [result.results.get(f"{column}/{key}") for column in columns[:3]] + [floor]
+        lines.append(f"{label:<34}" + "".join(f"{'—' if value is None else f'{value:.4f}':>10}" for value in cells))
+    lines.append("GT: predictions vs labels; RE: predictions on the reconstruction vs labels; CO: predictions on the "
+                 "reconstruction vs predictions on the real video; FLOOR: uniformly random ids (NMI), an "
+                 "all-foreground mask (IoU)")
+    for what, reason in result.skipped.items():
+        lines.append(f"skipped {what}: {reason}")
+    return "\n".join(lines)
