@@ -23,26 +23,22 @@ work (exit status 2). Results go to DIR/metrics.json (replaced) and one line of 
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
-import re
 import sys
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
-import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
-from data.video_dataset import VideoDataset
 from utils.cli import run_main
 from utils.config import Config, load_config
 from utils.distributed import DEVICE_CHOICES, resolve_device_kind
 from utils.errors import GlassError
 from utils.feature_networks import build_feature_networks, check_feature_weights
-from utils.evaluation_dataset import read_manifest
+from utils.evaluation_dataset import (default_folder, latest_folder, load_generated_video, read_manifest,
+                                      real_windows)
 from utils.files import write_json_atomically
 from utils.video_quality import REGISTRY, MetricAccumulator, default_metrics
 
@@ -72,52 +68,10 @@ def resolve_generated_folder(arguments: argparse.Namespace, config: Config) -> s
     if arguments.generated:
         return arguments.generated
     protocol = arguments.protocol or config.evaluation.protocol
-    parent = os.path.join(arguments.runs_dir, arguments.run_name, "evaluation_dataset")
+    run_folder = os.path.join(arguments.runs_dir, arguments.run_name)
     if arguments.step is not None:
-        return os.path.join(parent, f"step_{arguments.step}-{protocol}")
-    steps = [int(match.group(1)) for path in glob.glob(os.path.join(parent, f"step_*-{protocol}"))
-             if (match := re.fullmatch(rf"step_(\d+)-{re.escape(protocol)}", os.path.basename(path)))]
-    if not steps:
-        raise GlassError(f"{parent}: no step_N-{protocol} folder (run build_evaluation_dataset.py first)")
-    return os.path.join(parent, f"step_{max(steps)}-{protocol}")
-
-
-def load_generated_video(folder: str, count: int, size: Tuple[int, int]) -> torch.Tensor:
-    """(T, 3, H, W) in [0, 1] from folder/00000.png …; the count and the size (W, H) must match."""
-    if not os.path.isdir(folder):
-        raise GlassError(f"{folder}: missing generated video folder")
-    frames = sorted(name for name in os.listdir(folder) if re.fullmatch(r"\d{5}\.png", name))
-    if len(frames) != count:
-        raise GlassError(f"{folder}: {len(frames)} frames, expected {count} (evaluation.observations_count)")
-    images = []
-    for name in frames:
-        path = os.path.join(folder, name)
-        try:
-            with Image.open(path) as image:
-                image = image.convert("RGB")
-        except OSError as error:
-            raise GlassError(f"{path}: not a readable image ({error})") from None
-        if image.size != size:
-            raise GlassError(f"{path}: {image.size[0]}×{image.size[1]} pixels, expected {size[0]}×{size[1]} "
-                             f"(data.input_size)")
-        images.append(torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1))
-    return torch.stack(images)
-
-
-def real_windows(config: Config, manifest: dict, count: int) -> Tuple[VideoDataset, List[int]]:
-    """The test dataset and, per manifest video, the index of its real window."""
-    dataset = VideoDataset(config.data, manifest.get("split", "test"), sampling="all", observations_count=count)
-    index_of = {(dataset.videos[video_index].name, start): index
-                for index, (video_index, start) in enumerate(dataset.windows)}
-    indices = []
-    for video in manifest["videos"]:
-        key = (video["source_video"], video["start_frame"])
-        if key not in index_of:
-            raise GlassError(f"manifest video {video['name']}: no real window of {count} frames starting at frame "
-                             f"{video['start_frame']} of '{video['source_video']}' in {config.data.root} "
-                             f"({dataset.split} split)")
-        indices.append(index_of[key])
-    return dataset, indices
+        return default_folder(run_folder, arguments.step, protocol)
+    return latest_folder(run_folder, protocol)
 
 
 def print_table(results: Dict[str, object], comparable: bool, notes: List[str]) -> None:

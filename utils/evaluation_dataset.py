@@ -19,16 +19,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from data.video_dataset import VideoDataset, collate_videos
 from model.generation import reconstruct
 from utils.checkpoint import TrainedModel
+from utils.config import Config
 from utils.errors import GlassError
 from utils.files import write_json_atomically
 from utils.media import save_png, to_uint8_images
@@ -38,12 +42,23 @@ MANIFEST_FILE = "manifest.json"
 MANIFEST_KEYS = ("format", "run_folder", "step", "checkpoint", "protocol", "split", "observations_count",
                  "skip_frames", "data_root", "comparable", "videos")
 EVALUATION_SPLIT = "test"  # SPEC §5.2: every test sequence
+EVALUATION_FOLDER = "evaluation_dataset"  # inside the run folder
 _TEMPORARY_PREFIX = ".partial-"
 
 
 def default_folder(run_folder: str, step: int, protocol: str) -> str:
     """runs/R/evaluation_dataset/step_N-PROTOCOL."""
-    return os.path.join(run_folder, "evaluation_dataset", f"step_{step}-{protocol}")
+    return os.path.join(run_folder, EVALUATION_FOLDER, f"step_{step}-{protocol}")
+
+
+def latest_folder(run_folder: str, protocol: str) -> str:
+    """The evaluation dataset of `protocol` with the highest step in RUN/evaluation_dataset/."""
+    parent = os.path.join(run_folder, EVALUATION_FOLDER)
+    steps = [int(match.group(1)) for name in (os.listdir(parent) if os.path.isdir(parent) else [])
+             if (match := re.fullmatch(rf"step_(\d+)-{re.escape(protocol)}", name))]
+    if not steps:
+        raise GlassError(f"{parent}: no step_N-{protocol} folder (run build_evaluation_dataset.py first)")
+    return default_folder(run_folder, max(steps), protocol)
 
 
 def read_manifest(folder: str) -> dict:
@@ -142,3 +157,44 @@ def build_evaluation_dataset(trained: TrainedModel, run_folder: str, folder: str
         "comparable": comparable, "videos": videos}
     write_json_atomically(os.path.join(folder, MANIFEST_FILE), manifest)
     return manifest
+
+
+# --------------------------------------------------------------------------- reading it back
+
+
+def load_generated_video(folder: str, count: int, size: Tuple[int, int]) -> torch.Tensor:
+    """(T, 3, H, W) in [0, 1] from folder/00000.png …; the count and the size (W, H) must match."""
+    if not os.path.isdir(folder):
+        raise GlassError(f"{folder}: missing generated video folder")
+    frames = sorted(name for name in os.listdir(folder) if re.fullmatch(r"\d{5}\.png", name))
+    if len(frames) != count:
+        raise GlassError(f"{folder}: {len(frames)} frames, expected {count} (evaluation.observations_count)")
+    images = []
+    for name in frames:
+        path = os.path.join(folder, name)
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+        except OSError as error:
+            raise GlassError(f"{path}: not a readable image ({error})") from None
+        if image.size != size:
+            raise GlassError(f"{path}: {image.size[0]}×{image.size[1]} pixels, expected {size[0]}×{size[1]} "
+                             f"(data.input_size)")
+        images.append(torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1))
+    return torch.stack(images)
+
+
+def real_windows(config: Config, manifest: dict, count: int) -> Tuple[VideoDataset, List[int]]:
+    """The test dataset and, per manifest video, the index of its real window."""
+    dataset = VideoDataset(config.data, manifest.get("split", "test"), sampling="all", observations_count=count)
+    index_of = {(dataset.videos[video_index].name, start): index
+                for index, (video_index, start) in enumerate(dataset.windows)}
+    indices = []
+    for video in manifest["videos"]:
+        key = (video["source_video"], video["start_frame"])
+        if key not in index_of:
+            raise GlassError(f"manifest video {video['name']}: no real window of {count} frames starting at frame "
+                             f"{video['start_frame']} of '{video['source_video']}' in {config.data.root} "
+                             f"({dataset.split} split)")
+        indices.append(index_of[key])
+    return dataset, indices

@@ -43,7 +43,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
@@ -70,7 +70,8 @@ def key_bindings(num_actions: int) -> List[Tuple[str, str]]:
         ("← → ↑ ↓", "one step with that global shift (left, right, up, down) and the current local action"),
         ("space", "one step 'stay' with the current local action"),
         (f"1 … {last_key}" if last_key > 1 else "1",
-         f"one step 'stay' with local action 0 … {last_key - 1} (key k: action k−1), which becomes the current action"
+         f"one step 'stay' with local action 0 … {last_key - 1} (key k: action k−1), "
+         "which becomes the current action"
          + (f"; actions 9 … {num_actions - 1} by their buttons" if num_actions > 9 else "")),
         ("0", "reset: back to the start image"),
     ]
@@ -152,7 +153,8 @@ class PlayServer:
         return buffer.getvalue()
 
     def new_session(self, start_index: Any) -> Dict[str, Any]:
-        if not isinstance(start_index, int) or isinstance(start_index, bool) or not 0 <= start_index < len(self.start_images):
+        if (not isinstance(start_index, int) or isinstance(start_index, bool)
+                or not 0 <= start_index < len(self.start_images)):
             raise RequestError(HTTPStatus.BAD_REQUEST, f"'start' must be a start image index in "
                                                        f"0..{len(self.start_images) - 1}, got {start_index!r}")
         name, image = self.start_images[start_index]
@@ -311,79 +313,83 @@ def _handler_class(server: PlayServer, log_requests: bool) -> type:
 
         # -- requests -------------------------------------------------------------------------
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            self._answer(self._get)
+
+        def do_POST(self) -> None:  # noqa: N802
+            self._answer(self._post)
+
+        def _answer(self, route: Callable[[], None]) -> None:
+            """Check the Host header, then route; a request error is answered, a bug too (and logged)."""
             if not self._host_allowed():
                 return
-            url = urlsplit(self.path)
             try:
-                if url.path in ("/", "/index.html"):
-                    self._send(HTTPStatus.OK, server.page, "text/html; charset=utf-8")
-                elif url.path == "/api/info":
-                    self._json(HTTPStatus.OK, server.info())
-                elif url.path.startswith("/api/start/") and url.path.endswith(".png"):
-                    index_text = url.path[len("/api/start/"):-len(".png")]
-                    if not index_text.isdigit():
-                        raise RequestError(HTTPStatus.NOT_FOUND, f"no start image {index_text!r}")
-                    self._send(HTTPStatus.OK, server.start_png(int(index_text)), "image/png")
-                elif url.path == "/api/video.gif":
-                    session_id = parse_qs(url.query).get("session", [None])[0]
-                    body, count = server.gif(session_id)
-                    self._send(HTTPStatus.OK, body, "image/gif",
-                               [("Content-Disposition", f'attachment; filename="glass-play-{count}-frames.gif"')])
-                elif url.path == "/favicon.ico":
-                    self._send(HTTPStatus.NO_CONTENT, b"", "image/x-icon")
-                else:
-                    raise RequestError(HTTPStatus.NOT_FOUND, f"no page {url.path}")
+                route()
             except RequestError as error:
                 self._error(error)
             except Exception as error:  # a bug: keep serving, tell the page, log the traceback here
                 self._internal_error(error)
 
-        def do_POST(self) -> None:  # noqa: N802
-            if not self._host_allowed():
-                return
+        def _get(self) -> None:
+            url = urlsplit(self.path)
+            if url.path in ("/", "/index.html"):
+                self._send(HTTPStatus.OK, server.page, "text/html; charset=utf-8")
+            elif url.path == "/api/info":
+                self._json(HTTPStatus.OK, server.info())
+            elif url.path.startswith("/api/start/") and url.path.endswith(".png"):
+                index_text = url.path[len("/api/start/"):-len(".png")]
+                if not index_text.isdigit():
+                    raise RequestError(HTTPStatus.NOT_FOUND, f"no start image {index_text!r}")
+                self._send(HTTPStatus.OK, server.start_png(int(index_text)), "image/png")
+            elif url.path == "/api/video.gif":
+                session_id = parse_qs(url.query).get("session", [None])[0]
+                body, count = server.gif(session_id)
+                self._send(HTTPStatus.OK, body, "image/gif",
+                           [("Content-Disposition", f'attachment; filename="glass-play-{count}-frames.gif"')])
+            elif url.path == "/favicon.ico":
+                self._send(HTTPStatus.NO_CONTENT, b"", "image/x-icon")
+            else:
+                raise RequestError(HTTPStatus.NOT_FOUND, f"no page {url.path}")
+
+        def _post(self) -> None:
             path = urlsplit(self.path).path
             length_text = self.headers.get("Content-Length")
             if length_text is None or not length_text.strip().isdigit():
-                self._error(RequestError(HTTPStatus.LENGTH_REQUIRED, "a Content-Length header is required"), close=True)
+                self._error(RequestError(HTTPStatus.LENGTH_REQUIRED, "a Content-Length header is required"),
+                            close=True)
                 return
             length = int(length_text)
-            try:
-                if path == "/api/upload":
-                    if length > server.limits.max_upload_bytes:
-                        drained = length <= _DRAIN_LIMIT
-                        if drained:
-                            self._drain(length)
-                        self._error(server.too_large(length), close=not drained)
-                        return
-                    filename = os.path.basename(unquote(self.headers.get("X-Filename", "upload")))[:100] or "upload"
-                    content_type = self.headers.get("Content-Type", "")
-                    data = self.rfile.read(length)
-                    if content_type and not content_type.startswith(("image/", "application/octet-stream")):
-                        raise RequestError(HTTPStatus.BAD_REQUEST, f"{filename}: not an image (Content-Type "
-                                                                   f"{content_type!r}; expected image/*)")
-                    self._json(HTTPStatus.OK, server.upload(data, filename))
+            if path == "/api/upload":
+                if length > server.limits.max_upload_bytes:
+                    drained = length <= _DRAIN_LIMIT
+                    if drained:
+                        self._drain(length)
+                    self._error(server.too_large(length), close=not drained)
                     return
-                if length > 64 * 1024:
-                    self._drain(min(length, _DRAIN_LIMIT))
-                    raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "request body too large")
-                try:
-                    body = json.loads(self.rfile.read(length) or b"{}")
-                except ValueError:
-                    raise RequestError(HTTPStatus.BAD_REQUEST, "the request body is not JSON") from None
-                if not isinstance(body, dict):
-                    raise RequestError(HTTPStatus.BAD_REQUEST, "the request body must be a JSON object")
-                if path == "/api/session":
-                    self._json(HTTPStatus.OK, server.new_session(body.get("start")))
-                elif path == "/api/step":
-                    self._json(HTTPStatus.OK, server.step(body.get("session"), body.get("token")))
-                elif path == "/api/reset":
-                    self._json(HTTPStatus.OK, server.reset(body.get("session")))
-                else:
-                    raise RequestError(HTTPStatus.NOT_FOUND, f"no API {path}")
-            except RequestError as error:
-                self._error(error)
-            except Exception as error:  # a bug: keep serving, tell the page, log the traceback here
-                self._internal_error(error)
+                filename = os.path.basename(unquote(self.headers.get("X-Filename", "upload")))[:100] or "upload"
+                content_type = self.headers.get("Content-Type", "")
+                data = self.rfile.read(length)
+                if content_type and not content_type.startswith(("image/", "application/octet-stream")):
+                    raise RequestError(HTTPStatus.BAD_REQUEST, f"{filename}: not an image (Content-Type "
+                                                               f"{content_type!r}; expected image/*)")
+                self._json(HTTPStatus.OK, server.upload(data, filename))
+                return
+            if length > 64 * 1024:
+                self._drain(min(length, _DRAIN_LIMIT))
+                raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "request body too large")
+            try:
+                body = json.loads(self.rfile.read(length) or b"{}")
+            except ValueError:
+                raise RequestError(HTTPStatus.BAD_REQUEST, "the request body is not JSON") from None
+            if not isinstance(body, dict):
+                raise RequestError(HTTPStatus.BAD_REQUEST, "the request body must be a JSON object")
+            if path == "/api/session":
+                self._json(HTTPStatus.OK, server.new_session(body.get("start")))
+            elif path == "/api/step":
+                self._json(HTTPStatus.OK, server.step(body.get("session"), body.get("token")))
+            elif path == "/api/reset":
+                self._json(HTTPStatus.OK, server.reset(body.get("session")))
+            else:
+                raise RequestError(HTTPStatus.NOT_FOUND, f"no API {path}")
 
         def _drain(self, length: int) -> None:
             remaining = length
