@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
@@ -43,7 +42,7 @@ from model.generation import RECONSTRUCTION_PROTOCOLS
 from utils.cli import run_main
 from utils.config import SPLITS
 from utils.distributed import (DEVICE_CHOICES, DistributedContext, initialize, initialize_from_environment,
-                               launched_by_torchrun, resolve_device_kind, shutdown, spawn_local_processes)
+                               launched_by_torchrun, resolve_device_kind, run_in_local_processes, shutdown)
 from utils.errors import GlassError
 from utils.evaluation import (append_record, evaluate_run, evaluation_dataset, format_table, load_run_for_evaluation,
                               metrics_path, result_record, shard_indices)
@@ -109,19 +108,6 @@ def run_process(plan: EvaluationPlan, context: DistributedContext) -> int:
     return 0
 
 
-def spawned_process(local_rank: int, world_size: int, init_method: str, plan: EvaluationPlan) -> None:
-    """One of the `--num-gpus K` processes; a `GlassError` is printed on one line and exits with status 2."""
-    if plan.device_kind == "cpu":
-        torch.set_num_threads(max(1, torch.get_num_threads() // world_size))
-    try:
-        run_process(plan, initialize(plan.device_kind, local_rank, world_size, local_rank, init_method))
-    except GlassError as error:
-        print(f"error (process {local_rank}): {error}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        shutdown()
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     arguments = parse_arguments(argv)
     if arguments.num_threads is not None:
@@ -155,13 +141,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         finally:
             shutdown()
     if arguments.num_gpus > 1:
-        try:
-            spawn_local_processes(spawned_process, arguments.num_gpus, (plan,))
-        except torch.multiprocessing.ProcessExitedException as error:
-            if error.exit_code == 2:
-                return 2  # a process printed its one-line error
-            raise
-        return 0
+        return run_in_local_processes(run_process, plan, device_kind, arguments.num_gpus,
+                                      max(1, torch.get_num_threads() // arguments.num_gpus))
     return run_process(plan, initialize(device_kind))
 
 

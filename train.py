@@ -50,7 +50,7 @@ from utils.cli import run_main
 from utils.config import Config, config_to_dict, dump_config, load_config
 from utils.distributed import (DEVICE_CHOICES, DistributedContext, any_process, barrier, initialize,
                                initialize_from_environment, launched_by_torchrun, resolve_device_kind, shutdown,
-                               spawn_local_processes)
+                               run_in_local_processes)
 from utils.errors import GlassError
 from utils.logging import LossMeter, RunLogger
 from utils.training import (MediaBatch, StopRequest, Trainer, TrainingBatches, check_device_support, process_seed,
@@ -195,19 +195,6 @@ def _cpu_threads_per_process(processes_on_this_machine: int) -> int:
     return max(1, available // processes_on_this_machine)
 
 
-def spawned_process(local_rank: int, world_size: int, init_method: str, plan: RunPlan) -> None:
-    """One of the `--num-gpus K` processes; a `GlassError` is printed on one line and exits with status 2."""
-    if plan.device_kind == "cpu":
-        torch.set_num_threads(_cpu_threads_per_process(world_size))
-    try:
-        run_process(plan, initialize(plan.device_kind, local_rank, world_size, local_rank, init_method))
-    except GlassError as error:
-        print(f"error (process {local_rank}): {error}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        shutdown()
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     arguments = parse_arguments(argv)
     if not arguments.run_name or os.sep in arguments.run_name or arguments.run_name in (".", ".."):
@@ -247,13 +234,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         finally:
             shutdown()
     if arguments.num_gpus > 1:
-        try:
-            signal_number = spawn_local_processes(spawned_process, arguments.num_gpus, (plan,))
-        except torch.multiprocessing.ProcessExitedException as error:
-            if error.exit_code == 2:
-                return 2  # a process printed its one-line error
-            raise
-        return 128 + signal_number if signal_number is not None else 0
+        return run_in_local_processes(run_process, plan, device_kind, arguments.num_gpus,
+                                      _cpu_threads_per_process(arguments.num_gpus))
     return run_process(plan, initialize(device_kind))
 
 

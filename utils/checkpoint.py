@@ -163,14 +163,15 @@ def save_checkpoint(run_folder: str, state: Dict[str, Any]) -> str:
     return path
 
 
-def load_checkpoint(path: str) -> Dict[str, Any]:
-    """Read a checkpoint on the CPU with `weights_only=True`; anything wrong is a one-line `GlassError`."""
+def load_checkpoint(path: str, step_option: str = "--resume-step") -> Dict[str, Any]:
+    """Read a checkpoint on the CPU with `weights_only=True`; anything wrong is a one-line `GlassError`
+    (an unreadable file's message suggests the calling script's `step_option N` for another checkpoint)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise GlassError(f"{path}: cannot be loaded ({reason[:200]}); resume from another checkpoint "
-                         f"with --resume-step N") from None
+        raise GlassError(f"{path}: cannot be loaded ({reason[:200]}); choose another checkpoint "
+                         f"with {step_option} N") from None
     if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
         missing = [key for key in REQUIRED_KEYS if not isinstance(state, dict) or key not in state]
         raise GlassError(f"{path}: not a GLASS training checkpoint (missing {', '.join(missing)})")
@@ -200,7 +201,7 @@ def load_trained_model(run_folder: str, step: Optional[int] = None, device: Unio
 
     config = read_run_config(run_folder, list(overrides))
     path = resume_checkpoint_path(run_folder, step)
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, step_option="--step")  # the option of every script that reads a run
     model = build_model(config)
     try:
         model.load_state_dict(state["model"])

@@ -18,6 +18,7 @@ import itertools
 import os
 import signal
 import socket
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence
 
@@ -145,6 +146,34 @@ def spawn_local_processes(worker: Callable[..., None], num_processes: int, worke
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return received[0] if received else None
+
+
+def _worker_process(local_rank: int, world_size: int, init_method: str, run: Callable[[Any, DistributedContext], Any],
+                    plan: Any, device_kind: str, cpu_threads: int) -> None:
+    """One of the processes of `run_in_local_processes`; a `GlassError` is printed on one line and exits with 2."""
+    if device_kind == "cpu":
+        torch.set_num_threads(cpu_threads)
+    try:
+        run(plan, initialize(device_kind, local_rank, world_size, local_rank, init_method))
+    except GlassError as error:
+        print(f"error (process {local_rank}): {error}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        shutdown()
+
+
+def run_in_local_processes(run: Callable[[Any, DistributedContext], Any], plan: Any, device_kind: str,
+                           num_processes: int, cpu_threads: int) -> int:
+    """`run(plan, context)` in `num_processes` new processes (`spawn_local_processes`; `cpu_threads` torch
+    threads each on the CPU); returns the exit status: 0, 2 when a process printed its one-line error, or
+    128 + the number of a SIGINT/SIGTERM received. Other failures of a process are raised."""
+    try:
+        signal_number = spawn_local_processes(_worker_process, num_processes, (run, plan, device_kind, cpu_threads))
+    except torch.multiprocessing.ProcessExitedException as error:
+        if error.exit_code == 2:
+            return 2  # a process printed its one-line error
+        raise
+    return 128 + signal_number if signal_number is not None else 0
 
 
 # --------------------------------------------------------------------------- collectives

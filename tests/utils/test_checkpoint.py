@@ -54,7 +54,9 @@ def test_broken_checkpoints_are_one_line_errors(tmp_path):
         handle.write(content[: len(content) // 2])
     with pytest.raises(GlassError, match="cannot be loaded") as error:
         load_checkpoint(path)
-    assert "\n" not in str(error.value)
+    assert "\n" not in str(error.value) and str(error.value).endswith("with --resume-step N")
+    with pytest.raises(GlassError, match=r"cannot be loaded .*with --step N$"):
+        load_checkpoint(path, step_option="--step")
     other = str(tmp_path / "other.pth")
     torch.save({"weight": torch.zeros(1)}, other)
     with pytest.raises(GlassError, match="not a GLASS training checkpoint"):
