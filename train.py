@@ -40,10 +40,14 @@ import sys
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
-import torch
-import torch.multiprocessing
+if __name__ == "__main__":  # before torch is imported: glibc reads its allocator settings at process start
+    from utils.allocator import restart_with_malloc_tuning
+    restart_with_malloc_tuning()
 
-from model.glass import build_model
+import torch  # noqa: E402  (the imports below come after the allocator restart above)
+import torch.multiprocessing  # noqa: E402
+
+from model.glass import build_model  # noqa: E402
 from utils.checkpoint import (MEDIA_FOLDER, has_checkpoints, load_checkpoint, parse_resume_step, prepare_run_folder,
                               read_run_config, resume_checkpoint_path, save_checkpoint)
 from utils.cli import run_main

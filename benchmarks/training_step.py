@@ -24,11 +24,15 @@ Cases (T and T_f are fixed through the config's schedules):
     full-t12   T 12, T_f 1 (the end of the W-Sprites curriculum)
 
 Each (config, case, channels-last) runs in a fresh subprocess, so that its peak memory is
-its own. Steps are timed after `--warmup` untimed steps; the median of `--repeats` is
+its own, with train.py's allocator settings (utils/allocator.py; `GLASS_MALLOC_TUNING=0`
+measures without them). Steps are timed after `--warmup` untimed steps; the median of `--repeats` is
 reported. The floating-point work of one step (forward + backward) is counted with
 `torch.utils.flop_counter.FlopCounterMode`, which counts convolutions and matrix products
 (element-wise work, pooling, interpolation, `grid_sample` and the optimiser are not
-counted), and set against this machine's matrix-multiply rate, measured in the same run
+counted): once with every convolution direct (the model's arithmetic, the figure set against
+the machine's rate, so Winograd layers can take a step above 100 %), and once as executed
+where `training.winograd` runs wide 3×3 layers in 4× fewer products (plus their transforms'
+small products). The rate is this machine's matrix-multiply rate, measured in the same run
 (a timed square `torch.mm`, before and after the cases, with the same threads; fp32, or bf16
 with `--precision bf16`). On CUDA, cuDNN runs fp32 convolutions in TF32 by default
 (`torch.backends.cudnn.allow_tf32`) while the fp32 reference product does not use TF32, so
@@ -60,6 +64,8 @@ sys.path.insert(0, REPOSITORY)
 
 import torch  # noqa: E402  (after the repository is on the path, like the imports below)
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from utils.allocator import tuned_environment  # noqa: E402
 
 CASES: Dict[str, Dict[str, Any]] = {
     "warmup": {"observations_count": 6, "ground_truth_steps": 5, "warmup": True},
@@ -110,7 +116,8 @@ def _case_overrides(case: Dict[str, Any], channels_last: bool, arguments: argpar
 
 def run_case(spec: Dict[str, Any]) -> Dict[str, Any]:
     """Measure one (config, case, channels-last) in this process; returns the result row."""
-    from utils.config import load_config  # imported here: the parent process builds no model
+    from model.blocks import Conv2d  # imported here: the parent process builds no model
+    from utils.config import load_config
     from utils.distributed import initialize
     from utils.training import Trainer
 
@@ -130,18 +137,27 @@ def run_case(spec: Dict[str, Any]) -> Dict[str, Any]:
     else:
         memory_before = _peak_rss_bytes()
 
-    # The work of one step, counted on the eager model (the same arithmetic as a compiled one).
+    # The work of one step, counted on the eager model (the same arithmetic as a compiled one): with
+    # direct convolutions (the model's arithmetic), and as executed where Winograd layers do it in fewer products.
     observations = trainer.prepare_observations(batch["observations"])
     plan = trainer.curriculum(0, observations.shape[1])
-    counter = FlopCounterMode(display=False)
     autocast = (torch.autocast(device, dtype=torch.bfloat16) if config.training.precision == "bf16"
                 else contextlib.nullcontext())
-    with counter, autocast:
-        output = trainer.model(observations, plan["ground_truth_steps"], run_lma=plan["run_lma"],
-                               gumbel_temperature=plan["gumbel_temperature"])
-        trainer.loss(observations, output, lma_loss_scale=plan["lma_loss_scale"]).total.backward()
-    del output
-    trainer.optimizer.zero_grad(set_to_none=True)
+    winograd_layers = [layer for part in (trainer.model, trainer.loss) for layer in part.modules()
+                       if isinstance(layer, Conv2d) and layer.winograd]
+    flops = {}
+    for kind in ("direct", "executed") if winograd_layers else ("direct",):
+        for layer in winograd_layers:
+            layer.winograd = kind == "executed"
+        counter = FlopCounterMode(display=False)
+        with counter, autocast:
+            output = trainer.model(observations, plan["ground_truth_steps"], run_lma=plan["run_lma"],
+                                   gumbel_temperature=plan["gumbel_temperature"])
+            trainer.loss(observations, output, lma_loss_scale=plan["lma_loss_scale"]).total.backward()
+        del output
+        trainer.optimizer.zero_grad(set_to_none=True)
+        flops[kind] = counter.get_total_flops()
+    flops.setdefault("executed", flops["direct"])
 
     times, cpu_times = [], []
     for index in range(spec["warmup"] + spec["repeats"]):
@@ -162,7 +178,8 @@ def run_case(spec: Dict[str, Any]) -> Dict[str, Any]:
         "channels_last": config.training.channels_last, "precision": config.training.precision,
         "compile": config.training.compile, "batch_size": config.training.batch_size, "observations_count": int(length),
         "ground_truth_steps": plan["ground_truth_steps"], "lma_trained": plan["run_lma"],
-        "gflop_per_step": counter.get_total_flops() / 1e9,
+        "gflop_per_step": flops["direct"] / 1e9, "executed_gflop_per_step": flops["executed"] / 1e9,
+        "winograd_layers": len(winograd_layers),
         "seconds_per_step": statistics.median(times), "seconds_min": min(times), "seconds_max": max(times),
         "cpu_seconds_per_step": statistics.median(cpu_times), "repeats": len(times),
         "peak_memory_gib": peak / GIB, "step_memory_gib": (peak - memory_before) / GIB,
@@ -174,8 +191,10 @@ def _format_row(row: Dict[str, Any], matmul_rate: float) -> str:
     rate = row["gflop_per_step"] / row["seconds_per_step"]
     shape = f"B {row['batch_size']}, T {row['observations_count']}, " + (
         f"T_f {row['ground_truth_steps']}" if row["lma_trained"] else "GMA only")
+    executed = (f" ({row['executed_gflop_per_step']:.1f} GFLOP executed: {row['winograd_layers']} Winograd layers)"
+                if row["winograd_layers"] else "")
     return (f"{os.path.basename(row['config'])} {row['case']} ({shape}, channels_last {row['channels_last']}): "
-            f"{row['gflop_per_step']:.1f} GFLOP per step, {row['seconds_per_step']:.3f} s per step "
+            f"{row['gflop_per_step']:.1f} GFLOP per step{executed}, {row['seconds_per_step']:.3f} s per step "
             f"(min {row['seconds_min']:.3f}, max {row['seconds_max']:.3f}; process CPU time "
             f"{row['cpu_seconds_per_step']:.3f} s) = {rate:.1f} GFLOP/s = "
             f"{100 * rate / matmul_rate:.0f} % of the measured matmul rate; peak memory {row['peak_memory_gib']:.2f} GiB, "
@@ -224,7 +243,9 @@ def main() -> int:
     matmul_before = matmul_gflops(arguments.device, matmul_dtype)
     print(f"{arguments.device}, {arguments.threads} threads, torch {torch.__version__}: {matmul_name} matmul "
           f"{matmul_before:.1f} GFLOP/s (n = {MATMUL_SIZE[arguments.device]})", flush=True)
-    environment = dict(os.environ, OMP_NUM_THREADS=str(arguments.threads))
+    # The allocator settings of train.py (utils/allocator.py; GLASS_MALLOC_TUNING=0 measures without them).
+    environment = tuned_environment(dict(os.environ, OMP_NUM_THREADS=str(arguments.threads)))
+    print(f"GLIBC_TUNABLES={environment.get('GLIBC_TUNABLES', '')!r}", flush=True)
     rows = []
     for config_path in arguments.configs:
         options = channels_last_options or [configs[config_path].training.channels_last]

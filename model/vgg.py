@@ -18,7 +18,7 @@ import torch
 import torchvision
 from torch import nn
 
-from model.blocks import assert_shape
+from model.blocks import Conv2d, assert_shape
 from utils.config import LossConfig
 from utils.errors import GlassError
 from utils.pretrained import PretrainedFile, find_pretrained, load_state_dict_file
@@ -41,6 +41,7 @@ class VGGFeatures(nn.Module):
 
     def __init__(self, features: nn.Sequential, imagenet_normalization: bool):
         super().__init__()
+        features = _with_project_convolutions(features)
         self.slices = nn.ModuleList(features[start:end] for start, end in VGG19_SLICES)
         self.imagenet_normalization = imagenet_normalization
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -67,6 +68,21 @@ class VGGFeatures(nn.Module):
             features = layers(features)
             maps.append(features)
         return maps
+
+
+def _with_project_convolutions(features: nn.Sequential) -> nn.Sequential:
+    """The same layers with each nn.Conv2d as a `model.blocks.Conv2d` holding the same parameters (same
+    names and function), so that `enable_winograd` reaches VGG19's convolutions too."""
+    layers = []
+    for layer in features:
+        if type(layer) is nn.Conv2d:
+            with torch.device("meta"):
+                convolution = Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size[0],
+                                     padding=layer.padding[0], bias=layer.bias is not None)
+            convolution.weight, convolution.bias = layer.weight, layer.bias
+            layer = convolution
+        layers.append(layer)
+    return nn.Sequential(*layers)
 
 
 def _initialise_randomly(features: nn.Sequential) -> None:

@@ -291,6 +291,9 @@ class TrainingConfig:
     seed: int = 0  # seeds are seed·world_size + rank
     channels_last: bool = True  # channels-last memory format for the convolutions
     flush_denormal: bool = True  # CPU: flush denormal floats (< 1.2e-38) to zero, torch.set_flush_denormal (speed)
+    # CPU: wide 3×3 convolutions (model and VGG19) by Winograd F(4×4, 3×3), the same function in fewer
+    # multiplications (model/winograd.py; float32 results differ from the direct kernel's at ~1e-5 relative)
+    winograd: bool = True
     precision: str = "fp32"  # 'fp32', or autocast 'bf16' / 'fp16' on CUDA
     compile: bool = False  # torch.compile the model
     # VGG19 of the perceptual losses with random weights instead of ImageNet's (train.py --random-vgg-weights):

@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
 from data.video_dataset import ScheduledLengthBatchSampler, VideoDataset, collate_videos
+from model.blocks import enable_winograd
 from model.glass import Glass, build_model
 from model.losses import GlassLoss, LossResult
 from model.vgg import build_vgg_features
@@ -253,6 +254,9 @@ class Trainer:
         self.loss = GlassLoss(config.loss, self._build_vgg()).to(self.device)
         if self.training.channels_last:  # the VGG19 of the perceptual losses: 7% faster on CPU
             self.loss = self.loss.to(memory_format=torch.channels_last)
+        if self.training.winograd and self.device.type == "cpu":
+            enable_winograd(self.model)
+            enable_winograd(self.loss)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.training.learning_rate,
                                           weight_decay=self.training.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=self.training.lr_milestones,
