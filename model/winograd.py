@@ -317,11 +317,7 @@ class _WinogradConvolution(torch.autograd.Function):
             out_channels, in_channels = weight.shape[:2]
             grad_weight = (kernel_transform.t() @ grad_tiles.reshape(WINDOW * WINDOW, -1)).view(3, 3, in_channels,
                                                                                                 out_channels)
-            grad_weight = grad_weight.permute(3, 2, 0, 1)
-            if weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
-                grad_weight = grad_weight.contiguous(memory_format=torch.channels_last)
-            else:
-                grad_weight = grad_weight.contiguous()
+            grad_weight = torch.empty_like(weight).copy_(grad_weight.permute(3, 2, 0, 1))  # the weight's layout
         if need_bias and has_bias:
             grad_bias = grad_output.sum(dim=(0, 2, 3))
         return grad_input, grad_weight, grad_bias, None, None

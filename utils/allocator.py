@@ -6,7 +6,7 @@ and it trims the heap top on free; either way the next tensor of that size start
 the kernel must zero and map again (a page fault per 4 KiB). A training step allocates and
 frees tens of GB of activations, so on a 2-core machine that is seconds per step: measured
 here, a 100 MB `clone()` runs at 3.7 GB/s fresh and 17 GB/s on reused memory, and a W-Sprites
-warm-up step takes 27.7 s instead of 18.5 s (README "Benchmarks"). These settings make glibc
+warm-up step takes 22.2 s instead of 15.4 s (README "Benchmarks"). These settings make glibc
 keep freed memory for reuse (the process's resident memory stays near its peak instead of
 shrinking between steps).
 
@@ -46,8 +46,7 @@ def tuned_environment(environment: Mapping[str, str]) -> Dict[str, str]:
 
 
 def _command_line() -> List[str]:
-    arguments = list(getattr(sys, "orig_argv", [])) or [sys.executable, *sys.argv]
-    return [sys.executable, *arguments[1:]]
+    return [sys.executable, *sys.orig_argv[1:]]  # interpreter options (-m, -X …) included
 
 
 def restart_with_malloc_tuning() -> None:
