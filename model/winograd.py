@@ -43,6 +43,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from utils.errors import GlassError
+
 TILE = 4  # output tile m of F(m×m, 3×3)
 WINDOW = TILE + 2  # input tile α = m + r − 1
 
@@ -136,10 +138,10 @@ def _compiler_command(compiler: str, output: str) -> list:
     return [compiler, *flags, "-o", output, TRANSFORMS_SOURCE]
 
 
-def build_native_transforms() -> str:
-    """Compile winograd_transforms.c into the cache folder (once per source, compiler and flags; written
-    atomically, so concurrent processes are safe) and return the library's path. Raises OSError or
-    subprocess.CalledProcessError when there is no C compiler or the build fails."""
+def build_native_transforms(rebuild: bool = False) -> str:
+    """Compile winograd_transforms.c into the cache folder (once per source, compiler and flags, or again
+    with `rebuild`; written atomically, so concurrent processes are safe) and return the library's path.
+    Raises OSError or subprocess.CalledProcessError when there is no C compiler or the build fails."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise OSError("no C compiler found (cc, gcc or $CC)")
@@ -149,7 +151,7 @@ def build_native_transforms() -> str:
     folder = os.environ.get(CACHE_VARIABLE) or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "glass")
     path = os.path.join(folder, f"winograd_transforms-{key}.so")
-    if os.path.isfile(path):
+    if os.path.isfile(path) and not rebuild:
         return path
     os.makedirs(folder, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=".winograd_transforms-", suffix=".so", dir=folder)
@@ -171,9 +173,12 @@ def native_transforms() -> Optional[NativeTransforms]:
     if choice == "torch":
         return None
     if choice != "native":
-        raise ValueError(f"{TRANSFORMS_VARIABLE} must be 'native' or 'torch', got {choice!r}")
+        raise GlassError(f"{TRANSFORMS_VARIABLE} must be 'native' or 'torch', got {choice!r}")
     try:
-        return NativeTransforms(build_native_transforms())
+        try:
+            return NativeTransforms(build_native_transforms())
+        except OSError:  # a cached library that does not load (a truncated or foreign file): built once more
+            return NativeTransforms(build_native_transforms(rebuild=True))
     except (OSError, subprocess.SubprocessError) as error:
         detail = getattr(error, "stderr", None) or str(error)
         warnings.warn(f"Winograd convolutions: could not build {TRANSFORMS_SOURCE} ({detail.strip()[:300]}); "

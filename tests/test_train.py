@@ -78,6 +78,20 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path, capsys, argv, message
     assert exit_info.value.code == 2 and message in error and error.count("\n") == 1
 
 
+def test_a_bad_winograd_transforms_choice_stops_before_the_run_folder(dataset_root, tmp_path, monkeypatch):
+    import model.winograd as winograd
+
+    monkeypatch.setenv(winograd.TRANSFORMS_VARIABLE, "fast")
+    winograd.native_transforms.cache_clear()
+    runs = str(tmp_path / "runs")
+    try:  # 64 middle channels: the masking network then has Winograd layers
+        with pytest.raises(GlassError, match="GLASS_WINOGRAD_TRANSFORMS must be 'native' or 'torch', got 'fast'"):
+            train.main(arguments(dataset_root, runs, "run", "training.num_steps=1", "model.gma.mask_middle_channels=64"))
+    finally:
+        winograd.native_transforms.cache_clear()
+    assert not os.path.exists(os.path.join(runs, "run"))
+
+
 def test_a_new_run_is_refused_where_checkpoints_exist_and_resuming_needs_them(dataset_root, tmp_path):
     runs = str(tmp_path / "runs")
     with pytest.raises(GlassError, match="no such run folder"):

@@ -30,6 +30,7 @@ from model.blocks import enable_winograd
 from model.glass import Glass, build_model
 from model.losses import GlassLoss, LossResult
 from model.vgg import build_vgg_features
+from model.winograd import native_transforms
 from utils.checkpoint import CHECKPOINT_FORMAT
 from utils.config import Config, TrainingConfig
 from utils.distributed import DistributedContext, all_gather_objects, broadcast_buffers, check_replicas_identical
@@ -255,8 +256,8 @@ class Trainer:
         if self.training.channels_last:  # the VGG19 of the perceptual losses: 7% faster on CPU
             self.loss = self.loss.to(memory_format=torch.channels_last)
         if self.training.winograd and self.device.type == "cpu":
-            enable_winograd(self.model)
-            enable_winograd(self.loss)
+            if enable_winograd(self.model) + enable_winograd(self.loss):
+                native_transforms()  # built (or a bad GLASS_WINOGRAD_TRANSFORMS reported) before any run folder
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.training.learning_rate,
                                           weight_decay=self.training.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=self.training.lr_milestones,

@@ -10,6 +10,7 @@ from model.blocks import Conv2d, Res, enable_winograd
 from model.vgg import build_vgg_features
 from model.winograd import _transforms, winograd_conv3x3
 from utils.config import LossConfig
+from utils.errors import GlassError
 
 torch.set_num_threads(1)
 
@@ -203,5 +204,17 @@ def test_the_transforms_choice_is_checked(fresh_transforms, monkeypatch):
     assert fresh_transforms.native_transforms() is None
     fresh_transforms.native_transforms.cache_clear()
     monkeypatch.setenv(fresh_transforms.TRANSFORMS_VARIABLE, "fast")
-    with pytest.raises(ValueError, match="GLASS_WINOGRAD_TRANSFORMS must be 'native' or 'torch'"):
+    with pytest.raises(GlassError, match="GLASS_WINOGRAD_TRANSFORMS must be 'native' or 'torch'"):
         fresh_transforms.native_transforms()
+
+
+def test_a_corrupt_cached_library_is_built_again(fresh_transforms):
+    import shutil
+
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler on this machine: the PyTorch transforms are tested instead")
+    path = fresh_transforms.build_native_transforms()
+    with open(path, "wb") as handle:
+        handle.write(b"not a shared library")
+    native = fresh_transforms.native_transforms()
+    assert native is not None and native.path == path and os.path.getsize(path) > 1000
