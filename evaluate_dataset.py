@@ -115,9 +115,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if manifest["observations_count"] != count:
         raise GlassError(f"{os.path.join(folder, 'manifest.json')}: observations_count {manifest['observations_count']}"
                          f", the config says evaluation.observations_count={count}")
-    if manifest["skip_frames"] != config.data.skip_frames:
+    if manifest["skip_frames"] != config.evaluation.skip_frames:
         raise GlassError(f"{os.path.join(folder, 'manifest.json')}: skip_frames {manifest['skip_frames']}, the config "
-                         f"says data.skip_frames={config.data.skip_frames}")
+                         f"says evaluation.skip_frames={config.evaluation.skip_frames}")
     dataset, indices = real_windows(config, manifest, count)
     size = tuple(config.data.input_size)
     networks = build_feature_networks(config, networks_needed, device, arguments.random_feature_weights)

@@ -95,7 +95,7 @@ def parse_arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                              "(T_f = T-1, every step from the real frame: the authors' evaluation)")
     inputs.add_argument("--max-frames", type=int, metavar="N",
                         help="--transfer/--reconstruct: use the first N frames of the video (spaced by "
-                             "data.skip_frames; default: all)")
+                             "evaluation.skip_frames, as evaluate.py reads videos; default: all)")
     inputs.add_argument("--grid-frames", type=int, default=8, metavar="N",
                         help="--grid: frames generated per action after the start image (default 8)")
     outputs = parser.add_argument_group("outputs")
@@ -163,7 +163,7 @@ def run_actions(arguments: argparse.Namespace, trained: TrainedModel, device: to
 def run_video(arguments: argparse.Namespace, trained: TrainedModel, device: torch.device, folder: str) -> Dict[str, str]:
     """--transfer and --reconstruct: generate from a real video's inferred motion."""
     video_folder = arguments.transfer or arguments.reconstruct
-    video = load_video(video_folder, trained.config.data, arguments.fit, arguments.max_frames).to(device)
+    video = load_video(video_folder, trained.config.evaluation_data(), arguments.fit, arguments.max_frames).to(device)
     if arguments.transfer:
         image = load_start_image(arguments.image[0], trained.config.data, arguments.fit).to(device)
         result = transfer_motion(trained.model, video[None], image[None])
@@ -179,7 +179,7 @@ def run_video(arguments: argparse.Namespace, trained: TrainedModel, device: torc
         trained, arguments.run_name, "transfer" if arguments.transfer else "reconstruct", device,
         video=video_folder, image=arguments.image[0] if arguments.transfer else None, fit=arguments.fit,
         protocol=result.protocol, num_ground_truth_steps=result.num_ground_truth_steps, frames=int(video.shape[0]),
-        skip_frames=trained.config.data.skip_frames, fps=arguments.fps,
+        skip_frames=trained.config.evaluation.skip_frames, fps=arguments.fps,
         inferred=motion_record(result, trained.model.frame_size)))
     return paths
 

@@ -254,7 +254,7 @@ def load_image(path: str, config: DataConfig, fit: str = "dataset") -> torch.Ten
 
 
 class VideoDataset(Dataset):
-    """Samples of `observations_count` frames spaced by `skip_frames` from videos of one split.
+    """Samples of `observations_count` frames, `skip_frames` source frames skipped between two, from videos of one split.
 
     `sampling`: 'random' — one window per video, its start drawn from a generator seeded
     by (seed, epoch, index), so the data order is reproducible whatever the workers;
@@ -282,7 +282,7 @@ class VideoDataset(Dataset):
     # -- length of the samples ------------------------------------------------------
     def window_length(self, observations_count: int) -> int:
         """Source frames spanned by one sample (stacked frames before the first one are clamped, not needed)."""
-        return (observations_count - 1) * self.config.skip_frames + 1
+        return (observations_count - 1) * self.config.frame_spacing() + 1
 
     def set_observations_count(self, observations_count: int) -> None:
         """Change T for the following samples (in this process; see `ScheduledLengthBatchSampler` for workers)."""
@@ -355,7 +355,7 @@ class VideoDataset(Dataset):
         if len(video) < length:
             raise DatasetError(f"{video.path}: {len(video)} frames, fewer than the {length} needed for "
                                f"{observations_count} observations")
-        skip, stack = self.config.skip_frames, self.config.observation_stacking
+        skip, stack = self.config.frame_spacing(), self.config.observation_stacking
         frame_numbers = [start + t * skip for t in range(observations_count)]
 
         cache: Dict[int, torch.Tensor] = {}

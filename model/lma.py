@@ -48,11 +48,14 @@ class Encoder(nn.Module):
 @dataclass
 class ActionOutput:
     """Local actions of N transitions: codes (N, D) (straight-through for the VQ), ids (N,) in
-    [0, K), and the quantiser loss (a scalar; None for the Gumbel ablation, which has none)."""
+    [0, K), the quantiser loss (a scalar; None for the Gumbel ablation, which has none) and the
+    action network's outputs before quantisation (N, D) — z of the VQ, the logits (N, K) of
+    the Gumbel ablation — detached, for monitoring."""
 
     codes: torch.Tensor
     ids: torch.Tensor
     vq_loss: Optional[torch.Tensor]
+    vectors: Optional[torch.Tensor] = None
 
 
 class VectorQuantizer(nn.Module):
@@ -79,31 +82,37 @@ class VectorQuantizer(nn.Module):
             loss = F.mse_loss(vectors, nearest.detach()) + self.beta * F.mse_loss(nearest, vectors.detach())
         else:
             loss = F.mse_loss(nearest, vectors.detach()) + self.beta * F.mse_loss(vectors, nearest.detach())
-        return ActionOutput(codes=vectors + (nearest - vectors).detach(), ids=ids, vq_loss=loss)
+        return ActionOutput(codes=vectors + (nearest - vectors).detach(), ids=ids, vq_loss=loss, vectors=vectors.detach())
 
 
 class GumbelQuantizer(nn.Module):
     """Ablation `use_gumbel`: logits (N, K) → Gumbel-softmax probabilities at the given
     temperature in training; code = probabilities @ codebook (K, D), codebook U(−1/K, 1/K).
 
-    In eval mode there is no noise and the probabilities are the one-hot argmax, so a code is
-    a codebook row as when playing. No quantiser loss.
+    Eval mode, `eval_mode` 'argmax' (ours): no noise, the probabilities are the one-hot argmax,
+    so a code is a codebook row as when playing; 'sample' (the authors' evaluation): the
+    Gumbel-softmax sample at `eval_temperature`, as in training. ids are the argmax of the
+    probabilities used. No quantiser loss.
     """
 
-    def __init__(self, num_codes: int, code_dim: int):
+    def __init__(self, num_codes: int, code_dim: int, eval_mode: str = "argmax", eval_temperature: float = 0.4):
         super().__init__()
         self.codebook = nn.Parameter(torch.empty(num_codes, code_dim).uniform_(-1.0 / num_codes, 1.0 / num_codes))
+        self.eval_mode = eval_mode
+        self.eval_temperature = eval_temperature
 
     def forward(self, logits: torch.Tensor, temperature: Optional[float]) -> ActionOutput:
         assert_shape(logits, (None, self.codebook.shape[0]), "Gumbel logits")
-        ids = logits.argmax(dim=1)
-        if self.training:
-            if temperature is None:
+        if self.training or self.eval_mode == "sample":
+            if self.training and temperature is None:
                 raise ValueError("the Gumbel-softmax ablation needs gumbel_temperature in training mode")
-            probabilities = F.gumbel_softmax(logits, tau=temperature, hard=False)
+            probabilities = F.gumbel_softmax(logits, tau=temperature if self.training else self.eval_temperature,
+                                             hard=False)
+            ids = probabilities.argmax(dim=1)
         else:
+            ids = logits.argmax(dim=1)
             probabilities = F.one_hot(ids, self.codebook.shape[0]).to(logits.dtype)
-        return ActionOutput(codes=probabilities @ self.codebook, ids=ids, vq_loss=None)
+        return ActionOutput(codes=probabilities @ self.codebook, ids=ids, vq_loss=None, vectors=logits.detach())
 
 
 class DirectionLayer(nn.Module):
@@ -162,7 +171,8 @@ class ActionNetwork(nn.Module):
         output_size = config.num_actions if config.use_gumbel else config.action_dim
         self.mlp = nn.Sequential(*mlp_layers, nn.Linear(mlp_sizes[-1], output_size))
         if config.use_gumbel:
-            self.quantizer: nn.Module = GumbelQuantizer(config.num_actions, config.action_dim)
+            self.quantizer: nn.Module = GumbelQuantizer(config.num_actions, config.action_dim, config.gumbel_eval,
+                                                        config.gumbel_eval_temperature)
         else:
             self.quantizer = VectorQuantizer(config.num_actions, config.action_dim, config.vq_beta, config.vq_loss_form)
 
@@ -196,7 +206,8 @@ class DynamicsNetwork(nn.Module):
     with `modulated_conv: false` the ModConvs become Same blocks that take the
     conditioning concatenated instead. The noise vector (`noise_size`) is concatenated
     wherever a conditioning vector is concatenated to maps (the three ConvLSTM inputs, the
-    Up, and the Same blocks of the ablation); it is zeros unless sampling.
+    Up, and the Same blocks of the ablation) and to the input maps of both ModConvs (as the
+    authors' code does); it is zeros unless sampling.
 
     inputs C(φ) (B, s, h, w), Δ_F (B, 2), a (B, D), state → hidden (B, h, h, w), new state.
     """
@@ -221,9 +232,9 @@ class DynamicsNetwork(nn.Module):
         self.up_2 = Up(2 * hidden + conditioning + noise, hidden, mode="bilinear", late=True)
         self.lstm_3 = ConvLSTM(hidden + conditioning + noise, hidden, self.resolution)
         self.norm_3 = nn.BatchNorm2d(hidden)
-        if config.modulated_conv:
-            self.transform_1: nn.Module = ModConv(hidden, 2 * hidden, conditioning, down=2)
-            self.transform_3: nn.Module = ModConv(hidden, hidden, conditioning)
+        if config.modulated_conv:  # the noise joins the modulated convolutions' input maps, as in the authors' code
+            self.transform_1: nn.Module = ModConv(hidden + noise, 2 * hidden, conditioning, down=2)
+            self.transform_3: nn.Module = ModConv(hidden + noise, hidden, conditioning)
         else:
             self.transform_1 = Same(hidden + conditioning + noise, 2 * hidden, down=2)
             self.transform_3 = Same(hidden + conditioning + noise, hidden)
@@ -235,7 +246,7 @@ class DynamicsNetwork(nn.Module):
     def _conditioned(self, transform: nn.Module, maps: torch.Tensor, conditioning: torch.Tensor,
                      noise: Optional[torch.Tensor]) -> torch.Tensor:
         if self.modulated_conv:
-            return transform(maps, conditioning)
+            return transform(tile_and_concatenate(maps, noise), conditioning)
         return transform(tile_and_concatenate(maps, conditioning, noise))
 
     def forward(self, inputs: torch.Tensor, foreground_shift: torch.Tensor, action_code: torch.Tensor,
@@ -306,6 +317,7 @@ class LMAOutput:
     generated_masks: torch.Tensor  # (B, T−1, 1, H, W)
     reencoded_states: torch.Tensor  # (B, T−1, 64, h, w)
     num_ground_truth_steps: int  # T_f used for the unrolling
+    action_vectors: Optional[torch.Tensor] = None  # (B, T−1, D) z before quantisation (Gumbel: logits), detached
 
 
 def split_full_output(full_output: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -344,7 +356,8 @@ class LocalMotionAnalysis(nn.Module):
         target_states = (states[:, 1:] * attention[:, 1:]).flatten(0, 1)
         actions = self.action_network(shifted_states * shifted_attention, target_states, gumbel_temperature)
         return ActionOutput(codes=actions.codes.unflatten(0, (batch_size, steps)),
-                            ids=actions.ids.unflatten(0, (batch_size, steps)), vq_loss=actions.vq_loss)
+                            ids=actions.ids.unflatten(0, (batch_size, steps)), vq_loss=actions.vq_loss,
+                            vectors=actions.vectors.unflatten(0, (batch_size, steps)))
 
     def noise(self, batch_size: int, sample: bool, like: torch.Tensor) -> Optional[torch.Tensor]:
         """The dynamics noise (B, noise_size): N(0, 1) when sampling, else zeros; None without noise."""
@@ -370,6 +383,10 @@ class LocalMotionAnalysis(nn.Module):
         (B, S, D). Step t < T_f reads φₜ of the real foreground, later steps E(f̂ₜ) of the model's
         own previous output (with gradient). Returns the foregrounds f̂₁ … f̂_S per scale, full
         size first, each (B, S, 3, H/2^k, W/2^k), and the masks m̂₁ … m̂_S (B, S, 1, H, W).
+
+        As in the authors' code, the T_f ground-truth steps run the dynamics one by one and are
+        then decoded in one call (in training one BatchNorm batch of B·T_f); each later step is
+        decoded alone (batch B), since the next step needs its output.
         """
         batch_size, num_ground_truth_steps = ground_truth_states.shape[:2]
         steps = foreground_shifts.shape[1]
@@ -378,17 +395,22 @@ class LocalMotionAnalysis(nn.Module):
         assert_shape(foreground_shifts, (batch_size, steps, 2), "foreground shifts")
         assert_shape(action_codes, (batch_size, steps, None), "action codes")
         dynamics_state = self.dynamics.initial_state(batch_size)
-        per_step: List[List[torch.Tensor]] = []
-        masks = []
-        for t in range(steps):
-            states = ground_truth_states[:, t] if t < num_ground_truth_steps else self.encoder(per_step[-1][0])[0]
-            decoded, dynamics_state = self.step(states, foreground_shifts[:, t], action_codes[:, t], dynamics_state,
-                                                sample_noise)
-            foreground, mask = split_full_output(decoded[0])
-            per_step.append([foreground] + decoded[1:])
-            masks.append(mask)
-        foregrounds = [torch.stack(scale, dim=1) for scale in zip(*per_step)]
-        return foregrounds, torch.stack(masks, dim=1)
+        hidden_states = []
+        for t in range(num_ground_truth_steps):
+            noise = self.noise(batch_size, sample_noise, ground_truth_states)
+            hidden, dynamics_state = self.dynamics(self.compressor(ground_truth_states[:, t]), foreground_shifts[:, t],
+                                                   action_codes[:, t], dynamics_state, noise)
+            hidden_states.append(hidden)
+        decoded = self.decoder(torch.stack(hidden_states, dim=1).flatten(0, 1))
+        chunks = [[scale.unflatten(0, (batch_size, num_ground_truth_steps)) for scale in decoded]]  # per chunk, per scale
+        for t in range(num_ground_truth_steps, steps):
+            previous_foreground = chunks[-1][0][:, -1, :3]
+            decoded, dynamics_state = self.step(self.encoder(previous_foreground)[0], foreground_shifts[:, t],
+                                                action_codes[:, t], dynamics_state, sample_noise)
+            chunks.append([scale[:, None] for scale in decoded])
+        full, *smaller = [torch.cat(scale, dim=1) for scale in zip(*chunks)]
+        foregrounds, masks = split_full_output(full.flatten(0, 1))
+        return [foregrounds.unflatten(0, (batch_size, steps))] + smaller, masks.unflatten(0, (batch_size, steps))
 
     def forward(self, foregrounds: torch.Tensor, shifted_foregrounds: torch.Tensor, foreground_shifts: torch.Tensor,
                 num_ground_truth_steps: int, gumbel_temperature: Optional[float] = None,
@@ -405,4 +427,4 @@ class LocalMotionAnalysis(nn.Module):
         return LMAOutput(states=states, action_codes=actions.codes, action_ids=actions.ids,
                          action_vq_loss=actions.vq_loss, generated_foregrounds=generated_foregrounds,
                          generated_masks=generated_masks, reencoded_states=reencoded_states,
-                         num_ground_truth_steps=num_ground_truth_steps)
+                         num_ground_truth_steps=num_ground_truth_steps, action_vectors=actions.vectors)

@@ -41,7 +41,7 @@ def evaluation_folders(tmp_path):
             _write_video(os.path.join(generated, name), noisy)
             videos.append({"name": name, "source_video": f"video_{video}", "start_frame": window * FRAMES})
     manifest = {"format": 1, "run_folder": "runs/fake", "step": 7, "checkpoint": "runs/fake/checkpoints/step_7.pth",
-                "protocol": "one_step", "split": "test", "observations_count": FRAMES, "skip_frames": 1,
+                "protocol": "one_step", "split": "test", "observations_count": FRAMES, "skip_frames": 0,
                 "data_root": root, "comparable": True, "videos": videos}
     with open(os.path.join(generated, "manifest.json"), "w") as handle:
         json.dump(manifest, handle)

@@ -173,6 +173,33 @@ def test_authors_warmup_runs_the_lma_and_weight_decay_moves_it():
         assert (after[name].detach().abs()[large] < before[name].abs()[large]).all(), name
 
 
+def test_authors_warmup_decay_takes_the_lma_to_zero():
+    """The authors' warm-up gives the LMA zero loss gradients, so Adam sees only the weight decay's
+    wd·p: normalised, it moves each weight by about lr per step towards zero (linear phase), and
+    once wd·|p| is near Adam's ε it shrinks p geometrically. Measured here on the Trainer's own
+    optimiser (lr 4e-4, wd 1e-6) for 400 steps; over the paper's 3,000 warm-up steps the same decay
+    takes the codebook from 1/6 to about 4e-13 and linear weights to about 2e-18 (README)."""
+    trainer = small_trainer("training.warmup_mode=authors", "training.learning_rate=4e-4")
+    assert trainer.training.weight_decay == 1e-6
+    parameters = list(trainer.model.lma.parameters())
+    start = [parameter.detach().clone() for parameter in parameters]
+    trajectory = []
+    for step in range(400):
+        for parameter in parameters:  # what the zero-weighted LMA losses give: exact zeros
+            parameter.grad = torch.zeros_like(parameter)
+        trainer.optimizer.step()
+        if step + 1 in (100, 400):
+            trajectory.append([parameter.detach().clone() for parameter in parameters])
+    after_100, after_400 = trajectory
+    large = torch.cat([p0.flatten() for p0 in start]).abs() > 0.1
+    shrink = (torch.cat([p0.flatten() for p0 in start]).abs() - torch.cat([p.flatten() for p in after_100]).abs())[large]
+    assert ((shrink > 0.8 * 100 * 4e-4) & (shrink < 1.0 * 100 * 4e-4)).all()  # about lr per step, never more
+    small = torch.cat([p0.flatten() for p0 in start]).abs() < 1e-2
+    assert small.any() and (torch.cat([p.flatten() for p in after_400]).abs()[small] < 1e-4).all()
+    codebook = trainer.model.lma.action_network.codebook.detach()  # U(−1/K, 1/K) at the start, K = 3
+    assert codebook.abs().max() < 1 / 3 - 0.8 * 400 * 4e-4
+
+
 # --------------------------------------------------------------------------- runs
 
 @pytest.mark.parametrize("num_workers, resume_step", [(0, "latest"), (1, "4")])

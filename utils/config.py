@@ -40,7 +40,7 @@ class DataConfig:
     crop: Optional[List[int]] = None  # [left, upper, right, lower] in source pixels, applied before resizing; null = whole frame
     input_size: List[int] = field(default_factory=lambda: [128, 96])  # [W, H] the frames are resized to (bilinear)
     observations_count: int = 6  # T, frames per sample (the training curriculum changes it on the fly)
-    skip_frames: int = 1  # spacing between consecutive observations, in source frames
+    skip_frames: int = 0  # training: source frames skipped between consecutive observations (the authors' key: frame i·(skip_frames+1))
     observation_stacking: int = 1  # frames stacked per observation (3·stack channels, newest first)
     num_workers: int = 4  # DataLoader worker processes
     load_masks: bool = True  # read masks/ when a video has them (zeros and has_masks=False otherwise)
@@ -56,12 +56,18 @@ class DataConfig:
                      prefix + "crop", f"must be [left, upper, right, lower] with left < right, upper < lower, got {self.crop}")
         _require(len(self.input_size) == 2 and min(self.input_size) > 0,
                  prefix + "input_size", f"must be [W, H] with positive sizes, got {self.input_size}")
-        for name in ("observations_count", "skip_frames", "observation_stacking"):
+        for name in ("observations_count", "observation_stacking"):
             _require(getattr(self, name) >= 1, prefix + name, f"must be >= 1, got {getattr(self, name)}")
+        _require(self.skip_frames >= 0, prefix + "skip_frames", f"must be >= 0, got {self.skip_frames}")
+
+    def frame_spacing(self) -> int:
+        """Source frames from one observation to the next: skip_frames + 1."""
+        return self.skip_frames + 1
         _require(self.num_workers >= 0, prefix + "num_workers", f"must be >= 0, got {self.num_workers}")
 
 
 VQ_LOSS_FORMS = ("authors", "vqvae")
+GUMBEL_EVAL_MODES = ("argmax", "sample")
 
 
 def _require_positive_list(values: List[int], key: str) -> None:
@@ -133,6 +139,8 @@ class LMAConfig:
     vq_beta: float = 0.25  # β weighting the second term of the quantiser loss
     vq_loss_form: str = "authors"  # 'authors': mean((sg[e]−z)²) + β·mean((e−sg[z])²); 'vqvae': mean((sg[z]−e)²) + β·mean((z−sg[e])²)
     use_gumbel: bool = False  # ablation: Linear(→K) + Gumbel-softmax over the codebook instead of the VQ
+    gumbel_eval: str = "argmax"  # Gumbel ablation in eval mode: 'argmax' (ours: the codebook row) or 'sample' (the authors': Gumbel-softmax at gumbel_eval_temperature)
+    gumbel_eval_temperature: float = 0.4  # 'sample': the temperature (the authors' evaluation value)
     use_plain_direction: bool = False  # ablation: direction = v − u instead of the bilinear chain
     hidden_size: int = 32  # h: hidden channels of the dynamics network (block 2 uses 2h)
     noise_size: int = 0  # channels of the noise vector concatenated to every dynamics input (zeros unless sampling)
@@ -161,6 +169,10 @@ class LMAConfig:
         _require(self.vq_loss_form in VQ_LOSS_FORMS, prefix + "vq_loss_form",
                  f"must be one of {VQ_LOSS_FORMS}, got {self.vq_loss_form!r}")
         _require(self.noise_size >= 0, prefix + "noise_size", f"must be >= 0, got {self.noise_size}")
+        _require(self.gumbel_eval in GUMBEL_EVAL_MODES, prefix + "gumbel_eval",
+                 f"must be one of {GUMBEL_EVAL_MODES}, got {self.gumbel_eval!r}")
+        _require(self.gumbel_eval_temperature > 0, prefix + "gumbel_eval_temperature",
+                 f"must be > 0, got {self.gumbel_eval_temperature}")
         _require_positive_list(self.decoder_channels, prefix + "decoder_channels")
         _require(2 ** len(self.decoder_channels) == self.encoder_downsampling(), prefix + "decoder_channels",
                  f"must have one entry per ×2 up to full size ({self.encoder_downsampling()}× from the state), "
@@ -280,9 +292,10 @@ class TrainingConfig:
     # T_f, ground-truth steps of the LMA unrolling: 5 → 1 linearly over 25k steps from step 0.
     ground_truth_steps: LinearScheduleConfig = field(
         default_factory=lambda: LinearScheduleConfig(start=5, end=1, start_step=0, steps=25_000))
-    # Gumbel-softmax temperature (model.lma.use_gumbel only); our choice, SPEC leaves it to the config.
+    # Gumbel-softmax temperature (model.lma.use_gumbel only): SPEC leaves it to the config; the authors'
+    # wsprites-ablations-gumbel.yaml anneals 1.0 → 0.4 from step 3,000 over 30,000 steps (linear, not floored).
     gumbel_temperature: LinearScheduleConfig = field(
-        default_factory=lambda: LinearScheduleConfig(start=1.0, end=0.1, start_step=0, steps=50_000))
+        default_factory=lambda: LinearScheduleConfig(start=1.0, end=0.4, start_step=3_000, steps=30_000))
     nan_gradient_value: float = 0.0  # non-finite gradients are replaced before each step: NaN → this
     inf_gradient_value: float = 1e5  # ±∞ → ±this
     log_every: int = 100  # steps between status lines and metrics.jsonl rows
@@ -331,6 +344,7 @@ class EvaluationConfig:
     protocol: str = "one_step"  # reconstruction: 'one_step' (T_f = T−1, the authors') or 'single_image' (T_f = 1)
     batch_size: int = 16  # sequences per batch, for the model and the feature networks (FVD embeds 16 at a time)
     seed: int = 0  # evaluation is seeded: the random-id NMI floor and any sampling
+    skip_frames: int = 0  # source frames skipped between evaluated observations (the authors: 0 everywhere, Tennis too)
     # Feature-network weights; null = the torch hub cache (~/.cache/torch/hub/checkpoints/<standard file name>).
     inception_weights: Optional[str] = None  # FID Inception-v3 (pt_inception-2015-12-05-6726825d.pth)
     i3d_weights: Optional[str] = None  # FVD I3D Kinetics-400 (see README "Feature networks")
@@ -345,6 +359,7 @@ class EvaluationConfig:
         _require(self.protocol in EVALUATION_PROTOCOLS, prefix + "protocol",
                  f"must be one of {EVALUATION_PROTOCOLS}, got {self.protocol!r}")
         _require(self.batch_size >= 1, prefix + "batch_size", f"must be >= 1, got {self.batch_size}")
+        _require(self.skip_frames >= 0, prefix + "skip_frames", f"must be >= 0, got {self.skip_frames}")
 
 
 @dataclass
@@ -360,6 +375,10 @@ class Config:
 
     def check(self, prefix: str) -> None:
         pass
+
+    def evaluation_data(self) -> DataConfig:
+        """The data section as evaluation reads it: `evaluation.skip_frames` instead of the training spacing."""
+        return dataclasses.replace(self.data, skip_frames=self.evaluation.skip_frames)
 
 
 # --------------------------------------------------------------------------- loading

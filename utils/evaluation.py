@@ -248,7 +248,7 @@ def shard_indices(num_windows: int, batch_size: int, rank: int, world_size: int)
 def evaluation_dataset(config: Config) -> VideoDataset:
     """Every non-overlapping window of `evaluation.observations_count` frames of `evaluation.split`."""
     evaluation = config.evaluation
-    dataset = VideoDataset(config.data, evaluation.split, sampling="all",
+    dataset = VideoDataset(config.evaluation_data(), evaluation.split, sampling="all",
                            observations_count=evaluation.observations_count)
     if len(dataset) == 0:
         raise GlassError(f"{config.data.root}: no '{evaluation.split}' window of {evaluation.observations_count} "
@@ -303,7 +303,7 @@ def result_record(result: EvaluationResult, trained: TrainedModel, run_folder: s
             "run_folder": os.path.abspath(run_folder), "checkpoint": os.path.abspath(trained.path),
             "step": trained.step, "split": config.evaluation.split, "protocol": protocol,
             "num_ground_truth_steps": num_ground_truth_steps(protocol, count), "observations_count": count,
-            "skip_frames": config.data.skip_frames, "data_root": os.path.abspath(config.data.root),
+            "skip_frames": config.evaluation.skip_frames, "data_root": os.path.abspath(config.data.root),
             "seed": config.evaluation.seed, "world_size": world_size, "comparable": comparable,
             "counts": result.counts, "results": result.results, "skipped": result.skipped}
 

@@ -129,7 +129,7 @@ def build_evaluation_dataset(trained: TrainedModel, run_folder: str, folder: str
     """
     config = trained.config
     count = config.evaluation.observations_count
-    dataset = VideoDataset(config.data, EVALUATION_SPLIT, sampling="all", observations_count=count)
+    dataset = VideoDataset(config.evaluation_data(), EVALUATION_SPLIT, sampling="all", observations_count=count)
     if len(dataset) == 0:
         raise GlassError(f"{config.data.root}: no test window of {count} frames (evaluation.observations_count)")
     prepare_output_folder(folder, overwrite)
@@ -153,7 +153,7 @@ def build_evaluation_dataset(trained: TrainedModel, run_folder: str, folder: str
     manifest = {"format": MANIFEST_FORMAT, "run_folder": os.path.abspath(run_folder), "step": trained.step,
         "checkpoint": os.path.abspath(trained.path),
         "protocol": protocol, "split": EVALUATION_SPLIT, "observations_count": count,
-        "skip_frames": config.data.skip_frames, "data_root": os.path.abspath(config.data.root),
+        "skip_frames": config.evaluation.skip_frames, "data_root": os.path.abspath(config.data.root),
         "comparable": comparable, "videos": videos}
     write_json_atomically(os.path.join(folder, MANIFEST_FILE), manifest)
     return manifest
@@ -186,7 +186,7 @@ def load_generated_video(folder: str, count: int, size: Tuple[int, int]) -> torc
 
 def real_windows(config: Config, manifest: dict, count: int) -> Tuple[VideoDataset, List[int]]:
     """The test dataset and, per manifest video, the index of its real window."""
-    dataset = VideoDataset(config.data, manifest.get("split", "test"), sampling="all", observations_count=count)
+    dataset = VideoDataset(config.evaluation_data(), manifest.get("split", "test"), sampling="all", observations_count=count)
     index_of = {(dataset.videos[video_index].name, start): index
                 for index, (video_index, start) in enumerate(dataset.windows)}
     indices = []

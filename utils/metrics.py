@@ -91,3 +91,38 @@ def mean_nmi_per_group(predicted: torch.Tensor, true: torch.Tensor, groups: torc
     values = [normalized_mutual_information(predicted[groups == group], true[groups == group])
               for group in torch.unique(groups)]
     return sum(values) / len(values)
+
+
+def code_histogram(ids: torch.Tensor, num_codes: int) -> torch.Tensor:
+    """How many of the items `ids` (any shape, values in [0, num_codes)) fall on each code: (num_codes,) int64."""
+    flat = ids.reshape(-1).long()
+    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= num_codes):
+        raise ValueError(f"code ids must be in [0, {num_codes}), got {int(flat.min())} … {int(flat.max())}")
+    return torch.bincount(flat.cpu(), minlength=num_codes)
+
+
+def codes_used(histogram: torch.Tensor) -> int:
+    """The number of codes with at least one item."""
+    return int((histogram > 0).sum())
+
+
+def perplexity(histogram: torch.Tensor) -> float:
+    """exp(entropy) of the code distribution: 1 when one code takes every item, K when K codes share them equally.
+
+    An empty histogram has perplexity 0.
+    """
+    counts = histogram.double()
+    if counts.sum() == 0:
+        return 0.0
+    return float(_entropy(counts).exp())
+
+
+def psnr(predicted: torch.Tensor, target: torch.Tensor, value_range: float = 2.0) -> float:
+    """Peak signal-to-noise ratio over all elements: 10·log10(range² / MSE), in dB (images in [−1, 1]: range 2).
+
+    Identical tensors give +inf.
+    """
+    if predicted.shape != target.shape:
+        raise ValueError(f"shapes differ: {tuple(predicted.shape)} and {tuple(target.shape)}")
+    mse = float((predicted.double() - target.double()).pow(2).mean())
+    return math.inf if mse == 0 else 10.0 * math.log10(value_range ** 2 / mse)

@@ -271,11 +271,12 @@ def dataset_start_frames(config: DataConfig, max_count: int, splits: Sequence[st
 
 
 def load_video(folder: str, config: DataConfig, fit: str = "auto", max_frames: Optional[int] = None) -> torch.Tensor:
-    """A video folder in the on-disk format (SPEC §1.1) → frames (T, 3, H, W) in [−1, 1], spaced by
-    `data.skip_frames` as the model saw them in training, the first `max_frames` of them (all by default)."""
+    """A video folder in the on-disk format (SPEC §1.1) → frames (T, 3, H, W) in [−1, 1], `config.skip_frames`
+    source frames skipped between two (play.py passes the evaluation spacing, `Config.evaluation_data`), the
+    first `max_frames` of them (all by default)."""
     if not os.path.isdir(folder):
         raise GlassError(f"{folder}: no such video folder (expected a folder of 00000.png, 00001.png, ...)")
-    paths = index_video(folder).frame_paths[::config.skip_frames]
+    paths = index_video(folder).frame_paths[::config.frame_spacing()]
     if max_frames is not None:
         paths = paths[:max_frames]
     if len(paths) < 2:

@@ -9,7 +9,7 @@ at step N gets exactly the values it would have had without the interruption.
 """
 from __future__ import annotations
 
-import math
+from fractions import Fraction
 
 from utils.config import LinearScheduleConfig, TrainingConfig
 
@@ -29,25 +29,43 @@ def linear_value(schedule: LinearScheduleConfig, step: int) -> float:
     return schedule.start + (schedule.end - schedule.start) * elapsed / schedule.steps
 
 
-def observations_count_at(training: TrainingConfig, step: int) -> int:
-    """T, frames per training sequence: the floor of the linear schedule (SPEC: "linear (integer floor)").
+def stepped_value(schedule: LinearScheduleConfig, step: int) -> int:
+    """The authors' integer schedule: `start` + the linear change truncated towards zero.
 
-    W-Sprites: 6 until step 50,000, 7 from step 55,000, 11 at 79,999, 12 from 80,000 on.
+    Their code computes `start + int(scale · (end − start))` (an increasing schedule) and
+    `start − int(scale · (start − end))` (a decreasing one) with scale = (step − start_step) /
+    steps: `int()` truncates the *change*, so the value moves one unit only once the change has
+    reached a whole unit, whichever the direction — a decreasing schedule rounds towards its
+    start (up), an increasing one towards its start (down). The change is computed exactly
+    (rational arithmetic) so whole units on the way land on their step.
     """
-    return math.floor(linear_value(training.observations_count, step))
+    if step < schedule.start_step:
+        return int(schedule.start)
+    elapsed = step - schedule.start_step
+    if elapsed >= schedule.steps:
+        return int(schedule.end)
+    change = (Fraction(schedule.end) - Fraction(schedule.start)) * elapsed / schedule.steps
+    return int(Fraction(schedule.start) + int(change))
+
+
+def observations_count_at(training: TrainingConfig, step: int) -> int:
+    """T, frames per training sequence (`stepped_value`; for an increasing schedule the floor).
+
+    W-Sprites: 6 until step 54,999, 7 from step 55,000, 11 at 79,999, 12 from 80,000 on.
+    """
+    return stepped_value(training.observations_count, step)
 
 
 def ground_truth_steps_at(training: TrainingConfig, step: int, observations_count: int) -> int:
-    """T_f, the LMA's ground-truth steps: the floor of the linear schedule, clamped to [1, T−1].
+    """T_f, the LMA's ground-truth steps (`stepped_value`), clamped to [1, T−1].
 
-    The floor follows the authors' `int()`. On a decreasing schedule it drops at once: with
-    5 → 1 over 25,000 steps from step 0, T_f is 5 only at step 0 and 4 from step 1 (value
-    4.99984); it is 2 at step 18,750 (exactly 2.0) and 1 from step 18,751 on. This is intended.
+    As in the authors' code the decrement is truncated: with 5 → 1 over 25,000 steps from
+    step 0, T_f is 5 up to step 6,249, 4 from 6,250, 3 from 12,500, 2 from 18,750 and 1 only
+    from step 25,000 on (each value held for a quarter of the schedule, 1 after it).
     """
     if observations_count < 2:
         raise ValueError(f"a training sequence needs at least 2 frames, got T = {observations_count}")
-    value = math.floor(linear_value(training.ground_truth_steps, step))
-    return max(1, min(observations_count - 1, value))
+    return max(1, min(observations_count - 1, stepped_value(training.ground_truth_steps, step)))
 
 
 def gumbel_temperature_at(training: TrainingConfig, step: int) -> float:

@@ -114,9 +114,11 @@ def test_skip_frames_stacking_and_summed_shifts(tmp_path):
     labels = {"global": list(range(count)), "local": [t % 3 for t in range(count)],
               "shifts": [(t, -t) for t in range(count)], "bg_shifts": [(1, 0)] * count}
     write_video(str(tmp_path / "train" / "v"), constant_frames(count), labels=labels)
-    config = DataConfig(root=str(tmp_path), input_size=[10, 8], observations_count=3, skip_frames=3,
+    # skip_frames 2: two source frames skipped between observations (frame i·(2+1)), the authors' meaning.
+    config = DataConfig(root=str(tmp_path), input_size=[10, 8], observations_count=3, skip_frames=2,
                         observation_stacking=2)
     dataset = VideoDataset(config, "train", sampling="first")
+    assert dataset.window_length(3) == 7
     sample = dataset[0]
     assert sample["observations"].shape == (3, 6, 8, 10)
     values = to_pixels(sample["observations"][:, :, 0, 0]).round()
@@ -129,6 +131,27 @@ def test_skip_frames_stacking_and_summed_shifts(tmp_path):
     assert sample["background_shifts"].tolist() == [[1, 0], [3, 0], [3, 0]]
     assert not sample["has_masks"].item() and sample["masks"].abs().sum() == 0
     assert sample["sprite_id"].item() == -1
+
+
+def test_tennis_spacing_trains_on_every_fifth_frame_and_evaluates_on_every_frame(tmp_path):
+    from utils.config import Config, EvaluationConfig
+    count = 26  # frame values 10·t stay below 256
+    labels = {"global": list(range(count)), "local": [t % 3 for t in range(count)],
+              "shifts": [(1, 2)] * count, "bg_shifts": [(0, -1)] * count}
+    write_video(str(tmp_path / "train" / "v"), constant_frames(count), labels=labels)
+    config = Config(data=DataConfig(root=str(tmp_path), input_size=[10, 8], observations_count=6, skip_frames=4),
+                    evaluation=EvaluationConfig(skip_frames=0))
+    training = VideoDataset(config.data, "train", sampling="first")[0]
+    assert to_pixels(training["observations"][:, 0, 0, 0]).round().tolist() == [0, 50, 100, 150, 200, 250]
+    assert training["global_actions"].tolist() == [0, 5, 10, 15, 20, 25]
+    # Each observation's shift sums the five per-frame shifts since the previous observation (frame 0: its own).
+    assert training["global_shifts"].tolist() == [[1, 2]] + [[5, 10]] * 5
+    assert training["background_shifts"].tolist() == [[0, -1]] + [[0, -5]] * 5
+    evaluated = VideoDataset(config.evaluation_data(), "train", sampling="all", observations_count=6)
+    assert len(evaluated) == 4  # every frame: 26 frames hold 4 windows of 6
+    assert evaluated[1]["global_actions"].tolist() == [6, 7, 8, 9, 10, 11]
+    assert evaluated[1]["global_shifts"].tolist() == [[1, 2]] * 6
+    assert config.data.skip_frames == 4  # evaluation_data changes a copy
 
 
 def test_crop_resize_and_shift_units(tmp_path):

@@ -63,6 +63,19 @@ def test_gumbel_quantizer_mixes_codes_in_training_and_picks_rows_in_eval():
     assert torch.allclose(evaluated.codes, quantizer.codebook[logits.argmax(1)])
 
 
+def test_gumbel_quantizer_samples_in_eval_at_its_temperature_in_the_authors_mode():
+    torch.manual_seed(0)
+    quantizer = GumbelQuantizer(num_codes=4, code_dim=3, eval_mode="sample", eval_temperature=0.4).eval()
+    logits = torch.randn(5, 4)
+    torch.manual_seed(1)
+    sampled = quantizer(logits, None)  # no training temperature needed
+    torch.manual_seed(1)
+    expected = torch.nn.functional.gumbel_softmax(logits, tau=0.4, hard=False)
+    assert torch.allclose(sampled.codes, expected @ quantizer.codebook)
+    assert torch.equal(sampled.ids, expected.argmax(1))
+    assert not torch.equal(quantizer(logits, None).codes, sampled.codes)  # a new sample each call
+
+
 @pytest.mark.parametrize("plain", [False, True])
 def test_action_network_direction_chain_or_plain_difference(small_model_config, plain):
     config = small_model_config(use_plain_direction=plain).lma
@@ -125,7 +138,8 @@ def test_unroll_starts_every_sequence_from_the_learned_initial_state(small_model
 
 def test_ground_truth_steps_decide_which_inputs_are_real(small_model_config):
     torch.manual_seed(0)
-    lma = LocalMotionAnalysis(small_model_config().lma, (2, 4))  # training mode, see above
+    # Eval mode: in training the ground-truth steps share one BatchNorm batch (see the next test).
+    lma = LocalMotionAnalysis(small_model_config().lma, (2, 4)).eval()
     states = torch.randn(2, 3, 8, 2, 4)
     shifts, codes = torch.zeros(2, 3, 2), lma.action_network.codebook[torch.zeros(2, 3, dtype=torch.long)].detach()
     with torch.no_grad():
@@ -135,12 +149,40 @@ def test_ground_truth_steps_decide_which_inputs_are_real(small_model_config):
         perturbed[:, 2] += 1
         teacher_forced_perturbed = lma.unroll(perturbed, shifts, codes)[0][0]
     assert torch.equal(teacher_forced[:, 0], autoregressive[:, 0])  # step 0 reads φ₀ in both
-    assert not torch.allclose(teacher_forced[:, 1], autoregressive[:, 1])
+    assert not torch.equal(teacher_forced[:, 1], autoregressive[:, 1])
     # With T_f = 3 step 2 reads φ₂; earlier steps do not.
     assert torch.equal(teacher_forced_perturbed[:, :2], teacher_forced[:, :2])
-    assert not torch.allclose(teacher_forced_perturbed[:, 2], teacher_forced[:, 2])
+    assert not torch.equal(teacher_forced_perturbed[:, 2], teacher_forced[:, 2])
     with pytest.raises(ValueError, match="ground-truth steps"):
         lma.unroll(torch.randn(2, 4, 8, 2, 4), shifts, codes)
+
+
+def test_ground_truth_steps_are_decoded_in_one_batch_and_later_steps_one_by_one(small_model_config):
+    torch.manual_seed(0)
+    lma = LocalMotionAnalysis(small_model_config().lma, (2, 4))
+    batch_sizes = []
+    lma.decoder.register_forward_pre_hook(lambda module, inputs: batch_sizes.append(inputs[0].shape[0]))
+    states = torch.randn(2, 2, 8, 2, 4)
+    shifts = torch.randn(2, 4, 2) * 0.1
+    codes = lma.action_network.codebook[torch.randint(0, 3, (2, 4))].detach()
+    foregrounds, masks = lma.unroll(states, shifts, codes)  # S 4, T_f 2
+    assert batch_sizes == [2 * 2, 2, 2]  # the authors': one call of B·T_f, then B per autoregressive step
+    assert [scale.shape[:2] for scale in foregrounds] == [(2, 4)] * len(foregrounds) and masks.shape[:2] == (2, 4)
+    # In training the ground-truth steps share BatchNorm statistics: step 0 depends on step 1's input.
+    with torch.no_grad():
+        perturbed = states.clone()
+        perturbed[:, 1] += 1
+        assert not torch.allclose(lma.unroll(perturbed, shifts, codes)[0][0][:, 0], foregrounds[0][:, 0].detach())
+        # In eval mode the batching changes nothing: the same as decoding every step alone.
+        lma.eval()
+        batched = lma.unroll(states, shifts, codes)
+        dynamics_state = lma.dynamics.initial_state(2)
+        stepwise = []
+        for t in range(4):
+            step_states = states[:, t] if t < 2 else lma.encoder(stepwise[-1])[0]
+            decoded, dynamics_state = lma.step(step_states, shifts[:, t], codes[:, t], dynamics_state)
+            stepwise.append(decoded[0][:, :3])
+        assert torch.allclose(batched[0][0], torch.stack(stepwise, dim=1), atol=1e-6)
 
 
 def test_bilinear_matches_torch_bilinear_values_and_gradients():

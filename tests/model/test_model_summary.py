@@ -55,3 +55,17 @@ def test_frames_that_do_not_fit_the_networks_are_refused_when_building():
     assert ModelConfig().state_resolution([256, 96]) == (12, 32)
     with pytest.raises(ConfigError, match=r"data\.input_size.*divisible by 16"):
         Glass(ModelConfig(), [120, 96])
+
+
+@pytest.mark.parametrize("config, dynamics, total", [
+    ("wsprites.yaml", 532_448, 18_163_052),
+    ("bair.yaml", 665_568, 18_296_108),
+    ("tennis.yaml", 2_219_728, 19_887_684),  # noise 8 reaches the ModConv inputs too, as in the authors' model
+])
+def test_parameter_counts_equal_the_authors_models(config, dynamics, total):
+    # The authors' release (Araachie/glass 1cc1a71) built with their configs, less the action network's unused
+    # `mapping` MLP: the same totals.
+    loaded = load_config(str(ROOT / "configs" / config))
+    counts = Glass(loaded.model, loaded.data.input_size).parameter_counts()
+    assert counts["dynamics"] == dynamics
+    assert counts["total"] == total

@@ -20,9 +20,11 @@ def test_dataset_values_of_the_spec():
     wsprites = load_config(os.path.join(REPOSITORY, "configs", "wsprites.yaml"))
     assert wsprites.data.input_size == [128, 96] and wsprites.data.crop == [0, 0, 128, 96]
     tennis = load_config(os.path.join(REPOSITORY, "configs", "tennis.yaml"))
-    assert tennis.data.input_size == [256, 96] and tennis.data.skip_frames == 4
+    # The authors' keys: Tennis trains on every 5th frame (4 skipped), evaluates on every frame; the others skip none.
+    assert tennis.data.input_size == [256, 96] and tennis.data.skip_frames == 4 and tennis.evaluation.skip_frames == 0
     bair = load_config(os.path.join(REPOSITORY, "configs", "bair.yaml"))
     assert bair.data.input_size == [256, 256]
+    assert wsprites.data.skip_frames == bair.data.skip_frames == wsprites.evaluation.skip_frames == 0
     # FVD sequence lengths of SPEC §5.2
     assert (wsprites.evaluation.observations_count, bair.evaluation.observations_count,
             tennis.evaluation.observations_count) == (12, 30, 16)

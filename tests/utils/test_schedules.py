@@ -5,7 +5,7 @@ import pytest
 
 from utils.config import LinearScheduleConfig, TrainingConfig
 from utils.schedules import (gumbel_temperature_at, ground_truth_steps_at, in_gma_warmup, linear_value,
-                             observations_count_at)
+                             observations_count_at, stepped_value)
 
 
 def test_linear_value_before_during_after():
@@ -23,7 +23,7 @@ def test_linear_value_zero_steps_jumps_at_start_step():
 
 def test_wsprites_observations_count():
     training = TrainingConfig()  # W-Sprites: 6 until 50k, then linear (floor) to 12 over 30k steps
-    expected = {0: 6, 49_999: 6, 50_000: 6, 50_004: 6, 55_000: 7, 60_000: 8, 79_999: 11, 80_000: 12, 10 ** 6: 12}
+    expected = {0: 6, 49_999: 6, 50_000: 6, 50_004: 6, 54_999: 6, 55_000: 7, 60_000: 8, 79_999: 11, 80_000: 12, 10 ** 6: 12}
     assert {step: observations_count_at(training, step) for step in expected} == expected
     assert all(isinstance(observations_count_at(training, step), int) for step in expected)
 
@@ -35,13 +35,29 @@ def test_tennis_observations_count_ends_at_11():
     assert observations_count_at(training, 56_000) == 7  # 6 + 5·6000/30000 = 7.0 exactly
 
 
-def test_wsprites_ground_truth_steps_floor():
+def test_wsprites_ground_truth_steps_truncate_the_decrement_as_the_authors():
     training = TrainingConfig()  # 5 → 1 over 25k steps from step 0
     length = 12  # long enough that the clamp to T−1 does not bite
-    # Floor of a decreasing line: 5 only at step 0, 4 from step 1 (4.99984); exactly 2.0 at 18,750, 1 from 18,751.
-    expected = {0: 5, 1: 4, 6_250: 4, 6_251: 3, 12_500: 3, 18_749: 2, 18_750: 2, 18_751: 1, 25_000: 1, 30_000: 1,
-                10 ** 6: 1}
+    # The authors' start − int(scale·(start − end)): 5 for the first quarter, 1 only from step 25,000.
+    expected = {0: 5, 1: 5, 6_249: 5, 6_250: 4, 12_499: 4, 12_500: 3, 18_749: 3, 18_750: 2, 18_751: 2,
+                24_999: 2, 25_000: 1, 25_001: 1, 10 ** 6: 1}
     assert {step: ground_truth_steps_at(training, step, length) for step in expected} == expected
+
+
+def test_stepped_value_matches_the_authors_formula_at_every_step():
+    def authors(start, end, start_step, steps, step):  # their Trainer.calculate_num_(gt_)observations
+        if step < start_step:
+            return start
+        if step > start_step + steps:
+            return end
+        scale = (step - start_step) / steps
+        return start + int(scale * (end - start)) if end >= start else start - int(scale * (start - end))
+
+    for start, end, start_step, steps in [(5, 1, 0, 25_000), (5, 1, 3_000, 25_000), (6, 12, 50_000, 30_000),
+                                          (6, 11, 50_000, 30_000), (5, 1, 450, 170), (3, 3, 0, 10)]:
+        schedule = LinearScheduleConfig(start=start, end=end, start_step=start_step, steps=steps)
+        for step in range(0, start_step + steps + 3, max(1, (start_step + steps) // 4000)):
+            assert stepped_value(schedule, step) == authors(start, end, start_step, steps, step), (start, end, step)
 
 
 def test_ground_truth_steps_clamped_to_length_minus_one():
@@ -57,7 +73,7 @@ def test_ground_truth_steps_clamped_to_length_minus_one():
 
 def test_tennis_ground_truth_steps_start_at_3000():
     training = TrainingConfig(ground_truth_steps=LinearScheduleConfig(start=5, end=1, start_step=3_000, steps=25_000))
-    assert [ground_truth_steps_at(training, step, 11) for step in (0, 2_999, 3_000, 3_001, 28_000)] == [5, 5, 5, 4, 1]
+    assert [ground_truth_steps_at(training, step, 11) for step in (0, 2_999, 3_000, 3_001, 28_000)] == [5, 5, 5, 5, 1]
 
 
 def test_gumbel_temperature_end_points():

@@ -1,0 +1,201 @@
+"""Experiment: can the LMA alone learn f_{t+1}? The LMA trained on the dataset's true foregrounds.
+
+    python benchmarks/lma_alone.py --config configs/wsprites-tiny.yaml --steps 600 --out runs-experiments/lma-alone
+    python benchmarks/lma_alone.py --config configs/wsprites-tiny.yaml --steps 600 --ground-truth-steps 1 \
+        --out runs-experiments/lma-alone-tf1 model.lma.decoder_channels=[64,32,16]
+
+Not a test and not the training of GLASS: the GMA is replaced by the truth, so that a question
+about the local half is not confounded with the global half. Foregrounds are fₜ = mₜ·Iₜ with
+the dataset's true masks (W-Sprites writes them), f̃ₜ is fₜ moved by the true sprite shift
+(converted to `affine_grid` units) and the LMA's six loss terms of `model.losses.GlassLoss`
+(with the config's weights; the perceptual one needs VGG19 weights or `--random-vgg-weights`)
+train the LMA's parameters with Adam at `training.learning_rate`. T is `--length`, T_f
+`--ground-truth-steps` (default T − 1, the one-step protocol).
+
+Every `--eval-every` steps, on a fixed set of validation windows: the PSNR of f̂ₜ₊₁ against
+fₜ₊₁ at full size (one_step, T_f = T − 1, and single_image, T_f = 1) in eval mode and in
+train mode (BatchNorm on the batch's statistics, without updating them), the codes used, the
+perplexity of the code histogram, the spread of z (mean per-dimension standard deviation) and
+the NMI of the ids against the true local actions (over the windows and per character).
+Writes OUT/curves.json (one record per evaluation) and OUT/step_N.png (per window: the true
+foregrounds, the eval-mode and the train-mode one-step generations, the eval-mode
+single-image generation).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from types import SimpleNamespace
+from typing import Any, Dict, List
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from data.video_dataset import VideoDataset, collate_videos  # noqa: E402
+from model.gma import FOREGROUND_PADDING, shift_images  # noqa: E402
+from model.lma import LocalMotionAnalysis  # noqa: E402
+from model.losses import LMA_LOSS_NAMES, GlassLoss  # noqa: E402
+from model.vgg import build_vgg_features  # noqa: E402
+from utils.config import load_config  # noqa: E402
+from utils.media import image_grid, save_png, to_uint8_images  # noqa: E402
+from utils.metrics import code_histogram, codes_used, mean_nmi_per_group, normalized_mutual_information, perplexity, psnr  # noqa: E402
+
+
+def true_inputs(batch: Dict[str, Any], input_size) -> SimpleNamespace:
+    """The GMA's outputs replaced by the truth: masks, foregrounds, shifted foregrounds, shifts (affine units)."""
+    frames, masks = batch["observations"], batch["masks"]
+    foregrounds = masks * frames
+    width, height = input_size
+    shifts = batch["global_shifts"][:, 1:] * torch.tensor([2.0 / width, 2.0 / height])  # Δ_F of t → t+1
+    sources = foregrounds[:, :-1].flatten(0, 1)
+    shifted = shift_images(sources, shifts.flatten(0, 1), FOREGROUND_PADDING).unflatten(0, shifts.shape[:2])
+    return SimpleNamespace(masks=masks, foregrounds=foregrounds, shifted_foregrounds=shifted, foreground_shifts=shifts)
+
+
+@contextlib.contextmanager
+def batchnorm_in_train_mode_without_updates(module: torch.nn.Module):
+    """Train-mode BatchNorm (batch statistics) with the running statistics left untouched."""
+    buffers = {name: buffer.clone() for name, buffer in module.named_buffers()}
+    was_training = module.training
+    module.train()
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, buffer in module.named_buffers():
+                buffer.copy_(buffers[name])
+        module.train(was_training)
+
+
+@torch.no_grad()
+def evaluate(lma: LocalMotionAnalysis, gma: SimpleNamespace, batch: Dict[str, Any], num_actions: int) -> Dict[str, Any]:
+    length = gma.foregrounds.shape[1]
+    targets = gma.foregrounds[:, 1:]
+    record: Dict[str, Any] = {}
+    lma.eval()
+    one_step = lma(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts, length - 1)
+    single = lma(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts, 1)
+    with batchnorm_in_train_mode_without_updates(lma):
+        one_step_train = lma(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts, length - 1)
+    lma.train()
+    record["psnr_one_step_eval"] = psnr(one_step.generated_foregrounds[0], targets)
+    record["psnr_one_step_trainbn"] = psnr(one_step_train.generated_foregrounds[0], targets)
+    record["psnr_single_image_eval"] = psnr(single.generated_foregrounds[0], targets)
+    record["psnr_zero"] = psnr(torch.zeros_like(targets), targets)  # an empty foreground
+    record["psnr_copy"] = psnr(gma.shifted_foregrounds, targets)  # f̃ₜ: the global motion only
+    ids = one_step.action_ids
+    histogram = code_histogram(ids, num_actions)
+    record["codes_used"] = codes_used(histogram)
+    record["perplexity"] = perplexity(histogram)
+    record["code_histogram"] = histogram.tolist()
+    record["z_spread"] = float(one_step.action_vectors.flatten(0, 1).std(dim=0).mean())
+    labels = batch["local_actions"][:, 1:]
+    characters = batch["sprite_id"][:, None].expand_as(labels)
+    record["nmi"] = normalized_mutual_information(ids.flatten(), labels.flatten())
+    record["nmi_per_character"] = mean_nmi_per_group(ids.flatten(), labels.flatten(), characters.flatten())
+    record["_images"] = (targets, one_step.generated_foregrounds[0], one_step_train.generated_foregrounds[0],
+                         single.generated_foregrounds[0])
+    return record
+
+
+def write_sheet(images, path: str, num_windows: int = 4) -> None:
+    rows = []
+    for window in range(min(num_windows, images[0].shape[0])):
+        for kind in images:
+            rows.append(to_uint8_images(kind[window]))
+    save_png(image_grid(np.stack(rows)), path)
+
+
+def main(argv: List[str] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/wsprites-tiny.yaml")
+    parser.add_argument("--out", required=True, help="output folder (curves.json, step_N.png)")
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--length", type=int, default=6, help="T, frames per training window")
+    parser.add_argument("--ground-truth-steps", type=int, default=None, help="T_f in training (default T − 1)")
+    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--eval-windows", type=int, default=32, help="validation windows per evaluation")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--random-vgg-weights", action="store_true")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    torch.manual_seed(args.seed)
+    config = load_config(args.config, args.overrides)
+    os.makedirs(args.out, exist_ok=True)
+    ground_truth_steps = args.ground_truth_steps or args.length - 1
+
+    train_set = VideoDataset(config.data, "train", observations_count=args.length)
+    val_set = VideoDataset(config.data, "val", observations_count=args.length)
+    generator = torch.Generator().manual_seed(args.seed)
+    val_items = torch.randperm(len(val_set), generator=generator)[:args.eval_windows].tolist()
+    val_batch = collate_videos([val_set[i] for i in val_items])
+    val_gma = true_inputs(val_batch, config.data.input_size)
+    loader = torch.utils.data.DataLoader(train_set, batch_size=config.training.batch_size, shuffle=True, drop_last=True,
+                                         collate_fn=collate_videos, num_workers=1, generator=generator,
+                                         persistent_workers=True)
+
+    lma = LocalMotionAnalysis(config.model.lma, config.model.state_resolution(config.data.input_size))
+    vgg = build_vgg_features(config.loss, random_weights=args.random_vgg_weights) if GlassLoss.needs_vgg(config.loss) else None
+    loss = GlassLoss(config.loss, vgg)
+    optimizer = torch.optim.Adam(lma.parameters(), lr=config.training.learning_rate,
+                                 weight_decay=config.training.weight_decay)
+    num_actions = config.model.lma.num_actions
+    curves: List[Dict[str, Any]] = []
+    step, started, train_ids = 0, time.time(), []
+    lma.train()
+
+    def log_evaluation() -> None:
+        record = evaluate(lma, val_gma, val_batch, num_actions)
+        images = record.pop("_images")
+        record.update(step=step, seconds=round(time.time() - started, 1))
+        if train_ids:
+            train_histogram = code_histogram(torch.cat(train_ids), num_actions)
+            record["train_codes_used"], record["train_perplexity"] = codes_used(train_histogram), perplexity(train_histogram)
+            train_ids.clear()
+        curves.append(record)
+        write_sheet(images, os.path.join(args.out, f"step_{step:06d}.png"))
+        with open(os.path.join(args.out, "curves.json"), "w") as file:
+            json.dump({"config": args.config, "overrides": args.overrides, "args": vars(args), "curves": curves}, file, indent=1)
+        print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in record.items()}), flush=True)
+
+    log_evaluation()
+    while step < args.steps:
+        for batch in loader:
+            gma = true_inputs(batch, config.data.input_size)
+            output = lma(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts, ground_truth_steps)
+            total = 0.0
+            for name in LMA_LOSS_NAMES:
+                weight = loss.weights[name]
+                if weight == 0:
+                    continue
+                if name == "local_action_vq_loss":
+                    term = output.action_vq_loss
+                elif name in ("local_state_reconstruction_loss",):
+                    term = getattr(loss, name)(output)
+                else:
+                    term = getattr(loss, name)(gma, output)
+                if term is not None:
+                    total = total + weight * term
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            train_ids.append(output.action_ids.flatten())
+            step += 1
+            if step % args.eval_every == 0 or step == args.steps:
+                log_evaluation()
+            if step >= args.steps:
+                break
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
