@@ -99,7 +99,7 @@ def run_process(plan: EvaluationPlan, context: DistributedContext) -> int:
         result = evaluate_run(trained, protocol, context, progress=bar.update)
     if result is None:
         return 0
-    print(format_table(result))
+    print(format_table(result, protocol))
     if not comparable:
         print("comparable: false: the run trained with random VGG19 weights")
     path = metrics_path(plan.run_folder, evaluation.split, protocol)

@@ -56,7 +56,7 @@ from utils.distributed import (DEVICE_CHOICES, DistributedContext, any_process, 
                                initialize_from_environment, launched_by_torchrun, resolve_device_kind, shutdown,
                                run_in_local_processes)
 from utils.errors import GlassError
-from utils.logging import LossMeter, RunLogger
+from utils.logging import LMAMeter, LossMeter, RunLogger
 from utils.training import (MediaBatch, StopRequest, Trainer, TrainingBatches, check_device_support, process_seed,
                             resume_training, seed_everything, training_checkpoint)
 
@@ -154,15 +154,16 @@ def run_process(plan: RunPlan, context: DistributedContext) -> int:
     barrier(context)
 
     stop = StopRequest()
-    meter = LossMeter()
+    meter, lma_meter = LossMeter(), LMAMeter()
     try:
         batch_stream = iter(batches)
         for step in range(first_step, training.num_steps):
             result = trainer.training_step(next(batch_stream), step)
             steps_done = step + 1
             meter.add(result.loss.total, result.loss.terms)
+            lma_meter.add(result.lma_statistics)
             if steps_done % training.log_every == 0 or steps_done == training.num_steps:
-                losses = meter.summarize(context)
+                losses = {**meter.summarize(context), **lma_meter.summarize(context)}
                 if logger is not None:
                     logger.log_scalars(steps_done, {"lr": result.learning_rate,
                                                     "observations_count": result.observations_count,

@@ -148,7 +148,7 @@ class ActionNetwork(nn.Module):
     Shared trunk Res(64→128, ↓2), Res(128→64), global average pool → u (source), v (target);
     direction = chain(u, v) − u with the 4 bilinear layers (or v − u with
     `use_plain_direction`); MLP Linear(64→128), BN1d, LReLU, Linear(128→64), BN1d, LReLU,
-    Linear(64→16) → VQ (or Linear(64→K) → Gumbel-softmax with `use_gumbel`).
+    Linear(64→16) → VQ (or, with `use_gumbel`, the direction → Linear(64→K) → Gumbel-softmax).
     source, target (N, 64, h, w) → `ActionOutput`.
     """
 
@@ -165,7 +165,8 @@ class ActionNetwork(nn.Module):
             self.direction_layers = nn.ModuleList([
                 DirectionLayer(vector_size, sizes[k], sizes[k + 1], last=k == len(sizes) - 2) for k in range(len(sizes) - 1)])
         mlp_layers: List[nn.Module] = []
-        mlp_sizes = [vector_size] + list(config.action_mlp_hidden)
+        # The Gumbel ablation's head is one Linear(64→K) (SPEC, the authors' code); the VQ's the MLP.
+        mlp_sizes = [vector_size] + ([] if config.use_gumbel else list(config.action_mlp_hidden))
         for size_in, size_out in zip(mlp_sizes[:-1], mlp_sizes[1:]):
             mlp_layers += [nn.Linear(size_in, size_out), nn.BatchNorm1d(size_out), nn.LeakyReLU(LEAKY_RELU_SLOPE)]
         output_size = config.num_actions if config.use_gumbel else config.action_dim

@@ -12,7 +12,8 @@ Means run over all elements unless said.
 
 Choices where SPEC leaves room (each documented at its function):
 - downsampling to the decoder's smaller scales (targets fₜ₊₁ and the motion weights) uses
-  `F.interpolate(mode="area")`, the mean of each 2^k × 2^k block;
+  `F.interpolate(mode="bilinear", align_corners=False)` without antialiasing, as the authors'
+  code does: at 1/2 the mean of each 2×2 block, at 1/4 the mean of the central 2×2 of each 4×4 block;
 - the motion weights of the two multiscale reconstruction terms have no ε (SPEC §4.1 adds
   0.001 only to those of `reconstruction_loss`);
 - every GMA tensor used by an LMA term is detached, so the LMA terms train the LMA only.
@@ -35,7 +36,7 @@ from utils.config import GMA_LOSS_NAMES, LOSS_NAMES, LossConfig
 
 PERCEPTUAL_LOSS_NAMES = ("background_perceptual_loss", "multiscale_local_perceptual_loss")
 LMA_LOSS_NAMES = tuple(name for name in LOSS_NAMES if name not in GMA_LOSS_NAMES)
-RESIZE_MODE = "area"  # targets and weights at the decoder's 1/2, 1/4 scales: block means
+RESIZE_MODE = "bilinear"  # targets and weights at the decoder's 1/2, 1/4 scales (align_corners=False), the authors'
 
 
 @dataclass
@@ -52,10 +53,10 @@ def motion_weighted_l1(targets: torch.Tensor, predictions: torch.Tensor, weights
 
 
 def resize(images: torch.Tensor, size: torch.Size) -> torch.Tensor:
-    """(..., C, H, W) → (..., C, *size) with `F.interpolate(mode="area")`; identity at the same size."""
+    """(..., C, H, W) → (..., C, *size) with `F.interpolate(mode="bilinear", align_corners=False)`; identity at the same size."""
     if tuple(images.shape[-2:]) == tuple(size):
         return images
-    resized = F.interpolate(images.flatten(0, -4), size=tuple(size), mode=RESIZE_MODE)
+    resized = F.interpolate(images.flatten(0, -4), size=tuple(size), mode=RESIZE_MODE, align_corners=False)
     return resized.unflatten(0, images.shape[:-3])
 
 
@@ -179,7 +180,7 @@ class GlassLoss(nn.Module):
     def multiscale_global_reconstruction_loss(self, gma: GMAOutput, lma: LMAOutput) -> torch.Tensor:
         """Per decoder scale mean(w · |resize(fₜ₊₁) − f̂ₜ₊₁|), averaged over scales.
 
-        w = Σ_c(|fₜ₊₁ − fₜ| + |f̂ₜ₊₁ − f̂ₜ|) at full size with f̂₀ := f₀, detached, then area-resized.
+        w = Σ_c(|fₜ₊₁ − fₜ| + |f̂ₜ₊₁ − f̂ₜ|) at full size with f̂₀ := f₀, detached, then resized.
         """
         foregrounds = gma.foregrounds.detach()
         generated = lma.generated_foregrounds[0]

@@ -9,7 +9,16 @@ come out, with the names used in the table and the JSON line:
   through the model's analysis (GMA and action inference, no unrolling); its predictions
   against the ground truth — the `gt` metrics of the reconstruction, over the same frames;
 - `co` (consistency): the `re` predictions against the `gt` predictions instead of the
-  ground truth (soft masks against soft masks, ids against ids); needs no labels.
+  ground truth (soft masks against soft masks, ids against ids); needs no labels;
+- `re_one_step` / `re_single_image`: the `re` metrics of the other protocol's reconstruction
+  (whichever the run is not evaluated with), so that one evaluation shows both.
+
+Besides the SPEC metrics, for the local half: `codes_used` and `code_perplexity` of the action
+ids (gt: on the real video; re: on the reconstruction) with their histograms (`histograms` of
+the JSON line), and for each reconstruction `foreground_psnr` (its generated foregrounds f̂ₜ₊₁
+against the GMA's foregrounds fₜ₊₁ = mₜ₊₁·Iₜ₊₁ of the real video) and `frame_psnr` (its frames
+1 … T−1 against the real ones), PSNR over the whole split (Σ squared errors / Σ elements),
+images in [−1, 1].
 
 Alignment with the labels (`data.video_dataset`: shifts[t] is the move from frame t−1 to t,
 local[t] the animation shown in frame t, chosen by the walk step t−1 → t): the model's
@@ -34,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -47,13 +57,23 @@ from utils.checkpoint import CONFIG_FILE, TrainedModel, load_trained_model
 from utils.config import Config, load_config
 from utils.distributed import DistributedContext, all_gather_objects
 from utils.errors import GlassError
-from utils.metrics import (direction_matches, mean_nmi_per_group, normalized_mutual_information, shift_errors,
-                           shifts_to_pixels)
+from utils.metrics import (code_histogram, codes_used, direction_matches, mean_nmi_per_group,
+                           normalized_mutual_information, perplexity, shift_errors, shifts_to_pixels)
 
 METRIC_NAME = "glass_action_metrics"  # the "metric" field of every JSON line
 METRICS_FOLDER = "metrics"
 VARIANTS = ("gt", "re", "co")
-_PREDICTION_SETS = ("real", "generated")  # the model's analysis of the real video and of its reconstruction
+_PREDICTION_SETS = ("real", "generated", "other")  # the analyses of the real video, of its reconstruction, of the other protocol's
+
+
+def other_protocol(protocol: str) -> str:
+    """The reconstruction protocol that is not `protocol`."""
+    return "single_image" if protocol == "one_step" else "one_step"
+
+
+def _squared_error_sums(predicted: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Per window (B,) float64: Σ (predicted − reference)² over all but the first dimension."""
+    return (predicted.double() - reference.double()).pow(2).flatten(1).sum(dim=1).cpu()
 
 
 # --------------------------------------------------------------------------- the run
@@ -121,23 +141,31 @@ def window_records(model: torch.nn.Module, batch: Dict[str, Any], protocol: str,
     in pixels; `{real,generated}_*` are the analyses of the real video and of its reconstruction.
     """
     observations = batch["observations"].to(device)
-    reconstruction = reconstruct(model, observations, protocol)
+    reconstructions = {"generated": reconstruct(model, observations, protocol),
+                       "other": reconstruct(model, observations, other_protocol(protocol))}
+    reconstruction = reconstructions["generated"]
     real = MotionAnalysis(masks=reconstruction.masks, foreground_shifts=reconstruction.foreground_shifts,
                           background_shifts=reconstruction.background_shifts, action_ids=reconstruction.action_ids)
-    analyses = {"real": real, "generated": analyse_motion(model, reconstruction.frames)}
+    analyses = {"real": real, **{name: analyse_motion(model, made.frames) for name, made in reconstructions.items()}}
     true_masks = batch["masks"].to(device)
+    real_foregrounds = (reconstruction.masks * observations)[:, 1:]  # the GMA's fₜ₊₁ = mₜ₊₁·Iₜ₊₁
     records: Dict[str, torch.Tensor] = {
         "sprite_id": batch["sprite_id"], "has_masks": batch["has_masks"], "has_actions": batch["has_actions"],
         "true_local_actions": batch["local_actions"][:, 1:],
         "true_sprite_shifts": batch["global_shifts"][:, 1:],
         "true_background_shifts": batch["background_shifts"][:, 1:],
+        "image_elements": torch.full((observations.shape[0],), float(real_foregrounds[0].numel()), dtype=torch.float64),
     }
+    for name, made in reconstructions.items():
+        records[f"{name}_foreground_squared_error"] = _squared_error_sums(made.generated_foregrounds, real_foregrounds)
+        records[f"{name}_frame_squared_error"] = _squared_error_sums(made.frames[:, 1:], observations[:, 1:])
     for name, analysis in analyses.items():
         records[f"{name}_action_ids"] = analysis.action_ids.cpu()
         records[f"{name}_sprite_shifts"] = shifts_to_pixels(analysis.foreground_shifts, input_size).float().cpu()
         records[f"{name}_background_shifts"] = shifts_to_pixels(analysis.background_shifts, input_size).float().cpu()
     for variant, predicted, reference in (("gt", analyses["real"].masks, true_masks),
                                           ("re", analyses["generated"].masks, true_masks),
+                                          ("re_other", analyses["other"].masks, true_masks),
                                           ("co", analyses["generated"].masks, analyses["real"].masks)):
         records[f"{variant}_mask_intersection"], records[f"{variant}_mask_union"] = _mask_sums(predicted, reference)
     # the floor of the IoU: a mask that calls everything foreground
@@ -157,6 +185,7 @@ class EvaluationResult:
     results: Dict[str, float]
     skipped: Dict[str, str]
     counts: Dict[str, int]
+    histograms: Dict[str, List[int]] = dataclasses.field(default_factory=dict)  # variant → transitions per action id
 
 
 def _shift_metrics(predicted: torch.Tensor, reference: torch.Tensor, prefix: str) -> Tuple[Dict[str, float], int]:
@@ -180,10 +209,17 @@ def _nmi_metrics(predicted: torch.Tensor, reference: torch.Tensor, characters: t
     return values
 
 
-def summarize(records: Dict[str, torch.Tensor], num_actions: int, seed: int) -> EvaluationResult:
-    """Reduce the records of every window of a split (ordered by window) to the SPEC §5.1 metrics."""
+def summarize(records: Dict[str, torch.Tensor], num_actions: int, seed: int, protocol: str = "one_step") -> EvaluationResult:
+    """Reduce the records of every window of a split (ordered by window) to the SPEC §5.1 metrics and the
+    local-half rows; `protocol` is the one of the `re` reconstruction (the other one's, when recorded, is
+    reported as `re_<other protocol>`)."""
     results: Dict[str, float] = {}
     skipped: Dict[str, str] = {}
+    histograms: Dict[str, List[int]] = {}
+    reconstructions = [("re", "generated")]
+    if "other_action_ids" in records:
+        reconstructions.append((f"re_{other_protocol(protocol)}", "other"))
+    analyses = [("gt", "real"), *reconstructions]
     windows = int(records["sprite_id"].numel())
     has_actions, has_masks = records["has_actions"].bool(), records["has_masks"].bool()
     characters = records["sprite_id"]
@@ -197,7 +233,7 @@ def summarize(records: Dict[str, torch.Tensor], num_actions: int, seed: int) -> 
     if has_actions.any():
         true = records["true_local_actions"][has_actions]
         labelled_characters = characters[has_actions]
-        for variant, name in (("gt", "real"), ("re", "generated")):
+        for variant, name in analyses:
             predicted = records[f"{name}_action_ids"][has_actions]
             for key, value in _nmi_metrics(predicted, true, labelled_characters).items():
                 results[f"{variant}/{key}"] = value
@@ -214,7 +250,7 @@ def summarize(records: Dict[str, torch.Tensor], num_actions: int, seed: int) -> 
     for kind in ("sprite", "background"):
         true = records[f"true_{kind}_shifts"][has_actions]
         if true.numel() and bool((true != 0).any()):
-            for variant, name in (("gt", "real"), ("re", "generated")):
+            for variant, name in analyses:
                 values, moving = _shift_metrics(records[f"{name}_{kind}_shifts"][has_actions], true, f"{kind}_shift")
                 results.update({f"{variant}/{key}": value for key, value in values.items()})
             counts[f"{kind}_moving_transitions"] = moving
@@ -226,15 +262,31 @@ def summarize(records: Dict[str, torch.Tensor], num_actions: int, seed: int) -> 
         results.update({f"co/{key}": value for key, value in values.items()})
 
     # Masks: one soft IoU over the split.
-    for variant in (*VARIANTS, "all_foreground"):
+    mask_variants = [(variant, variant) for variant in (*VARIANTS, "all_foreground")]
+    if len(reconstructions) > 1:
+        mask_variants.insert(2, (reconstructions[1][0], "re_other"))
+    for variant, key in mask_variants:
         selected = has_masks if variant != "co" else torch.ones_like(has_masks)
         if not selected.any():
             skipped[f"{variant}: mask_iou"] = "no ground-truth masks (no masks/ folders, or data.load_masks=false)"
             continue
-        union = records[f"{variant}_mask_union"][selected].sum()
-        intersection = records[f"{variant}_mask_intersection"][selected].sum()
+        union = records[f"{key}_mask_union"][selected].sum()
+        intersection = records[f"{key}_mask_intersection"][selected].sum()
         results[f"{variant}/mask_iou"] = (intersection / union).item() if union > 0 else 1.0
-    return EvaluationResult(results=results, skipped=skipped, counts=counts)
+
+    # The local half: how many codes the action ids use, and how close the generated images are.
+    for variant, name in analyses:
+        histogram = code_histogram(records[f"{name}_action_ids"], num_actions)
+        histograms[variant] = histogram.tolist()
+        results[f"{variant}/codes_used"] = float(codes_used(histogram))
+        results[f"{variant}/code_perplexity"] = perplexity(histogram)
+    for variant, name in reconstructions:
+        for image in ("foreground", "frame"):
+            key = f"{name}_{image}_squared_error"
+            if key in records:
+                mse = float(records[key].sum() / records["image_elements"].sum())
+                results[f"{variant}/{image}_psnr"] = 10 * math.log10(4.0 / mse) if mse > 0 else math.inf
+    return EvaluationResult(results=results, skipped=skipped, counts=counts, histograms=histograms)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -283,7 +335,7 @@ def evaluate_run(trained: TrainedModel, protocol: str, context: DistributedConte
     merged = {key: torch.cat([part[key] for part in gathered]) for key in gathered[0]}
     order = torch.argsort(merged.pop("window"))
     merged = {key: value[order] for key, value in merged.items()}
-    return summarize(merged, config.model.lma.num_actions, config.evaluation.seed)
+    return summarize(merged, config.model.lma.num_actions, config.evaluation.seed, protocol)
 
 
 # --------------------------------------------------------------------------- reporting
@@ -305,7 +357,8 @@ def result_record(result: EvaluationResult, trained: TrainedModel, run_folder: s
             "num_ground_truth_steps": num_ground_truth_steps(protocol, count), "observations_count": count,
             "skip_frames": config.evaluation.skip_frames, "data_root": os.path.abspath(config.data.root),
             "seed": config.evaluation.seed, "world_size": world_size, "comparable": comparable,
-            "counts": result.counts, "results": result.results, "skipped": result.skipped}
+            "counts": result.counts, "results": result.results, "skipped": result.skipped,
+            "histograms": result.histograms}
 
 
 def append_record(path: str, record: Dict[str, Any]) -> None:
@@ -329,21 +382,32 @@ _TABLE_ROWS = [
     ("background_shift_error_max", "  max (px)"),
     ("background_shift_direction_match", "  direction within 45°"),
     ("mask_iou", "soft mask IoU"),
+    ("codes_used", "local action codes used"),
+    ("code_perplexity", "  code perplexity"),
+    ("foreground_psnr", "generated foreground PSNR (dB)"),
+    ("frame_psnr", "generated frame PSNR (dB)"),
 ]
 
 
-def format_table(result: EvaluationResult) -> str:
-    """The metrics as a text table: one row per metric, columns GT, RE, CO and the floor (random ids for the NMI,
-    an all-foreground mask for the IoU)."""
-    columns = ("gt", "re", "co", "floor")
-    lines = [f"{'metric':<34}" + "".join(f"{name.upper():>10}" for name in columns)]
+def format_table(result: EvaluationResult, protocol: str = "one_step") -> str:
+    """The metrics as a text table: one row per metric, columns GT, RE (`protocol`), RE of the other protocol
+    when measured, CO and the floor (random ids for the NMI, an all-foreground mask for the IoU); then the
+    code histograms."""
+    other = f"re_{other_protocol(protocol)}"
+    columns = ["gt", "re"] + ([other] if any(key.startswith(other + "/") for key in result.results) else []) + ["co"]
+    headers = {"gt": "GT", "re": "RE " + ("1-step" if protocol == "one_step" else "1-image"),
+               other: "RE " + ("1-step" if protocol != "one_step" else "1-image"), "co": "CO"}
+    lines = [f"{'metric':<34}" + "".join(f"{headers[name]:>11}" for name in columns) + f"{'FLOOR':>11}"]
     for key, label in _TABLE_ROWS:
         floor = result.results.get(f"random/{key}", result.results.get(f"all_foreground/{key}"))
-        cells = [result.results.get(f"{column}/{key}") for column in columns[:3]] + [floor]
-        lines.append(f"{label:<34}" + "".join(f"{'—' if value is None else f'{value:.4f}':>10}" for value in cells))
-    lines.append("GT: predictions vs labels; RE: predictions on the reconstruction vs labels; CO: predictions on the "
-                 "reconstruction vs predictions on the real video; FLOOR: uniformly random ids (NMI), an "
-                 "all-foreground mask (IoU)")
+        cells = [result.results.get(f"{column}/{key}") for column in columns] + [floor]
+        lines.append(f"{label:<34}" + "".join(f"{'—' if value is None else f'{value:.4f}':>11}" for value in cells))
+    for variant, histogram in result.histograms.items():
+        lines.append(f"code histogram {headers.get(variant, variant)}: {' '.join(str(count) for count in histogram)}")
+    lines.append("GT: predictions vs labels; RE: predictions on the reconstruction (1-step: T_f = T-1; 1-image: T_f = 1) "
+                 "vs labels; CO: predictions on the RE " + ("1-step" if protocol == "one_step" else "1-image")
+                 + " reconstruction vs predictions on the real video; FLOOR: uniformly random ids (NMI), an "
+                   "all-foreground mask (IoU)")
     for what, reason in result.skipped.items():
         lines.append(f"skipped {what}: {reason}")
     return "\n".join(lines)

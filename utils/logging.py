@@ -18,7 +18,7 @@ import resource
 import secrets
 import sys
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 from tqdm import tqdm
@@ -26,6 +26,7 @@ from tqdm import tqdm
 from utils.checkpoint import METRICS_FILE, WANDB_ID_FILE
 from utils.distributed import DistributedContext, average_over_processes
 from utils.errors import GlassError
+from utils.metrics import codes_used, perplexity
 
 WANDB_PROJECT = "glass"
 
@@ -68,6 +69,74 @@ class LossMeter:
         return dict(zip(names, average_over_processes(context, means).tolist()))
 
 
+def lma_step_statistics(output: Any, num_actions: int) -> Optional[Dict[str, torch.Tensor]]:
+    """What `LMAMeter` needs from one training step's output (a `model.glass.GlassOutput`), as device tensors (no host synchronisation):
+    the histogram of the action ids, the spread of z (the per-dimension standard deviation over the
+    step's transitions, averaged over dimensions) and the squared error of f̂ₜ₊₁ against the GMA's fₜ₊₁
+    at full size, summed apart over the ground-truth steps (t < T_f) and the autoregressive ones.
+    None when the LMA did not run (the gma_only warm-up)."""
+    lma = output.lma
+    if lma is None:
+        return None
+    with torch.no_grad():
+        ids = lma.action_ids.flatten()
+        vectors = lma.action_vectors.flatten(0, 1).float()
+        spread = vectors.std(dim=0).mean() if vectors.shape[0] > 1 else vectors.new_zeros(())
+        errors = (lma.generated_foregrounds[0].float() - output.gma.foregrounds[:, 1:].float()).pow(2)
+        split = lma.num_ground_truth_steps
+        return {"code_counts": torch.nn.functional.one_hot(ids, num_actions).sum(dim=0).float(),
+                "z_spread": spread, "ground_truth_squared_error": errors[:, :split].sum(),
+                "ground_truth_elements": errors.new_tensor(float(errors[:, :split].numel())),
+                "autoregressive_squared_error": errors[:, split:].sum(),
+                "autoregressive_elements": errors.new_tensor(float(errors[:, split:].numel()))}
+
+
+class LMAMeter:
+    """The local half's health over a logging interval (SPEC has no such numbers; they show a collapse while
+    it happens): `lma_codes_used` (codes chosen by at least one transition), `lma_code_perplexity`
+    (exp of the entropy of the code histogram: 1 = one code, K = all equally), `lma_z_spread` (mean over
+    the interval's steps of the spread of z, see `lma_step_statistics`), and `lma_foreground_psnr_gt` /
+    `lma_foreground_psnr_ar`: the PSNR (images in [−1, 1], peak-to-peak 2) of the generated
+    foregrounds against the GMA's over the ground-truth and the autoregressive steps of the interval
+    (the latter absent when every step had T_f = T − 1). Sums stay on the device between summaries."""
+
+    def __init__(self) -> None:
+        self.sums: Dict[str, torch.Tensor] = {}
+        self.steps = 0
+
+    def add(self, statistics: Optional[Dict[str, torch.Tensor]]) -> None:
+        if statistics is None:
+            return
+        for name, value in statistics.items():
+            self.sums[name] = self.sums[name] + value if name in self.sums else value.clone()
+        self.steps += 1
+
+    def summarize(self, context: DistributedContext) -> Dict[str, Any]:
+        """The interval's values, over the processes (a collective when some step ran the LMA); resets."""
+        if not self.steps:
+            return {}
+        names = sorted(self.sums)
+        flat = torch.cat([self.sums[name].reshape(-1) for name in names])
+        flat = average_over_processes(context, flat)
+        sums, offset = {}, 0
+        for name in names:
+            size = self.sums[name].numel()
+            sums[name] = flat[offset:offset + size].reshape(self.sums[name].shape).double().cpu()
+            offset += size
+        steps, self.sums, self.steps = self.steps, {}, 0
+        row: Dict[str, Any] = {"lma_codes_used": codes_used(sums["code_counts"]),
+                               "lma_code_perplexity": perplexity(sums["code_counts"]),
+                               "lma_code_histogram": [round(float(c) / float(sums["code_counts"].sum()), 4)
+                                                      for c in sums["code_counts"]],
+                               "lma_z_spread": float(sums["z_spread"]) / steps}
+        for kind, key in (("ground_truth", "gt"), ("autoregressive", "ar")):
+            elements = float(sums[f"{kind}_elements"])
+            if elements > 0:
+                mse = float(sums[f"{kind}_squared_error"]) / elements
+                row[f"lma_foreground_psnr_{key}"] = 10 * math.log10(4.0 / mse) if mse > 0 else math.inf
+        return row
+
+
 def _number(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
@@ -79,6 +148,10 @@ def format_status_line(row: Dict[str, Any], total_steps: int) -> str:
     for name, value in row.items():
         if name.endswith("_loss"):
             parts.append(f"{name[:-len('_loss')]} {_number(value)}")
+    if "lma_codes_used" in row:
+        parts.append(f"codes {row['lma_codes_used']} (perplexity {row['lma_code_perplexity']:.2f})")
+        parts += [f"fg PSNR {kind} {row[key]:.2f}" for kind, key in (("gt", "lma_foreground_psnr_gt"),
+                                                                       ("ar", "lma_foreground_psnr_ar")) if key in row]
     parts += [f"lr {row['lr']:.3g}", f"{row['steps_per_second']:.2f} steps/s",
               f"{'GPU' if row['memory_kind'].startswith('cuda') else 'RSS'} {row['memory_gib']:.2f} GiB"]
     return " | ".join(parts)

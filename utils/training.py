@@ -35,6 +35,7 @@ from utils.checkpoint import CHECKPOINT_FORMAT
 from utils.config import Config, TrainingConfig
 from utils.distributed import DistributedContext, all_gather_objects, broadcast_buffers, check_replicas_identical
 from utils.errors import DatasetError, GlassError
+from utils.logging import lma_step_statistics
 from utils.media import write_training_media
 from utils.pretrained import MissingWeightsError
 from utils.schedules import gumbel_temperature_at, ground_truth_steps_at, in_gma_warmup, observations_count_at
@@ -215,6 +216,7 @@ class StepResult:
     ground_truth_steps: int  # T_f of the step
     ran_lma: bool  # false during the 'gma_only' warm-up
     learning_rate: float  # the learning rate of the step (the scheduler has moved on to the next one)
+    lma_statistics: Optional[Dict[str, torch.Tensor]] = None  # utils.logging.lma_step_statistics; None in gma_only warm-up
 
 
 def to_channels_last_frames(observations: torch.Tensor) -> torch.Tensor:
@@ -367,7 +369,8 @@ class Trainer:
         self.scheduler.step()
         return StepResult(loss=LossResult(total=result.total.detach(), terms=result.terms),
                           observations_count=observations_count, ground_truth_steps=plan["ground_truth_steps"],
-                          ran_lma=plan["run_lma"], learning_rate=learning_rate)
+                          ran_lma=plan["run_lma"], learning_rate=learning_rate,
+                          lma_statistics=lma_step_statistics(output, self.model.lma.action_network.codebook.shape[0]))
 
     @torch.no_grad()
     def write_media(self, observations: torch.Tensor, step: int, folder: str) -> Dict[str, str]:

@@ -81,13 +81,19 @@ def random_example(batch=2, length=3, size=4, seed=0, dtype=torch.float64):
 # --------------------------------------------------------------------------- references (numpy, explicit loops)
 
 def block_mean(image: np.ndarray, factor: int) -> np.ndarray:
-    """(C, H, W) → (C, H/f, W/f), each output pixel the mean of its f×f block."""
+    """(C, H, W) → (C, H/f, W/f) as the authors resize (bilinear, align_corners=False, no antialiasing): output
+    pixel y samples the input at (y + ½)·f − ½, i.e. the mean of the central 2×2 of its f×f block (f = 2: the
+    whole block; f = 4: rows and columns 4y+1, 4y+2)."""
+    if factor == 1:
+        return image.astype(np.float64)
     channels, height, width = image.shape
     out = np.zeros((channels, height // factor, width // factor))
+    low = factor // 2 - 1
     for c in range(channels):
         for y in range(height // factor):
             for x in range(width // factor):
-                out[c, y, x] = image[c, y * factor:(y + 1) * factor, x * factor:(x + 1) * factor].mean()
+                top, left = y * factor + low, x * factor + low
+                out[c, y, x] = image[c, top:top + 2, left:left + 2].mean()
     return out
 
 

@@ -204,3 +204,12 @@ def test_bilinear_matches_torch_bilinear_values_and_gradients():
     for got, want in zip(gradients, expected_gradients):
         assert torch.allclose(got, want, atol=1e-12)
     assert torch.allclose(bilinear(first, second, layer.weight, None), expected - layer.bias, atol=1e-12)
+
+
+def test_gumbel_head_is_one_linear_layer_as_in_spec_and_the_authors_code(small_model_config):
+    config = small_model_config(use_gumbel=True).lma
+    head = ActionNetwork(config).mlp
+    assert len(head) == 1 and isinstance(head[0], torch.nn.Linear)
+    assert (head[0].in_features, head[0].out_features) == (config.action_trunk_channels[-1], config.num_actions)
+    vq_head = ActionNetwork(small_model_config().lma).mlp
+    assert sum(isinstance(layer, torch.nn.Linear) for layer in vq_head) == len(config.action_mlp_hidden) + 1

@@ -1,11 +1,13 @@
 """utils.evaluation: the per-window records on the tiny trained run (RE is the GT metrics of the reconstruction,
 CO is bounded and exact against itself), the reduction on hand-made records (alignment, skips, floor), sharding."""
+import math
+
 import pytest
 import torch
 
 from data.video_dataset import collate_videos
 from model.generation import reconstruct
-from utils.evaluation import (evaluation_dataset, load_run_for_evaluation, shard_indices, summarize,
+from utils.evaluation import (evaluation_dataset, format_table, load_run_for_evaluation, shard_indices, summarize,
                               window_records)
 from utils.metrics import shifts_to_pixels
 
@@ -97,7 +99,10 @@ def test_unlabelled_records_report_what_was_skipped():
     records = _records(predicted_ids=[[0, 1]], true_local=[[0, 0]], predicted_shifts=[[[1.0, 0.0], [0.0, 1.0]]],
                        true_shifts=[[[0.0, 0.0], [0.0, 0.0]]], sprite_ids=[-1], has_actions=False, has_masks=False)
     result = summarize(records, num_actions=3, seed=0)
-    assert not any(key.startswith(("gt/", "re/", "random/")) for key in result.results), result.results
+    label_free = ("/codes_used", "/code_perplexity")  # the code histograms need no labels
+    assert not any(key.startswith(("gt/", "re/", "random/")) and not key.endswith(label_free)
+                   for key in result.results), result.results
+    assert result.results["gt/codes_used"] == 2 and result.histograms["gt"] == [1, 1, 0]
     assert {"co/local_action_nmi", "co/sprite_shift_error_mean", "co/mask_iou"} <= set(result.results)
     skipped = " | ".join(f"{key}: {reason}" for key, reason in result.skipped.items())
     for text in ("local_action_nmi: no window has action labels", "gt: mask_iou: no ground-truth masks",
@@ -118,3 +123,31 @@ def test_shards_are_whole_batches_covering_every_window_once():
 
 def test_shift_pixels_follow_the_frame_size():
     assert torch.equal(shifts_to_pixels(torch.tensor([[1.0, -1.0]]), [128, 96]), torch.tensor([[64.0, -48.0]]))
+
+
+def test_local_half_rows_codes_histograms_and_psnr_over_the_split():
+    records = _records(predicted_ids=[[0, 0, 2], [2, 2, 2]], true_local=[[0, 0, 1], [1, 1, 1]],
+                       predicted_shifts=[[[1.0, 0.0]] * 3] * 2, true_shifts=[[[1.0, 0.0]] * 3] * 2, sprite_ids=[1, 2],
+                       has_actions=True, has_masks=False)
+    elements = 3 * 3 * 4 * 4  # T−1 frames of 3×4×4 per window
+    records.update({"image_elements": torch.tensor([elements, elements], dtype=torch.float64),
+                    # window 0: MSE 0.01·… ; the split's PSNR uses Σ errors / Σ elements
+                    "generated_foreground_squared_error": torch.tensor([0.0004 * elements, 0.0012 * elements],
+                                                                       dtype=torch.float64),
+                    "generated_frame_squared_error": torch.tensor([0.04 * elements, 0.04 * elements],
+                                                                  dtype=torch.float64),
+                    "other_action_ids": torch.tensor([[1, 1, 1], [1, 1, 1]]),
+                    "other_foreground_squared_error": torch.tensor([0.04, 0.04], dtype=torch.float64) * elements,
+                    "other_frame_squared_error": torch.tensor([0.04, 0.04], dtype=torch.float64) * elements})
+    for key in ("other_sprite_shifts", "other_background_shifts"):
+        records[key] = records[key.replace("other", "generated")]
+    result = summarize(records, num_actions=3, seed=0, protocol="one_step")
+    assert result.histograms["gt"] == [2, 0, 4] and result.results["gt/codes_used"] == 2
+    assert result.results["gt/code_perplexity"] == pytest.approx(math.exp(-(1 / 3 * math.log(1 / 3) + 2 / 3 * math.log(2 / 3))))
+    assert result.histograms["re_single_image"] == [0, 6, 0] and result.results["re_single_image/code_perplexity"] == 1.0
+    assert result.results["re/foreground_psnr"] == pytest.approx(10 * math.log10(4 / 0.0008))  # mean MSE 8e-4
+    assert result.results["re/frame_psnr"] == pytest.approx(20.0)
+    assert result.results["re_single_image/foreground_psnr"] == pytest.approx(20.0)
+    assert "re_single_image/local_action_nmi" in result.results
+    table = format_table(result, "one_step")
+    assert "RE 1-image" in table and "code histogram GT: 2 0 4" in table and "generated foreground PSNR" in table

@@ -82,3 +82,24 @@ def test_nmi_of_random_ids_is_near_zero_and_groups_are_averaged():
     assert mean_nmi_per_group(predicted, true, groups) == pytest.approx(0.5, abs=1e-12)
     with pytest.raises(ValueError, match="1-D labelings"):
         nmi(torch.tensor([0, 1]), torch.tensor([0, 1, 2]))
+
+
+def test_code_histogram_codes_used_and_perplexity_of_known_histograms():
+    from utils.metrics import code_histogram, codes_used, perplexity
+    histogram = code_histogram(torch.tensor([[0, 0, 2], [2, 5, 0]]), 6)
+    assert histogram.tolist() == [3, 0, 2, 0, 0, 1] and codes_used(histogram) == 3
+    assert perplexity(torch.tensor([7, 0, 0, 0])) == pytest.approx(1.0)  # one code takes everything
+    assert perplexity(torch.tensor([5, 5, 5, 5, 0, 0])) == pytest.approx(4.0)  # four codes share equally
+    p = torch.tensor([0.5, 0.25, 0.25])
+    assert perplexity(torch.tensor([2, 1, 1])) == pytest.approx(math.exp(-(p * p.log()).sum().item()))
+    assert perplexity(torch.zeros(3)) == 0.0 and codes_used(torch.zeros(3)) == 0
+    with pytest.raises(ValueError, match=r"\[0, 6\)"):
+        code_histogram(torch.tensor([6]), 6)
+
+
+def test_psnr_of_known_errors():
+    from utils.metrics import psnr
+    target = torch.zeros(2, 3, 4, 4)
+    assert psnr(target + 0.02, target) == pytest.approx(10 * math.log10(4 / 0.0004))  # range 2 ([-1, 1])
+    assert psnr(target + 0.1, target, value_range=1.0) == pytest.approx(20.0)
+    assert psnr(target, target) == math.inf
