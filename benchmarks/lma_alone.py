@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from data.video_dataset import VideoDataset, collate_videos  # noqa: E402
+from model.codebook import kmeans_codebook, restart_dead_codes  # noqa: E402
 from model.gma import FOREGROUND_PADDING, shift_images  # noqa: E402
 from model.lma import LocalMotionAnalysis  # noqa: E402
 from model.losses import LMA_LOSS_NAMES, GlassLoss  # noqa: E402
@@ -151,12 +152,13 @@ def main(argv: List[str] = None) -> int:
     num_actions = config.model.lma.num_actions
     curves: List[Dict[str, Any]] = []
     step, started, train_ids = 0, time.time(), []
+    usage, restarted, every = torch.zeros(num_actions), 0, config.training.codebook_restart_every
     lma.train()
 
     def log_evaluation() -> None:
         record = evaluate(lma, val_gma, val_batch, num_actions)
         images = record.pop("_images")
-        record.update(step=step, seconds=round(time.time() - started, 1))
+        record.update(step=step, seconds=round(time.time() - started, 1), codes_restarted=restarted)
         if train_ids:
             train_histogram = code_histogram(torch.cat(train_ids), num_actions)
             record["train_codes_used"], record["train_perplexity"] = codes_used(train_histogram), perplexity(train_histogram)
@@ -189,6 +191,16 @@ def main(argv: List[str] = None) -> int:
             total.backward()
             optimizer.step()
             train_ids.append(output.action_ids.flatten())
+            # The trainer's opt-in codebook options (utils.training.Trainer.maintain_codebook), one process.
+            usage += code_histogram(output.action_ids, num_actions).float()
+            codebook, vectors = lma.action_network.codebook, output.action_vectors.flatten(0, 1)
+            codebook_generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+            if config.training.codebook_kmeans_init and step == 0:
+                kmeans_codebook(codebook, vectors, codebook_generator, optimizer=optimizer)
+                usage.zero_()
+            elif every and (step + 1) % every == 0:
+                restarted += len(restart_dead_codes(codebook, usage, vectors, codebook_generator, optimizer=optimizer))
+                usage.zero_()
             step += 1
             if step % args.eval_every == 0 or step == args.steps:
                 log_evaluation()

@@ -106,10 +106,13 @@ def _render(model: Glass, protocol: str, driving_video: torch.Tensor, target_fir
     actions = model.lma.infer_actions(gma.shifted_foregrounds, states, attention)
     if target_first_frames is None:
         first_frames, first_masks, ground_truth_states = driving_video[:, 0], gma.masks[:, 0], states[:, :ground_truth_steps]
+        ground_truth_foregrounds = gma.foregrounds[:, :ground_truth_steps]
     else:
         first_frames, first_masks = target_first_frames, model.gma.masking_network(target_first_frames)
-        ground_truth_states = model.lma.encode((first_masks * first_frames)[:, None])[0]
-    foregrounds, masks = model.lma.unroll(ground_truth_states, gma.foreground_shifts, actions.codes, sample_noise)
+        ground_truth_foregrounds = (first_masks * first_frames)[:, None]
+        ground_truth_states = model.lma.encode(ground_truth_foregrounds)[0]
+    foregrounds, masks = model.lma.unroll(ground_truth_states, gma.foreground_shifts, actions.codes, sample_noise,
+                                          ground_truth_foregrounds)
     background = model.gma.generation_background(first_frames, first_masks)
     steps = gma.foreground_shifts.shape[1]
     cumulative_shifts = gma.background_shifts.cumsum(dim=1).flatten(0, 1)  # (B·(T−1), 2)
@@ -208,7 +211,7 @@ def play_step(model: Glass, state: PlayState, global_shift: ShiftLike, local_act
         states, _ = model.lma.encoder(state.foreground)
         decoded, dynamics_state = model.lma.step(states, _per_sample_shifts(global_shift, batch_size, state.frame),
                                                  model.lma.action_network.codebook[action_ids], state.dynamics_state,
-                                                 sample_noise)
+                                                 sample_noise, state.foreground)
         foreground, mask = split_full_output(decoded[0])
         cumulative = state.cumulative_background_shift + _per_sample_shifts(background_shift, batch_size, state.frame)
         frame, _ = _composite(foreground, mask, state.background, cumulative)

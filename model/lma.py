@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.gma import FOREGROUND_PADDING, shift_images
 from model.blocks import (LEAKY_RELU_SLOPE, Conv2d, ConvLSTM, ConvLSTMState, Final, ModConv, Res, Same, Up, assert_shape,
                           tile_and_concatenate)
 from utils.config import LMAConfig
@@ -63,14 +64,16 @@ class VectorQuantizer(nn.Module):
 
     Codebook (K, D) initialised U(−1/K, 1/K). Loss, `loss_form` 'authors' (the default, the
     authors' code): mean((sg[e]−z)²) + β·mean((e−sg[z])²); 'vqvae' (the VQ-VAE paper):
-    mean((sg[z]−e)²) + β·mean((z−sg[e])²). vectors z (N, D) → `ActionOutput`.
+    mean((sg[z]−e)²) + β·mean((z−sg[e])²). `commitment` (ours, 1 = the authors') scales the
+    term that pulls z, mean((sg[e]−z)²). vectors z (N, D) → `ActionOutput`.
     """
 
-    def __init__(self, num_codes: int, code_dim: int, beta: float, loss_form: str):
+    def __init__(self, num_codes: int, code_dim: int, beta: float, loss_form: str, commitment: float = 1.0):
         super().__init__()
         self.codebook = nn.Parameter(torch.empty(num_codes, code_dim).uniform_(-1.0 / num_codes, 1.0 / num_codes))
         self.beta = beta
         self.loss_form = loss_form
+        self.commitment = commitment
 
     def forward(self, vectors: torch.Tensor) -> ActionOutput:
         assert_shape(vectors, (None, self.codebook.shape[1]), "quantiser inputs")
@@ -79,9 +82,11 @@ class VectorQuantizer(nn.Module):
         ids = squared_distances.argmin(dim=1)
         nearest = self.codebook[ids]  # (N, D)
         if self.loss_form == "authors":
-            loss = F.mse_loss(vectors, nearest.detach()) + self.beta * F.mse_loss(nearest, vectors.detach())
+            loss = (self.commitment * F.mse_loss(vectors, nearest.detach())
+                    + self.beta * F.mse_loss(nearest, vectors.detach()))
         else:
-            loss = F.mse_loss(nearest, vectors.detach()) + self.beta * F.mse_loss(vectors, nearest.detach())
+            loss = (F.mse_loss(nearest, vectors.detach())
+                    + self.commitment * self.beta * F.mse_loss(vectors, nearest.detach()))
         return ActionOutput(codes=vectors + (nearest - vectors).detach(), ids=ids, vq_loss=loss, vectors=vectors.detach())
 
 
@@ -175,7 +180,8 @@ class ActionNetwork(nn.Module):
             self.quantizer: nn.Module = GumbelQuantizer(config.num_actions, config.action_dim, config.gumbel_eval,
                                                         config.gumbel_eval_temperature)
         else:
-            self.quantizer = VectorQuantizer(config.num_actions, config.action_dim, config.vq_beta, config.vq_loss_form)
+            self.quantizer = VectorQuantizer(config.num_actions, config.action_dim, config.vq_beta, config.vq_loss_form,
+                                             config.vq_commitment)
 
     @property
     def codebook(self) -> torch.Tensor:
@@ -278,24 +284,31 @@ class Decoder(nn.Module):
 
     hidden (N, h, H/8, W/8) → [(N, 4, H, W), (N, 3, H/2, W/2), (N, 3, H/4, W/4)], full size first;
     the full-size output's channels are f̂ (3) and the mask logit x, m̂ = (x + 1)/2.
+    With `decoder_skip` (ours, opt-in) the full-size Final takes 3 more input channels, `skip`
+    (N, 3, H, W): the current foreground moved by Δ_F.
     """
 
     def __init__(self, config: LMAConfig):
         super().__init__()
         widths = [config.hidden_size] + list(config.decoder_channels)
+        self.skip_channels = 3 if config.decoder_skip else 0
         self.stages = nn.ModuleList()
         self.finals = nn.ModuleList()
         for i in range(1, len(widths)):
             last = i == len(widths) - 1
             up = Up(widths[i - 1], widths[i], mode="bilinear")
             self.stages.append(up if last else nn.Sequential(up, Res(widths[i], widths[i])))
-            self.finals.append(Final(widths[i], 4, 7) if last else Final(widths[i], 3, 3))
+            self.finals.append(Final(widths[i] + self.skip_channels, 4, 7) if last else Final(widths[i], 3, 3))
 
-    def forward(self, hidden: torch.Tensor) -> List[torch.Tensor]:
+    def forward(self, hidden: torch.Tensor, skip: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+        if (skip is not None) != bool(self.skip_channels):
+            raise ValueError("the decoder takes a skip input exactly when built with decoder_skip")
         outputs = []
         features = hidden
-        for stage, final in zip(self.stages, self.finals):
+        for index, (stage, final) in enumerate(zip(self.stages, self.finals)):
             features = stage(features)
+            if skip is not None and index == len(self.stages) - 1:
+                features = torch.cat([features, skip.to(features.dtype)], dim=1)
             outputs.append(final(features))
         return outputs[::-1]
 
@@ -367,23 +380,37 @@ class LocalMotionAnalysis(nn.Module):
         shape = (batch_size, self.noise_size)
         return torch.randn(shape, dtype=like.dtype, device=like.device) if sample else like.new_zeros(shape)
 
+    def decoder_skip(self, foregrounds: Optional[torch.Tensor], shifts: torch.Tensor) -> Optional[torch.Tensor]:
+        """The decoder's skip input (`decoder_skip`): foregrounds (N, 3, H, W) moved by Δ_F (N, 2); None without it."""
+        if not self.decoder.skip_channels:
+            return None
+        if foregrounds is None:
+            raise ValueError("model.lma.decoder_skip needs the current foreground of every step")
+        return shift_images(foregrounds, shifts, FOREGROUND_PADDING)
+
     def step(self, states: torch.Tensor, foreground_shift: torch.Tensor, action_code: torch.Tensor,
-             dynamics_state: DynamicsState, sample_noise: bool = False) -> Tuple[List[torch.Tensor], DynamicsState]:
+             dynamics_state: DynamicsState, sample_noise: bool = False,
+             foreground: Optional[torch.Tensor] = None) -> Tuple[List[torch.Tensor], DynamicsState]:
         """One recurrent step from encoder states φ (B, 64, h, w) of the current foreground, the
         shift Δ_F (B, 2) and the action code (B, D) → the decoder outputs for the next frame
-        (full size first, see `Decoder`) and the new dynamics state."""
+        (full size first, see `Decoder`) and the new dynamics state. `foreground` (B, 3, H, W),
+        the current foreground itself, is needed with `decoder_skip` only."""
         noise = self.noise(states.shape[0], sample_noise, states)
         hidden, dynamics_state = self.dynamics(self.compressor(states), foreground_shift, action_code, dynamics_state, noise)
-        return self.decoder(hidden), dynamics_state
+        return self.decoder(hidden, self.decoder_skip(foreground, foreground_shift)), dynamics_state
 
     def unroll(self, ground_truth_states: torch.Tensor, foreground_shifts: torch.Tensor, action_codes: torch.Tensor,
-               sample_noise: bool = False) -> Tuple[List[torch.Tensor], torch.Tensor]:
+               sample_noise: bool = False,
+               ground_truth_foregrounds: Optional[torch.Tensor] = None) -> Tuple[List[torch.Tensor], torch.Tensor]:
         """Run the dynamics over S steps from a fresh state, with T_f = ground_truth_states.shape[1] ground-truth steps.
 
         ground_truth_states φ₀ … φ_{T_f−1} (B, T_f, 64, h, w), 1 ≤ T_f ≤ S; Δ_F (B, S, 2); codes
         (B, S, D). Step t < T_f reads φₜ of the real foreground, later steps E(f̂ₜ) of the model's
         own previous output (with gradient). Returns the foregrounds f̂₁ … f̂_S per scale, full
         size first, each (B, S, 3, H/2^k, W/2^k), and the masks m̂₁ … m̂_S (B, S, 1, H, W).
+
+        `ground_truth_foregrounds` f₀ … f_{T_f−1} (B, T_f, 3, H, W), whose states are
+        `ground_truth_states`, are needed with `decoder_skip` only.
 
         As in the authors' code, the T_f ground-truth steps run the dynamics one by one and are
         then decoded in one call (in training one BatchNorm batch of B·T_f); each later step is
@@ -402,12 +429,14 @@ class LocalMotionAnalysis(nn.Module):
             hidden, dynamics_state = self.dynamics(self.compressor(ground_truth_states[:, t]), foreground_shifts[:, t],
                                                    action_codes[:, t], dynamics_state, noise)
             hidden_states.append(hidden)
-        decoded = self.decoder(torch.stack(hidden_states, dim=1).flatten(0, 1))
+        skip = self.decoder_skip(None if ground_truth_foregrounds is None else ground_truth_foregrounds.flatten(0, 1),
+                                 foreground_shifts[:, :num_ground_truth_steps].flatten(0, 1))
+        decoded = self.decoder(torch.stack(hidden_states, dim=1).flatten(0, 1), skip)
         chunks = [[scale.unflatten(0, (batch_size, num_ground_truth_steps)) for scale in decoded]]  # per chunk, per scale
         for t in range(num_ground_truth_steps, steps):
             previous_foreground = chunks[-1][0][:, -1, :3]
             decoded, dynamics_state = self.step(self.encoder(previous_foreground)[0], foreground_shifts[:, t],
-                                                action_codes[:, t], dynamics_state, sample_noise)
+                                                action_codes[:, t], dynamics_state, sample_noise, previous_foreground)
             chunks.append([scale[:, None] for scale in decoded])
         full, *smaller = [torch.cat(scale, dim=1) for scale in zip(*chunks)]
         foregrounds, masks = split_full_output(full.flatten(0, 1))
@@ -423,7 +452,8 @@ class LocalMotionAnalysis(nn.Module):
         states, attention = self.encode(foregrounds)
         actions = self.infer_actions(shifted_foregrounds, states, attention, gumbel_temperature)
         generated_foregrounds, generated_masks = self.unroll(states[:, :num_ground_truth_steps], foreground_shifts,
-                                                             actions.codes, sample_noise)
+                                                             actions.codes, sample_noise,
+                                                             foregrounds[:, :num_ground_truth_steps])
         reencoded_states, _ = self.encode(generated_foregrounds[0])
         return LMAOutput(states=states, action_codes=actions.codes, action_ids=actions.ids,
                          action_vq_loss=actions.vq_loss, generated_foregrounds=generated_foregrounds,

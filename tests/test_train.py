@@ -200,16 +200,41 @@ def test_authors_warmup_decay_takes_the_lma_to_zero():
     assert codebook.abs().max() < 1 / 3 - 0.8 * 400 * 4e-4
 
 
+def test_codebook_options_restart_unused_codes_and_start_from_kmeans():
+    trainer = small_trainer("training.gma_warmup_steps=1", "training.codebook_kmeans_init=true",
+                            "training.codebook_restart_every=2", "model.lma.num_actions=6")
+    codebook = trainer.model.lma.action_network.codebook
+    initial = codebook.detach().clone()
+    assert trainer.training_step(random_batch(0), 0).lma_statistics is None  # warm-up: nothing happens
+    assert torch.equal(codebook.detach(), initial)
+    first = trainer.training_step(random_batch(1), 1)  # the first LMA step: k-means of its z
+    assert first.lma_statistics["codes_restarted"].item() == 6
+    assert not torch.equal(codebook.detach(), initial) and trainer.code_usage.sum() == 0
+    moved = codebook.detach().clone()
+    result = trainer.training_step(random_batch(2), 2)  # lma step 1: a check; codes unused in it restart
+    dead = (result.lma_statistics["code_counts"] == 0).nonzero().flatten().tolist()
+    assert len(dead) > 0, "with 6 codes and 10 transitions some code is unused (seeded)"
+    assert result.lma_statistics["codes_restarted"].item() == len(dead) and trainer.code_usage.sum() == 0
+    state = trainer.optimizer.state[codebook]
+    assert torch.equal(state["exp_avg"][dead], torch.zeros_like(state["exp_avg"][dead]))
+    assert not torch.equal(codebook.detach()[dead], moved[dead])
+    trainer.training_step(random_batch(3), 3)  # lma step 2: counted until the next check
+    assert trainer.code_usage.sum() == 2 * 5  # B·(T−1) transitions
+
+
 # --------------------------------------------------------------------------- runs
 
-@pytest.mark.parametrize("num_workers, resume_step", [(0, "latest"), (1, "4")])
-def test_resuming_gives_bit_identical_weights(dataset_root, tmp_path, num_workers, resume_step):
+@pytest.mark.parametrize("num_workers, resume_step, codebook_options", [
+    (0, "latest", []),
+    # k-means after step 2, restarts after steps 3 and 5: the usage counted in step 4 crosses the resume.
+    (1, "4", ["training.codebook_kmeans_init=true", "training.codebook_restart_every=2"])])
+def test_resuming_gives_bit_identical_weights(dataset_root, tmp_path, num_workers, resume_step, codebook_options):
     """7 steps in one go, and 4 steps + resume + 3 steps: the same weights, optimiser, data position and
     generators. The runs cross the end of the warm-up, changes of T and T_f, epochs (3 steps each) and
     media steps (3, 6)."""
     runs = str(tmp_path / "runs")
     common = [f"data.num_workers={num_workers}", "training.gma_warmup_steps=2", "training.checkpoint_every=4",
-              "training.media_every=3", *SHORT_CURRICULA]
+              "training.media_every=3", *SHORT_CURRICULA, *codebook_options]
     assert train.main(arguments(dataset_root, runs, "whole", *common, "training.num_steps=7")) == 0
     assert train.main(arguments(dataset_root, runs, "parts", *common, "training.num_steps=4")) == 0
     assert train.main(arguments(dataset_root, runs, "parts", "--resume-step", resume_step, *common,

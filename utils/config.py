@@ -137,6 +137,9 @@ class LMAConfig:
     action_dim: int = 16  # dimension of an action code (codebook row)
     num_actions: int = 6  # K, codebook size (number of local actions)
     vq_beta: float = 0.25  # β weighting the second term of the quantiser loss
+    # Ours, opt-in: scales the quantiser term that pulls z towards its code (the first term of the 'authors'
+    # form, the second of 'vqvae'); 1.0 is the authors' model.
+    vq_commitment: float = 1.0
     vq_loss_form: str = "authors"  # 'authors': mean((sg[e]−z)²) + β·mean((e−sg[z])²); 'vqvae': mean((sg[z]−e)²) + β·mean((z−sg[e])²)
     use_gumbel: bool = False  # ablation: Linear(→K) + Gumbel-softmax over the codebook instead of the VQ
     gumbel_eval: str = "argmax"  # Gumbel ablation in eval mode: 'argmax' (ours: the codebook row) or 'sample' (the authors': Gumbel-softmax at gumbel_eval_temperature)
@@ -146,6 +149,9 @@ class LMAConfig:
     noise_size: int = 0  # channels of the noise vector concatenated to every dynamics input (zeros unless sampling)
     modulated_conv: bool = True  # false = ablation: Same/Up/Same with the conditioning concatenated instead of ModConv
     joint_input: bool = False  # ablation: conditioning = [p_l, p_g] in every block
+    # Ours, opt-in (the authors' model has none): the decoder's full-size Final also sees f̃ₜ, the current
+    # foreground moved by Δ_F, so copying the character is one conv away and the network learns the change.
+    decoder_skip: bool = False
     decoder_channels: List[int] = field(default_factory=lambda: [128, 64, 32])  # decoder: one Up(×2) per entry; Res + Final(→3) after all but the last, Final(→4, k7) after the last
 
     def check(self, prefix: str) -> None:
@@ -166,6 +172,7 @@ class LMAConfig:
                  f"must hold positive integers, got {self.action_mlp_hidden}")
         _require(self.num_actions >= 1, prefix + "num_actions", f"must be >= 1, got {self.num_actions}")
         _require(self.vq_beta >= 0, prefix + "vq_beta", f"must be >= 0, got {self.vq_beta}")
+        _require(self.vq_commitment >= 0, prefix + "vq_commitment", f"must be >= 0, got {self.vq_commitment}")
         _require(self.vq_loss_form in VQ_LOSS_FORMS, prefix + "vq_loss_form",
                  f"must be one of {VQ_LOSS_FORMS}, got {self.vq_loss_form!r}")
         _require(self.noise_size >= 0, prefix + "noise_size", f"must be >= 0, got {self.noise_size}")
@@ -296,6 +303,11 @@ class TrainingConfig:
     # wsprites-ablations-gumbel.yaml anneals 1.0 → 0.4 from step 3,000 over 30,000 steps (linear, not floored).
     gumbel_temperature: LinearScheduleConfig = field(
         default_factory=lambda: LinearScheduleConfig(start=1.0, end=0.4, start_step=3_000, steps=30_000))
+    # Ours, opt-in (model/codebook.py; the authors have neither): every N steps that train the LMA, codes that no
+    # transition chose in those steps restart at current action vectors z, their Adam moments reset (0 = off) ...
+    codebook_restart_every: int = 0
+    # ... and the codebook set to the k-means centres of z after the first step that trains the LMA.
+    codebook_kmeans_init: bool = False
     nan_gradient_value: float = 0.0  # non-finite gradients are replaced before each step: NaN → this
     inf_gradient_value: float = 1e5  # ±∞ → ±this
     log_every: int = 100  # steps between status lines and metrics.jsonl rows
@@ -323,6 +335,8 @@ class TrainingConfig:
         _require(self.gma_warmup_steps >= 0, prefix + "gma_warmup_steps", f"must be >= 0, got {self.gma_warmup_steps}")
         _require(self.warmup_mode in WARMUP_MODES, prefix + "warmup_mode",
                  f"must be one of {WARMUP_MODES}, got {self.warmup_mode!r}")
+        _require(self.codebook_restart_every >= 0, prefix + "codebook_restart_every",
+                 f"must be >= 0 (0 = off), got {self.codebook_restart_every}")
         _require(self.precision in PRECISIONS, prefix + "precision", f"must be one of {PRECISIONS}, got {self.precision!r}")
         for name in ("observations_count", "ground_truth_steps"):
             schedule = getattr(self, name)

@@ -98,7 +98,8 @@ class LMAMeter:
     the interval's steps of the spread of z, see `lma_step_statistics`), and `lma_foreground_psnr_gt` /
     `lma_foreground_psnr_ar`: the PSNR (images in [−1, 1], peak-to-peak 2) of the generated
     foregrounds against the GMA's over the ground-truth and the autoregressive steps of the interval
-    (the latter absent when every step had T_f = T − 1). Sums stay on the device between summaries."""
+    (the latter absent when every step had T_f = T − 1); `lma_codes_restarted` counts the codebook
+    rows the opt-in codebook options replaced. Sums stay on the device between summaries."""
 
     def __init__(self) -> None:
         self.sums: Dict[str, torch.Tensor] = {}
@@ -129,6 +130,8 @@ class LMAMeter:
                                "lma_code_histogram": [round(float(c) / float(sums["code_counts"].sum()), 4)
                                                       for c in sums["code_counts"]],
                                "lma_z_spread": float(sums["z_spread"]) / steps}
+        if "codes_restarted" in sums:  # training.codebook_restart_every / codebook_kmeans_init
+            row["lma_codes_restarted"] = int(round(float(sums["codes_restarted"])))
         for kind, key in (("ground_truth", "gt"), ("autoregressive", "ar")):
             elements = float(sums[f"{kind}_elements"])
             if elements > 0:

@@ -27,13 +27,15 @@ from torch.utils.data import DataLoader, Sampler
 
 from data.video_dataset import ScheduledLengthBatchSampler, VideoDataset, collate_videos
 from model.blocks import enable_winograd
+from model.codebook import kmeans_codebook, restart_dead_codes
 from model.glass import Glass, build_model
 from model.losses import GlassLoss, LossResult
 from model.vgg import build_vgg_features
 from model.winograd import native_transforms
 from utils.checkpoint import CHECKPOINT_FORMAT
 from utils.config import Config, TrainingConfig
-from utils.distributed import DistributedContext, all_gather_objects, broadcast_buffers, check_replicas_identical
+from utils.distributed import (DistributedContext, all_gather_objects, average_over_processes, broadcast_buffers,
+                               check_replicas_identical)
 from utils.errors import DatasetError, GlassError
 from utils.logging import lma_step_statistics
 from utils.media import write_training_media
@@ -266,6 +268,9 @@ class Trainer:
                                                               gamma=self.training.lr_gamma)
         self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=self.training.precision == "fp16")
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.training.precision)
+        # Codebook maintenance (training.codebook_restart_every): transitions per code since the last restart check,
+        # averaged over the processes at each check and in checkpoints.
+        self.code_usage = torch.zeros(config.model.lma.num_actions, device=self.device)
         self._phase_runs_lma: Optional[bool] = None  # the phase the following are for (warm-up or not)
         self._forward_module: nn.Module = self.model
         self._idle_parameters: List[nn.Parameter] = []
@@ -367,10 +372,40 @@ class Trainer:
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()
         self.scheduler.step()
+        statistics = lma_step_statistics(output, self.model.lma.action_network.codebook.shape[0])
+        if statistics is not None and plan["lma_loss_scale"] > 0:
+            statistics["codes_restarted"] = statistics["z_spread"].new_tensor(
+                float(self.maintain_codebook(step, statistics["code_counts"], output.lma.action_vectors)))
         return StepResult(loss=LossResult(total=result.total.detach(), terms=result.terms),
                           observations_count=observations_count, ground_truth_steps=plan["ground_truth_steps"],
-                          ran_lma=plan["run_lma"], learning_rate=learning_rate,
-                          lma_statistics=lma_step_statistics(output, self.model.lma.action_network.codebook.shape[0]))
+                          ran_lma=plan["run_lma"], learning_rate=learning_rate, lma_statistics=statistics)
+
+    def maintain_codebook(self, step: int, code_counts: torch.Tensor, vectors: torch.Tensor) -> int:
+        """The opt-in codebook options (`model.codebook`) after the optimiser step of 0-based `step`, one that
+        trained the LMA: k-means of z after the first such step (`codebook_kmeans_init`), and every
+        `codebook_restart_every` such steps the restart of the codes no transition chose since the last
+        check. z of every process is gathered and the random picks are seeded by (seed, step), so every
+        replica makes the same change. Returns the number of codes restarted (k-means counts all)."""
+        training = self.training
+        if self.config.model.lma.use_gumbel or not (training.codebook_kmeans_init or training.codebook_restart_every):
+            return 0
+        lma_step = step - training.gma_warmup_steps  # 0 for the first step that trains the LMA
+        self.code_usage += code_counts.to(self.code_usage)
+        kmeans_now = training.codebook_kmeans_init and lma_step == 0
+        restart_now = training.codebook_restart_every and (lma_step + 1) % training.codebook_restart_every == 0
+        if not (kmeans_now or restart_now):
+            return 0
+        gathered = all_gather_objects(self.context, vectors.detach().flatten(0, -2).float().cpu())
+        points = torch.cat(gathered)
+        generator = torch.Generator().manual_seed(training.seed * 1_000_003 + step)
+        codebook = self.model.lma.action_network.codebook
+        if kmeans_now:
+            kmeans_codebook(codebook, points, generator, optimizer=self.optimizer)
+            self.code_usage.zero_()
+            return codebook.shape[0]
+        usage = average_over_processes(self.context, self.code_usage.clone())
+        self.code_usage.zero_()
+        return len(restart_dead_codes(codebook, usage, points, generator, optimizer=self.optimizer))
 
     @torch.no_grad()
     def write_media(self, observations: torch.Tensor, step: int, folder: str) -> Dict[str, str]:
@@ -404,6 +439,7 @@ def training_checkpoint(trainer: Trainer, batches: TrainingBatches, step: int, l
     context = trainer.context
     broadcast_buffers(context, trainer.model)
     check_replicas_identical(context, trainer.model)
+    code_usage = average_over_processes(context, trainer.code_usage.clone())
     rng_states = all_gather_objects(context, capture_rng_state(trainer.device))
     if not context.is_main:
         return None
@@ -414,6 +450,7 @@ def training_checkpoint(trainer: Trainer, batches: TrainingBatches, step: int, l
         "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.scheduler.state_dict(),
         "grad_scaler": trainer.grad_scaler.state_dict(),
+        "code_usage": code_usage.cpu(),
         "curriculum": {"observations_count": last.observations_count, "ground_truth_steps": last.ground_truth_steps,
                        "ran_lma": last.ran_lma},
         "data": batches.state(),
@@ -431,6 +468,8 @@ def resume_training(trainer: Trainer, checkpoint: Dict[str, Any], path: str) -> 
         trainer.optimizer.load_state_dict(checkpoint["optimizer"])
         trainer.scheduler.load_state_dict(checkpoint["scheduler"])
         trainer.grad_scaler.load_state_dict(checkpoint["grad_scaler"])
+        if "code_usage" in checkpoint:  # checkpoints written before the codebook options have none (zeros)
+            trainer.code_usage.copy_(checkpoint["code_usage"].to(trainer.code_usage))
     except (RuntimeError, ValueError, KeyError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise GlassError(f"{path}: does not fit the model and optimiser of the run's config.yaml "

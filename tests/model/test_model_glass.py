@@ -18,6 +18,7 @@ ABLATIONS = {
     "joint_input": {"joint_input": True},
     "nine_actions": {"num_actions": 9},
     "noise": {"noise_size": 3},
+    "decoder_skip": {"decoder_skip": True},  # ours, opt-in
 }
 
 

@@ -213,3 +213,23 @@ def test_gumbel_head_is_one_linear_layer_as_in_spec_and_the_authors_code(small_m
     assert (head[0].in_features, head[0].out_features) == (config.action_trunk_channels[-1], config.num_actions)
     vq_head = ActionNetwork(small_model_config().lma).mlp
     assert sum(isinstance(layer, torch.nn.Linear) for layer in vq_head) == len(config.action_mlp_hidden) + 1
+
+
+def test_decoder_skip_feeds_the_shifted_current_foreground_to_the_full_size_output(small_model_config):
+    torch.manual_seed(0)
+    lma = LocalMotionAnalysis(small_model_config(decoder_skip=True).lma, (2, 4)).eval()
+    assert lma.decoder.finals[-1][0].in_channels == 4 + 3
+    states, shifts = torch.randn(2, 2, 8, 2, 4), torch.tensor([[[0.25, 0.0]] * 3] * 2)
+    codes = lma.action_network.codebook[torch.zeros(2, 3, dtype=torch.long)].detach()
+    foregrounds = torch.zeros(2, 2, 3, 16, 32)
+    with torch.no_grad():
+        plain = lma.unroll(states, shifts, codes, ground_truth_foregrounds=foregrounds)[0][0]
+        bright = foregrounds.clone()
+        bright[:, 0, :, :, 20:] = 1.0  # step 0's foreground; moved right by 0.25 (4 px), its edge is at x = 24
+        lit = lma.unroll(states, shifts, codes, ground_truth_foregrounds=bright)[0][0]
+        changed = (lit[:, 0] - plain[:, 0]).abs().amax(dim=(0, 1, 2)) > 1e-6  # per column x
+        # The final conv (k7) reaches 3 px: the shifted edge at 24 shows from x = 21, the unshifted one would from 17.
+        assert changed[21:].all() and not changed[:21].any()
+        assert torch.equal(lit[:, 1], plain[:, 1])  # step 1 reads its own foreground (unchanged)
+    with pytest.raises(ValueError, match="decoder_skip"):
+        lma.unroll(states, shifts, codes)
