@@ -169,7 +169,7 @@ def run_process(plan: RunPlan, context: DistributedContext) -> int:
                                                     "observations_count": result.observations_count,
                                                     "ground_truth_steps": result.ground_truth_steps,
                                                     "lma_trained": result.ran_lma, **losses})
-            if media is not None and steps_done % training.media_every == 0:
+            if media is not None and (steps_done % training.media_every == 0 or steps_done == training.num_steps):
                 files = trainer.write_media(media.observations(step), step, os.path.join(plan.run_folder, MEDIA_FOLDER))
                 logger.log_media(steps_done, files)
             stopping = any_process(context, stop.requested)

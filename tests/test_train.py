@@ -240,6 +240,13 @@ def test_resuming_gives_bit_identical_weights(dataset_root, tmp_path, num_worker
     assert train.main(arguments(dataset_root, runs, "parts", "--resume-step", resume_step, *common,
                                 "training.num_steps=7", config=False)) == 0
     whole, parts = checkpoint(runs, "whole"), checkpoint(runs, "parts")
+    # Media every 3 steps and after the last one; the LMA's health in every row after the warm-up.
+    assert sorted({name.split("_")[1] for name in os.listdir(os.path.join(runs, "whole", "media"))}) == [
+        "000003", "000006", "000007"]
+    rows = metrics(runs, "whole")
+    assert "lma_codes_used" not in rows[0] and all("lma_codes_used" in row for row in rows[2:])
+    assert all(1 <= row["lma_codes_used"] <= 3 and 1.0 <= row["lma_code_perplexity"] <= 3.0 + 1e-9
+               and "lma_foreground_psnr_gt" in row for row in rows[2:])
     assert whole["step"] == parts["step"] == 7 and whole["data"] == parts["data"]
     assert whole["model"].keys() == parts["model"].keys()
     assert all(torch.equal(whole["model"][name], parts["model"][name]) for name in whole["model"])

@@ -1,0 +1,184 @@
+"""Benchmark of learning (not of speed): train a config longer, evaluate it every N steps, draw the curves.
+
+    # the embedded default for about an hour on 2 cores (2,400 steps), evaluated every 200 steps
+    python benchmarks/learning.py --config configs/wsprites-tiny.yaml --steps 2400 --eval-every 200 --run-name learning-tiny
+    # any change to compare against it: the same command with overrides
+    python benchmarks/learning.py --run-name learning-tiny-lr --steps 2400 training.learning_rate=2e-3
+
+It runs `train.py` (the schedules of the config, `training.num_steps` set to --steps and
+checkpoints every --eval-every steps), then `evaluate.py` on every checkpoint (its split, both
+reconstruction protocols), and writes RUNS_DIR/RUN/learning.json (one record per evaluated step:
+the evaluation's values and the training log's LMA rows of that interval) and
+RUNS_DIR/RUN/learning.png: one panel per curve — mask soft IoU (GT, RE one-step, RE single-image),
+sprite direction within 45°, local-action NMI (split and per character, with their random
+floors), codes used (GT, RE) and the training interval's, generated-foreground PSNR (RE one-step,
+RE single-image) and the training log's ground-truth and autoregressive PSNR. So one picture shows
+whether a change helps the local half learn. An existing run folder is continued: steps already
+trained and checkpoints already evaluated are not done again.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from PIL import Image, ImageDraw  # noqa: E402
+
+from utils.files import write_atomically, write_json_atomically  # noqa: E402
+
+# (panel title, [(label, source, key)]): source 'eval' is evaluate.py's results, 'train' the metrics.jsonl row
+PANELS: List[Tuple[str, List[Tuple[str, str, str]]]] = [
+    ("mask soft IoU", [("GT", "eval", "gt/mask_iou"), ("RE 1-step", "eval", "re/mask_iou"),
+                       ("RE 1-image", "eval", "re_single_image/mask_iou")]),
+    ("sprite direction within 45°", [("GT", "eval", "gt/sprite_shift_direction_match"),
+                                     ("RE 1-step", "eval", "re/sprite_shift_direction_match")]),
+    ("local-action NMI", [("split", "eval", "gt/local_action_nmi"),
+                          ("per character", "eval", "gt/local_action_nmi_per_character"),
+                          ("floor", "eval", "random/local_action_nmi"),
+                          ("floor per char.", "eval", "random/local_action_nmi_per_character")]),
+    ("codes used", [("GT (val)", "eval", "gt/codes_used"), ("RE 1-step", "eval", "re/codes_used"),
+                    ("training interval", "train", "lma_codes_used")]),
+    ("foreground PSNR (dB)", [("RE 1-step", "eval", "re/foreground_psnr"),
+                              ("RE 1-image", "eval", "re_single_image/foreground_psnr"),
+                              ("train GT steps", "train", "lma_foreground_psnr_gt"),
+                              ("train AR steps", "train", "lma_foreground_psnr_ar")]),
+]
+COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (148, 103, 189)]
+
+
+def run(command: List[str]) -> None:
+    print("+", " ".join(command), flush=True)
+    subprocess.run(command, cwd=ROOT, check=True)
+
+
+def evaluated_steps(run_folder: str, split: str) -> Dict[int, Dict[str, Any]]:
+    path = os.path.join(run_folder, "metrics", f"evaluate-{split}-one_step.jsonl")
+    records: Dict[int, Dict[str, Any]] = {}
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                record = json.loads(line)
+                records[int(record["step"])] = record
+    return records
+
+
+def training_rows(run_folder: str) -> Dict[int, Dict[str, Any]]:
+    rows: Dict[int, Dict[str, Any]] = {}
+    path = os.path.join(run_folder, "metrics.jsonl")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                row = json.loads(line)
+                rows[int(row["step"])] = row
+    return rows
+
+
+def _finite(value: Any) -> Optional[float]:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(float(value)) else None
+
+
+def draw_curves(records: Sequence[Dict[str, Any]], path: str, title: str) -> None:
+    """One panel per entry of PANELS, steps on x; a plain PIL drawing (no plotting library needed)."""
+    width, height, margin = 520, 260, 46
+    image = Image.new("RGB", (width * 2, height * math.ceil(len(PANELS) / 2) + 24), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((8, 6), title, fill="black")
+    steps = [record["step"] for record in records]
+    for index, (panel, series) in enumerate(PANELS):
+        left, top = (index % 2) * width, 24 + (index // 2) * height
+        x0, y0, x1, y1 = left + margin, top + 22, left + width - 12, top + height - 30
+        values = [_finite(record[source].get(key)) for record in records for _, source, key in series]
+        values = [value for value in values if value is not None]
+        low, high = (min(values), max(values)) if values else (0.0, 1.0)
+        if high - low < 1e-9:
+            low, high = low - 0.5, high + 0.5
+        draw.rectangle([x0, y0, x1, y1], outline=(160, 160, 160))
+        draw.text((x0, top + 4), panel, fill="black")
+        for fraction in (0.0, 0.5, 1.0):
+            y = y1 - fraction * (y1 - y0)
+            draw.text((left + 2, y - 6), f"{low + fraction * (high - low):.3g}", fill=(90, 90, 90))
+        first, last = (min(steps), max(steps)) if steps else (0, 1)
+        span = max(last - first, 1)
+        for step in (first, last):
+            draw.text((x0 + (step - first) / span * (x1 - x0) - 10, y1 + 4), str(step), fill=(90, 90, 90))
+
+        def point(step: int, value: float) -> Tuple[float, float]:
+            return x0 + (step - first) / span * (x1 - x0), y1 - (value - low) / (high - low) * (y1 - y0)
+
+        for number, (label, source, key) in enumerate(series):
+            colour = COLOURS[number % len(COLOURS)]
+            points = [point(record["step"], value) for record in records
+                      if (value := _finite(record[source].get(key))) is not None]
+            if len(points) > 1:
+                draw.line(points, fill=colour, width=2)
+            for x, y in points:
+                draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
+            draw.text((x0 + 6 + 118 * number, y1 + 14), label, fill=colour)
+    write_atomically(path, lambda temporary: image.save(temporary, format="PNG"))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/wsprites-tiny.yaml")
+    parser.add_argument("--run-name", default="learning-tiny")
+    parser.add_argument("--runs-dir", default="runs")
+    parser.add_argument("--steps", type=int, default=2400, help="training steps (training.num_steps)")
+    parser.add_argument("--eval-every", type=int, default=200, help="checkpoint and evaluate every N steps")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    parser.add_argument("overrides", nargs="*", help="dotted key=value config overrides for training")
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.eval_every < 1:
+        parser.error("--steps and --eval-every must be >= 1")
+    run_folder = os.path.join(args.runs_dir, args.run_name)
+    python = sys.executable
+    latest = os.path.join(run_folder, "checkpoints", "latest.pth")
+    common = ["--run-name", args.run_name, "--runs-dir", args.runs_dir, "--device", args.device, "--no-progress"]
+    settings = [f"training.num_steps={args.steps}", f"training.checkpoint_every={args.eval_every}", *args.overrides]
+    if os.path.isfile(latest):
+        run([python, "train.py", *common, "--resume-step", "latest", *settings])
+    else:
+        run([python, "train.py", "--config", args.config, *common, *settings])
+
+    split = "val"
+    done = evaluated_steps(run_folder, split)
+    wanted = [step for step in range(args.eval_every, args.steps + 1, args.eval_every)]
+    if args.steps not in wanted:
+        wanted.append(args.steps)
+    for step in wanted:
+        if step not in done and os.path.isfile(os.path.join(run_folder, "checkpoints", f"step_{step}.pth")):
+            run([python, "evaluate.py", "--run-name", args.run_name, "--runs-dir", args.runs_dir, "--step", str(step),
+                 "--device", args.device, "--no-progress"])
+    done = evaluated_steps(run_folder, split)
+    rows = training_rows(run_folder)
+    records = []
+    for step in sorted(done):
+        row_steps = [row_step for row_step in rows if row_step <= step]
+        train_row = rows[max(row_steps)] if row_steps else {}
+        records.append({"step": step, "eval": done[step]["results"], "histograms": done[step].get("histograms", {}),
+                        "train": {key: value for key, value in train_row.items() if key.startswith("lma_")}})
+    summary = {"config": args.config, "overrides": args.overrides, "steps": args.steps, "eval_every": args.eval_every,
+               "split": split, "records": records}
+    write_json_atomically(os.path.join(run_folder, "learning.json"), summary)
+    draw_curves(records, os.path.join(run_folder, "learning.png"),
+                f"{args.run_name}: {args.config} {' '.join(args.overrides)} (evaluate.py on {split})")
+    for record in records:
+        values = record["eval"]
+        print(f"step {record['step']:>6}: IoU {values.get('gt/mask_iou', float('nan')):.3f} RE-1step IoU "
+              f"{values.get('re/mask_iou', float('nan')):.3f} NMI {values.get('gt/local_action_nmi', float('nan')):.3f}"
+              f" per char {values.get('gt/local_action_nmi_per_character', float('nan')):.3f} codes "
+              f"{values.get('gt/codes_used', float('nan')):.0f} fg PSNR {values.get('re/foreground_psnr', float('nan')):.2f}"
+              f" / 1-image {values.get('re_single_image/foreground_psnr', float('nan')):.2f}")
+    print(f"wrote {os.path.join(run_folder, 'learning.json')} and learning.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
