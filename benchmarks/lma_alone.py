@@ -100,6 +100,9 @@ def evaluate(lma: LocalMotionAnalysis, gma: SimpleNamespace, batch: Dict[str, An
     characters = batch["sprite_id"][:, None].expand_as(labels)
     record["nmi"] = normalized_mutual_information(ids.flatten(), labels.flatten())
     record["nmi_per_character"] = mean_nmi_per_group(ids.flatten(), labels.flatten(), characters.flatten())
+    random_ids = torch.randint(0, num_actions, tuple(labels.shape), generator=torch.Generator().manual_seed(0))
+    record["nmi_floor"] = normalized_mutual_information(random_ids.flatten(), labels.flatten())
+    record["nmi_per_character_floor"] = mean_nmi_per_group(random_ids.flatten(), labels.flatten(), characters.flatten())
     record["_images"] = (targets, one_step.generated_foregrounds[0], one_step_train.generated_foregrounds[0],
                          single.generated_foregrounds[0])
     return record
@@ -122,9 +125,12 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("--ground-truth-steps", type=int, default=None, help="T_f in training (default T − 1)")
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--eval-windows", type=int, default=32, help="validation windows per evaluation")
+    parser.add_argument("--eval-split", default="val", help="the split the evaluation windows come from")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--random-vgg-weights", action="store_true")
+    parser.add_argument("--unweighted", action="store_true",
+                        help="experiment: the two multiscale reconstruction terms without motion weights (plain L1)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -135,14 +141,14 @@ def main(argv: List[str] = None) -> int:
     ground_truth_steps = args.ground_truth_steps or args.length - 1
 
     train_set = VideoDataset(config.data, "train", observations_count=args.length)
-    val_set = VideoDataset(config.data, "val", observations_count=args.length)
+    val_set = VideoDataset(config.data, args.eval_split, observations_count=args.length)
     generator = torch.Generator().manual_seed(args.seed)
     val_items = torch.randperm(len(val_set), generator=generator)[:args.eval_windows].tolist()
     val_batch = collate_videos([val_set[i] for i in val_items])
     val_gma = true_inputs(val_batch, config.data.input_size)
     loader = torch.utils.data.DataLoader(train_set, batch_size=config.training.batch_size, shuffle=True, drop_last=True,
-                                         collate_fn=collate_videos, num_workers=1, generator=generator,
-                                         persistent_workers=True)
+                                         collate_fn=collate_videos, num_workers=min(config.data.num_workers, 1),
+                                         generator=generator, persistent_workers=config.data.num_workers > 0)
 
     lma = LocalMotionAnalysis(config.model.lma, config.model.state_resolution(config.data.input_size))
     vgg = build_vgg_features(config.loss, random_weights=args.random_vgg_weights) if GlassLoss.needs_vgg(config.loss) else None
@@ -181,6 +187,10 @@ def main(argv: List[str] = None) -> int:
                     continue
                 if name == "local_action_vq_loss":
                     term = output.action_vq_loss
+                elif args.unweighted and name in ("multiscale_global_reconstruction_loss",
+                                                  "multiscale_local_reconstruction_loss"):
+                    term = loss._multiscale_weighted_l1(gma.foregrounds[:, 1:], output.generated_foregrounds,
+                                                        torch.ones_like(gma.foregrounds[:, 1:, :1]))
                 elif name in ("local_state_reconstruction_loss",):
                     term = getattr(loss, name)(output)
                 else:
