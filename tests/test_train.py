@@ -315,12 +315,15 @@ def test_sigterm_finishes_the_step_saves_and_exits(dataset_root, tmp_path):
 
 def test_two_cpu_processes_keep_identical_replicas_and_stop_together(dataset_root, tmp_path):
     """--num-gpus 2 --device cpu: two gloo processes (one thread each on 2 cores) on a fresh localhost port.
-    Every checkpoint first checks that the replicas are bit-identical (the run fails otherwise); SIGTERM
+    Every checkpoint first checks that the replicas are bit-identical (the run fails otherwise), the
+    codebook's k-means start and restarts included; SIGTERM
     to the launcher reaches both processes, which finish the step and save."""
     runs = str(tmp_path / "runs")
     command = [sys.executable, "train.py", *arguments(
         dataset_root, runs, "ddp", "--num-gpus", "2", "training.batch_size=1", "training.num_steps=1000",
-        "training.gma_warmup_steps=2", "training.checkpoint_every=2", "training.media_every=3", *SHORT_CURRICULA)]
+        "training.gma_warmup_steps=2", "training.checkpoint_every=2", "training.media_every=3", *SHORT_CURRICULA,
+        # the codebook options change the codebook in place on every process: the replicas must stay identical
+        "training.codebook_kmeans_init=true", "training.codebook_restart_every=1")]
     status, output, errors = _stop_with_sigterm(command, os.path.join(runs, "ddp", "metrics.jsonl"), rows=4)
     assert status == 128 + signal.SIGTERM, errors
     assert "2 process(es) × batch 1" in output and "stopped by SIGTERM" in output
