@@ -170,11 +170,12 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path):
     import time
 
     out = tmp_path / "set"
-    # The test needs SIGINT's default disposition in pytest: a suite started in the background by a
-    # non-interactive shell (`cmd &`) ignores SIGINT, the generator inherits that and completes (exit 0).
+    # The child gets SIGINT's default disposition back: a suite started in the background by a
+    # non-interactive shell (`(cmd &)`) ignores SIGINT, and the generator would inherit that and complete.
     command = [sys.executable, "-m", "data.wsprites.generate", "--out", str(out), "--num-characters", "10",
                "--videos-per-character", "4", "--frames", "40", "--workers", "2"]
-    process = subprocess.Popen(command, cwd=REPOSITORY, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, cwd=REPOSITORY, start_new_session=True, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while time.time() < deadline and not any((out / "train").glob("sprite_*")):
         time.sleep(0.1)
