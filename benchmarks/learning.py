@@ -58,8 +58,8 @@ def run(command: List[str]) -> None:
     subprocess.run(command, cwd=ROOT, check=True)
 
 
-def evaluated_steps(run_folder: str, split: str) -> Dict[int, Dict[str, Any]]:
-    path = os.path.join(run_folder, "metrics", f"evaluate-{split}-one_step.jsonl")
+def records_by_step(path: str) -> Dict[int, Dict[str, Any]]:
+    """The JSON lines of `path` keyed by their "step" (a later line of a step wins); {} without the file."""
     records: Dict[int, Dict[str, Any]] = {}
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as handle:
@@ -69,15 +69,12 @@ def evaluated_steps(run_folder: str, split: str) -> Dict[int, Dict[str, Any]]:
     return records
 
 
+def evaluated_steps(run_folder: str, split: str) -> Dict[int, Dict[str, Any]]:
+    return records_by_step(os.path.join(run_folder, "metrics", f"evaluate-{split}-one_step.jsonl"))
+
+
 def training_rows(run_folder: str) -> Dict[int, Dict[str, Any]]:
-    rows: Dict[int, Dict[str, Any]] = {}
-    path = os.path.join(run_folder, "metrics.jsonl")
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                row = json.loads(line)
-                rows[int(row["step"])] = row
-    return rows
+    return records_by_step(os.path.join(run_folder, "metrics.jsonl"))
 
 
 def _finite(value: Any) -> Optional[float]:
