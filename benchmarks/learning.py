@@ -31,6 +31,8 @@ sys.path.insert(0, ROOT)
 
 from PIL import Image, ImageDraw  # noqa: E402
 
+from utils.cli import run_main  # noqa: E402
+from utils.errors import GlassError  # noqa: E402
 from utils.files import write_atomically, write_json_atomically  # noqa: E402
 
 # (panel title, [(label, source, key)]): source 'eval' is evaluate.py's results, 'train' the metrics.jsonl row
@@ -55,7 +57,8 @@ COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (148, 103, 189)]
 
 def run(command: List[str]) -> None:
     print("+", " ".join(command), flush=True)
-    subprocess.run(command, cwd=ROOT, check=True)
+    if subprocess.run(command, cwd=ROOT).returncode != 0:
+        raise GlassError(f"{command[1]} failed (its message is above): {' '.join(command)}")
 
 
 def records_by_step(path: str) -> Dict[int, Dict[str, Any]]:
@@ -178,4 +181,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -43,6 +43,7 @@ from model.gma import FOREGROUND_PADDING, shift_images  # noqa: E402
 from model.lma import LocalMotionAnalysis  # noqa: E402
 from model.losses import LMA_LOSS_NAMES, GlassLoss  # noqa: E402
 from model.vgg import build_vgg_features  # noqa: E402
+from utils.cli import run_main  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.media import image_grid, save_png, to_uint8_images  # noqa: E402
 from utils.metrics import code_histogram, codes_used, mean_nmi_per_group, normalized_mutual_information, perplexity, psnr  # noqa: E402
@@ -220,4 +221,4 @@ def main(argv: List[str] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)
