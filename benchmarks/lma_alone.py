@@ -46,7 +46,7 @@ from model.vgg import build_vgg_features  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.media import image_grid, save_png, to_uint8_images  # noqa: E402
-from utils.metrics import code_histogram, codes_used, mean_nmi_per_group, normalized_mutual_information, perplexity, psnr  # noqa: E402
+from utils.metrics import code_histogram, codes_used, mean_nmi_per_group, normalized_mutual_information, perplexity, psnr, soft_iou  # noqa: E402
 
 
 def true_inputs(batch: Dict[str, Any], input_size) -> SimpleNamespace:
@@ -81,14 +81,16 @@ def evaluate(lma: LocalMotionAnalysis, gma: SimpleNamespace, batch: Dict[str, An
     targets = gma.foregrounds[:, 1:]
     record: Dict[str, Any] = {}
     lma.eval()
-    one_step = lma(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts, length - 1)
-    single = lma(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts, 1)
+    one_step = lma(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts, length - 1, masks=gma.masks)
+    single = lma(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts, 1, masks=gma.masks)
     with batchnorm_in_train_mode_without_updates(lma):
-        one_step_train = lma(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts, length - 1)
+        one_step_train = lma(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts, length - 1, masks=gma.masks)
     lma.train()
     record["psnr_one_step_eval"] = psnr(one_step.generated_foregrounds[0], targets)
     record["psnr_one_step_trainbn"] = psnr(one_step_train.generated_foregrounds[0], targets)
     record["psnr_single_image_eval"] = psnr(single.generated_foregrounds[0], targets)
+    record["mask_iou_one_step"] = float(soft_iou(one_step.generated_masks, gma.masks[:, 1:]).mean())
+    record["mask_iou_single_image"] = float(soft_iou(single.generated_masks, gma.masks[:, 1:]).mean())
     record["psnr_zero"] = psnr(torch.zeros_like(targets), targets)  # an empty foreground
     record["psnr_copy"] = psnr(gma.shifted_foregrounds, targets)  # f̃ₜ: the global motion only
     ids = one_step.action_ids
@@ -101,6 +103,8 @@ def evaluate(lma: LocalMotionAnalysis, gma: SimpleNamespace, batch: Dict[str, An
     characters = batch["sprite_id"][:, None].expand_as(labels)
     record["nmi"] = normalized_mutual_information(ids.flatten(), labels.flatten())
     record["nmi_per_character"] = mean_nmi_per_group(ids.flatten(), labels.flatten(), characters.flatten())
+    # What else the codes may follow: the character (z encoding identity instead of motion)
+    record["nmi_character"] = normalized_mutual_information(ids.flatten(), characters.flatten())
     random_ids = torch.randint(0, num_actions, tuple(labels.shape), generator=torch.Generator().manual_seed(0))
     record["nmi_floor"] = normalized_mutual_information(random_ids.flatten(), labels.flatten())
     record["nmi_per_character_floor"] = mean_nmi_per_group(random_ids.flatten(), labels.flatten(), characters.flatten())
@@ -180,7 +184,7 @@ def main(argv: List[str] = None) -> int:
     while step < args.steps:
         for batch in loader:
             gma = true_inputs(batch, config.data.input_size)
-            output = lma(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts, ground_truth_steps)
+            output = lma(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts, ground_truth_steps, masks=gma.masks)
             total = 0.0
             for name in LMA_LOSS_NAMES:
                 weight = loss.weights[name]

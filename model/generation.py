@@ -106,13 +106,13 @@ def _render(model: Glass, protocol: str, driving_video: torch.Tensor, target_fir
     actions = model.lma.infer_actions(gma.shifted_foregrounds, states, attention)
     if target_first_frames is None:
         first_frames, first_masks, ground_truth_states = driving_video[:, 0], gma.masks[:, 0], states[:, :ground_truth_steps]
-        ground_truth_foregrounds = gma.foregrounds[:, :ground_truth_steps]
+        ground_truth_foregrounds, ground_truth_masks = gma.foregrounds[:, :ground_truth_steps], gma.masks[:, :ground_truth_steps]
     else:
         first_frames, first_masks = target_first_frames, model.gma.masking_network(target_first_frames)
-        ground_truth_foregrounds = (first_masks * first_frames)[:, None]
+        ground_truth_foregrounds, ground_truth_masks = (first_masks * first_frames)[:, None], first_masks[:, None]
         ground_truth_states = model.lma.encode(ground_truth_foregrounds)[0]
     foregrounds, masks = model.lma.unroll(ground_truth_states, gma.foreground_shifts, actions.codes, sample_noise,
-                                          ground_truth_foregrounds)
+                                          ground_truth_foregrounds, ground_truth_masks)
     background = model.gma.generation_background(first_frames, first_masks)
     steps = gma.foreground_shifts.shape[1]
     cumulative_shifts = gma.background_shifts.cumsum(dim=1).flatten(0, 1)  # (B·(T−1), 2)
@@ -163,13 +163,15 @@ class PlayState:
     """Where an interactive session stands after `step` steps.
 
     frame (B, 3, H, W): the current frame; foreground (B, 3, H, W): the current foreground
-    (real at step 0, f̂ afterwards), whose encoding is the next dynamics input;
+    (real at step 0, f̂ afterwards), whose encoding is the next dynamics input; mask (B, 1, H, W):
+    its mask (the GMA's at step 0, m̂ afterwards);
     dynamics_state: the ConvLSTM memory; background (B, 3, H, W): the first frame's inpainted
     background; cumulative_background_shift (B, 2): the sum of the background shifts so far.
     """
 
     frame: torch.Tensor
     foreground: torch.Tensor
+    mask: torch.Tensor
     dynamics_state: DynamicsState
     background: torch.Tensor
     cumulative_background_shift: torch.Tensor
@@ -181,7 +183,7 @@ def start_play(model: Glass, first_frames: torch.Tensor) -> PlayState:
     assert_shape(first_frames, (None, 3, *model.frame_size), "first frames")
     with _generating(model):
         masks = model.gma.masking_network(first_frames)
-        return PlayState(frame=first_frames, foreground=masks * first_frames,
+        return PlayState(frame=first_frames, foreground=masks * first_frames, mask=masks,
                          dynamics_state=model.lma.dynamics.initial_state(first_frames.shape[0]),
                          background=model.gma.generation_background(first_frames, masks),
                          cumulative_background_shift=first_frames.new_zeros(first_frames.shape[0], 2), step=0)
@@ -211,11 +213,11 @@ def play_step(model: Glass, state: PlayState, global_shift: ShiftLike, local_act
         states, _ = model.lma.encoder(state.foreground)
         decoded, dynamics_state = model.lma.step(states, _per_sample_shifts(global_shift, batch_size, state.frame),
                                                  model.lma.action_network.codebook[action_ids], state.dynamics_state,
-                                                 sample_noise, state.foreground)
+                                                 sample_noise, state.foreground, state.mask)
         foreground, mask = split_full_output(decoded[0])
         cumulative = state.cumulative_background_shift + _per_sample_shifts(background_shift, batch_size, state.frame)
         frame, _ = _composite(foreground, mask, state.background, cumulative)
-    return replace(state, frame=frame, foreground=foreground, dynamics_state=dynamics_state,
+    return replace(state, frame=frame, foreground=foreground, mask=mask, dynamics_state=dynamics_state,
                    cumulative_background_shift=cumulative, step=state.step + 1)
 
 
@@ -231,6 +233,7 @@ def _action_matrix(model: Glass, start_frames: torch.Tensor, num_frames: int, gl
         return tensor.repeat_interleave(columns, dim=0)
 
     state = replace(row_state, frame=repeat(row_state.frame), foreground=repeat(row_state.foreground),
+                    mask=repeat(row_state.mask),
                     dynamics_state=[(repeat(hidden), repeat(cell)) for hidden, cell in row_state.dynamics_state],
                     background=repeat(row_state.background),
                     cumulative_background_shift=repeat(row_state.cumulative_background_shift))

@@ -64,7 +64,8 @@ class Glass(nn.Module):
         if not run_lma:
             return GlassOutput(gma=gma, lma=None)
         lma = self.lma(gma.foregrounds.detach(), gma.shifted_foregrounds.detach(), gma.foreground_shifts.detach(),
-                       num_ground_truth_steps, gumbel_temperature, sample_noise)
+                       num_ground_truth_steps, gumbel_temperature, sample_noise,
+                       gma.masks.detach() if self.config.lma.decoder_skip_mask else None)
         return GlassOutput(gma=gma, lma=lma)
 
     def parameter_counts(self) -> Dict[str, int]:

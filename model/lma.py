@@ -285,27 +285,36 @@ class Decoder(nn.Module):
     hidden (N, h, H/8, W/8) → [(N, 4, H, W), (N, 3, H/2, W/2), (N, 3, H/4, W/4)], full size first;
     the full-size output's channels are f̂ (3) and the mask logit x, m̂ = (x + 1)/2.
     With `decoder_skip` (ours, opt-in) the full-size Final takes 3 more input channels, `skip`
-    (N, 3, H, W): the current foreground moved by Δ_F.
+    (N, 3, H, W): the current foreground moved by Δ_F; with `decoder_skip_mask` as well 4, `skip`
+    (N, 4, H, W): that foreground and the current mask moved alike. With `decoder_action` (ours,
+    opt-in) every Up stage's input has the action code `action` (N, D) tiled and concatenated.
     """
 
     def __init__(self, config: LMAConfig):
         super().__init__()
         widths = [config.hidden_size] + list(config.decoder_channels)
-        self.skip_channels = 3 if config.decoder_skip else 0
+        self.action_channels = config.action_dim if config.decoder_action else 0
+        self.skip_channels = (4 if config.decoder_skip_mask else 3) if config.decoder_skip else 0
         self.stages = nn.ModuleList()
         self.finals = nn.ModuleList()
         for i in range(1, len(widths)):
             last = i == len(widths) - 1
-            up = Up(widths[i - 1], widths[i], mode="bilinear")
+            up = Up(widths[i - 1] + self.action_channels, widths[i], mode="bilinear")
             self.stages.append(up if last else nn.Sequential(up, Res(widths[i], widths[i])))
             self.finals.append(Final(widths[i] + self.skip_channels, 4, 7) if last else Final(widths[i], 3, 3))
 
-    def forward(self, hidden: torch.Tensor, skip: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+    def forward(self, hidden: torch.Tensor, skip: Optional[torch.Tensor] = None,
+                action: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
         if (skip is not None) != bool(self.skip_channels):
             raise ValueError("the decoder takes a skip input exactly when built with decoder_skip")
+        if (action is not None) != bool(self.action_channels):
+            raise ValueError("the decoder takes the action code exactly when built with decoder_action")
         outputs = []
         features = hidden
         for index, (stage, final) in enumerate(zip(self.stages, self.finals)):
+            if action is not None:
+                # tiled before the stage: interpolating a constant map leaves it unchanged
+                features = tile_and_concatenate(features, action.to(features.dtype))
             features = stage(features)
             if skip is not None and index == len(self.stages) - 1:
                 features = torch.cat([features, skip.to(features.dtype)], dim=1)
@@ -380,28 +389,42 @@ class LocalMotionAnalysis(nn.Module):
         shape = (batch_size, self.noise_size)
         return torch.randn(shape, dtype=like.dtype, device=like.device) if sample else like.new_zeros(shape)
 
-    def decoder_skip(self, foregrounds: Optional[torch.Tensor], shifts: torch.Tensor) -> Optional[torch.Tensor]:
-        """The decoder's skip input (`decoder_skip`): foregrounds (N, 3, H, W) moved by Δ_F (N, 2); None without it."""
+    def decoder_skip(self, foregrounds: Optional[torch.Tensor], shifts: torch.Tensor,
+                     masks: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """The decoder's skip input (`decoder_skip`): foregrounds (N, 3, H, W) moved by Δ_F (N, 2), and with
+        `decoder_skip_mask` the masks (N, 1, H, W) moved alike, concatenated after them; None without it."""
         if not self.decoder.skip_channels:
             return None
         if foregrounds is None:
             raise ValueError("model.lma.decoder_skip needs the current foreground of every step")
+        if self.decoder.skip_channels == 4:
+            if masks is None:
+                raise ValueError("model.lma.decoder_skip_mask needs the current mask of every step")
+            foregrounds = torch.cat([foregrounds, masks.to(foregrounds.dtype)], dim=1)
         return shift_images(foregrounds, shifts, FOREGROUND_PADDING)
+
+    def decoder_action(self, codes: torch.Tensor) -> Optional[torch.Tensor]:
+        """The decoder's action input (`decoder_action`): the codes (N, D) themselves; None without it."""
+        return codes if self.decoder.action_channels else None
 
     def step(self, states: torch.Tensor, foreground_shift: torch.Tensor, action_code: torch.Tensor,
              dynamics_state: DynamicsState, sample_noise: bool = False,
-             foreground: Optional[torch.Tensor] = None) -> Tuple[List[torch.Tensor], DynamicsState]:
+             foreground: Optional[torch.Tensor] = None,
+             mask: Optional[torch.Tensor] = None) -> Tuple[List[torch.Tensor], DynamicsState]:
         """One recurrent step from encoder states φ (B, 64, h, w) of the current foreground, the
         shift Δ_F (B, 2) and the action code (B, D) → the decoder outputs for the next frame
         (full size first, see `Decoder`) and the new dynamics state. `foreground` (B, 3, H, W),
-        the current foreground itself, is needed with `decoder_skip` only."""
+        the current foreground itself, is needed with `decoder_skip` only; `mask` (B, 1, H, W),
+        the current mask, with `decoder_skip_mask` only."""
         noise = self.noise(states.shape[0], sample_noise, states)
         hidden, dynamics_state = self.dynamics(self.compressor(states), foreground_shift, action_code, dynamics_state, noise)
-        return self.decoder(hidden, self.decoder_skip(foreground, foreground_shift)), dynamics_state
+        return (self.decoder(hidden, self.decoder_skip(foreground, foreground_shift, mask), self.decoder_action(action_code)),
+                dynamics_state)
 
     def unroll(self, ground_truth_states: torch.Tensor, foreground_shifts: torch.Tensor, action_codes: torch.Tensor,
                sample_noise: bool = False,
-               ground_truth_foregrounds: Optional[torch.Tensor] = None) -> Tuple[List[torch.Tensor], torch.Tensor]:
+               ground_truth_foregrounds: Optional[torch.Tensor] = None,
+               ground_truth_masks: Optional[torch.Tensor] = None) -> Tuple[List[torch.Tensor], torch.Tensor]:
         """Run the dynamics over S steps from a fresh state, with T_f = ground_truth_states.shape[1] ground-truth steps.
 
         ground_truth_states φ₀ … φ_{T_f−1} (B, T_f, 64, h, w), 1 ≤ T_f ≤ S; Δ_F (B, S, 2); codes
@@ -410,7 +433,9 @@ class LocalMotionAnalysis(nn.Module):
         size first, each (B, S, 3, H/2^k, W/2^k), and the masks m̂₁ … m̂_S (B, S, 1, H, W).
 
         `ground_truth_foregrounds` f₀ … f_{T_f−1} (B, T_f, 3, H, W), whose states are
-        `ground_truth_states`, are needed with `decoder_skip` only.
+        `ground_truth_states`, are needed with `decoder_skip` only, and their masks m₀ … m_{T_f−1}
+        (B, T_f, 1, H, W), `ground_truth_masks`, with `decoder_skip_mask` only; a later step's
+        skip carries the model's own previous f̂ₜ (and m̂ₜ).
 
         As in the authors' code, the T_f ground-truth steps run the dynamics one by one and are
         then decoded in one call (in training one BatchNorm batch of B·T_f); each later step is
@@ -430,13 +455,16 @@ class LocalMotionAnalysis(nn.Module):
                                                    action_codes[:, t], dynamics_state, noise)
             hidden_states.append(hidden)
         skip = self.decoder_skip(None if ground_truth_foregrounds is None else ground_truth_foregrounds.flatten(0, 1),
-                                 foreground_shifts[:, :num_ground_truth_steps].flatten(0, 1))
-        decoded = self.decoder(torch.stack(hidden_states, dim=1).flatten(0, 1), skip)
+                                 foreground_shifts[:, :num_ground_truth_steps].flatten(0, 1),
+                                 None if ground_truth_masks is None else ground_truth_masks.flatten(0, 1))
+        decoded = self.decoder(torch.stack(hidden_states, dim=1).flatten(0, 1), skip,
+                               self.decoder_action(action_codes[:, :num_ground_truth_steps].flatten(0, 1)))
         chunks = [[scale.unflatten(0, (batch_size, num_ground_truth_steps)) for scale in decoded]]  # per chunk, per scale
         for t in range(num_ground_truth_steps, steps):
-            previous_foreground = chunks[-1][0][:, -1, :3]
+            previous_foreground, previous_mask = split_full_output(chunks[-1][0][:, -1])
             decoded, dynamics_state = self.step(self.encoder(previous_foreground)[0], foreground_shifts[:, t],
-                                                action_codes[:, t], dynamics_state, sample_noise, previous_foreground)
+                                                action_codes[:, t], dynamics_state, sample_noise, previous_foreground,
+                                                previous_mask)
             chunks.append([scale[:, None] for scale in decoded])
         full, *smaller = [torch.cat(scale, dim=1) for scale in zip(*chunks)]
         foregrounds, masks = split_full_output(full.flatten(0, 1))
@@ -444,8 +472,9 @@ class LocalMotionAnalysis(nn.Module):
 
     def forward(self, foregrounds: torch.Tensor, shifted_foregrounds: torch.Tensor, foreground_shifts: torch.Tensor,
                 num_ground_truth_steps: int, gumbel_temperature: Optional[float] = None,
-                sample_noise: bool = False) -> LMAOutput:
+                sample_noise: bool = False, masks: Optional[torch.Tensor] = None) -> LMAOutput:
         """foregrounds f (B, T, 3, H, W), f̃ (B, T−1, 3, H, W), Δ_F (B, T−1, 2), T_f → `LMAOutput`.
+        `masks` m (B, T, 1, H, W), the foregrounds' masks, are needed with `decoder_skip_mask` only.
 
         The caller detaches these inputs (no gradient reaches the GMA).
         """
@@ -453,7 +482,8 @@ class LocalMotionAnalysis(nn.Module):
         actions = self.infer_actions(shifted_foregrounds, states, attention, gumbel_temperature)
         generated_foregrounds, generated_masks = self.unroll(states[:, :num_ground_truth_steps], foreground_shifts,
                                                              actions.codes, sample_noise,
-                                                             foregrounds[:, :num_ground_truth_steps])
+                                                             foregrounds[:, :num_ground_truth_steps],
+                                                             None if masks is None else masks[:, :num_ground_truth_steps])
         reencoded_states, _ = self.encode(generated_foregrounds[0])
         return LMAOutput(states=states, action_codes=actions.codes, action_ids=actions.ids,
                          action_vq_loss=actions.vq_loss, generated_foregrounds=generated_foregrounds,

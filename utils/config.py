@@ -152,6 +152,12 @@ class LMAConfig:
     # Ours, opt-in (the authors' model has none): the decoder's full-size Final also sees f̃ₜ, the current
     # foreground moved by Δ_F, so copying the character is one conv away and the network learns the change.
     decoder_skip: bool = False
+    # Ours, opt-in, with decoder_skip: the skip also carries m̃ₜ, the current mask moved by Δ_F (the GMA's
+    # mask for real frames, m̂ₜ for generated ones), so the generated mask is as sharp as the copied foreground.
+    decoder_skip_mask: bool = False
+    # Ours, opt-in: the action code aₜ (D) is tiled and concatenated to the input of every decoder Up stage
+    # (as p_l is to the dynamics' Up), so the code reaches the pixels through a short path.
+    decoder_action: bool = False
     decoder_channels: List[int] = field(default_factory=lambda: [128, 64, 32])  # decoder: one Up(×2) per entry; Res + Final(→3) after all but the last, Final(→4, k7) after the last
 
     def check(self, prefix: str) -> None:
@@ -181,6 +187,8 @@ class LMAConfig:
         _require(self.gumbel_eval_temperature > 0, prefix + "gumbel_eval_temperature",
                  f"must be > 0, got {self.gumbel_eval_temperature}")
         _require_positive_list(self.decoder_channels, prefix + "decoder_channels")
+        _require(self.decoder_skip or not self.decoder_skip_mask, prefix + "decoder_skip_mask",
+                 "needs decoder_skip: true (the mask travels with the skip's foreground)")
         _require(2 ** len(self.decoder_channels) == self.encoder_downsampling(), prefix + "decoder_channels",
                  f"must have one entry per ×2 up to full size ({self.encoder_downsampling()}× from the state), "
                  f"got {self.decoder_channels}")

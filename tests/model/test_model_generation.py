@@ -77,10 +77,10 @@ def test_motion_transfer_moves_another_image_with_the_source_actions(calibrated_
     assert torch.allclose(itself.frames, source.frames, atol=1e-4)
 
 
-@pytest.mark.parametrize("decoder_skip", [False, True])
-def test_playing_the_inferred_actions_replays_the_single_image_reconstruction(calibrated_model, small_video,
-                                                                              decoder_skip):
-    model = calibrated_model(decoder_skip=decoder_skip)
+@pytest.mark.parametrize("options", [{}, {"decoder_skip": True},
+                                     {"decoder_skip": True, "decoder_skip_mask": True, "decoder_action": True}])
+def test_playing_the_inferred_actions_replays_the_single_image_reconstruction(calibrated_model, small_video, options):
+    model = calibrated_model(**options)
     recon = reconstruct(model, small_video, "single_image")
     state = start_play(model, small_video[:, 0])
     for t in range(small_video.shape[1] - 1):

@@ -19,6 +19,8 @@ ABLATIONS = {
     "nine_actions": {"num_actions": 9},
     "noise": {"noise_size": 3},
     "decoder_skip": {"decoder_skip": True},  # ours, opt-in
+    "decoder_skip_mask": {"decoder_skip": True, "decoder_skip_mask": True},  # ours, opt-in
+    "decoder_action": {"decoder_action": True},  # ours, opt-in
 }
 
 

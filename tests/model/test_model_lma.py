@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from model.blocks import Up
 from model.lma import ActionNetwork, Decoder, DynamicsNetwork, GumbelQuantizer, LocalMotionAnalysis, VectorQuantizer
 
 torch.set_num_threads(1)
@@ -233,3 +234,58 @@ def test_decoder_skip_feeds_the_shifted_current_foreground_to_the_full_size_outp
         assert torch.equal(lit[:, 1], plain[:, 1])  # step 1 reads its own foreground (unchanged)
     with pytest.raises(ValueError, match="decoder_skip"):
         lma.unroll(states, shifts, codes)
+
+
+def test_decoder_skip_mask_feeds_the_shifted_current_mask_and_later_steps_their_own(small_model_config):
+    torch.manual_seed(0)
+    lma = LocalMotionAnalysis(small_model_config(decoder_skip=True, decoder_skip_mask=True).lma, (2, 4)).eval()
+    assert lma.decoder.finals[-1][0].in_channels == 4 + 4
+    states, shifts = torch.randn(2, 2, 8, 2, 4), torch.tensor([[[0.25, 0.0]] * 3] * 2)
+    codes = lma.action_network.codebook[torch.zeros(2, 3, dtype=torch.long)].detach()
+    foregrounds, masks = torch.zeros(2, 2, 3, 16, 32), torch.zeros(2, 2, 1, 16, 32)
+    with torch.no_grad():
+        plain = lma.unroll(states, shifts, codes, ground_truth_foregrounds=foregrounds, ground_truth_masks=masks)[0][0]
+        full = masks.clone()
+        full[:, 0, :, :, 20:] = 1.0  # step 0's mask; moved right by 4 px its edge is at x = 24
+        lit = lma.unroll(states, shifts, codes, ground_truth_foregrounds=foregrounds, ground_truth_masks=full)[0][0]
+        changed = (lit[:, 0] - plain[:, 0]).abs().amax(dim=(0, 1, 2)) > 1e-6
+        assert changed[21:].all() and not changed[:21].any()  # the final conv (k7) reaches 3 px
+        assert torch.equal(lit[:, 1], plain[:, 1])  # step 1 reads its own ground-truth mask (unchanged)
+        # Step 2 is autoregressive: its skip carries m̂ of step 1, so a different decoder mask output there changes it.
+        first = lma.unroll(states[:, :1], shifts, codes, ground_truth_foregrounds=foregrounds[:, :1],
+                           ground_truth_masks=masks[:, :1])
+        skip = lma.decoder_skip(first[0][0][:, 0], shifts[:, 1], first[1][:, 0])
+        assert torch.equal(skip[:, 3:], lma.decoder_skip(first[0][0][:, 0], shifts[:, 1], first[1][:, 0] * 1)[:, 3:])
+        assert not torch.equal(skip[:, 3:], lma.decoder_skip(first[0][0][:, 0], shifts[:, 1], 1 - first[1][:, 0])[:, 3:])
+    with pytest.raises(ValueError, match="decoder_skip_mask"):
+        lma.unroll(states, shifts, codes, ground_truth_foregrounds=foregrounds)
+
+
+def test_decoder_skip_mask_needs_decoder_skip(small_model_config):
+    from utils.config import ConfigError
+    with pytest.raises(ConfigError, match="decoder_skip_mask"):
+        small_model_config(decoder_skip_mask=True).lma.check("model.lma.")
+
+
+def test_decoder_action_makes_the_output_depend_on_the_code_through_the_decoder(small_model_config):
+    torch.manual_seed(0)
+    config = small_model_config(decoder_action=True).lma
+    decoder = Decoder(config).eval()
+    widths = [config.hidden_size] + list(config.decoder_channels)
+
+    def up_conv_inputs(built: Decoder):
+        return [(stage if isinstance(stage, Up) else stage[0])[1].in_channels for stage in built.stages]
+
+    # Every Up stage's conv takes the code's D channels more.
+    assert up_conv_inputs(decoder) == [w + config.action_dim for w in widths[:-1]]
+    assert up_conv_inputs(Decoder(small_model_config().lma)) == widths[:-1]
+    hidden = torch.randn(2, config.hidden_size, 2, 4)
+    first, second = torch.randn(2, config.action_dim), torch.randn(2, config.action_dim)
+    with torch.no_grad():
+        outputs_first, outputs_second = decoder(hidden, action=first), decoder(hidden, action=second)
+        again = decoder(hidden, action=first)
+    for a, b, c in zip(outputs_first, outputs_second, again):
+        assert not torch.allclose(a, b)  # the same hidden state decodes differently for another code, at every scale
+        assert torch.equal(a, c)
+    with pytest.raises(ValueError, match="decoder_action"):
+        decoder(hidden)
