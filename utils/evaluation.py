@@ -280,6 +280,16 @@ def summarize(records: Dict[str, torch.Tensor], num_actions: int, seed: int, pro
         histograms[variant] = histogram.tolist()
         results[f"{variant}/codes_used"] = float(codes_used(histogram))
         results[f"{variant}/code_perplexity"] = perplexity(histogram)
+    # What the codes follow instead of the local actions: the character (an action network whose z encodes
+    # appearance gives each character its own code). Floor: uniformly random ids.
+    known = characters >= 0
+    if known.any():
+        for variant, name in [*analyses, ("random", None)]:
+            ids = records["real_action_ids"] if name is None else records[f"{name}_action_ids"]
+            if name is None:
+                ids = torch.randint(0, num_actions, tuple(ids.shape), generator=torch.Generator().manual_seed(seed))
+            groups = characters[:, None].expand_as(ids)[known]
+            results[f"{variant}/code_character_nmi"] = normalized_mutual_information(ids[known].flatten(), groups.flatten())
     for variant, name in reconstructions:
         for image in ("foreground", "frame"):
             key = f"{name}_{image}_squared_error"
@@ -384,6 +394,7 @@ _TABLE_ROWS = [
     ("mask_iou", "soft mask IoU"),
     ("codes_used", "local action codes used"),
     ("code_perplexity", "  code perplexity"),
+    ("code_character_nmi", "  NMI of the codes and the character"),
     ("foreground_psnr", "generated foreground PSNR (dB)"),
     ("frame_psnr", "generated frame PSNR (dB)"),
 ]

@@ -82,6 +82,11 @@ def test_summary_on_hand_made_records():
     result = summarize(records, num_actions=3, seed=0)
     values = result.results
     assert values["gt/local_action_nmi_per_character"] == pytest.approx(0.5)  # 1 for character 1, 0 for 2
+    # codes {0, 1} for character 1 and {2} for 2: the character is the code's first bit — NMI of ids and characters
+    # = I / mean(H(ids), H(chars)) with H(ids) = H(1/3, 1/6, 1/2), H(chars) = log 2 and I = H(chars)
+    entropy_ids = -sum(p * math.log(p) for p in (1 / 3, 1 / 6, 1 / 2))
+    assert values["gt/code_character_nmi"] == pytest.approx(math.log(2) / ((entropy_ids + math.log(2)) / 2))
+    assert 0.0 <= values["random/code_character_nmi"] <= 1.0
     assert values["gt/sprite_shift_error_min"] == 0.0 and values["gt/sprite_shift_error_max"] == 4.0
     assert values["gt/sprite_shift_error_mean"] == pytest.approx((0 + 0 + 1 + 4 + 0 + 4) / 6)
     # moving true shifts: (7,0) ✓, (0,1) vs (1,1) at exactly 45° ✗ (cosine = 1/√2 is not > 1/√2),
