@@ -49,12 +49,19 @@ from utils.media import image_grid, save_png, to_uint8_images  # noqa: E402
 from utils.metrics import code_histogram, codes_used, mean_nmi_per_group, normalized_mutual_information, perplexity, psnr, soft_iou  # noqa: E402
 
 
-def true_inputs(batch: Dict[str, Any], input_size) -> SimpleNamespace:
-    """The GMA's outputs replaced by the truth: masks, foregrounds, shifted foregrounds, shifts (affine units)."""
+def true_inputs(batch: Dict[str, Any], input_size, shift_noise: float = 0.0,
+                generator: torch.Generator = None) -> SimpleNamespace:
+    """The GMA's outputs replaced by the truth: masks, foregrounds, shifted foregrounds, shifts (affine units).
+
+    `shift_noise` (pixels): the standard deviation of Gaussian noise added to each true sprite shift, for Δ_F and
+    f̃ₜ alike, to mimic a GMA whose shifts are off by a few pixels."""
     frames, masks = batch["observations"], batch["masks"]
     foregrounds = masks * frames
     width, height = input_size
-    shifts = batch["global_shifts"][:, 1:] * torch.tensor([2.0 / width, 2.0 / height])  # Δ_F of t → t+1
+    pixel_shifts = batch["global_shifts"][:, 1:]
+    if shift_noise > 0:
+        pixel_shifts = pixel_shifts + shift_noise * torch.randn(pixel_shifts.shape, generator=generator)
+    shifts = pixel_shifts * torch.tensor([2.0 / width, 2.0 / height])  # Δ_F of t → t+1
     sources = foregrounds[:, :-1].flatten(0, 1)
     shifted = shift_images(sources, shifts.flatten(0, 1), FOREGROUND_PADDING).unflatten(0, shifts.shape[:2])
     return SimpleNamespace(masks=masks, foregrounds=foregrounds, shifted_foregrounds=shifted, foreground_shifts=shifts)
@@ -134,6 +141,9 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--random-vgg-weights", action="store_true")
+    parser.add_argument("--shift-noise", type=float, default=0.0, metavar="PX",
+                        help="experiment: Gaussian noise (std in pixels) on the true sprite shifts, in training and "
+                             "evaluation (a GMA whose shifts are off)")
     parser.add_argument("--unweighted", action="store_true",
                         help="experiment: the two multiscale reconstruction terms without motion weights (plain L1)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
@@ -150,7 +160,8 @@ def main(argv: List[str] = None) -> int:
     generator = torch.Generator().manual_seed(args.seed)
     val_items = torch.randperm(len(val_set), generator=generator)[:args.eval_windows].tolist()
     val_batch = collate_videos([val_set[i] for i in val_items])
-    val_gma = true_inputs(val_batch, config.data.input_size)
+    noise_generator = torch.Generator().manual_seed(args.seed + 2)  # apart from the loader's: the same batches
+    val_gma = true_inputs(val_batch, config.data.input_size, args.shift_noise, torch.Generator().manual_seed(args.seed + 1))
     loader = torch.utils.data.DataLoader(train_set, batch_size=config.training.batch_size, shuffle=True, drop_last=True,
                                          collate_fn=collate_videos, num_workers=min(config.data.num_workers, 1),
                                          generator=generator, persistent_workers=config.data.num_workers > 0)
@@ -183,7 +194,7 @@ def main(argv: List[str] = None) -> int:
     log_evaluation()
     while step < args.steps:
         for batch in loader:
-            gma = true_inputs(batch, config.data.input_size)
+            gma = true_inputs(batch, config.data.input_size, args.shift_noise, noise_generator)
             output = lma(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts, ground_truth_steps, masks=gma.masks)
             total = 0.0
             for name in LMA_LOSS_NAMES:
