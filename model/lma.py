@@ -154,7 +154,8 @@ class ActionNetwork(nn.Module):
     direction = chain(u, v) − u with the 4 bilinear layers (or v − u with
     `use_plain_direction`); MLP Linear(64→128), BN1d, LReLU, Linear(128→64), BN1d, LReLU,
     Linear(64→16) → VQ (or, with `use_gumbel`, the direction → Linear(64→K) → Gumbel-softmax).
-    source, target (N, 64, h, w) → `ActionOutput`.
+    With `action_state_difference` (ours, opt-in) the trunk reads target − source and its pooled
+    output goes to the MLP directly. source, target (N, 64, h, w) → `ActionOutput`.
     """
 
     def __init__(self, config: LMAConfig):
@@ -163,7 +164,8 @@ class ActionNetwork(nn.Module):
         self.trunk = nn.Sequential(*[Res(trunk_widths[i], trunk_widths[i + 1], down=config.action_trunk_downsampling[i])
                                      for i in range(len(trunk_widths) - 1)])
         vector_size = trunk_widths[-1]
-        if config.use_plain_direction:
+        self.state_difference = config.action_state_difference
+        if config.use_plain_direction or config.action_state_difference:
             self.direction_layers = nn.ModuleList()
         else:
             sizes = [vector_size] + list(config.direction_sizes)
@@ -191,6 +193,8 @@ class ActionNetwork(nn.Module):
     def forward(self, source_states: torch.Tensor, target_states: torch.Tensor,
                 gumbel_temperature: Optional[float] = None) -> ActionOutput:
         assert_shape(target_states, tuple(source_states.shape), "action network target states")
+        if self.state_difference:
+            return self.quantizer(self.mlp(self.trunk(target_states - source_states).mean(dim=(2, 3))))
         u = self.trunk(source_states).mean(dim=(2, 3))  # (N, 64)
         v = self.trunk(target_states).mean(dim=(2, 3))
         x = v

@@ -145,6 +145,9 @@ class LMAConfig:
     gumbel_eval: str = "argmax"  # Gumbel ablation in eval mode: 'argmax' (ours: the codebook row) or 'sample' (the authors': Gumbel-softmax at gumbel_eval_temperature)
     gumbel_eval_temperature: float = 0.4  # 'sample': the temperature (the authors' evaluation value)
     use_plain_direction: bool = False  # ablation: direction = v − u instead of the bilinear chain
+    # Ours, opt-in: the action network's trunk reads the change of the attention-weighted states, φₜ₊₁ − φ̃ₜ, at
+    # every state position, and its pooled output goes straight to the MLP (no u, v, no direction chain).
+    action_state_difference: bool = False
     hidden_size: int = 32  # h: hidden channels of the dynamics network (block 2 uses 2h)
     noise_size: int = 0  # channels of the noise vector concatenated to every dynamics input (zeros unless sampling)
     modulated_conv: bool = True  # false = ablation: Same/Up/Same with the conditioning concatenated instead of ModConv
@@ -187,6 +190,8 @@ class LMAConfig:
         _require(self.gumbel_eval_temperature > 0, prefix + "gumbel_eval_temperature",
                  f"must be > 0, got {self.gumbel_eval_temperature}")
         _require_positive_list(self.decoder_channels, prefix + "decoder_channels")
+        _require(not (self.action_state_difference and (self.use_plain_direction or self.use_gumbel)),
+                 prefix + "action_state_difference", "replaces the direction: not with use_plain_direction or use_gumbel")
         _require(self.decoder_skip or not self.decoder_skip_mask, prefix + "decoder_skip_mask",
                  "needs decoder_skip: true (the mask travels with the skip's foreground)")
         _require(2 ** len(self.decoder_channels) == self.encoder_downsampling(), prefix + "decoder_channels",

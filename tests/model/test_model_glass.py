@@ -21,6 +21,7 @@ ABLATIONS = {
     "decoder_skip": {"decoder_skip": True},  # ours, opt-in
     "decoder_skip_mask": {"decoder_skip": True, "decoder_skip_mask": True},  # ours, opt-in
     "decoder_action": {"decoder_action": True},  # ours, opt-in
+    "action_state_difference": {"action_state_difference": True},  # ours, opt-in
 }
 
 

@@ -289,3 +289,21 @@ def test_decoder_action_makes_the_output_depend_on_the_code_through_the_decoder(
         assert torch.equal(a, c)
     with pytest.raises(ValueError, match="decoder_action"):
         decoder(hidden)
+
+
+def test_action_state_difference_reads_only_the_change_of_the_states(small_model_config):
+    torch.manual_seed(0)
+    config = small_model_config(action_state_difference=True).lma
+    network = ActionNetwork(config).eval()
+    assert len(network.direction_layers) == 0
+    source, target = torch.randn(5, 8, 4, 4), torch.randn(5, 8, 4, 4)
+    appearance = torch.randn(5, 8, 4, 4)  # the same in both frames: what a character looks like
+    with torch.no_grad():
+        plain = network(source, target)
+        shifted = network(source + appearance, target + appearance)
+        other = network(source, target + appearance)
+    assert torch.allclose(plain.vectors, shifted.vectors, atol=1e-5) and torch.equal(plain.ids, shifted.ids)
+    assert not torch.allclose(plain.vectors, other.vectors)
+    from utils.config import ConfigError
+    with pytest.raises(ConfigError, match="action_state_difference"):
+        small_model_config(action_state_difference=True, use_plain_direction=True)
