@@ -345,6 +345,9 @@ class LMAOutput:
     reencoded_states: torch.Tensor  # (B, T−1, 64, h, w)
     num_ground_truth_steps: int  # T_f used for the unrolling
     action_vectors: Optional[torch.Tensor] = None  # (B, T−1, D) z before quantisation (Gumbel: logits), detached
+    # f̃ₜ and Δ_F the LMA used: the GMA's, or refined with `shift_refinement` (B, T−1, 3, H, W), (B, T−1, 2)
+    shifted_foregrounds: Optional[torch.Tensor] = None
+    foreground_shifts: Optional[torch.Tensor] = None
 
 
 def split_full_output(full_output: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -359,11 +362,48 @@ class LocalMotionAnalysis(nn.Module):
         super().__init__()
         self.state_resolution = tuple(state_resolution)
         self.noise_size = config.noise_size
+        self.shift_refinement = config.shift_refinement
         self.encoder = Encoder(config)
         self.compressor = Conv2d(config.encoder_state_channels, config.state_size, 1)
         self.action_network = ActionNetwork(config)
         self.dynamics = DynamicsNetwork(config, state_resolution)
         self.decoder = Decoder(config)
+
+    @torch.no_grad()
+    def refine_shifts(self, foregrounds: torch.Tensor, shifted_foregrounds: torch.Tensor,
+                      foreground_shifts: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """`shift_refinement` R > 0: each Δ_F moved by the integer pixel offset δ ∈ [−R, R]² whose fₜ moved by Δ_F + δ
+        is closest to fₜ₊₁ (mean absolute difference; δ = 0 wins ties), and f̃ₜ recomputed; R = 0 returns the inputs.
+
+        foregrounds f (B, T, 3, H, W), f̃ (B, T−1, 3, H, W), Δ_F (B, T−1, 2) in affine_grid units → (f̃, Δ_F), no gradient.
+        """
+        radius = self.shift_refinement
+        if radius == 0:
+            return shifted_foregrounds, foreground_shifts
+        steps = foreground_shifts.shape[:2]
+        sources, targets = foregrounds[:, :-1].flatten(0, 1), foregrounds[:, 1:].flatten(0, 1)
+        shifts = foreground_shifts.flatten(0, 1)
+        height, width = foregrounds.shape[-2:]
+        pixel = shifts.new_tensor([2.0 / width, 2.0 / height])  # one pixel in affine_grid units
+
+        def error(moved: torch.Tensor) -> torch.Tensor:  # Σ |·| per image (l1_loss: far faster here on strided views)
+            return F.l1_loss(moved, targets, reduction="none").sum(dim=(1, 2, 3))
+
+        # fₜ moved by Δ_F + δ is f̃ₜ translated by the integer δ (inside the frame; compared that way, cheaply).
+        current = shifted_foregrounds.flatten(0, 1)
+        padded = F.pad(current, (radius, radius, radius, radius))
+        best_error, best_offset = error(current), torch.zeros_like(shifts)
+        for dy in range(-radius, radius + 1):
+            for dx in range(-radius, radius + 1):
+                if dx == dy == 0:
+                    continue
+                moved = padded[:, :, radius - dy:radius - dy + height, radius - dx:radius - dx + width]
+                candidate = error(moved)
+                better = candidate < best_error
+                best_error = torch.where(better, candidate, best_error)
+                best_offset = torch.where(better[:, None], pixel * shifts.new_tensor([dx, dy]), best_offset)
+        refined = shifts + best_offset
+        return shift_images(sources, refined, FOREGROUND_PADDING).unflatten(0, steps), refined.unflatten(0, steps)
 
     def encode(self, frames: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """frames (B, T, 3, H, W) → states φ (B, T, 64, h, w), attention (B, T, 1, h, w); frames folded into the batch."""
@@ -480,8 +520,10 @@ class LocalMotionAnalysis(nn.Module):
         """foregrounds f (B, T, 3, H, W), f̃ (B, T−1, 3, H, W), Δ_F (B, T−1, 2), T_f → `LMAOutput`.
         `masks` m (B, T, 1, H, W), the foregrounds' masks, are needed with `decoder_skip_mask` only.
 
-        The caller detaches these inputs (no gradient reaches the GMA).
+        The caller detaches these inputs (no gradient reaches the GMA). With `shift_refinement` f̃ and Δ_F
+        are first refined (`refine_shifts`).
         """
+        shifted_foregrounds, foreground_shifts = self.refine_shifts(foregrounds, shifted_foregrounds, foreground_shifts)
         states, attention = self.encode(foregrounds)
         actions = self.infer_actions(shifted_foregrounds, states, attention, gumbel_temperature)
         generated_foregrounds, generated_masks = self.unroll(states[:, :num_ground_truth_steps], foreground_shifts,
@@ -492,4 +534,5 @@ class LocalMotionAnalysis(nn.Module):
         return LMAOutput(states=states, action_codes=actions.codes, action_ids=actions.ids,
                          action_vq_loss=actions.vq_loss, generated_foregrounds=generated_foregrounds,
                          generated_masks=generated_masks, reencoded_states=reencoded_states,
-                         num_ground_truth_steps=num_ground_truth_steps, action_vectors=actions.vectors)
+                         num_ground_truth_steps=num_ground_truth_steps, action_vectors=actions.vectors,
+                         shifted_foregrounds=shifted_foregrounds, foreground_shifts=foreground_shifts)

@@ -191,7 +191,8 @@ class GlassLoss(nn.Module):
     def multiscale_local_reconstruction_loss(self, gma: GMAOutput, lma: LMAOutput) -> torch.Tensor:
         """As the global one, with w = Σ_c(|fₜ₊₁ − f̃ₜ| + |fₜ₊₁ − f̂ₜ₊₁|)."""
         targets = gma.foregrounds[:, 1:].detach()
-        weights = ((targets - gma.shifted_foregrounds.detach()).abs()
+        shifted = gma.shifted_foregrounds if lma.shifted_foregrounds is None else lma.shifted_foregrounds  # f̃ the LMA used
+        weights = ((targets - shifted.detach()).abs()
                    + (targets - lma.generated_foregrounds[0]).abs()).sum(dim=2, keepdim=True)
         return self._multiscale_weighted_l1(targets, lma.generated_foregrounds, weights.detach())
 

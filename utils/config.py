@@ -148,6 +148,10 @@ class LMAConfig:
     # Ours, opt-in: the action network's trunk reads the change of the attention-weighted states, φₜ₊₁ − φ̃ₜ, at
     # every state position, and its pooled output goes straight to the MLP (no u, v, no direction chain).
     action_state_difference: bool = False
+    # Ours, opt-in: R > 0 refines each Δ_F the LMA uses by the integer offset in [−R, R]² pixels that best aligns
+    # fₜ moved by it with fₜ₊₁ (least mean |·|, no gradient), so that the GMA's shift errors do not blur the LMA's
+    # skip copy. Needs the next foreground: training and reconstruction, not play (the user's shift is exact).
+    shift_refinement: int = 0
     hidden_size: int = 32  # h: hidden channels of the dynamics network (block 2 uses 2h)
     noise_size: int = 0  # channels of the noise vector concatenated to every dynamics input (zeros unless sampling)
     modulated_conv: bool = True  # false = ablation: Same/Up/Same with the conditioning concatenated instead of ModConv
@@ -192,6 +196,7 @@ class LMAConfig:
         _require_positive_list(self.decoder_channels, prefix + "decoder_channels")
         _require(not (self.action_state_difference and (self.use_plain_direction or self.use_gumbel)),
                  prefix + "action_state_difference", "replaces the direction: not with use_plain_direction or use_gumbel")
+        _require(self.shift_refinement >= 0, prefix + "shift_refinement", f"must be >= 0 pixels, got {self.shift_refinement}")
         _require(self.decoder_skip or not self.decoder_skip_mask, prefix + "decoder_skip_mask",
                  "needs decoder_skip: true (the mask travels with the skip's foreground)")
         _require(2 ** len(self.decoder_channels) == self.encoder_downsampling(), prefix + "decoder_channels",

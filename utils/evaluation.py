@@ -117,8 +117,10 @@ def analyse_motion(model: torch.nn.Module, video: torch.Tensor) -> MotionAnalysi
     try:
         with torch.no_grad():
             gma = model.gma(video)
+            shifted_foregrounds, _ = model.lma.refine_shifts(gma.foregrounds, gma.shifted_foregrounds,
+                                                             gma.foreground_shifts)
             states, attention = model.lma.encode(gma.foregrounds)
-            actions = model.lma.infer_actions(gma.shifted_foregrounds, states, attention)
+            actions = model.lma.infer_actions(shifted_foregrounds, states, attention)
     finally:
         model.train(was_training)
     return MotionAnalysis(masks=gma.masks, foreground_shifts=gma.foreground_shifts,

@@ -118,3 +118,16 @@ def test_action_matrices_repeat_one_action_per_column(calibrated_model, small_vi
         assert torch.allclose(global_matrix[1, list(NAMED_SHIFTS).index("up"), n], state.frame[0], atol=1e-4)
     state = play_step(model, start_play(model, starts[:1]), NAMED_SHIFTS["stay"], 3)
     assert torch.allclose(local_matrix[0, 3, 0], state.frame[0], atol=1e-4)
+
+
+def test_reconstruction_generates_with_the_refined_shifts(calibrated_model, small_video):
+    model = calibrated_model(shift_refinement=2)
+    refined = reconstruct(model, small_video, "one_step")
+    with torch.no_grad():
+        gma = model.gma(small_video)
+        _, shifts = model.lma.refine_shifts(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts)
+    assert not torch.equal(shifts, gma.foreground_shifts)  # random frames: some offset aligns them better
+    assert torch.equal(refined.foreground_shifts, gma.foreground_shifts)  # reported: the GMA's
+    model.lma.shift_refinement = 0
+    plain = reconstruct(model, small_video, "one_step")
+    assert not torch.allclose(refined.generated_foregrounds, plain.generated_foregrounds)

@@ -1,4 +1,6 @@
 """The LMA of SPEC §3.2: quantisers, action network ablations, dynamics, decoder, unrolling."""
+from typing import Tuple
+
 import pytest
 import torch
 
@@ -307,3 +309,48 @@ def test_action_state_difference_reads_only_the_change_of_the_states(small_model
     from utils.config import ConfigError
     with pytest.raises(ConfigError, match="action_state_difference"):
         small_model_config(action_state_difference=True, use_plain_direction=True)
+
+
+def _moving_square(steps: int, per_step: Tuple[int, int]) -> torch.Tensor:
+    """(1, steps, 3, 16, 32) foregrounds: a random 5×6 patch moving per_step (dx, dy) pixels each frame."""
+    generator = torch.Generator().manual_seed(0)
+    frames = torch.zeros(1, steps, 3, 16, 32)
+    patch = torch.rand(3, 5, 6, generator=generator) + 0.5
+    for t in range(steps):
+        x, y = 8 + per_step[0] * t, 5 + per_step[1] * t
+        frames[0, t, :, y:y + 5, x:x + 6] = patch
+    return frames
+
+
+@pytest.mark.parametrize("radius", [0, 3])
+def test_shift_refinement_finds_the_integer_offset_that_aligns_the_next_foreground(small_model_config, radius):
+    lma = LocalMotionAnalysis(small_model_config(shift_refinement=radius).lma, (2, 4))
+    foregrounds = _moving_square(3, (3, -1))  # the true motion: 3 px right, 1 px up per frame
+    pixel = torch.tensor([2 / 32, 2 / 16])
+    given = (torch.tensor([1.0, 0.0]) * pixel).expand(1, 2, 2)  # the GMA's guess: 1 px right
+    from model.gma import FOREGROUND_PADDING, shift_images
+    shifted = shift_images(foregrounds[0, :-1], given[0], FOREGROUND_PADDING)[None]
+    refined_foregrounds, refined_shifts = lma.refine_shifts(foregrounds, shifted, given)
+    if radius == 0:
+        assert refined_foregrounds is shifted and refined_shifts is given
+        return
+    assert torch.allclose(refined_shifts / pixel, torch.tensor([3.0, -1.0]).expand(1, 2, 2), atol=1e-5)
+    assert torch.allclose(refined_foregrounds, foregrounds[:, 1:], atol=1e-5)
+    # An offset beyond the radius is not reached: the best one within it is taken.
+    far = LocalMotionAnalysis(small_model_config(shift_refinement=1).lma, (2, 4)).refine_shifts(foregrounds, shifted, given)
+    assert torch.allclose(far[1] / pixel, torch.tensor([2.0, -1.0]).expand(1, 2, 2), atol=1e-5)
+    # Already aligned: nothing moves (δ = 0 wins ties).
+    exact = (torch.tensor([3.0, -1.0]) * pixel).expand(1, 2, 2)
+    aligned = lma.refine_shifts(foregrounds, foregrounds[:, 1:], exact)
+    assert torch.equal(aligned[1], exact)
+
+
+def test_the_lma_trains_and_reconstructs_with_the_refined_shifts(small_model_config):
+    torch.manual_seed(0)
+    lma = LocalMotionAnalysis(small_model_config(shift_refinement=3).lma, (2, 4))
+    foregrounds = _moving_square(3, (2, 1))
+    zero = torch.zeros(1, 2, 2)
+    output = lma(foregrounds, foregrounds[:, :-1], zero, num_ground_truth_steps=1)
+    assert torch.allclose(output.foreground_shifts / torch.tensor([2 / 32, 2 / 16]), torch.tensor([2.0, 1.0]).expand(1, 2, 2),
+                          atol=1e-5)
+    assert torch.allclose(output.shifted_foregrounds, foregrounds[:, 1:], atol=1e-5)
