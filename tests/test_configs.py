@@ -92,3 +92,17 @@ def test_tiny_config_is_cpu_sized():
         loss(observations, model(observations, num_ground_truth_steps=5)).total.backward()
     # num_steps was chosen for this much work per step (71 GFLOP); a wider network needs a new choice.
     assert counter.get_total_flops() < 80e9
+
+
+# Our opt-in options for the local half and the values that reproduce the authors' model.
+AUTHORS_VALUES = {"model.lma.decoder_skip": False, "model.lma.decoder_skip_mask": False, "model.lma.decoder_action": False,
+                  "model.lma.action_state_difference": False, "model.lma.shift_refinement": 0,
+                  "model.lma.vq_commitment": 1.0, "training.codebook_kmeans_init": False,
+                  "training.codebook_restart_every": 0}
+
+
+@pytest.mark.parametrize("path", [path for path in CONFIG_FILES if not path.endswith("wsprites-tiny.yaml")],
+                         ids=lambda path: os.path.relpath(path, CONFIGS))
+def test_paper_configs_keep_the_authors_model(path):
+    values = _flatten(config_to_dict(load_config(path)))
+    assert {key: values[key] for key in AUTHORS_VALUES} == AUTHORS_VALUES
