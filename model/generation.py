@@ -103,10 +103,8 @@ def _render(model: Glass, protocol: str, driving_video: torch.Tensor, target_fir
     """Infer motion from `driving_video` (B, T, 3, H, W) and generate with T_f = `ground_truth_steps`
     from its own frames, or (T_f = 1) from `target_first_frames` (B, 3, H, W) when given."""
     gma = model.gma(driving_video)
-    shifted_foregrounds, foreground_shifts = model.lma.refine_shifts(gma.foregrounds, gma.shifted_foregrounds,
-                                                                     gma.foreground_shifts)
-    states, attention = model.lma.encode(gma.foregrounds)
-    actions = model.lma.infer_actions(shifted_foregrounds, states, attention)
+    motion = model.lma.infer_motion(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts)
+    states, actions = motion.states, motion.actions
     if target_first_frames is None:
         first_frames, first_masks, ground_truth_states = driving_video[:, 0], gma.masks[:, 0], states[:, :ground_truth_steps]
         ground_truth_foregrounds, ground_truth_masks = gma.foregrounds[:, :ground_truth_steps], gma.masks[:, :ground_truth_steps]
@@ -114,7 +112,7 @@ def _render(model: Glass, protocol: str, driving_video: torch.Tensor, target_fir
         first_frames, first_masks = target_first_frames, model.gma.masking_network(target_first_frames)
         ground_truth_foregrounds, ground_truth_masks = (first_masks * first_frames)[:, None], first_masks[:, None]
         ground_truth_states = model.lma.encode(ground_truth_foregrounds)[0]
-    foregrounds, masks = model.lma.unroll(ground_truth_states, foreground_shifts, actions.codes, sample_noise,
+    foregrounds, masks = model.lma.unroll(ground_truth_states, motion.foreground_shifts, actions.codes, sample_noise,
                                           ground_truth_foregrounds, ground_truth_masks)
     background = model.gma.generation_background(first_frames, first_masks)
     steps = gma.foreground_shifts.shape[1]

@@ -350,6 +350,18 @@ class LMAOutput:
     foreground_shifts: Optional[torch.Tensor] = None
 
 
+@dataclass
+class InferredMotion:
+    """What the LMA reads from a real sequence before unrolling: the shifted foregrounds f̃ (B, T−1, 3, H, W) and
+    shifts Δ_F (B, T−1, 2) it uses (refined with `shift_refinement`), the states φ (B, T, 64, h, w) of the real
+    foregrounds and the local actions (`ActionOutput`, (B, T−1) ids)."""
+
+    shifted_foregrounds: torch.Tensor
+    foreground_shifts: torch.Tensor
+    states: torch.Tensor
+    actions: ActionOutput
+
+
 def split_full_output(full_output: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """The decoder's full-size output (N, 4, H, W) → foreground f̂ (N, 3, H, W), mask m̂ = (x+1)/2 (N, 1, H, W)."""
     return full_output[:, :3], (full_output[:, 3:] + 1) / 2
@@ -425,6 +437,15 @@ class LocalMotionAnalysis(nn.Module):
         return ActionOutput(codes=actions.codes.unflatten(0, (batch_size, steps)),
                             ids=actions.ids.unflatten(0, (batch_size, steps)), vq_loss=actions.vq_loss,
                             vectors=actions.vectors.unflatten(0, (batch_size, steps)))
+
+    def infer_motion(self, foregrounds: torch.Tensor, shifted_foregrounds: torch.Tensor, foreground_shifts: torch.Tensor,
+                     gumbel_temperature: Optional[float] = None) -> InferredMotion:
+        """Refine the GMA's f̃ and Δ_F (`refine_shifts`), encode the foregrounds f (B, T, 3, H, W) and infer the local
+        actions: what training, reconstruction and evaluation all read from a real sequence."""
+        shifted_foregrounds, foreground_shifts = self.refine_shifts(foregrounds, shifted_foregrounds, foreground_shifts)
+        states, attention = self.encode(foregrounds)
+        actions = self.infer_actions(shifted_foregrounds, states, attention, gumbel_temperature)
+        return InferredMotion(shifted_foregrounds, foreground_shifts, states, actions)
 
     def noise(self, batch_size: int, sample: bool, like: torch.Tensor) -> Optional[torch.Tensor]:
         """The dynamics noise (B, noise_size): N(0, 1) when sampling, else zeros; None without noise."""
@@ -521,12 +542,11 @@ class LocalMotionAnalysis(nn.Module):
         `masks` m (B, T, 1, H, W), the foregrounds' masks, are needed with `decoder_skip_mask` only.
 
         The caller detaches these inputs (no gradient reaches the GMA). With `shift_refinement` f̃ and Δ_F
-        are first refined (`refine_shifts`).
+        are first refined (`infer_motion`).
         """
-        shifted_foregrounds, foreground_shifts = self.refine_shifts(foregrounds, shifted_foregrounds, foreground_shifts)
-        states, attention = self.encode(foregrounds)
-        actions = self.infer_actions(shifted_foregrounds, states, attention, gumbel_temperature)
-        generated_foregrounds, generated_masks = self.unroll(states[:, :num_ground_truth_steps], foreground_shifts,
+        motion = self.infer_motion(foregrounds, shifted_foregrounds, foreground_shifts, gumbel_temperature)
+        states, actions = motion.states, motion.actions
+        generated_foregrounds, generated_masks = self.unroll(states[:, :num_ground_truth_steps], motion.foreground_shifts,
                                                              actions.codes, sample_noise,
                                                              foregrounds[:, :num_ground_truth_steps],
                                                              None if masks is None else masks[:, :num_ground_truth_steps])
@@ -535,4 +555,4 @@ class LocalMotionAnalysis(nn.Module):
                          action_vq_loss=actions.vq_loss, generated_foregrounds=generated_foregrounds,
                          generated_masks=generated_masks, reencoded_states=reencoded_states,
                          num_ground_truth_steps=num_ground_truth_steps, action_vectors=actions.vectors,
-                         shifted_foregrounds=shifted_foregrounds, foreground_shifts=foreground_shifts)
+                         shifted_foregrounds=motion.shifted_foregrounds, foreground_shifts=motion.foreground_shifts)

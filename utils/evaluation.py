@@ -117,10 +117,7 @@ def analyse_motion(model: torch.nn.Module, video: torch.Tensor) -> MotionAnalysi
     try:
         with torch.no_grad():
             gma = model.gma(video)
-            shifted_foregrounds, _ = model.lma.refine_shifts(gma.foregrounds, gma.shifted_foregrounds,
-                                                             gma.foreground_shifts)
-            states, attention = model.lma.encode(gma.foregrounds)
-            actions = model.lma.infer_actions(shifted_foregrounds, states, attention)
+            actions = model.lma.infer_motion(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts).actions
     finally:
         model.train(was_training)
     return MotionAnalysis(masks=gma.masks, foreground_shifts=gma.foreground_shifts,
@@ -286,10 +283,10 @@ def summarize(records: Dict[str, torch.Tensor], num_actions: int, seed: int, pro
     # appearance gives each character its own code). Floor: uniformly random ids.
     known = characters >= 0
     if known.any():
-        for variant, name in [*analyses, ("random", None)]:
-            ids = records["real_action_ids"] if name is None else records[f"{name}_action_ids"]
-            if name is None:
-                ids = torch.randint(0, num_actions, tuple(ids.shape), generator=torch.Generator().manual_seed(seed))
+        random_ids = torch.randint(0, num_actions, tuple(records["real_action_ids"].shape),
+                                   generator=torch.Generator().manual_seed(seed))
+        variant_ids = {variant: records[f"{name}_action_ids"] for variant, name in analyses}
+        for variant, ids in {**variant_ids, "random": random_ids}.items():
             groups = characters[:, None].expand_as(ids)[known]
             results[f"{variant}/code_character_nmi"] = normalized_mutual_information(ids[known].flatten(), groups.flatten())
     for variant, name in reconstructions:

@@ -253,12 +253,16 @@ def test_decoder_skip_mask_feeds_the_shifted_current_mask_and_later_steps_their_
         changed = (lit[:, 0] - plain[:, 0]).abs().amax(dim=(0, 1, 2)) > 1e-6
         assert changed[21:].all() and not changed[:21].any()  # the final conv (k7) reaches 3 px
         assert torch.equal(lit[:, 1], plain[:, 1])  # step 1 reads its own ground-truth mask (unchanged)
-        # Step 2 is autoregressive: its skip carries m̂ of step 1, so a different decoder mask output there changes it.
-        first = lma.unroll(states[:, :1], shifts, codes, ground_truth_foregrounds=foregrounds[:, :1],
-                           ground_truth_masks=masks[:, :1])
-        skip = lma.decoder_skip(first[0][0][:, 0], shifts[:, 1], first[1][:, 0])
-        assert torch.equal(skip[:, 3:], lma.decoder_skip(first[0][0][:, 0], shifts[:, 1], first[1][:, 0] * 1)[:, 3:])
-        assert not torch.equal(skip[:, 3:], lma.decoder_skip(first[0][0][:, 0], shifts[:, 1], 1 - first[1][:, 0])[:, 3:])
+        # With T_f = 1, steps 1 and 2 are autoregressive: each skip carries f̂ and m̂ of the step before.
+        calls = []
+        original = lma.decoder_skip
+        lma.decoder_skip = lambda f, d, m=None: calls.append((f, m)) or original(f, d, m)
+        generated, generated_masks = lma.unroll(states[:, :1], shifts, codes, ground_truth_foregrounds=foregrounds[:, :1],
+                                                ground_truth_masks=masks[:, :1])
+        del lma.decoder_skip
+        assert len(calls) == 3 and torch.equal(calls[0][1], masks[:, 0])
+        for t in (1, 2):
+            assert torch.allclose(calls[t][0], generated[0][:, t - 1]) and torch.allclose(calls[t][1], generated_masks[:, t - 1])
     with pytest.raises(ValueError, match="decoder_skip_mask"):
         lma.unroll(states, shifts, codes, ground_truth_foregrounds=foregrounds)
 
