@@ -16,7 +16,11 @@ Every `--eval-every` steps, on a fixed set of validation windows: the PSNR of f�
 fₜ₊₁ at full size (one_step, T_f = T − 1, and single_image, T_f = 1) in eval mode and in
 train mode (BatchNorm on the batch's statistics, without updating them), the codes used, the
 perplexity of the code histogram, the spread of z (mean per-dimension standard deviation) and
-the NMI of the ids against the true local actions (over the windows and per character).
+the NMI of the ids against the true local actions (over the windows and per character), and
+whether the decoder reads the code at all: the one-step PSNR with every window's codes taken from
+another window, and the share of random codebook rows the action network recovers from what the
+decoder drew with them (`code_recovery`, chance 1/K). `--action-cycle W` trains with that recovery
+as a cross-entropy term (an experiment; README "Making the local half learn", section 5).
 Writes OUT/curves.json (one record per evaluation) and OUT/step_N.png (per window: the true
 foregrounds, the eval-mode and the train-mode one-step generations, the eval-mode
 single-image generation).
@@ -115,9 +119,36 @@ def evaluate(lma: LocalMotionAnalysis, gma: SimpleNamespace, batch: Dict[str, An
     random_ids = torch.randint(0, num_actions, tuple(labels.shape), generator=torch.Generator().manual_seed(0))
     record["nmi_floor"] = normalized_mutual_information(random_ids.flatten(), labels.flatten())
     record["nmi_per_character_floor"] = mean_nmi_per_group(random_ids.flatten(), labels.flatten(), characters.flatten())
+    lma.eval()
+    # Does the decoder read the code? One-step PSNR with every window's codes taken from another window, and the
+    # share of random codes that the action network recovers from what the decoder drew with them (chance 1/K).
+    rolled = lma.unroll(one_step.states[:, :length - 1], one_step.foreground_shifts, one_step.action_codes.roll(1, 0),
+                        ground_truth_foregrounds=gma.foregrounds[:, :length - 1],
+                        ground_truth_masks=gma.masks[:, :length - 1])[0][0]
+    record["psnr_one_step_rolled_codes"] = psnr(rolled, targets)
+    random_ids = torch.randint(0, num_actions, tuple(ids.shape), generator=torch.Generator().manual_seed(1))
+    recovered, _ = recover_codes(lma, gma, one_step, random_ids)
+    record["code_recovery"] = float((recovered.argmax(dim=1) == random_ids.flatten()).float().mean())
+    lma.train()
     record["_images"] = (targets, one_step.generated_foregrounds[0], one_step_train.generated_foregrounds[0],
                          single.generated_foregrounds[0])
     return record
+
+
+def recover_codes(lma: LocalMotionAnalysis, gma: SimpleNamespace, output, ids: torch.Tensor):
+    """Experiment `--action-cycle`: unroll one step ahead from the real states with the codebook rows `ids`
+    (B, T−1) instead of the inferred codes, and read the actions back from what the decoder drew: returns the
+    logits (B·(T−1), K) = −‖z' − eₖ‖² of the action network's z' for (f̃ₜ, f̂ₜ₊₁) against the (detached) codebook,
+    and the generated foregrounds."""
+    steps = ids.shape[1]
+    codebook = lma.action_network.codebook
+    generated, _ = lma.unroll(output.states[:, :steps], output.foreground_shifts, codebook[ids],
+                              ground_truth_foregrounds=gma.foregrounds[:, :steps], ground_truth_masks=gma.masks[:, :steps])
+    source_states, source_attention = lma.encoder(output.shifted_foregrounds.flatten(0, 1))
+    target_states, target_attention = lma.encoder(generated[0].flatten(0, 1))
+    vectors = lma.action_network.vectors(source_states * source_attention, target_states * target_attention)
+    logits = -torch.cdist(vectors, codebook.detach()).pow(2)
+    return logits, generated
 
 
 def write_sheet(images, path: str, num_windows: int = 4) -> None:
@@ -146,6 +177,9 @@ def main(argv: List[str] = None) -> int:
                              "evaluation (a GMA whose shifts are off)")
     parser.add_argument("--unweighted", action="store_true",
                         help="experiment: the two multiscale reconstruction terms without motion weights (plain L1)")
+    parser.add_argument("--action-cycle", type=float, default=0.0, metavar="WEIGHT",
+                        help="experiment: also unroll with random codebook rows and train the action network to "
+                             "recover them from the generated frames (cross-entropy, this weight)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -213,6 +247,11 @@ def main(argv: List[str] = None) -> int:
                     term = getattr(loss, name)(gma, output)
                 if term is not None:
                     total = total + weight * term
+            if args.action_cycle > 0:
+                random_ids = torch.randint(0, num_actions, tuple(output.action_ids.shape), generator=noise_generator)
+                logits, _ = recover_codes(lma, gma, output, random_ids)
+                cycle = torch.nn.functional.cross_entropy(logits, random_ids.flatten())
+                total = total + args.action_cycle * cycle
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()

@@ -190,17 +190,21 @@ class ActionNetwork(nn.Module):
         """(K, D): row k is the code of local action k."""
         return self.quantizer.codebook
 
-    def forward(self, source_states: torch.Tensor, target_states: torch.Tensor,
-                gumbel_temperature: Optional[float] = None) -> ActionOutput:
+    def vectors(self, source_states: torch.Tensor, target_states: torch.Tensor) -> torch.Tensor:
+        """The outputs before quantisation, with gradient: z (N, D) for the VQ, the logits (N, K) for Gumbel."""
         assert_shape(target_states, tuple(source_states.shape), "action network target states")
         if self.state_difference:
-            return self.quantizer(self.mlp(self.trunk(target_states - source_states).mean(dim=(2, 3))))
+            return self.mlp(self.trunk(target_states - source_states).mean(dim=(2, 3)))
         u = self.trunk(source_states).mean(dim=(2, 3))  # (N, 64)
         v = self.trunk(target_states).mean(dim=(2, 3))
         x = v
         for layer in self.direction_layers:
             x = layer(u, x)
-        outputs = self.mlp(x - u)
+        return self.mlp(x - u)
+
+    def forward(self, source_states: torch.Tensor, target_states: torch.Tensor,
+                gumbel_temperature: Optional[float] = None) -> ActionOutput:
+        outputs = self.vectors(source_states, target_states)
         if isinstance(self.quantizer, GumbelQuantizer):
             return self.quantizer(outputs, gumbel_temperature)
         return self.quantizer(outputs)
