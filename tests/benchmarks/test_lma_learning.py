@@ -36,3 +36,60 @@ def test_the_codebook_stays_spread_with_kmeans_and_restarts(dataset_root, tmp_pa
     # The mask travels through the skip: after these 40 steps the generated masks' soft IoU with the true ones is
     # 0.20 with decoder_skip_mask, 0.13 without it (measured on this test, 2 threads).
     assert last["mask_iou_one_step"] > 0.16 and 0.0 <= last["nmi_character"] <= 1.0, last
+
+
+def _small_lma_and_inputs(dataset_root):
+    import torch
+
+    from data.video_dataset import VideoDataset, collate_videos
+    from model.lma import LocalMotionAnalysis
+    from utils.config import load_config
+
+    config = load_config(os.path.join(os.path.dirname(lma_alone.__file__), "..", "configs", "wsprites-tiny.yaml"),
+                         [f"data.root={dataset_root}", "data.input_size=[64, 48]", "data.crop=null",
+                          *[override for override in SMALL_MODEL if override.startswith("model.lma.")],
+                          "model.lma.num_actions=6"])
+    torch.manual_seed(0)
+    lma = LocalMotionAnalysis(config.model.lma, config.model.state_resolution(config.data.input_size))
+    dataset = VideoDataset(config.data, "train", observations_count=6)
+    batch = collate_videos([dataset[i] for i in range(4)])
+    return lma, lma_alone.true_inputs(batch, config.data.input_size), batch
+
+
+def test_the_code_measures_tell_a_decoder_that_ignores_the_code(dataset_root):
+    import torch
+
+    from model.lma import ActionOutput
+
+    lma, inputs, batch = _small_lma_and_inputs(dataset_root)
+    lma.eval()
+    with torch.no_grad():
+        lma.action_network.codebook.normal_(generator=torch.Generator().manual_seed(0))
+
+    def distinct_actions(shifted_foregrounds, states, attention, gumbel_temperature=None):  # window b: code b
+        ids = torch.arange(shifted_foregrounds.shape[0])[:, None].expand(shifted_foregrounds.shape[:2]) % 6
+        codes = lma.action_network.codebook[ids]
+        return ActionOutput(codes=codes, ids=ids, vq_loss=codes.sum() * 0, vectors=codes)
+
+    lma.infer_actions = distinct_actions
+    reading = lma_alone.evaluate(lma, inputs, batch, 6)
+    assert abs(reading["psnr_one_step_rolled_codes"] - reading["psnr_one_step_eval"]) > 1e-6, reading  # untrained: 5e-5 dB
+    assert reading["codes_used"] == 4 and 0.0 <= reading["code_recovery"] <= 1.0
+    with torch.no_grad():  # the code's only way into the dynamics (no decoder_action here): cut
+        lma.dynamics.local_projection.weight.zero_()
+    ignoring = lma_alone.evaluate(lma, inputs, batch, 6)
+    assert ignoring["psnr_one_step_rolled_codes"] == pytest.approx(ignoring["psnr_one_step_eval"], abs=1e-7)
+
+
+def test_the_action_recovery_term_trains(dataset_root, tmp_path):
+    out = str(tmp_path / "cycle")
+    assert lma_alone.main(["--config", os.path.join(os.path.dirname(lma_alone.__file__), "..", "configs",
+                                                    "wsprites-tiny.yaml"),
+                           "--out", out, "--steps", "2", "--eval-every", "2", "--eval-windows", "4", "--eval-split",
+                           "train", "--action-cycle", "1", f"data.root={dataset_root}", "data.num_workers=0",
+                           "training.batch_size=2", "data.input_size=[64, 48]", "data.crop=null",
+                           *[override for override in SMALL_MODEL if override.startswith("model.lma.")]]) == 0
+    with open(os.path.join(out, "curves.json"), encoding="utf-8") as handle:
+        curves = json.load(handle)["curves"]
+    assert [record["step"] for record in curves] == [0, 2]
+    assert curves[-1]["step"] == 2 and 0.0 <= curves[-1]["code_recovery"] <= 1.0
