@@ -374,8 +374,9 @@ class Trainer:
         self.scheduler.step()
         statistics = lma_step_statistics(output, self.model.lma.action_network.codebook.shape[0])
         if statistics is not None and plan["lma_loss_scale"] > 0:
-            statistics["codes_restarted"] = statistics["z_spread"].new_tensor(
-                float(self.maintain_codebook(step, statistics["code_counts"], output.lma.action_vectors)))
+            # new_full: a fill on the device, where new_tensor would copy a host value to the GPU at every step
+            statistics["codes_restarted"] = statistics["z_spread"].new_full(
+                (), float(self.maintain_codebook(step, statistics["code_counts"], output.lma.action_vectors)))
         return StepResult(loss=LossResult(total=result.total.detach(), terms=result.terms),
                           observations_count=observations_count, ground_truth_steps=plan["ground_truth_steps"],
                           ran_lma=plan["run_lma"], learning_rate=learning_rate, lma_statistics=statistics)
