@@ -57,7 +57,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPOSITORY)
@@ -77,9 +77,10 @@ MATMUL_SIZE = {"cpu": 2048, "cuda": 8192}
 GIB = 2 ** 30
 
 
-def matmul_gflops(device: str, dtype: torch.dtype = torch.float32, repeats: int = 5) -> float:
-    """The median rate of a square `torch.mm` in `dtype` on `device`, in GFLOP/s (2·n³ per product)."""
-    size = MATMUL_SIZE[device]
+def matmul_gflops(device: str, dtype: torch.dtype = torch.float32, repeats: int = 5, size: Optional[int] = None) -> float:
+    """The median rate of a square `torch.mm` of `size` (default MATMUL_SIZE[device]) in `dtype` on `device`,
+    in GFLOP/s (2·n³ per product)."""
+    size = size or MATMUL_SIZE[device]
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     times = []
@@ -215,6 +216,9 @@ def main() -> int:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model: CUDA only")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every config")
     parser.add_argument("--json", default=None, help="also append the result rows to this JSON-lines file")
+    parser.add_argument("--matmul-size", type=int, default=None, metavar="N",
+                        help="n of the reference n×n matmul (default: 2048 on the CPU, 8192 on CUDA; a small n only "
+                             "makes a quick smoke run quicker, its rate is not the machine's)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
 
@@ -227,6 +231,9 @@ def main() -> int:
         parser.error("--device cuda: no CUDA GPU is visible to PyTorch")
     if arguments.threads < 1 or arguments.repeats < 1 or arguments.warmup < 0:
         parser.error("--threads and --repeats must be >= 1, --warmup >= 0")
+    if arguments.matmul_size is not None and arguments.matmul_size < 1:
+        parser.error("--matmul-size must be >= 1")
+    matmul_size = arguments.matmul_size or MATMUL_SIZE[arguments.device]
 
     from utils.config import load_config
     from utils.errors import GlassError
@@ -240,9 +247,9 @@ def main() -> int:
     torch.set_num_threads(arguments.threads)
     # The reference rate is in the precision of the step: bf16 products for bf16 autocast.
     matmul_dtype, matmul_name = (torch.bfloat16, "bf16") if arguments.precision == "bf16" else (torch.float32, "fp32")
-    matmul_before = matmul_gflops(arguments.device, matmul_dtype)
+    matmul_before = matmul_gflops(arguments.device, matmul_dtype, size=matmul_size)
     print(f"{arguments.device}, {arguments.threads} threads, torch {torch.__version__}: {matmul_name} matmul "
-          f"{matmul_before:.1f} GFLOP/s (n = {MATMUL_SIZE[arguments.device]})", flush=True)
+          f"{matmul_before:.1f} GFLOP/s (n = {matmul_size})", flush=True)
     # The allocator settings of train.py (utils/allocator.py; GLASS_MALLOC_TUNING=0 measures without them).
     environment = tuned_environment(dict(os.environ, OMP_NUM_THREADS=str(arguments.threads)))
     print(f"GLIBC_TUNABLES={environment.get('GLIBC_TUNABLES', '')!r}", flush=True)
@@ -263,7 +270,7 @@ def main() -> int:
                 row = json.loads(process.stdout.strip().splitlines()[-1])
                 rows.append(row)
                 print(_format_row(row, matmul_before), flush=True)
-    matmul_after = matmul_gflops(arguments.device, matmul_dtype)
+    matmul_after = matmul_gflops(arguments.device, matmul_dtype, size=matmul_size)
     print(f"{matmul_name} matmul after the cases: {matmul_after:.1f} GFLOP/s (percentages use the first measurement)")
     if arguments.json:
         with open(arguments.json, "a", encoding="utf-8") as handle:

@@ -400,7 +400,13 @@ class LocalMotionAnalysis(nn.Module):
         sources, targets = foregrounds[:, :-1].flatten(0, 1), foregrounds[:, 1:].flatten(0, 1)
         shifts = foreground_shifts.flatten(0, 1)
         height, width = foregrounds.shape[-2:]
-        pixel = shifts.new_tensor([2.0 / width, 2.0 / height])  # one pixel in affine_grid units
+        # One pixel in affine_grid units and every offset δ (row (dy + R)(2R + 1) + dx + R), made on the device by
+        # fills and an arange: a tensor from Python values would be a host copy that waits for the GPU.
+        pixel = shifts.new_full((2,), 2.0 / width)
+        pixel[1] = 2.0 / height
+        span = torch.arange(-radius, radius + 1, dtype=shifts.dtype, device=shifts.device)
+        grid_dy, grid_dx = torch.meshgrid(span, span, indexing="ij")
+        offsets = torch.stack([grid_dx.flatten(), grid_dy.flatten()], dim=1) * pixel
 
         def error(moved: torch.Tensor) -> torch.Tensor:  # Σ |·| per image (l1_loss: far faster here on strided views)
             return F.l1_loss(moved, targets, reduction="none").sum(dim=(1, 2, 3))
@@ -417,7 +423,8 @@ class LocalMotionAnalysis(nn.Module):
                 candidate = error(moved)
                 better = candidate < best_error
                 best_error = torch.where(better, candidate, best_error)
-                best_offset = torch.where(better[:, None], pixel * shifts.new_tensor([dx, dy]), best_offset)
+                best_offset = torch.where(better[:, None], offsets[(dy + radius) * (2 * radius + 1) + dx + radius],
+                                          best_offset)
         refined = shifts + best_offset
         return shift_images(sources, refined, FOREGROUND_PADDING).unflatten(0, steps), refined.unflatten(0, steps)
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import List
 
 import torch
-import torchvision
 from torch import nn
 
 from model.blocks import Conv2d, assert_shape
@@ -101,6 +100,10 @@ def build_vgg_features(config: LossConfig, random_weights: bool = False) -> VGGF
     random initialisation, no file needed. A missing file raises `MissingWeightsError`; a
     file that is not a torchvision VGG19 state dict raises `GlassError` naming it.
     """
+    # Imported here: torchvision loads torch._dynamo (1.3 s of every start of train.py, evaluate.py and play.py,
+    # which need it only for the perceptual losses).
+    import torchvision
+
     # Built on the meta device: only features[0:30] is ever materialised, not the 120M-parameter classifier.
     with torch.device("meta"):
         features = torchvision.models.vgg19().features[:VGG19_SLICES[-1][1]]

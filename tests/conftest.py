@@ -1,7 +1,65 @@
-"""Fixtures shared across the test packages."""
+"""Fixtures shared across the test packages, and the `--device` option.
+
+    python -m pytest -q                                  # everything on the CPU (the default)
+    python -m pytest -q --device cuda -m "device or cuda" tests/model   # the device tests of a package on a GPU
+
+Tests that take the `device` fixture build their models and tensors there; they are marked
+`device` automatically, so `-m device` selects them. Tests marked `cuda` only make sense on a
+GPU (autocast, GradScaler) and are skipped, with the reason, unless `--device cuda` finds one.
+"""
 import pytest
 
 from data.wsprites import generate
+
+DEVICE_CHOICES = ("cpu", "cuda")
+NO_GPU_REASON = "--device cuda: no CUDA GPU visible"
+CUDA_ONLY_REASON = "CUDA only: run pytest with --device cuda on a machine with a GPU"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device", choices=DEVICE_CHOICES, default="cpu",
+                     help="where tests taking the `device` fixture build models and tensors: cpu (default) or cuda "
+                          "(skipped with a reason where no GPU is visible); tests marked `cuda` run only with cuda")
+
+
+def _cuda_visible() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the tests that use the `device` fixture `device`; skip those marked `cuda` unless a GPU was asked for and is there."""
+    wants_cuda = config.getoption("--device") == "cuda"
+    cuda_skip = None
+    if not wants_cuda:
+        cuda_skip = pytest.mark.skip(reason=CUDA_ONLY_REASON)
+    elif not _cuda_visible():
+        cuda_skip = pytest.mark.skip(reason=NO_GPU_REASON)
+    for item in items:
+        if "device" in getattr(item, "fixturenames", ()):
+            item.add_marker("device")
+        if cuda_skip is not None and item.get_closest_marker("cuda") is not None:
+            item.add_marker(cuda_skip)
+
+
+@pytest.fixture(scope="session")
+def device(request):
+    """The torch.device of `--device`: cpu (default), or the current CUDA GPU (the test is skipped with
+    NO_GPU_REASON where there is none).
+
+    On CUDA, TF32 is turned off for the session (cuDNN convolutions and cuBLAS products otherwise round
+    their inputs to 10-bit mantissas), so that the float32 tolerances of the tests hold there too.
+    """
+    import torch
+
+    if request.config.getoption("--device") == "cpu":
+        return torch.device("cpu")
+    if not _cuda_visible():
+        pytest.skip(NO_GPU_REASON)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """play.py on the tiny trained run of conftest: play, action files, motion transfer, reconstruction,
-action matrices, default output folders and one-line errors."""
+action matrices, default output folders and one-line errors. Tests taking `device` play on the
+device of `pytest --device` (tests/conftest.py); the others on the CPU."""
 import json
 import os
 import shutil
@@ -39,9 +40,9 @@ def videos(trained_run):
     return split_video_folders(data, "test")[0], split_video_folders(data, "val")[0]
 
 
-def _run(trained_run, *arguments: str) -> None:
-    assert play.main(["--run-name", trained_run["run_name"], "--runs-dir", trained_run["runs_dir"], "--device", "cpu",
-                      "--fps", str(FPS), *arguments]) == 0
+def _run(trained_run, *arguments: str, device: torch.device = torch.device("cpu")) -> None:
+    assert play.main(["--run-name", trained_run["run_name"], "--runs-dir", trained_run["runs_dir"],
+                      "--device", device.type, "--fps", str(FPS), *arguments]) == 0
 
 
 def _gif_frames_and_duration(path: str):
@@ -65,10 +66,11 @@ def _check_video(folder: str, frame_count: int) -> None:
             assert sum(1 for _ in container.decode(video=0)) == frame_count
 
 
-def test_play_an_action_string(trained_run, videos, tmp_path):
+def test_play_an_action_string(trained_run, videos, tmp_path, device):
     image = os.path.join(videos[0], "00000.png")
     out = str(tmp_path / "played")
-    _run(trained_run, "--image", image, "--actions", "right right 2 2 left stay 0*2 0.05,-0.02:1", "--out", out)
+    _run(trained_run, "--image", image, "--actions", "right right 2 2 left stay 0*2 0.05,-0.02:1", "--out", out,
+         device=device)
     _check_video(out, 1 + 9)
     # Frame 0 is the input image as the model sees it.
     first = np.asarray(Image.open(os.path.join(out, "frames", "00000.png")))
@@ -76,6 +78,7 @@ def test_play_an_action_string(trained_run, videos, tmp_path):
     assert np.array_equal(first, expected)
     record = json.load(open(os.path.join(out, "play.json")))
     assert record["step"] == trained_run["steps"] and record["checkpoint"].endswith("latest.pth")
+    assert record["device"] == device.type
     assert [(step["global_shift"], step["local_action"]) for step in record["steps"]] == [
         ([0.07, 0.0], 0), ([0.07, 0.0], 0), ([0.0, 0.0], 2), ([0.0, 0.0], 2), ([-0.07, 0.0], 2), ([0.0, 0.0], 2),
         ([0.0, 0.0], 0), ([0.0, 0.0], 0), ([0.05, -0.02], 1)]
@@ -92,11 +95,11 @@ def test_play_an_action_file_from_a_chosen_checkpoint(trained_run, videos, tmp_p
     assert record["step"] == 2 and record["checkpoint"].endswith("step_2.pth")
 
 
-def test_transfer_and_reconstruct(trained_run, videos, tmp_path):
+def test_transfer_and_reconstruct(trained_run, videos, tmp_path, device):
     source, target = videos
     transferred = str(tmp_path / "transfer")
     _run(trained_run, "--image", os.path.join(target, "00000.png"), "--transfer", source, "--max-frames", "5",
-         "--out", transferred)
+         "--out", transferred, device=device)
     _check_video(transferred, 5)
     record = json.load(open(os.path.join(transferred, "play.json")))
     assert record["protocol"] == "motion_transfer" and record["frames"] == 5 and len(record["inferred"]) == 4
@@ -106,7 +109,8 @@ def test_transfer_and_reconstruct(trained_run, videos, tmp_path):
 
     for protocol, ground_truth_steps in (("single_image", 1), ("one_step", 5)):
         out = str(tmp_path / protocol)
-        _run(trained_run, "--reconstruct", source, "--protocol", protocol, "--max-frames", "6", "--out", out)
+        _run(trained_run, "--reconstruct", source, "--protocol", protocol, "--max-frames", "6", "--out", out,
+             device=device)
         _check_video(out, 6)
         record = json.load(open(os.path.join(out, "play.json")))
         assert record["protocol"] == protocol and record["num_ground_truth_steps"] == ground_truth_steps
@@ -114,13 +118,13 @@ def test_transfer_and_reconstruct(trained_run, videos, tmp_path):
         assert np.array_equal(first, np.asarray(Image.open(os.path.join(source, "00000.png")).convert("RGB")))
 
 
-def test_grid_of_global_and_local_actions(trained_run, videos, tmp_path):
+def test_grid_of_global_and_local_actions(trained_run, videos, tmp_path, device):
     images = tmp_path / "starts"
     images.mkdir()
     for index, video in enumerate(videos):
         shutil.copy(os.path.join(video, "00000.png"), images / f"start_{index}.png")
     out = str(tmp_path / "grid")
-    _run(trained_run, "--grid", "--image", str(images), "--grid-frames", "3", "--out", out)
+    _run(trained_run, "--grid", "--image", str(images), "--grid-frames", "3", "--out", out, device=device)
     assert sorted(os.listdir(out)) == ["global_actions.gif", "global_actions_sheet.png", "local_actions.gif",
                                        "local_actions_sheet.png", "play.json"]
     for name, columns in (("global_actions", 5), ("local_actions", NUM_ACTIONS)):

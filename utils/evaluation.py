@@ -326,7 +326,7 @@ def evaluate_run(trained: TrainedModel, protocol: str, context: DistributedConte
     dataset = evaluation_dataset(config)
     indices = shard_indices(len(dataset), config.evaluation.batch_size, context.rank, context.world_size)
     loader = DataLoader(Subset(dataset, indices), batch_size=config.evaluation.batch_size, collate_fn=collate_videos,
-                        num_workers=min(config.data.num_workers, 2))
+                        num_workers=min(config.data.num_workers, 2), pin_memory=context.device.type == "cuda")
     parts: List[Dict[str, torch.Tensor]] = []
     position = 0
     for batch in loader:

@@ -134,7 +134,7 @@ def build_evaluation_dataset(trained: TrainedModel, run_folder: str, folder: str
         raise GlassError(f"{config.data.root}: no test window of {count} frames (evaluation.observations_count)")
     prepare_output_folder(folder, overwrite)
     loader = DataLoader(dataset, batch_size=config.evaluation.batch_size, collate_fn=collate_videos,
-                        num_workers=min(config.data.num_workers, 2))
+                        num_workers=min(config.data.num_workers, 2), pin_memory=device.type == "cuda")
     videos: List[Dict[str, Any]] = []
     for batch in loader:
         names = [f"{len(videos) + offset:05d}" for offset in range(len(batch["video_name"]))]

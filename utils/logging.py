@@ -84,11 +84,12 @@ def lma_step_statistics(output: Any, num_actions: int) -> Optional[Dict[str, tor
         spread = vectors.std(dim=0).mean() if vectors.shape[0] > 1 else vectors.new_zeros(())
         errors = (lma.generated_foregrounds[0].float() - output.gma.foregrounds[:, 1:].float()).pow(2)
         split = lma.num_ground_truth_steps
+        # new_full: a fill on the device, where new_tensor would copy a host value to the GPU and wait for it
         return {"code_counts": torch.nn.functional.one_hot(ids, num_actions).sum(dim=0).float(),
                 "z_spread": spread, "ground_truth_squared_error": errors[:, :split].sum(),
-                "ground_truth_elements": errors.new_tensor(float(errors[:, :split].numel())),
+                "ground_truth_elements": errors.new_full((), float(errors[:, :split].numel())),
                 "autoregressive_squared_error": errors[:, split:].sum(),
-                "autoregressive_elements": errors.new_tensor(float(errors[:, split:].numel()))}
+                "autoregressive_elements": errors.new_full((), float(errors[:, split:].numel()))}
 
 
 class LMAMeter:

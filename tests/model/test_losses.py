@@ -1,5 +1,7 @@
 """The twelve loss terms (SPEC §4.1) on hand-computed examples, their weighting, the warm-up
-variants, and the gradient isolation of the LMA terms from the GMA on a real small model."""
+variants, and the gradient isolation of the LMA terms from the GMA on a real small model.
+Tests taking `device` run where `pytest --device` says (tests/conftest.py); their references
+are computed on the CPU."""
 import dataclasses
 from typing import List, Optional
 
@@ -76,6 +78,18 @@ def random_example(batch=2, length=3, size=4, seed=0, dtype=torch.float64):
     lma = fake_lma(generated, uniform(batch, steps, 1, size, size, low=0.0), uniform(batch, length, 5, 2, 2),
                    uniform(batch, steps, 5, 2, 2), torch.tensor(0.37, dtype=dtype))
     return observations, GlassOutput(gma=gma, lma=lma)
+
+
+def moved(value, device: torch.device):
+    """A copy of `value` (a tensor, a list of tensors, or a GMAOutput / LMAOutput / GlassOutput) with every tensor on `device`."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, list):
+        return [moved(item, device) for item in value]
+    if dataclasses.is_dataclass(value):
+        return dataclasses.replace(value, **{field.name: moved(getattr(value, field.name), device)
+                                             for field in dataclasses.fields(value)})
+    return value
 
 
 # --------------------------------------------------------------------------- references (numpy, explicit loops)
@@ -164,9 +178,10 @@ def reference_perceptual(vgg, images_a, images_b) -> float:
 
 
 @pytest.fixture(scope="module")
-def vgg() -> VGGFeatures:
+def vgg(device) -> VGGFeatures:
+    """VGG19's features with seeded random weights, on `device`."""
     torch.manual_seed(0)
-    return build_vgg_features(LossConfig(), random_weights=True)
+    return build_vgg_features(LossConfig(), random_weights=True).to(device)
 
 
 # --------------------------------------------------------------------------- hand-computed examples
@@ -238,11 +253,12 @@ def test_multiscale_by_hand():
 
 # --------------------------------------------------------------------------- random examples against loops
 
-def test_every_non_perceptual_term_against_loops():
+def test_every_non_perceptual_term_against_loops(device):
     observations, output = random_example()
     names = [name for name in LOSS_NAMES if "perceptual" not in name]
     config = only(*names)
-    result = GlassLoss(config, None)(observations, output)
+    result = GlassLoss(config, None)(observations.to(device), moved(output, device))
+    assert result.total.device == device
     assert set(result.terms) == set(names)
     gma, lma = output.gma, output.lma
     m, f = gma.masks.numpy(), gma.foregrounds.numpy()
@@ -276,8 +292,9 @@ def test_epsilon_comes_from_the_config():
     assert result.terms["reconstruction_loss"].item() == pytest.approx(expected, rel=1e-10)
 
 
-def test_perceptual_terms_against_layer_by_layer_vgg(vgg):
+def test_perceptual_terms_against_layer_by_layer_vgg(vgg, device):
     observations, output = random_example(batch=1, length=2, size=64, seed=5, dtype=torch.float32)
+    observations, output = observations.to(device), moved(output, device)
     result = GlassLoss(only("background_perceptual_loss", "multiscale_local_perceptual_loss"), vgg)(
         observations, output)
     gma, lma = output.gma, output.lma
@@ -286,16 +303,17 @@ def test_perceptual_terms_against_layer_by_layer_vgg(vgg):
     per_scale = []
     for k, scale in enumerate(lma.generated_foregrounds):
         factor = 2 ** k
-        resized = torch.from_numpy(block_mean(targets[0].double().numpy(), factor)).float()[None]
+        resized = torch.from_numpy(block_mean(targets[0].double().cpu().numpy(), factor)).float()[None].to(device)
         per_scale.append(reference_perceptual(vgg, resized, scale[:, 0]))
     assert result.terms["background_perceptual_loss"].item() == pytest.approx(background, rel=1e-4)
     assert result.terms["multiscale_local_perceptual_loss"].item() == pytest.approx(sum(per_scale) / 3, rel=1e-4)
 
 
-def test_identical_inputs_have_zero_perceptual_loss(vgg):
+def test_identical_inputs_have_zero_perceptual_loss(vgg, device):
     _, output = random_example(batch=1, length=2, size=16, seed=6, dtype=torch.float32)
+    output = moved(output, device)
     gma = dataclasses.replace(output.gma, shifted_backgrounds=output.gma.inpainted_backgrounds[:, 1:].clone())
-    result = GlassLoss(only("background_perceptual_loss"), vgg)(torch.zeros(1, 2, 3, 16, 16),
+    result = GlassLoss(only("background_perceptual_loss"), vgg)(torch.zeros(1, 2, 3, 16, 16, device=device),
                                                                 GlassOutput(gma=gma, lma=None))
     assert result.terms["background_perceptual_loss"].item() == 0.0
 
@@ -324,17 +342,18 @@ def test_perceptual_weight_without_vgg_is_refused():
         GlassLoss(only("multiscale_local_perceptual_loss"), None)
 
 
-def test_warmup_without_lma_gives_the_six_gma_terms(vgg):
+def test_warmup_without_lma_gives_the_six_gma_terms(vgg, device):
     observations, output = random_example(batch=1, length=2, size=16, seed=2, dtype=torch.float32)
-    result = GlassLoss(LossConfig(), vgg)(observations, dataclasses.replace(output, lma=None))
+    result = GlassLoss(LossConfig(), vgg)(observations.to(device), moved(dataclasses.replace(output, lma=None), device))
     assert set(result.terms) == set(GMA_LOSS_NAMES)
     weights = LossWeightsConfig()
     expected = sum(getattr(weights, name) * result.terms[name].item() for name in GMA_LOSS_NAMES)
     assert result.total.item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_lma_loss_scale(vgg):
+def test_lma_loss_scale(vgg, device):
     observations, output = random_example(batch=1, length=2, size=64, seed=3, dtype=torch.float32)
+    observations, output = observations.to(device), moved(output, device)
     loss = GlassLoss(LossConfig(), vgg)
     weights = LossWeightsConfig()
 
@@ -368,10 +387,10 @@ def _is_zero(gradient: Optional[torch.Tensor]) -> bool:
     return gradient is None or bool((gradient == 0).all())
 
 
-def test_lma_terms_do_not_reach_the_gma_and_gma_terms_do(small_model_config, vgg):
+def test_lma_terms_do_not_reach_the_gma_and_gma_terms_do(small_model_config, vgg, device):
     torch.manual_seed(0)
-    model = Glass(small_model_config(), [64, 64]).train()  # 64×64: the 1/4 decoder scale is VGG's minimum 16
-    observations = torch.rand(2, 3, 3, 64, 64) * 2 - 1
+    model = Glass(small_model_config(), [64, 64]).train().to(device)  # 64×64: the 1/4 decoder scale is VGG's minimum 16
+    observations = (torch.rand(2, 3, 3, 64, 64) * 2 - 1).to(device)
     output = model(observations, num_ground_truth_steps=1)
     assert output.gma.masks.requires_grad and output.gma.foregrounds.requires_grad  # the targets carry a graph
     gma_modules = {"masking network": model.gma.masking_network,

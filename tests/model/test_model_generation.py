@@ -1,4 +1,5 @@
-"""The generation API (SPEC §3.3): reconstruction protocols, motion transfer, play, action matrices."""
+"""The generation API (SPEC §3.3): reconstruction protocols, motion transfer, play, action matrices.
+Tests taking `device` run where `pytest --device` says (tests/conftest.py)."""
 # Multi-step comparisons use atol 1e-4: rounding differences between batch sizes (1e-6) grow through
 # the autoregressive steps, while different actions change the frames by ~0.5.
 import pytest
@@ -25,8 +26,9 @@ def test_protocols_choose_the_ground_truth_steps():
 
 @pytest.mark.parametrize("protocol, expected_steps", [("one_step", 3), ("single_image", 1)])
 def test_reconstruction_is_deterministic_and_reports_its_protocol(calibrated_model, small_video, protocol,
-                                                                  expected_steps):
-    model = calibrated_model()
+                                                                  expected_steps, device):
+    model = calibrated_model().to(device)
+    small_video = small_video.to(device)
     model.train()
     first = reconstruct(model, small_video, protocol)
     second = reconstruct(model, small_video, protocol)
@@ -63,8 +65,9 @@ def test_sampled_noise_changes_tennis_style_generations(calibrated_model, small_
     assert not torch.equal(zeros.frames, sampled.frames)
 
 
-def test_motion_transfer_moves_another_image_with_the_source_actions(calibrated_model, small_video):
-    model = calibrated_model()
+def test_motion_transfer_moves_another_image_with_the_source_actions(calibrated_model, small_video, device):
+    model = calibrated_model().to(device)
+    small_video = small_video.to(device)
     target = small_video.flip(0)[:, 0]
     transfer = transfer_motion(model, small_video, target)
     assert transfer.protocol == "motion_transfer" and transfer.num_ground_truth_steps == 1
@@ -79,8 +82,10 @@ def test_motion_transfer_moves_another_image_with_the_source_actions(calibrated_
 
 @pytest.mark.parametrize("options", [{}, {"decoder_skip": True},
                                      {"decoder_skip": True, "decoder_skip_mask": True, "decoder_action": True}])
-def test_playing_the_inferred_actions_replays_the_single_image_reconstruction(calibrated_model, small_video, options):
-    model = calibrated_model(**options)
+def test_playing_the_inferred_actions_replays_the_single_image_reconstruction(calibrated_model, small_video, options,
+                                                                              device):
+    model = calibrated_model(**options).to(device)
+    small_video = small_video.to(device)
     recon = reconstruct(model, small_video, "single_image")
     state = start_play(model, small_video[:, 0])
     for t in range(small_video.shape[1] - 1):
@@ -91,22 +96,23 @@ def test_playing_the_inferred_actions_replays_the_single_image_reconstruction(ca
     assert torch.allclose(state.cumulative_background_shift, recon.background_shifts.sum(1), atol=1e-6)
 
 
-def test_play_is_repeatable_from_a_kept_state(calibrated_model, small_video):
-    model = calibrated_model()
-    start = start_play(model, small_video[:, 0])
+def test_play_is_repeatable_from_a_kept_state(calibrated_model, small_video, device):
+    model = calibrated_model().to(device)
+    start = start_play(model, small_video[:, 0].to(device))
     first = play_step(model, start, NAMED_SHIFTS["right"], 1)
     again = play_step(model, start, NAMED_SHIFTS["right"], 1)
     assert torch.equal(first.frame, again.frame) and start.step == 0
     other = play_step(model, start, NAMED_SHIFTS["left"], 2)
     assert not torch.equal(first.frame, other.frame)
-    assert play_step(model, first, NAMED_SHIFTS["stay"], torch.tensor([0, 2])).frame.shape == (2, 3, 16, 32)
+    # Action ids and shifts given as CPU tensors (as a caller holds them) are moved to the model's device.
+    assert play_step(model, first, torch.tensor([0.0, 0.0]), torch.tensor([0, 2])).frame.shape == (2, 3, 16, 32)
     with pytest.raises(ValueError, match="local action ids"):
         play_step(model, start, NAMED_SHIFTS["up"], 3)
 
 
-def test_action_matrices_repeat_one_action_per_column(calibrated_model, small_video):
-    model = calibrated_model(num_actions=4)
-    starts = small_video[:, 0]
+def test_action_matrices_repeat_one_action_per_column(calibrated_model, small_video, device):
+    model = calibrated_model(num_actions=4).to(device)
+    starts = small_video[:, 0].to(device)
     global_matrix = global_action_matrix(model, starts, num_frames=3)
     assert global_matrix.shape == (2, len(NAMED_SHIFTS), 3, 3, 16, 32)
     local_matrix = local_action_matrix(model, starts, num_frames=2)

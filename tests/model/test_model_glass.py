@@ -1,4 +1,5 @@
-"""The full model (SPEC §3): shapes for the dataset configs and every ablation, gradient isolation."""
+"""The full model (SPEC §3): shapes for the dataset configs and every ablation, gradient isolation,
+and (CUDA only) autocast. Tests taking `device` run where `pytest --device` says (tests/conftest.py)."""
 from pathlib import Path
 
 import pytest
@@ -44,22 +45,23 @@ def _check_shapes(model: Glass, observations: torch.Tensor, output) -> None:
 
 
 @pytest.mark.parametrize("name, state_resolution", [("wsprites", (12, 16)), ("bair", (32, 32)), ("tennis", (12, 32))])
-def test_dataset_configs_build_the_paper_model_and_run(name, state_resolution):
+def test_dataset_configs_build_the_paper_model_and_run(name, state_resolution, device):
     config = load_config(str(CONFIGS / f"{name}.yaml"))
     torch.manual_seed(0)
-    model = build_model(config).eval()
+    model = build_model(config).eval().to(device)
     assert model.lma.state_resolution == state_resolution
     width, height = config.data.input_size
-    observations = torch.rand(1, 2, 3, height, width) * 2 - 1
+    observations = (torch.rand(1, 2, 3, height, width) * 2 - 1).to(device)
     with torch.no_grad():
         output = model(observations, num_ground_truth_steps=1)
     _check_shapes(model, observations, output)
 
 
 @pytest.mark.parametrize("ablation", list(ABLATIONS))
-def test_every_ablation_trains_with_the_expected_shapes(make_small_model, small_video, ablation):
+def test_every_ablation_trains_with_the_expected_shapes(make_small_model, small_video, ablation, device):
     overrides = ABLATIONS[ablation]
-    model = make_small_model(**overrides)
+    model = make_small_model(**overrides).to(device)
+    small_video = small_video.to(device)
     output = model(small_video, num_ground_truth_steps=2, gumbel_temperature=1.0)
     _check_shapes(model, small_video, output)
     assert (output.lma.action_vq_loss is None) == overrides.get("use_gumbel", False)
@@ -70,9 +72,9 @@ def test_every_ablation_trains_with_the_expected_shapes(make_small_model, small_
     assert model.lma.action_network.codebook.grad.abs().sum() > 0
 
 
-def test_lma_losses_send_no_gradient_into_the_gma(make_small_model, small_video):
-    model = make_small_model()
-    output = model(small_video, num_ground_truth_steps=1)
+def test_lma_losses_send_no_gradient_into_the_gma(make_small_model, small_video, device):
+    model = make_small_model().to(device)
+    output = model(small_video.to(device), num_ground_truth_steps=1)
     loss = sum(f.abs().mean() for f in output.lma.generated_foregrounds) + output.lma.generated_masks.mean()
     loss = loss + (output.lma.reencoded_states - output.lma.states[:, 1:].detach()).abs().mean() + output.lma.action_vq_loss
     loss.backward()
@@ -82,9 +84,9 @@ def test_lma_losses_send_no_gradient_into_the_gma(make_small_model, small_video)
     assert len(lma_gradients) > 0 and any(torch.count_nonzero(g) > 0 for g in lma_gradients)
 
 
-def test_the_gma_runs_alone_for_the_warm_up(make_small_model, small_video):
-    model = make_small_model()
-    output = model(small_video, num_ground_truth_steps=1, run_lma=False)
+def test_the_gma_runs_alone_for_the_warm_up(make_small_model, small_video, device):
+    model = make_small_model().to(device)
+    output = model(small_video.to(device), num_ground_truth_steps=1, run_lma=False)
     assert output.lma is None
     output.gma.reconstructed_frames.mean().backward()
     assert all(p.grad is None for p in model.lma.parameters())
@@ -97,3 +99,25 @@ def test_forward_checks_frames_and_ground_truth_steps(make_small_model, small_vi
         model(torch.zeros(1, 3, 3, 32, 32), num_ground_truth_steps=1)
     with pytest.raises(ValueError, match="ground-truth steps"):
         model(small_video, num_ground_truth_steps=small_video.shape[1])
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_runs_the_convolutions_in_half_precision_with_finite_outputs_and_gradients(make_small_model,
+                                                                                           small_video, device, dtype):
+    """training.precision bf16 / fp16: under autocast the convolutions compute in `dtype`, the outputs stay
+    finite and every trained parameter gets a finite gradient (the GMA's BatchNorm layers run in float32)."""
+    model = make_small_model(decoder_skip=True, decoder_skip_mask=True).to(device)
+    computed = []
+    model.gma.masking_network.layers[0].register_forward_hook(lambda module, inputs, output: computed.append(output.dtype))
+    with torch.autocast(device.type, dtype=dtype):
+        output = model(small_video.to(device), num_ground_truth_steps=2)
+        _check_shapes(model, small_video, output)
+        loss = (output.gma.reconstructed_frames.float().abs().mean()
+                + sum(f.float().abs().mean() for f in output.lma.generated_foregrounds)
+                + output.lma.generated_masks.float().mean() + output.lma.action_vq_loss.float())
+    assert computed == [dtype]
+    assert torch.isfinite(loss)
+    loss.backward()
+    gradients = [p.grad for p in model.parameters() if p.grad is not None]
+    assert len(gradients) > 0 and all(torch.isfinite(g).all() for g in gradients)

@@ -1,4 +1,5 @@
-"""The GMA of SPEC §3.1: shifting, mask dilation, shift predictor initialisation, inpainter, composition."""
+"""The GMA of SPEC §3.1: shifting, mask dilation, shift predictor initialisation, inpainter, composition.
+Tests taking `device` run where `pytest --device` says (tests/conftest.py)."""
 import pytest
 import torch
 
@@ -24,34 +25,35 @@ def _pixels_to_shift(dx_pixels: float, dy_pixels: float) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
-def test_a_positive_shift_moves_content_right_and_down_with_zero_padding(mode):
-    shifted = shift_images(_square_image(), _pixels_to_shift(3, 2), FOREGROUND_PADDING, mode)
+def test_a_positive_shift_moves_content_right_and_down_with_zero_padding(mode, device):
+    shifted = shift_images(_square_image().to(device), _pixels_to_shift(3, 2).to(device), FOREGROUND_PADDING, mode)
+    assert shifted.device == device
     expected = torch.zeros(1, 1, HEIGHT, WIDTH)
     expected[0, 0, 4:6, 6:8] = 1.0  # the square, 3 px right and 2 px down
     expected[0, 0, 2:, 3] = 0.5  # the border column moved right; the 3 columns and 2 rows that entered are zeros
-    assert torch.allclose(shifted, expected, atol=1e-5)
+    assert torch.allclose(shifted.cpu(), expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
-def test_a_negative_shift_moves_content_left_and_up_with_border_padding(mode):
-    image = _square_image()
-    shifted = shift_images(image, _pixels_to_shift(-2, -1), BACKGROUND_PADDING, mode)
+def test_a_negative_shift_moves_content_left_and_up_with_border_padding(mode, device):
+    image = _square_image().to(device)
+    shifted = shift_images(image, _pixels_to_shift(-2, -1).to(device), BACKGROUND_PADDING, mode).cpu()
     expected = torch.zeros(1, 1, HEIGHT, WIDTH)
     expected[0, 0, 1:3, 1:3] = 1.0  # 2 px left, 1 px up
     # The entering rows and columns repeat the border: the last row and the last column (zeros here).
     assert torch.allclose(shifted, expected, atol=1e-5)
     # With border padding a rightward shift repeats the left border column into the entering columns.
-    shifted_right = shift_images(image, _pixels_to_shift(2, 0), BACKGROUND_PADDING, mode)
+    shifted_right = shift_images(image, _pixels_to_shift(2, 0).to(device), BACKGROUND_PADDING, mode).cpu()
     assert torch.allclose(shifted_right[0, 0, :, :3], torch.full((HEIGHT, 3), 0.5), atol=1e-5)
 
 
-def test_dilation_grows_a_pixel_into_a_three_by_three_block():
+def test_dilation_grows_a_pixel_into_a_three_by_three_block(device):
     mask = torch.zeros(1, 1, 5, 5)
     mask[0, 0, 2, 2] = 1
-    dilated = dilate_masks(mask, 3)
+    dilated = dilate_masks(mask.to(device), 3)
     expected = torch.zeros(1, 1, 5, 5)
     expected[0, 0, 1:4, 1:4] = 1
-    assert torch.equal(dilated, expected)
+    assert torch.equal(dilated.cpu(), expected)
 
 
 def test_shift_predictors_start_near_zero_with_zero_last_weights():
@@ -64,19 +66,20 @@ def test_shift_predictors_start_near_zero_with_zero_last_weights():
     assert torch.allclose(shifts, predictor.output.bias.expand(3, 2))
 
 
-def test_inpainter_keeps_the_unmasked_pixels_and_ignores_the_masked_ones():
+def test_inpainter_keeps_the_unmasked_pixels_and_ignores_the_masked_ones(device):
     torch.manual_seed(0)
     inpainter = Inpainter(GMAConfig(inpainter_encoder_channels=[4, 4, 4, 8, 8], inpainter_decoder_channels=[8, 4, 4, 4]))
-    inpainter.eval()
-    frames = torch.rand(2, 3, 16, 16) * 2 - 1
-    assert torch.equal(inpainter(frames, torch.zeros(2, 1, 16, 16)), frames)
+    inpainter.eval().to(device)
+    frames = (torch.rand(2, 3, 16, 16) * 2 - 1).to(device)
+    assert torch.equal(inpainter(frames, torch.zeros(2, 1, 16, 16, device=device)), frames)
     # A full mask replaces the whole frame with the fill value: the content no longer matters.
-    full = torch.ones(2, 1, 16, 16)
+    full = torch.ones(2, 1, 16, 16, device=device)
     assert torch.allclose(inpainter(frames, full), inpainter(-frames, full))
 
 
-def test_gma_output_shapes_and_recomposition(small_model_config, small_video):
-    gma = GlobalMotionAnalysis(small_model_config().gma)
+def test_gma_output_shapes_and_recomposition(small_model_config, small_video, device):
+    gma = GlobalMotionAnalysis(small_model_config().gma).to(device)
+    small_video = small_video.to(device)
     output = gma(small_video)
     batch, length, _, height, width = small_video.shape
     for name, channels in (("masks", 1), ("foregrounds", 3), ("backgrounds", 3), ("inpainted_backgrounds", 3)):

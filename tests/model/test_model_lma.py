@@ -1,4 +1,5 @@
-"""The LMA of SPEC §3.2: quantisers, action network ablations, dynamics, decoder, unrolling."""
+"""The LMA of SPEC §3.2: quantisers, action network ablations, dynamics, decoder, unrolling.
+Tests taking `device` run where `pytest --device` says (tests/conftest.py)."""
 from typing import Tuple
 
 import pytest
@@ -23,14 +24,14 @@ def test_codebook_is_initialised_uniformly_in_one_over_k():
     assert codebook.abs().max() <= 1 / 6 and codebook.std() > 1 / 6 / 4
 
 
-def test_vector_quantizer_returns_the_nearest_code_straight_through():
-    quantizer = _quantizer()
-    vectors = torch.tensor([[0.9, 0.2], [0.1, 1.4], [-0.3, 0.2]], requires_grad=True)
+def test_vector_quantizer_returns_the_nearest_code_straight_through(device):
+    quantizer = _quantizer().to(device)
+    vectors = torch.tensor([[0.9, 0.2], [0.1, 1.4], [-0.3, 0.2]], device=device, requires_grad=True)
     output = quantizer(vectors)
     assert output.ids.tolist() == [1, 2, 0]
     assert torch.allclose(output.codes, quantizer.codebook[[1, 2, 0]])
     # Straight through: d(Σ w·code)/dz = w.
-    weights = torch.randn(3, 2)
+    weights = torch.randn(3, 2, device=device)
     (output.codes * weights).sum().backward()
     assert torch.allclose(vectors.grad, weights)
 
@@ -113,15 +114,18 @@ def test_dynamics_shapes_for_every_conditioning(small_model_config, overrides):
 
 
 def _unroll_inputs(lma: LocalMotionAnalysis, seed: int):
+    """States (2, 1, 8, 2, 4), shifts (2, 3, 2) and codes (2, 3, 4), drawn on the CPU, on the LMA's device."""
     generator = torch.Generator().manual_seed(seed)
-    return (torch.randn(2, 1, 8, 2, 4, generator=generator), torch.randn(2, 3, 2, generator=generator) * 0.1,
-            lma.action_network.codebook[torch.randint(0, 3, (2, 3), generator=generator)].detach())
+    device = lma.action_network.codebook.device
+    return (torch.randn(2, 1, 8, 2, 4, generator=generator).to(device),
+            (torch.randn(2, 3, 2, generator=generator) * 0.1).to(device),
+            lma.action_network.codebook[torch.randint(0, 3, (2, 3), generator=generator).to(device)].detach())
 
 
-def test_unroll_starts_every_sequence_from_the_learned_initial_state(small_model_config):
+def test_unroll_starts_every_sequence_from_the_learned_initial_state(small_model_config, device):
     torch.manual_seed(0)
     # Training mode: batch statistics keep the untrained network's signal at unit scale.
-    lma = LocalMotionAnalysis(small_model_config().lma, (2, 4))
+    lma = LocalMotionAnalysis(small_model_config().lma, (2, 4)).to(device)
     first, second = _unroll_inputs(lma, 1), _unroll_inputs(lma, 2)
     with torch.no_grad():
         before = lma.unroll(*first)[0][0]
@@ -327,34 +331,35 @@ def _moving_square(steps: int, per_step: Tuple[int, int]) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("radius", [0, 3])
-def test_shift_refinement_finds_the_integer_offset_that_aligns_the_next_foreground(small_model_config, radius):
-    lma = LocalMotionAnalysis(small_model_config(shift_refinement=radius).lma, (2, 4))
-    foregrounds = _moving_square(3, (3, -1))  # the true motion: 3 px right, 1 px up per frame
-    pixel = torch.tensor([2 / 32, 2 / 16])
-    given = (torch.tensor([1.0, 0.0]) * pixel).expand(1, 2, 2)  # the GMA's guess: 1 px right
+def test_shift_refinement_finds_the_integer_offset_that_aligns_the_next_foreground(small_model_config, radius, device):
+    lma = LocalMotionAnalysis(small_model_config(shift_refinement=radius).lma, (2, 4)).to(device)
+    foregrounds = _moving_square(3, (3, -1)).to(device)  # the true motion: 3 px right, 1 px up per frame
+    pixel = torch.tensor([2 / 32, 2 / 16], device=device)
+    given = (torch.tensor([1.0, 0.0], device=device) * pixel).expand(1, 2, 2)  # the GMA's guess: 1 px right
     from model.gma import FOREGROUND_PADDING, shift_images
     shifted = shift_images(foregrounds[0, :-1], given[0], FOREGROUND_PADDING)[None]
     refined_foregrounds, refined_shifts = lma.refine_shifts(foregrounds, shifted, given)
     if radius == 0:
         assert refined_foregrounds is shifted and refined_shifts is given
         return
-    assert torch.allclose(refined_shifts / pixel, torch.tensor([3.0, -1.0]).expand(1, 2, 2), atol=1e-5)
+    assert torch.allclose(refined_shifts / pixel, torch.tensor([3.0, -1.0], device=device).expand(1, 2, 2), atol=1e-5)
     assert torch.allclose(refined_foregrounds, foregrounds[:, 1:], atol=1e-5)
     # An offset beyond the radius is not reached: the best one within it is taken.
-    far = LocalMotionAnalysis(small_model_config(shift_refinement=1).lma, (2, 4)).refine_shifts(foregrounds, shifted, given)
-    assert torch.allclose(far[1] / pixel, torch.tensor([2.0, -1.0]).expand(1, 2, 2), atol=1e-5)
+    far = LocalMotionAnalysis(small_model_config(shift_refinement=1).lma, (2, 4)).to(device).refine_shifts(
+        foregrounds, shifted, given)
+    assert torch.allclose(far[1] / pixel, torch.tensor([2.0, -1.0], device=device).expand(1, 2, 2), atol=1e-5)
     # Already aligned: nothing moves (δ = 0 wins ties).
-    exact = (torch.tensor([3.0, -1.0]) * pixel).expand(1, 2, 2)
+    exact = (torch.tensor([3.0, -1.0], device=device) * pixel).expand(1, 2, 2)
     aligned = lma.refine_shifts(foregrounds, foregrounds[:, 1:], exact)
     assert torch.equal(aligned[1], exact)
 
 
-def test_the_lma_trains_and_reconstructs_with_the_refined_shifts(small_model_config):
+def test_the_lma_trains_and_reconstructs_with_the_refined_shifts(small_model_config, device):
     torch.manual_seed(0)
-    lma = LocalMotionAnalysis(small_model_config(shift_refinement=3).lma, (2, 4))
-    foregrounds = _moving_square(3, (2, 1))
-    zero = torch.zeros(1, 2, 2)
+    lma = LocalMotionAnalysis(small_model_config(shift_refinement=3).lma, (2, 4)).to(device)
+    foregrounds = _moving_square(3, (2, 1)).to(device)
+    zero = torch.zeros(1, 2, 2, device=device)
     output = lma(foregrounds, foregrounds[:, :-1], zero, num_ground_truth_steps=1)
-    assert torch.allclose(output.foreground_shifts / torch.tensor([2 / 32, 2 / 16]), torch.tensor([2.0, 1.0]).expand(1, 2, 2),
-                          atol=1e-5)
+    assert torch.allclose(output.foreground_shifts / torch.tensor([2 / 32, 2 / 16], device=device),
+                          torch.tensor([2.0, 1.0], device=device).expand(1, 2, 2), atol=1e-5)
     assert torch.allclose(output.shifted_foregrounds, foregrounds[:, 1:], atol=1e-5)

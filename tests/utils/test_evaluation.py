@@ -1,5 +1,6 @@
 """utils.evaluation: the per-window records on the tiny trained run (RE is the GT metrics of the reconstruction,
-CO is bounded and exact against itself), the reduction on hand-made records (alignment, skips, floor), sharding."""
+CO is bounded and exact against itself), the reduction on hand-made records (alignment, skips, floor), sharding.
+The trained run's model runs where `pytest --device` says (tests/conftest.py)."""
 import math
 
 import pytest
@@ -15,20 +16,22 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny(trained_run):
-    trained, comparable = load_run_for_evaluation(trained_run["run_folder"], None, torch.device("cpu"))
+def tiny(trained_run, device):
+    """The tiny trained run's model on `device`, whether it is comparable, and a CPU batch of 3 evaluation windows."""
+    trained, comparable = load_run_for_evaluation(trained_run["run_folder"], None, device)
     dataset = evaluation_dataset(trained.config)
     batch = collate_videos([dataset[index] for index in range(min(3, len(dataset)))])
     return trained, comparable, batch
 
 
-def test_re_is_the_gt_evaluation_of_the_reconstruction(tiny):
+def test_re_is_the_gt_evaluation_of_the_reconstruction(tiny, device):
     trained, comparable, batch = tiny
     assert comparable and trained.config.evaluation.observations_count == 6
     size = trained.config.data.input_size
-    records = window_records(trained.model, batch, "one_step", size, torch.device("cpu"))
-    frames = reconstruct(trained.model, batch["observations"], "one_step").frames
-    again = window_records(trained.model, {**batch, "observations": frames}, "one_step", size, torch.device("cpu"))
+    records = window_records(trained.model, batch, "one_step", size, device)
+    frames = reconstruct(trained.model, batch["observations"].to(device), "one_step").frames
+    again = window_records(trained.model, {**batch, "observations": frames}, "one_step", size, device)
+    assert all(value.device.type == "cpu" for value in records.values())  # records are gathered on the CPU
     for field in ("action_ids", "sprite_shifts", "background_shifts"):
         assert torch.equal(records[f"generated_{field}"], again[f"real_{field}"]), field
     assert torch.equal(records["re_mask_intersection"], again["gt_mask_intersection"])
@@ -43,9 +46,9 @@ def test_re_is_the_gt_evaluation_of_the_reconstruction(tiny):
             assert result.results[f"re/{key}"] == pytest.approx(re_only.results[f"gt/{key}"], abs=1e-12), key
 
 
-def test_co_is_bounded_and_exact_when_the_two_analyses_agree(tiny):
+def test_co_is_bounded_and_exact_when_the_two_analyses_agree(tiny, device):
     trained, _, batch = tiny
-    records = window_records(trained.model, batch, "single_image", trained.config.data.input_size, torch.device("cpu"))
+    records = window_records(trained.model, batch, "single_image", trained.config.data.input_size, device)
     result = summarize(records, trained.config.model.lma.num_actions, seed=0).results
     assert 0.0 <= result["co/mask_iou"] <= 1.0 and 0.0 <= result["co/local_action_nmi"] <= 1.0
     assert (result["co/sprite_shift_error_min"] <= result["co/sprite_shift_error_mean"]
