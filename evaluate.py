@@ -32,20 +32,25 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.multiprocessing
 from tqdm import tqdm
 
+from data.video_dataset import VideoDataset
 from model.generation import RECONSTRUCTION_PROTOCOLS
 from utils.cli import run_main
 from utils.config import SPLITS
 from utils.distributed import (DEVICE_CHOICES, DistributedContext, initialize, initialize_from_environment,
                                launched_by_torchrun, resolve_device_kind, run_in_local_processes, shutdown)
+from utils.checkpoint import TrainedModel
 from utils.errors import GlassError
 from utils.evaluation import (append_record, evaluate_run, evaluation_dataset, format_table, load_run_for_evaluation,
                               metrics_path, result_record, shard_indices)
+
+
+Loaded = Tuple[TrainedModel, bool, VideoDataset]  # the run, whether it is comparable, its evaluation windows
 
 
 @dataclass
@@ -83,20 +88,26 @@ def parse_arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return parser.parse_intermixed_args(argv)
 
 
-def run_process(plan: EvaluationPlan, context: DistributedContext) -> int:
-    """Evaluate this process's share of the windows; rank 0 prints the table and appends the JSON line."""
-    trained, comparable = load_run_for_evaluation(plan.run_folder, plan.step, context.device, plan.overrides,
-                                                  plan.config_path)
+def run_process(plan: EvaluationPlan, context: DistributedContext, loaded: Optional[Loaded] = None) -> int:
+    """Evaluate this process's share of the windows; rank 0 prints the table and appends the JSON line.
+    `loaded`: the run and its evaluation windows, already read by a single-process `main` (moved to the device
+    here); each process of a multi-process run reads its own."""
+    if loaded is None:
+        trained, comparable = load_run_for_evaluation(plan.run_folder, plan.step, context.device, plan.overrides,
+                                                      plan.config_path)
+        dataset = evaluation_dataset(trained.config)
+    else:
+        trained, comparable, dataset = loaded
+        trained.model.to(context.device)
     evaluation = trained.config.evaluation
     protocol = evaluation.protocol
     if context.is_main:
         print(f"{trained.path} (step {trained.step}): split {evaluation.split}, windows of "
               f"{evaluation.observations_count} frames, protocol {protocol}, {context.world_size} process(es) on "
               f"{context.device.type}")
-    share = len(shard_indices(len(evaluation_dataset(trained.config)), evaluation.batch_size, context.rank,
-                              context.world_size))
+    share = len(shard_indices(len(dataset), evaluation.batch_size, context.rank, context.world_size))
     with tqdm(desc="windows", unit="window", total=share, disable=not (plan.show_progress and context.is_main)) as bar:
-        result = evaluate_run(trained, protocol, context, progress=bar.update)
+        result = evaluate_run(trained, protocol, context, progress=bar.update, dataset=dataset)
     if result is None:
         return 0
     print(format_table(result, protocol))
@@ -129,21 +140,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     plan = EvaluationPlan(run_folder=os.path.join(arguments.runs_dir, arguments.run_name), step=arguments.step,
                           config_path=arguments.config, overrides=overrides, device_kind=device_kind,
                           show_progress=not arguments.no_progress)
-    # Every bad input (run, checkpoint, config keys, data) fails here, once, before processes start.
-    trained, _ = load_run_for_evaluation(plan.run_folder, plan.step, torch.device("cpu"), plan.overrides,
-                                         plan.config_path)
-    evaluation_dataset(trained.config)
-    del trained
+    # Every bad input (run, checkpoint, config keys, data) fails here, once, before processes start; a single
+    # process then uses what was read (the checkpoint is read and the windows are listed once).
+    trained, comparable = load_run_for_evaluation(plan.run_folder, plan.step, torch.device("cpu"), plan.overrides,
+                                                  plan.config_path)
+    loaded: Loaded = (trained, comparable, evaluation_dataset(trained.config))
 
     if launched_by_torchrun():
+        del loaded, trained  # each process reads its own
         try:
             return run_process(plan, initialize_from_environment(device_kind))
         finally:
             shutdown()
     if arguments.num_gpus > 1:
+        del loaded, trained
         return run_in_local_processes(run_process, plan, device_kind, arguments.num_gpus,
                                       max(1, torch.get_num_threads() // arguments.num_gpus))
-    return run_process(plan, initialize(device_kind))
+    return run_process(plan, initialize(device_kind), loaded)
 
 
 if __name__ == "__main__":

@@ -145,7 +145,7 @@ def _record(trained: TrainedModel, run_name: str, mode: str, device: torch.devic
 
 
 def run_actions(arguments: argparse.Namespace, trained: TrainedModel, device: torch.device, folder: str) -> Dict[str, str]:
-    num_actions = trained.model.lma.action_network.codebook.shape[0]
+    num_actions = trained.model.num_actions
     if arguments.actions is not None:
         steps = parse_actions(arguments.actions, num_actions, arguments.default_action)
     else:
@@ -201,7 +201,7 @@ def run_grid(arguments: argparse.Namespace, trained: TrainedModel, device: torch
     starts = _start_images(arguments, trained, GRID_DEFAULT_STARTS, required=True)
     names = [name for name, _ in starts]
     start_frames = torch.stack([image for _, image in starts]).to(device)
-    num_actions = trained.model.lma.action_network.codebook.shape[0]
+    num_actions = trained.model.num_actions
     matrices = {
         "global_actions": (global_action_matrix(trained.model, start_frames, arguments.grid_frames,
                                                 local_action=arguments.default_action), list(NAMED_SHIFTS)),

@@ -100,8 +100,8 @@ def evaluate(lma: LocalMotionAnalysis, gma: SimpleNamespace, batch: Dict[str, An
     record["psnr_one_step_eval"] = psnr(one_step.generated_foregrounds[0], targets)
     record["psnr_one_step_trainbn"] = psnr(one_step_train.generated_foregrounds[0], targets)
     record["psnr_single_image_eval"] = psnr(single.generated_foregrounds[0], targets)
-    record["mask_iou_one_step"] = float(soft_iou(one_step.generated_masks, gma.masks[:, 1:]).mean())
-    record["mask_iou_single_image"] = float(soft_iou(single.generated_masks, gma.masks[:, 1:]).mean())
+    record["mask_iou_one_step"] = soft_iou(one_step.generated_masks, gma.masks[:, 1:])
+    record["mask_iou_single_image"] = soft_iou(single.generated_masks, gma.masks[:, 1:])
     record["psnr_zero"] = psnr(torch.zeros_like(targets), targets)  # an empty foreground
     record["psnr_copy"] = psnr(gma.shifted_foregrounds, targets)  # f̃ₜ: the global motion only
     ids = one_step.action_ids

@@ -207,7 +207,7 @@ def play_step(model: Glass, state: PlayState, global_shift: ShiftLike, local_act
     """
     batch_size = state.frame.shape[0]
     action_ids = torch.as_tensor(local_action, dtype=torch.long, device=state.frame.device).expand(batch_size)
-    num_actions = model.lma.action_network.codebook.shape[0]
+    num_actions = model.num_actions
     if action_ids.min() < 0 or action_ids.max() >= num_actions:
         raise ValueError(f"local action ids must be in [0, {num_actions}), got {action_ids.tolist()}")
     with _generating(model):
@@ -263,7 +263,7 @@ def local_action_matrix(model: Glass, start_frames: torch.Tensor, num_frames: in
     the codebook (K columns) applied for `num_frames` steps with the fixed `global_shift`
     (default stay) → generated frames (R, K, num_frames, 3, H, W) (start frame excluded)."""
     assert_shape(start_frames, (None, 3, *model.frame_size), "start frames")
-    num_actions = model.lma.action_network.codebook.shape[0]
+    num_actions = model.num_actions
     global_shifts = torch.tensor([global_shift], dtype=start_frames.dtype, device=start_frames.device).expand(num_actions, 2)
     return _action_matrix(model, start_frames, num_frames, global_shifts,
                           torch.arange(num_actions, device=start_frames.device))

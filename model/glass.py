@@ -68,6 +68,11 @@ class Glass(nn.Module):
                        gma.masks.detach() if self.config.lma.decoder_skip_mask else None)
         return GlassOutput(gma=gma, lma=lma)
 
+    @property
+    def num_actions(self) -> int:
+        """K, the number of local actions (rows of the action codebook)."""
+        return int(self.lma.action_network.codebook.shape[0])
+
     def parameter_counts(self) -> Dict[str, int]:
         """Trainable parameters per module of SPEC §3 and in total."""
         modules = {

@@ -105,3 +105,26 @@ def test_two_cpu_processes_give_the_single_process_result(run_copy):
     assert (single["world_size"], double["world_size"]) == (1, 2) and single["counts"] == double["counts"]
     # each window runs in the same batch as in one process and rank 0 reduces in window order: bit-identical
     assert double["results"] == single["results"]
+
+
+def test_one_process_reads_the_checkpoint_and_lists_the_windows_once(run_copy, monkeypatch, capsys):
+    import utils.checkpoint
+    import utils.evaluation
+
+    calls = {"checkpoint": 0, "windows": 0}
+    read_checkpoint, list_windows = utils.checkpoint.load_checkpoint, utils.evaluation.evaluation_dataset
+
+    def counted_checkpoint(*args, **kwargs):
+        calls["checkpoint"] += 1
+        return read_checkpoint(*args, **kwargs)
+
+    def counted_windows(*args, **kwargs):
+        calls["windows"] += 1
+        return list_windows(*args, **kwargs)
+
+    monkeypatch.setattr(utils.checkpoint, "load_checkpoint", counted_checkpoint)
+    monkeypatch.setattr(utils.evaluation, "evaluation_dataset", counted_windows)
+    monkeypatch.setattr(evaluate, "evaluation_dataset", counted_windows)
+    assert evaluate.main(evaluate_arguments(run_copy)) == 0
+    assert calls == {"checkpoint": 1, "windows": 1}
+    capsys.readouterr()

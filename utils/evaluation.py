@@ -57,8 +57,8 @@ from utils.checkpoint import CONFIG_FILE, TrainedModel, load_trained_model
 from utils.config import Config, load_config
 from utils.distributed import DistributedContext, all_gather_objects
 from utils.errors import GlassError
-from utils.metrics import (code_histogram, codes_used, direction_matches, mean_nmi_per_group,
-                           normalized_mutual_information, perplexity, shift_errors, shifts_to_pixels)
+from utils.metrics import (code_histogram, codes_used, direction_matches, iou_from_sums, mean_nmi_per_group,
+                           normalized_mutual_information, perplexity, shift_errors, shifts_to_pixels, soft_iou_sums)
 
 METRIC_NAME = "glass_action_metrics"  # the "metric" field of every JSON line
 METRICS_FOLDER = "metrics"
@@ -124,14 +124,6 @@ def analyse_motion(model: torch.nn.Module, video: torch.Tensor) -> MotionAnalysi
                           background_shifts=gma.background_shifts, action_ids=actions.ids)
 
 
-def _mask_sums(predicted: torch.Tensor, reference: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per window (B,) float64: Σ m·m* and Σ (1 − (1−m)(1−m*)) over (T, 1, H, W)."""
-    predicted, reference = predicted.double(), reference.double()
-    intersection = (predicted * reference).flatten(1).sum(dim=1)
-    union = (1 - (1 - predicted) * (1 - reference)).flatten(1).sum(dim=1)
-    return intersection.cpu(), union.cpu()
-
-
 def window_records(model: torch.nn.Module, batch: Dict[str, Any], protocol: str, input_size: Sequence[int],
                    device: torch.device) -> Dict[str, torch.Tensor]:
     """The per-window quantities of one batch (CPU tensors with a leading window dimension B).
@@ -166,10 +158,11 @@ def window_records(model: torch.nn.Module, batch: Dict[str, Any], protocol: str,
                                           ("re", analyses["generated"].masks, true_masks),
                                           ("re_other", analyses["other"].masks, true_masks),
                                           ("co", analyses["generated"].masks, analyses["real"].masks)):
-        records[f"{variant}_mask_intersection"], records[f"{variant}_mask_union"] = _mask_sums(predicted, reference)
+        intersection, union = soft_iou_sums(predicted, reference)
+        records[f"{variant}_mask_intersection"], records[f"{variant}_mask_union"] = intersection.cpu(), union.cpu()
     # the floor of the IoU: a mask that calls everything foreground
-    records["all_foreground_mask_intersection"], records["all_foreground_mask_union"] = _mask_sums(
-        torch.ones_like(true_masks), true_masks)
+    intersection, union = soft_iou_sums(torch.ones_like(true_masks), true_masks)
+    records["all_foreground_mask_intersection"], records["all_foreground_mask_union"] = intersection.cpu(), union.cpu()
     return records
 
 
@@ -269,9 +262,8 @@ def summarize(records: Dict[str, torch.Tensor], num_actions: int, seed: int, pro
         if not selected.any():
             skipped[f"{variant}: mask_iou"] = "no ground-truth masks (no masks/ folders, or data.load_masks=false)"
             continue
-        union = records[f"{key}_mask_union"][selected].sum()
-        intersection = records[f"{key}_mask_intersection"][selected].sum()
-        results[f"{variant}/mask_iou"] = (intersection / union).item() if union > 0 else 1.0
+        results[f"{variant}/mask_iou"] = iou_from_sums(records[f"{key}_mask_intersection"][selected],
+                                                       records[f"{key}_mask_union"][selected])
 
     # The local half: how many codes the action ids use, and how close the generated images are.
     for variant, name in analyses:
@@ -318,12 +310,14 @@ def evaluation_dataset(config: Config) -> VideoDataset:
 
 
 def evaluate_run(trained: TrainedModel, protocol: str, context: DistributedContext,
-                 progress: Optional[Callable[[int], Any]] = None) -> Optional[EvaluationResult]:
+                 progress: Optional[Callable[[int], Any]] = None,
+                 dataset: Optional[VideoDataset] = None) -> Optional[EvaluationResult]:
     """Run the model over this process's share of the split's windows; on rank 0 gather every share and
-    return the metrics (None on the other ranks). `progress(n)` is called after each batch."""
+    return the metrics (None on the other ranks). `progress(n)` is called after each batch; `dataset` is
+    `evaluation_dataset(trained.config)`, built here when not given."""
     config = trained.config
     torch.manual_seed(config.evaluation.seed)
-    dataset = evaluation_dataset(config)
+    dataset = evaluation_dataset(config) if dataset is None else dataset
     indices = shard_indices(len(dataset), config.evaluation.batch_size, context.rank, context.world_size)
     loader = DataLoader(Subset(dataset, indices), batch_size=config.evaluation.batch_size, collate_fn=collate_videos,
                         num_workers=min(config.data.num_workers, 2), pin_memory=context.device.type == "cuda")

@@ -276,7 +276,7 @@ def write_training_media(model: torch.nn.Module, batch_observations: torch.Tenso
          for t in range(pairs.shape[1])], prefix + "reconstruction_video.gif", fps)
 
     start_frames = sequences[:, 0]
-    num_actions = glass.lma.action_network.codebook.shape[0]
+    num_actions = glass.num_actions
     matrices = {
         "global_actions": (global_action_matrix(glass, start_frames, matrix_frames), list(NAMED_SHIFTS)),
         "local_actions": (local_action_matrix(glass, start_frames, matrix_frames),

@@ -8,7 +8,7 @@ Predicted shift t (frames t → t+1) is compared with the true shift stored at t
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import torch
 
@@ -22,16 +22,30 @@ def shifts_to_pixels(shifts: torch.Tensor, input_size: Sequence[int]) -> torch.T
     return shifts * scale
 
 
-def soft_iou(predicted_masks: torch.Tensor, true_masks: torch.Tensor) -> torch.Tensor:
-    """Soft IoU over all elements: Σ m·m* / Σ (1 − (1−m)(1−m*)), masks in [0, 1] of one shape (a scalar).
+def soft_iou_sums(predicted_masks: torch.Tensor, true_masks: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The two sums of the soft IoU per item, in float64: masks (N, …) in [0, 1] of one shape → Σ m·m* (N,) and
+    Σ (1 − (1−m)(1−m*)) (N,) over all but the first dimension. Sums of many items give one IoU over all of
+    them (`iou_from_sums`), as `evaluate.py` reports it over a split."""
+    if predicted_masks.shape != true_masks.shape:
+        raise ValueError(f"mask shapes differ: {tuple(predicted_masks.shape)} and {tuple(true_masks.shape)}")
+    predicted, true = predicted_masks.double().flatten(1), true_masks.double().flatten(1)
+    return (predicted * true).sum(dim=1), (1 - (1 - predicted) * (1 - true)).sum(dim=1)
+
+
+def iou_from_sums(intersection: torch.Tensor, union: torch.Tensor) -> float:
+    """Σ intersection / Σ union over every item of `soft_iou_sums`; two empty masks (union 0) give 1."""
+    total_union = float(union.sum())
+    return float(intersection.sum()) / total_union if total_union > 0 else 1.0
+
+
+def soft_iou(predicted_masks: torch.Tensor, true_masks: torch.Tensor) -> float:
+    """Soft IoU over all elements: Σ m·m* / Σ (1 − (1−m)(1−m*)), masks in [0, 1] of one shape.
 
     For binary masks it is the usual intersection over union. Two empty masks give 1.
     """
     if predicted_masks.shape != true_masks.shape:
         raise ValueError(f"mask shapes differ: {tuple(predicted_masks.shape)} and {tuple(true_masks.shape)}")
-    intersection = (predicted_masks * true_masks).sum()
-    union = (1 - (1 - predicted_masks) * (1 - true_masks)).sum()
-    return intersection / union if union > 0 else torch.ones((), dtype=predicted_masks.dtype)
+    return iou_from_sums(*soft_iou_sums(predicted_masks.reshape(1, -1), true_masks.reshape(1, -1)))
 
 
 def direction_matches(predicted_shifts: torch.Tensor, true_shifts: torch.Tensor) -> torch.Tensor:

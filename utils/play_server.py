@@ -127,7 +127,7 @@ class PlayServer:
         self.fit = fit
         self.title = title
         self.device = next(model.parameters()).device
-        self.num_actions = int(model.lma.action_network.codebook.shape[0])
+        self.num_actions = model.num_actions
         self.start_images = [(name, image.to(self.device)) for name, image in start_images]
         self._sessions: "OrderedDict[str, _Session]" = OrderedDict()
         self._sessions_lock = threading.Lock()

@@ -375,7 +375,7 @@ class Trainer:
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()
         self.scheduler.step()
-        statistics = lma_step_statistics(output, self.model.lma.action_network.codebook.shape[0])
+        statistics = lma_step_statistics(output, self.model.num_actions)
         if statistics is not None and plan["lma_loss_scale"] > 0:
             # new_full: a fill on the device, where new_tensor would copy a host value to the GPU at every step
             statistics["codes_restarted"] = statistics["z_spread"].new_full(

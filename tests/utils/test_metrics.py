@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from utils.metrics import direction_matches, shift_errors, shifts_to_pixels, soft_iou
+from utils.metrics import direction_matches, iou_from_sums, shift_errors, shifts_to_pixels, soft_iou, soft_iou_sums
 
 
 def test_shifts_to_pixels_uses_half_the_frame_size():
@@ -18,15 +18,26 @@ def test_soft_iou_binary_and_soft():
     b = torch.zeros(4, 4)
     a[:2, :2] = 1  # 4 pixels
     b[:2, :3] = 1  # 6 pixels, 4 shared
-    assert soft_iou(a, b).item() == pytest.approx(4 / 6)
-    assert soft_iou(a, a).item() == 1.0
+    assert soft_iou(a, b) == pytest.approx(4 / 6)
+    assert soft_iou(a, a) == 1.0
     soft = torch.tensor([0.5, 0.5])
     true = torch.tensor([1.0, 0.0])
     # Σ m·m* = 0.5; Σ 1 − (1−m)(1−m*) = (1 − 0.5·0) + (1 − 0.5·1) = 1.5
-    assert soft_iou(soft, true).item() == pytest.approx(0.5 / 1.5)
-    assert soft_iou(torch.zeros(3), torch.zeros(3)).item() == 1.0
+    assert soft_iou(soft, true) == pytest.approx(0.5 / 1.5)
+    assert soft_iou(torch.zeros(3), torch.zeros(3)) == 1.0
     with pytest.raises(ValueError):
         soft_iou(torch.zeros(3), torch.zeros(4))
+
+
+def test_the_sums_per_item_give_the_iou_over_all_items():
+    """evaluate.py reports one IoU over a split from per-window sums: it must equal soft_iou of all windows at once."""
+    generator = torch.Generator().manual_seed(0)
+    predicted, true = torch.rand(5, 3, 1, 8, 8, generator=generator), (torch.rand(5, 3, 1, 8, 8, generator=generator) > 0.7).float()
+    intersection, union = soft_iou_sums(predicted, true)
+    assert intersection.shape == union.shape == (5,) and intersection.dtype == torch.float64
+    assert iou_from_sums(intersection, union) == pytest.approx(soft_iou(predicted, true), rel=1e-12)
+    assert iou_from_sums(intersection[:2], union[:2]) == pytest.approx(soft_iou(predicted[:2], true[:2]), rel=1e-12)
+    assert iou_from_sums(torch.zeros(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)) == 1.0
 
 
 def test_direction_match_uses_45_degrees_and_ignores_still_truth():
