@@ -13,7 +13,7 @@ settings from another file (e.g. a dataset elsewhere); dotted key=value override
 `evaluation.observations_count` frames becomes one video folder of that many PNG frames at the
 model size: frame 0 the real first frame, then the reconstruction. Default folder:
 RUNS_DIR/RUN_NAME/evaluation_dataset/step_N-PROTOCOL/, with manifest.json written last (format in
-utils/evaluation_dataset.py). Videos are written atomically; a re-run continues where an
+utils/evaluation/generated_dataset.py). Videos are written atomically; a re-run continues where an
 interrupted one stopped (--overwrite starts again). One GPU at most (--device auto takes it).
 Several GPUs: run one process per checkpoint or protocol.
 """
@@ -29,8 +29,8 @@ from tqdm import tqdm
 from model.generation import RECONSTRUCTION_PROTOCOLS
 from utils.cli import run_main
 from utils.distributed import DEVICE_CHOICES, resolve_device_kind
-from utils.evaluation import load_run_for_evaluation
-from utils.evaluation_dataset import build_evaluation_dataset, default_folder
+from utils.evaluation.action_metrics import load_run_for_evaluation
+from utils.evaluation.generated_dataset import build_evaluation_dataset, default_folder
 
 
 def parse_arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:

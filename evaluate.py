@@ -22,7 +22,7 @@ The model is rebuilt from RUNS_DIR/RUN_NAME/config.yaml and checkpoints/step_N.p
 without --step). It runs on every non-overlapping window of evaluation.observations_count
 frames of the split (default evaluation.split, 'val'); the reconstructions use
 evaluation.protocol (default one_step: T_f = T−1, the authors' evaluation). The metrics and
-their alignment with the labels are defined in utils/evaluation.py. A table is printed and one
+their alignment with the labels are defined in utils/evaluation/action_metrics.py. A table is printed and one
 JSON line appended to RUNS_DIR/RUN_NAME/metrics/evaluate-SPLIT-PROTOCOL.jsonl (step, split,
 protocol, checkpoint, time, every value, and what was skipped and why on data without labels).
 Several processes split the windows by whole batches and give the single-process result.
@@ -44,9 +44,9 @@ from utils.cli import run_main
 from utils.config import SPLITS
 from utils.distributed import (DEVICE_CHOICES, DistributedContext, initialize, initialize_from_environment,
                                launched_by_torchrun, resolve_device_kind, run_in_local_processes, shutdown)
-from utils.checkpoint import TrainedModel
+from model.trained import TrainedModel
 from utils.errors import GlassError
-from utils.evaluation import (append_record, evaluate_run, evaluation_dataset, format_table, load_run_for_evaluation,
+from utils.evaluation.action_metrics import (append_record, evaluate_run, evaluation_dataset, format_table, load_run_for_evaluation,
                               metrics_path, result_record, shard_indices)
 
 

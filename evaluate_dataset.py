@@ -36,11 +36,11 @@ from utils.cli import run_main
 from utils.config import Config, load_config
 from utils.distributed import DEVICE_CHOICES, resolve_device_kind
 from utils.errors import GlassError
-from utils.feature_networks import build_feature_networks, check_feature_weights
-from utils.evaluation_dataset import (default_folder, latest_folder, load_generated_video, read_manifest,
+from utils.evaluation.feature_networks import build_feature_networks, check_feature_weights
+from utils.evaluation.generated_dataset import (default_folder, latest_folder, load_generated_video, read_manifest,
                                       real_windows)
 from utils.files import write_json_atomically
-from utils.video_quality import REGISTRY, MetricAccumulator, default_metrics
+from utils.evaluation.video_quality import REGISTRY, MetricAccumulator, default_metrics
 
 
 def parse_arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:

@@ -45,12 +45,13 @@ import torch  # noqa: E402 (after the OpenMP setting)
 from data.video_dataset import FIT_MODES
 from model.generation import (NAMED_SHIFTS, RECONSTRUCTION_PROTOCOLS, global_action_matrix, local_action_matrix,
                               reconstruct, transfer_motion)
-from utils.checkpoint import TrainedModel, load_trained_model
+from model.trained import TrainedModel, load_trained_model
 from utils.cli import run_main
 from utils.distributed import DEVICE_CHOICES, resolve_device_kind
 from utils.errors import GlassError
-from utils.media import action_matrix_media, save_gif, save_png, to_uint8_images
-from utils.play import (ACTION_LANGUAGE_HELP, dataset_start_frames, default_output_folder, image_paths,
+from utils.media import save_gif, save_png, to_uint8_images
+from utils.training.media import action_matrix_media
+from utils.play.actions import (ACTION_LANGUAGE_HELP, dataset_start_frames, default_output_folder, image_paths,
                         load_start_image, load_video, motion_record, parse_actions, play_actions, read_action_file,
                         side_by_side, write_record, write_video)
 
@@ -221,7 +222,7 @@ def run_grid(arguments: argparse.Namespace, trained: TrainedModel, device: torch
 
 
 def run_server(arguments: argparse.Namespace, trained: TrainedModel) -> int:
-    from utils.play_server import PlayServer, ServerLimits, create_http_server
+    from utils.play.server import PlayServer, ServerLimits, create_http_server
 
     starts = _start_images(arguments, trained, SERVE_DEFAULT_STARTS, required=False)
     limits = ServerLimits(max_sessions=arguments.max_sessions, max_frames=arguments.max_session_frames,

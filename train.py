@@ -48,17 +48,18 @@ import torch  # noqa: E402  (the imports below come after the allocator restart 
 import torch.multiprocessing  # noqa: E402
 
 from model.glass import build_model  # noqa: E402
-from utils.checkpoint import (MEDIA_FOLDER, has_checkpoints, load_checkpoint, parse_resume_step, prepare_run_folder,
-                              read_run_config, resume_checkpoint_path, save_checkpoint)
+from utils.checkpoint import MEDIA_FOLDER, has_checkpoints, load_checkpoint, parse_resume_step, prepare_run_folder, read_run_config, resume_checkpoint_path, save_checkpoint
 from utils.cli import run_main
 from utils.config import Config, config_to_dict, dump_config, load_config
 from utils.distributed import (DEVICE_CHOICES, DistributedContext, any_process, barrier, initialize,
                                initialize_from_environment, launched_by_torchrun, resolve_device_kind, shutdown,
                                run_in_local_processes)
 from utils.errors import GlassError
-from utils.logging import LMAMeter, LossMeter, RunLogger
-from utils.training import (MediaBatch, StopRequest, Trainer, TrainingBatches, check_device_support, process_seed,
-                            resume_training, seed_everything, training_checkpoint)
+from utils.run_logger import LMAMeter, LossMeter, RunLogger
+from utils.training.batches import MediaBatch, TrainingBatches
+from utils.training.state import process_seed, resume_training, seed_everything, training_checkpoint
+from utils.training.stopping import StopRequest
+from utils.training.trainer import Trainer, check_device_support
 
 RANDOM_VGG_WARNING = ("comparable: false: VGG19 has random weights (--random-vgg-weights), so the perceptual losses "
                       "differ from the paper's; for tests and smoke runs only")

@@ -5,7 +5,7 @@
 
 Per batch of windows of `evaluation.observations_count` frames: the reconstruction (protocol
 one_step, T_f = T−1), the analysis of the reconstruction (RE), masks, shifts and ids
-(`utils.evaluation.window_records`). The model has random weights (the same compute as a
+(`utils.evaluation.action_metrics.window_records`). The model has random weights (the same compute as a
 trained one); data loading and the final reduction (milliseconds) are not timed.
 """
 import argparse
@@ -20,7 +20,7 @@ REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPOSITORY)
 from model.glass import build_model  # noqa: E402
 from utils.config import load_config  # noqa: E402
-from utils.evaluation import window_records  # noqa: E402
+from utils.evaluation.action_metrics import window_records  # noqa: E402
 
 
 def fake_batch(batch_size: int, frames: int, width: int, height: int) -> dict:

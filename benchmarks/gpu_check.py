@@ -527,7 +527,7 @@ def available_dataset_metrics() -> Tuple[List[str], List[str]]:
     """evaluate_dataset.py's default W-Sprites metrics whose Python package is installed, and notes on those left out."""
     import importlib.util
 
-    from utils.video_quality import default_metrics
+    from utils.evaluation.video_quality import default_metrics
 
     chosen, left_out = [], []
     for name in default_metrics(False):
@@ -571,8 +571,8 @@ def audit_host_syncs(spec: Dict[str, Any]) -> Dict[str, Any]:
 
     from utils.config import load_config
     from utils.distributed import initialize
-    from utils.logging import LMAMeter, LossMeter, lma_step_statistics  # noqa: F401  (the loop's per-step work)
-    from utils.training import Trainer
+    from utils.run_logger import LMAMeter, LossMeter, lma_step_statistics  # noqa: F401  (the loop's per-step work)
+    from utils.training.trainer import Trainer
 
     device = spec["device"]
     context = initialize(device)

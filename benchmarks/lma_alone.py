@@ -256,7 +256,7 @@ def main(argv: List[str] = None) -> int:
             total.backward()
             optimizer.step()
             train_ids.append(output.action_ids.flatten())
-            # The trainer's opt-in codebook options (utils.training.Trainer.maintain_codebook), one process.
+            # The trainer's opt-in codebook options (utils.training.trainer.Trainer.maintain_codebook), one process.
             usage += code_histogram(output.action_ids, num_actions).float()
             codebook, vectors = lma.action_network.codebook, output.action_vectors.flatten(0, 1)
             codebook_generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step)

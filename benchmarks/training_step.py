@@ -12,7 +12,7 @@
     # any config override, e.g. a narrower masking network
     python benchmarks/training_step.py --configs configs/wsprites-tiny.yaml --cases full-t6 --set model.gma.mask_middle_blocks=1
 
-A step is `utils.training.Trainer.training_step`, the one `train.py` runs: forward, the real
+A step is `utils.training.trainer.Trainer.training_step`, the one `train.py` runs: forward, the real
 `model.losses.GlassLoss`, backward, the non-finite-gradient clean-up and an Adam step, with
 the config's channels-last, precision and compile options. VGG19 gets random weights (the
 ImageNet file is not needed; the arithmetic is the same). The input is a random batch
@@ -120,7 +120,7 @@ def run_case(spec: Dict[str, Any]) -> Dict[str, Any]:
     from model.blocks import Conv2d  # imported here: the parent process builds no model
     from utils.config import load_config
     from utils.distributed import initialize
-    from utils.training import Trainer
+    from utils.training.trainer import Trainer
 
     torch.set_num_threads(spec["threads"])
     device = spec["device"]

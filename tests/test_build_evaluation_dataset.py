@@ -12,7 +12,7 @@ import evaluate_dataset
 from data.video_dataset import VideoDataset
 from utils.checkpoint import read_run_config
 from utils.cli import run_main
-from utils.evaluation_dataset import MANIFEST_KEYS, read_manifest
+from utils.evaluation.generated_dataset import MANIFEST_KEYS, read_manifest
 from utils.media import to_uint8_images
 
 
@@ -88,7 +88,7 @@ def test_refuses_a_foreign_folder_and_names_bad_input(trained_run, tmp_path, cap
 def test_a_crash_while_writing_leaves_no_partial_video(trained_run, tmp_path, monkeypatch):
     """A failure in the middle of a video (here the 9th PNG, the 3rd frame of the 2nd video) leaves the first video
     complete, no folder named like a video with missing frames, and no manifest; the re-run completes it."""
-    import utils.evaluation_dataset as library
+    import utils.evaluation.generated_dataset as library
 
     written = []
     real_save_png = library.save_png

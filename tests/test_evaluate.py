@@ -108,11 +108,11 @@ def test_two_cpu_processes_give_the_single_process_result(run_copy):
 
 
 def test_one_process_reads_the_checkpoint_and_lists_the_windows_once(run_copy, monkeypatch, capsys):
-    import utils.checkpoint
-    import utils.evaluation
+    import model.trained
+    import utils.evaluation.action_metrics
 
     calls = {"checkpoint": 0, "windows": 0}
-    read_checkpoint, list_windows = utils.checkpoint.load_checkpoint, utils.evaluation.evaluation_dataset
+    read_checkpoint, list_windows = model.trained.load_checkpoint, utils.evaluation.action_metrics.evaluation_dataset
 
     def counted_checkpoint(*args, **kwargs):
         calls["checkpoint"] += 1
@@ -122,8 +122,8 @@ def test_one_process_reads_the_checkpoint_and_lists_the_windows_once(run_copy, m
         calls["windows"] += 1
         return list_windows(*args, **kwargs)
 
-    monkeypatch.setattr(utils.checkpoint, "load_checkpoint", counted_checkpoint)
-    monkeypatch.setattr(utils.evaluation, "evaluation_dataset", counted_windows)
+    monkeypatch.setattr(model.trained, "load_checkpoint", counted_checkpoint)
+    monkeypatch.setattr(utils.evaluation.action_metrics, "evaluation_dataset", counted_windows)
     monkeypatch.setattr(evaluate, "evaluation_dataset", counted_windows)
     assert evaluate.main(evaluate_arguments(run_copy)) == 0
     assert calls == {"checkpoint": 1, "windows": 1}

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 import evaluate_dataset
-from utils import feature_networks, video_quality
-from utils.video_quality import REGISTRY
+from utils.evaluation import feature_networks, video_quality
+from utils.evaluation.video_quality import REGISTRY
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "wsprites.yaml")
 SEQUENCES, FRAMES, WIDTH, HEIGHT = 16, 3, 32, 24

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import train
-from utils.checkpoint import load_checkpoint, load_trained_model
+from model.trained import load_trained_model
+from utils.checkpoint import load_checkpoint
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "pre_layout_run")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -45,3 +46,20 @@ def test_a_run_trained_before_the_move_resumes_bit_identically(old_run, dataset_
             assert torch.equal(resumed["optimizer"]["state"][index][key], value), (index, key)
     assert torch.equal(resumed["code_usage"], expected["code_usage"])
     assert resumed["data"] == expected["data"]
+
+
+def test_the_base_layer_never_imports_the_model_or_the_data():
+    """utils/*.py (not its sub-packages) is what model/ and data/ build on: it must not import them back."""
+    import ast
+    import glob
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    offenders = []
+    for path in sorted(glob.glob(os.path.join(root, "utils", "*.py"))):
+        with open(path, encoding="utf-8") as handle:
+            tree = ast.parse(handle.read())
+        for node in ast.walk(tree):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                     else [alias.name for alias in node.names] if isinstance(node, ast.Import) else [])
+            offenders += [f"{os.path.basename(path)}: {name}" for name in names if name.split(".")[0] in ("model", "data")]
+    assert offenders == []

@@ -16,7 +16,7 @@ import play
 from data.video_dataset import load_image, split_video_folders
 from utils.config import DataConfig
 from utils.errors import GlassError
-from utils.play import mp4_available
+from utils.play.actions import mp4_available
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_ACTIONS = 3  # tests/small_model.py
@@ -189,14 +189,14 @@ def test_help_documents_the_action_language(capsys):
 
 
 def test_serve_wires_the_run_into_a_local_server(trained_run, monkeypatch, capsys):
-    import utils.play_server
+    import utils.play.server
 
     served = []
 
     def serve_once(http_server, *arguments, **keywords):  # instead of serving until Ctrl-C
         served.append(http_server.server_address)
 
-    monkeypatch.setattr(utils.play_server._LocalHTTPServer, "serve_forever", serve_once)
+    monkeypatch.setattr(utils.play.server._LocalHTTPServer, "serve_forever", serve_once)
     _run(trained_run, "--serve", "--port", "0", "--max-upload-mb", "0.5")
     (host, port), = served
     assert host == "127.0.0.1" and port > 0

@@ -15,9 +15,9 @@ import urllib.request
 import pytest
 import torch
 
-from utils.checkpoint import load_trained_model
-from utils.play import dataset_start_frames, load_start_image
-from utils.play_server import PlayServer, ServerLimits, create_http_server, serve_in_thread
+from model.trained import load_trained_model
+from utils.play.actions import dataset_start_frames, load_start_image
+from utils.play.server import PlayServer, ServerLimits, create_http_server, serve_in_thread
 
 CHROMEDRIVER = shutil.which("chromedriver")
 CHROMIUM = next((path for path in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if path), None)

@@ -18,7 +18,7 @@ from utils.cli import run_main
 from utils.config import config_from_dict, load_config
 from utils.distributed import DistributedContext
 from utils.errors import GlassError
-from utils.training import Trainer
+from utils.training.trainer import Trainer
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WSPRITES = os.path.join(REPOSITORY, "configs", "wsprites.yaml")

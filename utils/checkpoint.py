@@ -20,8 +20,7 @@ import pickle
 import re
 import shutil
 import zipfile
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -178,35 +177,3 @@ def load_checkpoint(path: str, step_option: str = "--resume-step") -> Dict[str, 
     if state["format"] != CHECKPOINT_FORMAT:
         raise GlassError(f"{path}: checkpoint format {state['format']}, this code reads format {CHECKPOINT_FORMAT}")
     return state
-
-
-@dataclass
-class TrainedModel:
-    """A model rebuilt from a run folder: the run's stored config, the weights of one checkpoint."""
-
-    config: Config
-    model: torch.nn.Module  # a model.glass.Glass in eval mode, on the requested device
-    step: int  # optimiser steps of the checkpoint
-    path: str  # the checkpoint file read
-
-
-def load_trained_model(run_folder: str, step: Optional[int] = None, device: Union[str, torch.device] = "cpu",
-                       overrides: Sequence[str] = ()) -> TrainedModel:
-    """Rebuild the model of `run_folder` from its config.yaml and load checkpoint `step` (None: latest).
-
-    `overrides` (dotted `key=value`) may change evaluation or data settings; a checkpoint whose weights
-    do not fit the stored model configuration is a one-line `GlassError`.
-    """
-    from model.glass import build_model  # model imports utils: imported here to keep utils importable alone
-
-    config = read_run_config(run_folder, list(overrides))
-    path = resume_checkpoint_path(run_folder, step)
-    state = load_checkpoint(path, step_option="--step")  # the option of every script that reads a run
-    model = build_model(config)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as error:
-        first_line = str(error).strip().splitlines()[0]
-        raise GlassError(f"{path}: its weights do not fit the model of {os.path.join(run_folder, CONFIG_FILE)} "
-                         f"({first_line[:200]})") from None
-    return TrainedModel(config=config, model=model.to(device).eval(), step=int(state["step"]), path=path)

@@ -59,11 +59,11 @@ class DataConfig:
         for name in ("observations_count", "observation_stacking"):
             _require(getattr(self, name) >= 1, prefix + name, f"must be >= 1, got {getattr(self, name)}")
         _require(self.skip_frames >= 0, prefix + "skip_frames", f"must be >= 0, got {self.skip_frames}")
+        _require(self.num_workers >= 0, prefix + "num_workers", f"must be >= 0, got {self.num_workers}")
 
     def frame_spacing(self) -> int:
         """Source frames from one observation to the next: skip_frames + 1."""
         return self.skip_frames + 1
-        _require(self.num_workers >= 0, prefix + "num_workers", f"must be >= 0, got {self.num_workers}")
 
 
 VQ_LOSS_FORMS = ("authors", "vqvae")

@@ -5,9 +5,7 @@ import os
 import pytest
 import torch
 
-from utils.checkpoint import (CHECKPOINT_FORMAT, LATEST_CHECKPOINT, checkpoint_folder, checkpoint_path, checkpoint_steps,
-                              has_checkpoints, keep_metrics_up_to, load_checkpoint, parse_resume_step,
-                              prepare_run_folder, read_run_config, resume_checkpoint_path, save_checkpoint)
+from utils.checkpoint import CHECKPOINT_FORMAT, LATEST_CHECKPOINT, checkpoint_folder, checkpoint_path, checkpoint_steps, has_checkpoints, keep_metrics_up_to, load_checkpoint, parse_resume_step, prepare_run_folder, read_run_config, resume_checkpoint_path, save_checkpoint
 from utils.config import Config
 from utils.errors import GlassError
 
@@ -107,7 +105,7 @@ def test_run_folder_config_and_metrics(tmp_path):
 
 
 def test_load_trained_model_rebuilds_the_run_model_in_eval_mode(trained_run):
-    from utils.checkpoint import load_trained_model
+    from model.trained import load_trained_model
 
     trained = load_trained_model(trained_run["run_folder"])
     assert trained.step == trained_run["steps"] and trained.path.endswith("latest.pth")
@@ -120,7 +118,7 @@ def test_load_trained_model_rebuilds_the_run_model_in_eval_mode(trained_run):
 
 
 def test_load_trained_model_names_the_file_when_the_weights_do_not_fit(trained_run):
-    from utils.checkpoint import load_trained_model
+    from model.trained import load_trained_model
 
     with pytest.raises(GlassError, match=r"latest\.pth: its weights do not fit"):
         load_trained_model(trained_run["run_folder"], overrides=["model.lma.num_actions=5"])

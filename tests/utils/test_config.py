@@ -65,6 +65,7 @@ def test_overrides_are_typed_yaml_values(tmp_path):
     (["data.split_fractions=[0.5, 0.1, 0.1]"], "data.split_fractions: must be"),
     (["data.observations_count=0"], "data.observations_count: must be >= 1"),
     (["data.crop=[10, 0, 5, 5]"], "data.crop: must be"),
+    (["data.num_workers=-1"], "data.num_workers: must be >= 0"),
     (["data=3"], "data: expected a mapping"),
     (["data.root"], "must look like key.subkey=value"),
 ])

@@ -8,7 +8,7 @@ import torch
 
 from data.video_dataset import collate_videos
 from model.generation import reconstruct
-from utils.evaluation import (evaluation_dataset, format_table, load_run_for_evaluation, shard_indices, summarize,
+from utils.evaluation.action_metrics import (evaluation_dataset, format_table, load_run_for_evaluation, shard_indices, summarize,
                               window_records)
 from utils.metrics import shifts_to_pixels
 

@@ -1,9 +1,9 @@
-"""utils.evaluation_dataset: finding the newest evaluation dataset of a run (the rest is tested through the
+"""utils.evaluation.generated_dataset: finding the newest evaluation dataset of a run (the rest is tested through the
 scripts in tests/test_build_evaluation_dataset.py and tests/test_evaluate_dataset.py)."""
 import pytest
 
 from utils.errors import GlassError
-from utils.evaluation_dataset import default_folder, latest_folder
+from utils.evaluation.generated_dataset import default_folder, latest_folder
 
 
 def test_latest_folder_takes_the_highest_step_of_the_protocol(tmp_path):

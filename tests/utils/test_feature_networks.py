@@ -4,9 +4,9 @@ import os
 import pytest
 import torch
 
-from utils import feature_networks
+from utils.evaluation import feature_networks
 from utils.config import Config
-from utils.feature_networks import (build_fid_inception, build_i3d, build_lpips, check_feature_weights,
+from utils.evaluation.feature_networks import (build_fid_inception, build_i3d, build_lpips, check_feature_weights,
                                     InceptionI3d)
 from utils.pretrained import MissingWeightsError
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from utils.distributed import DistributedContext
-from utils.logging import LossMeter, format_status_line, peak_memory
+from utils.run_logger import LossMeter, format_status_line, peak_memory
 
 SINGLE_PROCESS = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
@@ -35,7 +35,7 @@ def _lma_output(ids, vectors, generated, targets, ground_truth_steps):
 
 
 def test_lma_meter_reports_codes_perplexity_spread_and_foreground_psnr_by_part():
-    from utils.logging import LMAMeter, lma_step_statistics
+    from utils.run_logger import LMAMeter, lma_step_statistics
     meter = LMAMeter()
     assert lma_step_statistics(SimpleNamespaceNoLMA(), 3) is None
     meter.add(None)  # a gma_only warm-up step adds nothing

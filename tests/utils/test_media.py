@@ -10,8 +10,8 @@ from PIL import Image
 from model.glass import Glass
 from tests.model.conftest import SMALL_INPUT_SIZE, small_model_config
 from utils.files import write_atomically
-from utils.media import (blank_like, image_grid, save_gif, save_png, to_uint8_images,
-                         write_training_media)
+from utils.media import blank_like, image_grid, save_gif, save_png, to_uint8_images
+from utils.training.media import write_training_media
 
 WIDTH, HEIGHT = SMALL_INPUT_SIZE
 LENGTH = 4  # T of the test batch

@@ -10,7 +10,7 @@ from data.video_dataset import load_image, prepare_image
 from model.generation import NAMED_SHIFTS
 from utils.config import DataConfig
 from utils.errors import GlassError
-from utils.play import ActionError, PlayStep, image_paths, load_start_image, parse_actions, read_action_file
+from utils.play.actions import ActionError, PlayStep, image_paths, load_start_image, parse_actions, read_action_file
 
 RIGHT, LEFT, UP, DOWN, STAY = (NAMED_SHIFTS[name] for name in ("right", "left", "up", "down", "stay"))
 

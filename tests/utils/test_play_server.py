@@ -1,4 +1,4 @@
-"""The play page's HTTP API (utils/play_server.py) on the tiny trained run, through urllib."""
+"""The play page's HTTP API (utils/play/server.py) on the tiny trained run, through urllib."""
 import io
 import json
 import urllib.error
@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from utils.checkpoint import load_trained_model
+from model.trained import load_trained_model
 from utils.errors import GlassError
-from utils.play import dataset_start_frames, load_start_image
-from utils.play_server import PlayServer, ServerLimits, create_http_server, serve_in_thread
+from utils.play.actions import dataset_start_frames, load_start_image
+from utils.play.server import PlayServer, ServerLimits, create_http_server, serve_in_thread
 
 UPLOAD_LIMIT = 100_000  # bytes
 MAX_FRAMES = 4

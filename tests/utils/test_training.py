@@ -11,7 +11,9 @@ from utils.config import load_config
 from utils.distributed import DistributedContext
 from utils.errors import DatasetError
 from utils.schedules import observations_count_at
-from utils.training import ShardSampler, StopRequest, TrainingBatches, capture_rng_state, restore_rng_state
+from utils.training.batches import ShardSampler, TrainingBatches
+from utils.training.state import capture_rng_state, restore_rng_state
+from utils.training.stopping import StopRequest
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -92,7 +94,7 @@ def test_stop_request_keeps_the_first_signal_and_restores_handlers():
 def test_the_cpu_trainer_flushes_denormals_when_configured(flush):
     from tests.small_model import NO_PERCEPTUAL_LOSSES, SMALL_MODEL
     from utils.distributed import initialize
-    from utils.training import Trainer
+    from utils.training.trainer import Trainer
 
     config = load_config(os.path.join(REPOSITORY, "configs", "wsprites.yaml"),
                          [*SMALL_MODEL, *NO_PERCEPTUAL_LOSSES, f"training.flush_denormal={str(flush).lower()}"])

@@ -7,8 +7,8 @@ import scipy.linalg
 import torch
 from scipy.ndimage import gaussian_filter
 
-from utils import video_quality
-from utils.video_quality import (REGISTRY, MetricAccumulator, aggregate_per_position, detection_metrics,
+from utils.evaluation import video_quality
+from utils.evaluation.video_quality import (REGISTRY, MetricAccumulator, aggregate_per_position, detection_metrics,
                                  frechet_distance, motion_mse, mse, psnr, ssim, ssim_images)
 
 

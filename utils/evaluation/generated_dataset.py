@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from data.video_dataset import VideoDataset, collate_videos
 from model.generation import reconstruct
-from utils.checkpoint import TrainedModel
+from model.trained import TrainedModel
 from utils.config import Config
 from utils.errors import GlassError
 from utils.files import write_json_atomically

@@ -4,7 +4,7 @@
     http_server = create_http_server(server, port=8000)     # 127.0.0.1 only
     http_server.serve_forever()
 
-The page (`play_page.html`, no external scripts or styles) talks to a small JSON API; every
+The page (`page.html`, no external scripts or styles) talks to a small JSON API; every
 frame is generated here by the model (`model.generation.play_step`), one session per page:
 
     GET  /                           the page
@@ -56,11 +56,11 @@ from model.glass import Glass
 from utils.config import DataConfig
 from utils.errors import GlassError
 from utils.media import save_gif, to_uint8_images
-from utils.play import parse_token
+from utils.play.actions import parse_token
 
 LOOPBACK_HOST = "127.0.0.1"
 _LOCAL_HOST_NAMES = ("127.0.0.1", "localhost")
-PAGE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "play_page.html")
+PAGE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page.html")
 _DRAIN_LIMIT = 64 * 1024 * 1024  # read (and drop) an over-limit upload up to this size so the client sees the 413
 
 def key_bindings(num_actions: int) -> List[Tuple[str, str]]:

@@ -204,7 +204,7 @@ def detection_metrics(real_centres: np.ndarray, real_found: np.ndarray, generate
 class Metric:
     """A metric of the registry: `kind` is 'per_frame' (function (real, generated, networks) → (N, T)),
     'fid', 'fvd' or 'detection' (accumulated by `evaluate_videos`); `network` names the feature
-    network it needs (utils.feature_networks), or None."""
+    network it needs (utils.evaluation.feature_networks), or None."""
 
     kind: str
     network: Optional[str]

@@ -53,7 +53,8 @@ from torch.utils.data import DataLoader, Subset
 
 from data.video_dataset import VideoDataset, collate_videos
 from model.generation import num_ground_truth_steps, reconstruct
-from utils.checkpoint import CONFIG_FILE, TrainedModel, load_trained_model
+from model.trained import TrainedModel, load_trained_model
+from utils.checkpoint import CONFIG_FILE
 from utils.config import Config, load_config
 from utils.distributed import DistributedContext, all_gather_objects
 from utils.errors import GlassError

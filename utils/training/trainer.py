@@ -1,206 +1,31 @@
-"""The pieces of a training run that `train.py` puts together (SPEC §4.2).
-
-- `ShardSampler`, `TrainingBatches`: each process's endless, resumable stream of batches;
-- `Trainer`: the model, loss, optimiser, scheduler and one training step;
-- `capture_rng_state` / `restore_rng_state`: every random generator as plain values;
-- `training_checkpoint` / `resume_training`: what goes into a checkpoint and back;
-- `MediaBatch`: the fixed sequences drawn every `media_every` steps;
-- `StopRequest`: SIGINT / SIGTERM end the run after the current step, with a checkpoint.
-
-Exact resumption: a run stopped after N steps and resumed continues with the same batches,
-the same random numbers and the same optimiser and scheduler states as a run that was not
-stopped, so on the CPU both end with bit-identical weights.
-"""
+"""The model, its loss, Adam + MultiStepLR and one training step of SPEC §4.2 (`Trainer`)."""
 from __future__ import annotations
 
 import contextlib
 import random
-import signal
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Sampler
 
-from data.video_dataset import ScheduledLengthBatchSampler, VideoDataset, collate_videos
 from model.blocks import enable_winograd
 from model.codebook import kmeans_codebook, restart_dead_codes
 from model.glass import Glass, build_model
 from model.losses import GlassLoss, LossResult
 from model.vgg import build_vgg_features
 from model.winograd import native_transforms
-from utils.checkpoint import CHECKPOINT_FORMAT
 from utils.config import Config, TrainingConfig
-from utils.distributed import (DistributedContext, all_gather_objects, average_over_processes, broadcast_buffers,
-                               check_replicas_identical)
-from utils.errors import DatasetError, GlassError
-from utils.logging import lma_step_statistics
-from utils.media import write_training_media
+from utils.distributed import (DistributedContext, all_gather_objects, average_over_processes)
+from utils.errors import GlassError
+from utils.run_logger import lma_step_statistics
+from utils.training.media import write_training_media
 from utils.pretrained import MissingWeightsError
 from utils.schedules import gumbel_temperature_at, ground_truth_steps_at, in_gma_warmup, observations_count_at
 
-MEDIA_SEQUENCES = 4  # sequences in the fixed media batch
 
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's `random`, NumPy's global generator and torch (CPU and every GPU)."""
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
-
-
-def process_seed(training: TrainingConfig, context: DistributedContext) -> int:
-    """seed · world_size + rank: different on every process, the same for the same process on a rerun."""
-    return training.seed * context.world_size + context.rank
-
-
-# --------------------------------------------------------------------------- data
-
-class ShardSampler(Sampler[int]):
-    """This process's share of one epoch of a dataset of `dataset_size` items, from `start_position` on.
-
-    Epoch e visits a permutation drawn by `torch.Generator().manual_seed(seed + e)`, padded
-    with its own first items to a multiple of `world_size`; process r takes the items r,
-    r + world_size, … of it. The same (seed, epoch, world_size) gives the same shards on any
-    machine; `start_position` skips the items a resumed run has already used.
-    """
-
-    def __init__(self, dataset_size: int, rank: int, world_size: int, seed: int):
-        self.dataset_size = dataset_size
-        self.rank = rank
-        self.world_size = world_size
-        self.seed = seed
-        self.shard_size = -(-dataset_size // world_size)
-        self.epoch = 0
-        self.start_position = 0
-
-    def set_epoch(self, epoch: int, start_position: int = 0) -> None:
-        self.epoch = epoch
-        self.start_position = start_position
-
-    def shard(self, epoch: int) -> List[int]:
-        """The whole shard of this process in `epoch` (shard_size indices)."""
-        order = torch.randperm(self.dataset_size, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
-        padded = (order * (-(-self.shard_size * self.world_size // len(order))))[:self.shard_size * self.world_size]
-        return padded[self.rank::self.world_size]
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.shard(self.epoch)[self.start_position:])
-
-    def __len__(self) -> int:
-        return max(self.shard_size - self.start_position, 0)
-
-
-def max_observations_count(training: TrainingConfig) -> int:
-    """The largest T of the curriculum (its start or its end), whatever the run's length."""
-    schedule = training.observations_count
-    return max(observations_count_at(training, 0), observations_count_at(training, schedule.start_step + schedule.steps))
-
-
-class TrainingBatches:
-    """An endless stream of this process's training batches, resumable at (epoch, position).
-
-    `VideoDataset(config.data, 'train')` keeps the videos long enough for the largest T of the
-    curriculum; `ShardSampler` orders them; `ScheduledLengthBatchSampler` gives batch b (b
-    counted from `first_step`) the length T = observations_count_at(b). Each epoch gets a new
-    DataLoader iterator after `dataset.set_epoch(e)`, so its workers draw the windows of that
-    epoch, and a DataLoader generator seeded by (seed, rank, epoch), so the global torch
-    generator is never touched. `epoch` and `position` (items of the epoch already used)
-    describe where the next batch starts.
-    """
-
-    def __init__(self, config: Config, context: DistributedContext, first_step: int, epoch: int = 0, position: int = 0):
-        training = config.training
-        self.seed = training.seed
-        self.rank = context.rank
-        self.batch_size = training.batch_size
-        self.num_workers = config.data.num_workers
-        self.pin_memory = context.device.type == "cuda"
-        self.dataset = VideoDataset(config.data, "train", seed=training.seed,
-                                    observations_count=max_observations_count(training))
-        self.sampler = ShardSampler(len(self.dataset), context.rank, context.world_size, training.seed)
-        if self.sampler.shard_size < self.batch_size:
-            raise DatasetError(f"{config.data.root}: the train split has {len(self.dataset)} videos long enough for "
-                               f"T = {self.dataset.observations_count}, fewer than the {self.batch_size * context.world_size} "
-                               f"of one step (training.batch_size × {context.world_size} processes)")
-        self.batch_sampler = ScheduledLengthBatchSampler(
-            self.sampler, self.batch_size, length_at_batch=lambda batch: observations_count_at(training, batch),
-            drop_last=True, first_batch=first_step)
-        self.epoch, self.position = epoch, position
-        self._normalize_position()
-
-    def _normalize_position(self) -> None:
-        """Move to the start of the next epoch when the rest of this one is less than a batch (dropped)."""
-        if self.sampler.shard_size - self.position < self.batch_size:
-            self.epoch, self.position = self.epoch + 1, 0
-
-    def state(self) -> Dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def __iter__(self) -> Iterator[Dict[str, Any]]:
-        while True:
-            self.sampler.set_epoch(self.epoch, self.position)
-            self.dataset.set_epoch(self.epoch)
-            seed = int(np.random.SeedSequence([self.seed, self.rank, self.epoch]).generate_state(1)[0])
-            loader = DataLoader(self.dataset, batch_sampler=self.batch_sampler, collate_fn=collate_videos,
-                                num_workers=self.num_workers, pin_memory=self.pin_memory,
-                                worker_init_fn=ignore_stop_signals, generator=torch.Generator().manual_seed(seed))
-            for batch in loader:
-                self.position += self.batch_size
-                self._normalize_position()
-                yield batch
-
-
-class MediaBatch:
-    """The first `MEDIA_SEQUENCES` training videos from their first frame: the same sequences at every media step."""
-
-    def __init__(self, config: Config):
-        self.training = config.training
-        self.dataset = VideoDataset(config.data, "train", sampling="first",
-                                    observations_count=max_observations_count(config.training))
-
-    def observations(self, step: int) -> torch.Tensor:
-        """(B, T, 3, H, W) with T of the curriculum at `step`."""
-        length = observations_count_at(self.training, step)
-        count = min(MEDIA_SEQUENCES, len(self.dataset))
-        return collate_videos([self.dataset[(index, length)] for index in range(count)])["observations"]
-
-
-# --------------------------------------------------------------------------- random generators
-
-def capture_rng_state(device: torch.device) -> Dict[str, Any]:
-    """The states of Python's `random`, NumPy's global generator, torch's CPU generator and the
-    GPU's (when `device` is CUDA), as values that `torch.load(weights_only=True)` reads back."""
-    python_version, python_internal, python_gauss = random.getstate()
-    numpy_state = np.random.get_state(legacy=False)
-    state = {
-        "python": {"version": python_version, "internal": list(python_internal), "gauss_next": python_gauss},
-        "numpy": {"bit_generator": numpy_state["bit_generator"], "key": numpy_state["state"]["key"].tolist(),
-                  "pos": int(numpy_state["state"]["pos"]), "has_gauss": int(numpy_state["has_gauss"]),
-                  "gauss": float(numpy_state["gauss"])},
-        "torch": torch.get_rng_state(),
-    }
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def restore_rng_state(state: Dict[str, Any], device: torch.device) -> None:
-    """Set every generator back to a `capture_rng_state` result."""
-    python = state["python"]
-    random.setstate((python["version"], tuple(python["internal"]), python["gauss_next"]))
-    numpy_state = state["numpy"]
-    np.random.set_state((numpy_state["bit_generator"], np.array(numpy_state["key"], dtype=np.uint32),
-                         numpy_state["pos"], numpy_state["has_gauss"], numpy_state["gauss"]))
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-# --------------------------------------------------------------------------- the trainer
 
 def check_device_support(training: TrainingConfig, device_kind: str) -> None:
     """Autocast precisions need CUDA: a one-line `GlassError` for bf16 / fp16 on the CPU."""
@@ -218,7 +43,7 @@ class StepResult:
     ground_truth_steps: int  # T_f of the step
     ran_lma: bool  # false during the 'gma_only' warm-up
     learning_rate: float  # the learning rate of the step (the scheduler has moved on to the next one)
-    lma_statistics: Optional[Dict[str, torch.Tensor]] = None  # utils.logging.lma_step_statistics; None in gma_only warm-up
+    lma_statistics: Optional[Dict[str, torch.Tensor]] = None  # utils.run_logger.lma_step_statistics; None in gma_only warm-up
 
 
 def to_channels_last_frames(observations: torch.Tensor) -> torch.Tensor:
@@ -429,100 +254,3 @@ class Trainer:
         random.setstate(python_state)
         np.random.set_state(numpy_state)
         return files
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-def training_checkpoint(trainer: Trainer, batches: TrainingBatches, step: int, last: StepResult) -> Optional[Dict[str, Any]]:
-    """The state after `step` optimiser steps, as a checkpoint dict on rank 0 (None on the others).
-
-    A collective: every process calls it. The batch-norm statistics are first made rank 0's on
-    every process (as DDP's next forward would) and the replicas are checked to be bit-identical
-    (`RuntimeError` otherwise); the RNG states of every process are gathered, one per rank.
-    """
-    context = trainer.context
-    broadcast_buffers(context, trainer.model)
-    check_replicas_identical(context, trainer.model)
-    code_usage = average_over_processes(context, trainer.code_usage.clone())
-    rng_states = all_gather_objects(context, capture_rng_state(trainer.device))
-    if not context.is_main:
-        return None
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "step": step,
-        "model": trainer.model.state_dict(),
-        "optimizer": trainer.optimizer.state_dict(),
-        "scheduler": trainer.scheduler.state_dict(),
-        "grad_scaler": trainer.grad_scaler.state_dict(),
-        "code_usage": code_usage.cpu(),
-        "curriculum": {"observations_count": last.observations_count, "ground_truth_steps": last.ground_truth_steps,
-                       "ran_lma": last.ran_lma},
-        "data": batches.state(),
-        "rng": rng_states,
-        "world_size": context.world_size,
-        "comparable": not trainer.training.random_vgg_weights,
-    }
-
-
-def resume_training(trainer: Trainer, checkpoint: Dict[str, Any], path: str) -> Dict[str, int]:
-    """Load a checkpoint into the trainer and this process's generators; returns the data position
-    {'epoch', 'position'} to give `TrainingBatches`. A mismatch is a one-line `GlassError`."""
-    try:
-        trainer.model.load_state_dict(checkpoint["model"])
-        trainer.optimizer.load_state_dict(checkpoint["optimizer"])
-        trainer.scheduler.load_state_dict(checkpoint["scheduler"])
-        trainer.grad_scaler.load_state_dict(checkpoint["grad_scaler"])
-        if "code_usage" in checkpoint:  # checkpoints written before the codebook options have none (zeros)
-            trainer.code_usage.copy_(checkpoint["code_usage"].to(trainer.code_usage))
-    except (RuntimeError, ValueError, KeyError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise GlassError(f"{path}: does not fit the model and optimiser of the run's config.yaml "
-                         f"({first_line[:200]})") from None
-    context = trainer.context
-    states = checkpoint["rng"]
-    if checkpoint["world_size"] == context.world_size:
-        restore_rng_state(states[context.rank], trainer.device)
-    elif context.is_main:
-        print(f"warning: {path} was saved by {checkpoint['world_size']} processes and is resumed by "
-              f"{context.world_size}: the weights and optimiser continue, the data order and random numbers do not "
-              f"continue exactly")
-    return {"epoch": int(checkpoint["data"]["epoch"]), "position": int(checkpoint["data"]["position"])}
-
-
-# --------------------------------------------------------------------------- stopping
-
-class StopRequest:
-    """Turns SIGINT and SIGTERM into a request to stop after the current step, with a checkpoint.
-
-    Further signals are ignored while the run stops (Ctrl-C reaches every process of a
-    terminal, and launchers pass signals on again, so one key press can arrive twice).
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.signal_number: Optional[int] = None
-        self._previous = {number: signal.signal(number, self._handle) for number in self.SIGNALS}
-
-    def _handle(self, number: int, _frame: Any) -> None:
-        if self.signal_number is None:
-            self.signal_number = number
-
-    @property
-    def requested(self) -> bool:
-        return self.signal_number is not None
-
-    def signal_name(self) -> str:
-        return signal.Signals(self.signal_number).name if self.signal_number is not None else "no signal"
-
-    def close(self) -> None:
-        """Put the previous handlers back."""
-        for number, handler in self._previous.items():
-            signal.signal(number, handler)
-
-
-def ignore_stop_signals(_worker_id: int) -> None:
-    """DataLoader `worker_init_fn`: workers leave SIGINT and SIGTERM to the training process, which
-    stops after its step; a worker ended by Ctrl-C would fail the batch being loaded instead."""
-    for number in StopRequest.SIGNALS:
-        signal.signal(number, signal.SIG_IGN)
