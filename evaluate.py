@@ -30,24 +30,24 @@ Several processes split the windows by whole batches and give the single-process
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import torch
-import torch.multiprocessing
 from tqdm import tqdm
 
 from data.video_dataset import VideoDataset
 from model.generation import RECONSTRUCTION_PROTOCOLS
 from utils.cli import run_main
 from utils.config import SPLITS
-from utils.distributed import (DEVICE_CHOICES, DistributedContext, initialize, initialize_from_environment,
-                               launched_by_torchrun, resolve_device_kind, run_in_local_processes, shutdown)
+from utils.distributed import (DEVICE_CHOICES, DistributedContext, check_launch, launch, launches_single_process,
+                               resolve_device_kind)
 from model.trained import TrainedModel
-from utils.errors import GlassError
-from utils.evaluation.action_metrics import (append_record, evaluate_run, evaluation_dataset, format_table, load_run_for_evaluation,
-                              metrics_path, result_record, shard_indices)
+from utils.evaluation.action_metrics import (evaluate_run, evaluation_dataset, format_table, load_run_for_evaluation,
+                                             metrics_path, result_record, shard_indices)
+from utils.files import append_json_line
 
 
 Loaded = Tuple[TrainedModel, bool, VideoDataset]  # the run, whether it is comparable, its evaluation windows
@@ -81,7 +81,9 @@ def parse_arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--num-gpus", type=int, default=1,
                         help="processes on this machine, one per GPU (with --device cpu: CPU processes with gloo)")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="auto: CUDA when a GPU is visible")
-    parser.add_argument("--num-threads", type=int, help="CPU threads of PyTorch per process (torch.set_num_threads)")
+    parser.add_argument("--num-threads", type=int,
+                        help="CPU threads of PyTorch on this machine, shared evenly by its processes (default: one "
+                             "process keeps PyTorch's choice; several CPU processes share the CPUs it may use)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="dotted config overrides, e.g. evaluation.batch_size=8 data.root=/data/wsprites")
@@ -114,29 +116,20 @@ def run_process(plan: EvaluationPlan, context: DistributedContext, loaded: Optio
     if not comparable:
         print("comparable: false: the run trained with random VGG19 weights")
     path = metrics_path(plan.run_folder, evaluation.split, protocol)
-    append_record(path, result_record(result, trained, plan.run_folder, protocol, comparable, context.world_size))
+    append_json_line(path, result_record(result, trained, plan.run_folder, protocol, comparable, context.world_size))
     print(f"appended to {path}")
     return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     arguments = parse_arguments(argv)
-    if arguments.num_threads is not None:
-        if arguments.num_threads < 1:
-            raise GlassError(f"--num-threads: must be >= 1, got {arguments.num_threads}")
-        torch.set_num_threads(arguments.num_threads)
-    if arguments.num_gpus < 1:
-        raise GlassError(f"--num-gpus: must be >= 1, got {arguments.num_gpus}")
     overrides = list(arguments.overrides)
     if arguments.split:
         overrides.append(f"evaluation.split={arguments.split}")
     if arguments.protocol:
         overrides.append(f"evaluation.protocol={arguments.protocol}")
     device_kind = resolve_device_kind(arguments.device)
-    if device_kind == "cuda" and arguments.num_gpus > torch.cuda.device_count():
-        raise GlassError(f"--num-gpus {arguments.num_gpus}: only {torch.cuda.device_count()} GPUs are visible")
-    if launched_by_torchrun() and arguments.num_gpus != 1:
-        raise GlassError("--num-gpus: launched by torchrun, whose --nproc-per-node sets the processes; drop --num-gpus")
+    check_launch(arguments.num_gpus, device_kind, arguments.num_threads)
     plan = EvaluationPlan(run_folder=os.path.join(arguments.runs_dir, arguments.run_name), step=arguments.step,
                           config_path=arguments.config, overrides=overrides, device_kind=device_kind,
                           show_progress=not arguments.no_progress)
@@ -145,18 +138,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     trained, comparable = load_run_for_evaluation(plan.run_folder, plan.step, torch.device("cpu"), plan.overrides,
                                                   plan.config_path)
     loaded: Loaded = (trained, comparable, evaluation_dataset(trained.config))
-
-    if launched_by_torchrun():
-        del loaded, trained  # each process reads its own
-        try:
-            return run_process(plan, initialize_from_environment(device_kind))
-        finally:
-            shutdown()
-    if arguments.num_gpus > 1:
-        del loaded, trained
-        return run_in_local_processes(run_process, plan, device_kind, arguments.num_gpus,
-                                      max(1, torch.get_num_threads() // arguments.num_gpus))
-    return run_process(plan, initialize(device_kind), loaded)
+    single = functools.partial(run_process, loaded=loaded) if launches_single_process(arguments.num_gpus) else None
+    del trained, loaded  # several processes each read their own
+    return launch(run_process, plan, device_kind, arguments.num_gpus, arguments.num_threads, run_single=single)
 
 
 if __name__ == "__main__":

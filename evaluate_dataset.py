@@ -23,10 +23,8 @@ work (exit status 2). Results go to DIR/metrics.json (replaced) and one line of 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -39,7 +37,7 @@ from utils.errors import GlassError
 from utils.evaluation.feature_networks import build_feature_networks, check_feature_weights
 from utils.evaluation.generated_dataset import (default_folder, latest_folder, load_generated_video, read_manifest,
                                       real_windows)
-from utils.files import write_json_atomically
+from utils.files import append_json_line, write_json_atomically
 from utils.evaluation.video_quality import REGISTRY, MetricAccumulator, default_metrics
 
 
@@ -141,12 +139,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "protocol": manifest["protocol"], "split": manifest["split"], "observations_count": count,
               "sequences": len(videos), "metrics": metrics, "comparable": comparable,
               "random_feature_weights": arguments.random_feature_weights, "device": device.type,
-              "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "notes": notes,
+              "notes": notes,
               "seconds_per_sequence": {name: seconds / len(videos) for name, seconds in accumulator.seconds.items()},
               "results": results}
+    record = append_json_line(os.path.join(folder, "metrics.jsonl"), record)  # with the time
     write_json_atomically(os.path.join(folder, "metrics.json"), record)
-    with open(os.path.join(folder, "metrics.jsonl"), "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
     print_table(results, comparable, notes)
     print(f"written: {os.path.join(folder, 'metrics.json')}", file=sys.stderr)
     return 0

@@ -43,14 +43,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402 (after the OpenMP setting)
 
 from data.video_dataset import FIT_MODES
-from model.generation import (NAMED_SHIFTS, RECONSTRUCTION_PROTOCOLS, global_action_matrix, local_action_matrix,
-                              reconstruct, transfer_motion)
+from model.generation import NAMED_SHIFTS, RECONSTRUCTION_PROTOCOLS, reconstruct, transfer_motion
 from model.trained import TrainedModel, load_trained_model
 from utils.cli import run_main
 from utils.distributed import DEVICE_CHOICES, resolve_device_kind
 from utils.errors import GlassError
 from utils.media import save_gif, save_png, to_uint8_images
-from utils.training.media import action_matrix_media
+from utils.training.media import action_matrices
 from utils.play.actions import (ACTION_LANGUAGE_HELP, dataset_start_frames, default_output_folder, image_paths,
                         load_start_image, load_video, motion_record, parse_actions, play_actions, read_action_file,
                         side_by_side, write_record, write_video)
@@ -68,7 +67,7 @@ def parse_arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--runs-dir", default="runs", help="folder holding the run folders (default: runs)")
     parser.add_argument("--step", type=int, metavar="N", help="use checkpoints/step_N.pth (default: latest.pth)")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="auto: CUDA when a GPU is visible")
-    parser.add_argument("--threads", type=int, metavar="N",
+    parser.add_argument("--num-threads", type=int, metavar="N",
                         help="PyTorch CPU threads (default: PyTorch's choice, one per core)")
     mode = parser.add_argument_group("what to do (exactly one)").add_mutually_exclusive_group(required=True)
     mode.add_argument("--actions", metavar="STRING", help="play these steps from --image (the action language below)")
@@ -132,8 +131,8 @@ def check_arguments(arguments: argparse.Namespace) -> None:
         value = getattr(arguments, name)
         if value is not None and value < (2 if name == "max_frames" else 1):
             raise GlassError(f"--{name.replace('_', '-')}: must be >= {2 if name == 'max_frames' else 1}, got {value}")
-    if arguments.threads is not None and arguments.threads < 1:
-        raise GlassError(f"--threads: must be >= 1, got {arguments.threads}")
+    if arguments.num_threads is not None and arguments.num_threads < 1:
+        raise GlassError(f"--num-threads: must be >= 1, got {arguments.num_threads}")
     if not arguments.fps > 0:
         raise GlassError(f"--fps: must be > 0, got {arguments.fps}")
     if not arguments.max_upload_mb > 0:
@@ -203,15 +202,9 @@ def run_grid(arguments: argparse.Namespace, trained: TrainedModel, device: torch
     names = [name for name, _ in starts]
     start_frames = torch.stack([image for _, image in starts]).to(device)
     num_actions = trained.model.num_actions
-    matrices = {
-        "global_actions": (global_action_matrix(trained.model, start_frames, arguments.grid_frames,
-                                                local_action=arguments.default_action), list(NAMED_SHIFTS)),
-        "local_actions": (local_action_matrix(trained.model, start_frames, arguments.grid_frames),
-                          [f"action {k}" for k in range(num_actions)]),
-    }
     paths: Dict[str, str] = {}
-    for name, (matrix, column_names) in matrices.items():
-        video, sheet = action_matrix_media(matrix, start_frames, column_names, row_names=names)
+    for name, (video, sheet) in action_matrices(trained.model, start_frames, arguments.grid_frames, row_names=names,
+                                                local_action=arguments.default_action).items():
         paths[name] = save_gif(video, os.path.join(folder, f"{name}.gif"), arguments.fps)
         paths[name + "_sheet"] = save_png(sheet, os.path.join(folder, f"{name}_sheet.png"))
     paths["record"] = write_record(folder, _record(
@@ -243,8 +236,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     arguments = parse_arguments(argv)
     check_arguments(arguments)
     device = torch.device(resolve_device_kind(arguments.device))
-    if arguments.threads is not None:
-        torch.set_num_threads(arguments.threads)
+    if arguments.num_threads is not None:
+        torch.set_num_threads(arguments.num_threads)
     run_folder = os.path.join(arguments.runs_dir, arguments.run_name)
     trained = load_trained_model(run_folder, arguments.step, device)
     if trained.config.training.channels_last:

@@ -42,7 +42,7 @@ from typing import List, Optional, Sequence
 
 if __name__ == "__main__":  # before torch is imported: glibc reads its allocator settings at process start
     from utils.allocator import restart_with_malloc_tuning
-    restart_with_malloc_tuning()
+    restart_with_malloc_tuning()  # CPU training only, judged from --device (utils/allocator.py)
 
 import torch  # noqa: E402  (the imports below come after the allocator restart above)
 import torch.multiprocessing  # noqa: E402
@@ -51,9 +51,7 @@ from model.glass import build_model  # noqa: E402
 from utils.checkpoint import MEDIA_FOLDER, has_checkpoints, load_checkpoint, parse_resume_step, prepare_run_folder, read_run_config, resume_checkpoint_path, save_checkpoint
 from utils.cli import run_main
 from utils.config import Config, config_to_dict, dump_config, load_config
-from utils.distributed import (DEVICE_CHOICES, DistributedContext, any_process, barrier, initialize,
-                               initialize_from_environment, launched_by_torchrun, resolve_device_kind, shutdown,
-                               run_in_local_processes)
+from utils.distributed import DEVICE_CHOICES, DistributedContext, any_process, barrier, check_launch, launch, resolve_device_kind
 from utils.errors import GlassError
 from utils.run_logger import LMAMeter, LossMeter, RunLogger
 from utils.training.batches import MediaBatch, TrainingBatches
@@ -196,11 +194,6 @@ def run_process(plan: RunPlan, context: DistributedContext) -> int:
     return 0
 
 
-def _cpu_threads_per_process(processes_on_this_machine: int) -> int:
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, available // processes_on_this_machine)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     arguments = parse_arguments(argv)
     if not arguments.run_name or os.sep in arguments.run_name or arguments.run_name in (".", ".."):
@@ -221,28 +214,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     elif has_checkpoints(run_folder):
         raise GlassError(f"{run_folder} already holds checkpoints: continue it with --resume-step latest, "
                          f"or choose another --run-name")
-    if arguments.num_gpus < 1:
-        raise GlassError(f"--num-gpus: must be >= 1, got {arguments.num_gpus}")
-    if launched_by_torchrun() and arguments.num_gpus != 1:
-        raise GlassError("--num-gpus: launched by torchrun, whose --nproc-per-node sets the processes; drop --num-gpus")
-    if device_kind == "cuda" and arguments.num_gpus > torch.cuda.device_count():
-        raise GlassError(f"--num-gpus {arguments.num_gpus}: only {torch.cuda.device_count()} GPUs are visible")
+    check_launch(arguments.num_gpus, device_kind)
     if config.training.random_vgg_weights:
         print(f"warning: {RANDOM_VGG_WARNING}", file=sys.stderr)
     plan = RunPlan(config=config, run_name=arguments.run_name, run_folder=run_folder, resume_path=resume_path,
                    device_kind=device_kind, use_wandb=arguments.wandb, show_progress=not arguments.no_progress)
-
-    if launched_by_torchrun():
-        if device_kind == "cpu":
-            torch.set_num_threads(_cpu_threads_per_process(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
-        try:
-            return run_process(plan, initialize_from_environment(device_kind))
-        finally:
-            shutdown()
-    if arguments.num_gpus > 1:
-        return run_in_local_processes(run_process, plan, device_kind, arguments.num_gpus,
-                                      _cpu_threads_per_process(arguments.num_gpus))
-    return run_process(plan, initialize(device_kind))
+    return launch(run_process, plan, device_kind, arguments.num_gpus)
 
 
 if __name__ == "__main__":

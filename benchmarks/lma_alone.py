@@ -28,7 +28,6 @@ single-image generation).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -51,6 +50,7 @@ from utils.cli import run_main  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.media import image_grid, save_png, to_uint8_images  # noqa: E402
 from utils.metrics import code_histogram, codes_used, mean_nmi_per_group, normalized_mutual_information, perplexity, psnr, soft_iou  # noqa: E402
+from utils.training.state import preserved_buffers  # noqa: E402
 
 
 def true_inputs(batch: Dict[str, Any], input_size, shift_noise: float = 0.0,
@@ -71,21 +71,6 @@ def true_inputs(batch: Dict[str, Any], input_size, shift_noise: float = 0.0,
     return SimpleNamespace(masks=masks, foregrounds=foregrounds, shifted_foregrounds=shifted, foreground_shifts=shifts)
 
 
-@contextlib.contextmanager
-def batchnorm_in_train_mode_without_updates(module: torch.nn.Module):
-    """Train-mode BatchNorm (batch statistics) with the running statistics left untouched."""
-    buffers = {name: buffer.clone() for name, buffer in module.named_buffers()}
-    was_training = module.training
-    module.train()
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for name, buffer in module.named_buffers():
-                buffer.copy_(buffers[name])
-        module.train(was_training)
-
-
 @torch.no_grad()
 def evaluate(lma: LocalMotionAnalysis, gma: SimpleNamespace, batch: Dict[str, Any], num_actions: int) -> Dict[str, Any]:
     length = gma.foregrounds.shape[1]
@@ -94,9 +79,9 @@ def evaluate(lma: LocalMotionAnalysis, gma: SimpleNamespace, batch: Dict[str, An
     lma.eval()
     one_step = lma(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts, length - 1, masks=gma.masks)
     single = lma(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts, 1, masks=gma.masks)
-    with batchnorm_in_train_mode_without_updates(lma):
+    lma.train()  # train-mode BatchNorm (batch statistics), its running statistics left untouched
+    with preserved_buffers(lma):
         one_step_train = lma(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts, length - 1, masks=gma.masks)
-    lma.train()
     record["psnr_one_step_eval"] = psnr(one_step.generated_foregrounds[0], targets)
     record["psnr_one_step_trainbn"] = psnr(one_step_train.generated_foregrounds[0], targets)
     record["psnr_single_image_eval"] = psnr(single.generated_foregrounds[0], targets)

@@ -24,15 +24,15 @@ Cases (T and T_f are fixed through the config's schedules):
     full-t12   T 12, T_f 1 (the end of the W-Sprites curriculum)
 
 Each (config, case, channels-last) runs in a fresh subprocess, so that its peak memory is
-its own, with train.py's allocator settings (utils/allocator.py; `GLASS_MALLOC_TUNING=0`
+its own, on the CPU with train.py's allocator settings (utils/allocator.py; `GLASS_MALLOC_TUNING=0`
 measures without them). Steps are timed after `--warmup` untimed steps; the median of `--repeats` is
 reported. The floating-point work of one step (forward + backward) is counted with
 `torch.utils.flop_counter.FlopCounterMode`, which counts convolutions and matrix products
 (element-wise work, pooling, interpolation, `grid_sample` and the optimiser are not
 counted): once with every convolution direct (the model's arithmetic, the figure set against
 the machine's rate, so Winograd layers can take a step above 100 %), and once as executed
-where `training.winograd` runs wide 3×3 layers in 4× fewer products (plus their transforms'
-small products). The rate is this machine's matrix-multiply rate, measured in the same run
+where `training.cpu_kernels` ('torch', 'native') runs wide 3×3 layers by Winograd in 4× fewer products
+(plus their transforms' small products). The rate is this machine's matrix-multiply rate, measured in the same run
 (a timed square `torch.mm`, before and after the cases, with the same threads; fp32, or bf16
 with `--precision bf16`). On CUDA, cuDNN runs fp32 convolutions in TF32 by default
 (`torch.backends.cudnn.allow_tf32`) while the fp32 reference product does not use TF32, so
@@ -145,11 +145,12 @@ def run_case(spec: Dict[str, Any]) -> Dict[str, Any]:
     autocast = (torch.autocast(device, dtype=torch.bfloat16) if config.training.precision == "bf16"
                 else contextlib.nullcontext())
     winograd_layers = [layer for part in (trainer.model, trainer.loss) for layer in part.modules()
-                       if isinstance(layer, Conv2d) and layer.winograd]
+                       if isinstance(layer, Conv2d) and layer.kernels != "plain" and layer.winograd_eligible()]
+    kernels = config.training.cpu_kernels
     flops = {}
     for kind in ("direct", "executed") if winograd_layers else ("direct",):
         for layer in winograd_layers:
-            layer.winograd = kind == "executed"
+            layer.kernels = kernels if kind == "executed" else "plain"
         counter = FlopCounterMode(display=False)
         with counter, autocast:
             output = trainer.model(observations, plan["ground_truth_steps"], run_lma=plan["run_lma"],
@@ -250,8 +251,10 @@ def main() -> int:
     matmul_before = matmul_gflops(arguments.device, matmul_dtype, size=matmul_size)
     print(f"{arguments.device}, {arguments.threads} threads, torch {torch.__version__}: {matmul_name} matmul "
           f"{matmul_before:.1f} GFLOP/s (n = {matmul_size})", flush=True)
-    # The allocator settings of train.py (utils/allocator.py; GLASS_MALLOC_TUNING=0 measures without them).
-    environment = tuned_environment(dict(os.environ, OMP_NUM_THREADS=str(arguments.threads)))
+    # The allocator settings of train.py on the CPU (utils/allocator.py; GLASS_MALLOC_TUNING=0 measures without them).
+    environment = dict(os.environ, OMP_NUM_THREADS=str(arguments.threads))
+    if arguments.device == "cpu":
+        environment = tuned_environment(environment)
     print(f"GLIBC_TUNABLES={environment.get('GLIBC_TUNABLES', '')!r}", flush=True)
     rows = []
     for config_path in arguments.configs:

@@ -18,7 +18,7 @@ Examples:
 
 Re-running the same command resumes: videos whose folder already exists are skipped
 and half-written temporaries of an interrupted run are removed. Each video is written
-into `.tmp-NAME-<pid>` beside its destination and renamed into place only when
+into a `.tmp-NAME-…` folder beside its destination and renamed into place only when
 complete, so no half video ever appears under its final name. `OUT/convert.json`
 records the options, the counts and the skipped files.
 
@@ -47,14 +47,13 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 from utils.cli import run_main
 from utils.config import SPLITS
 from utils.errors import GlassError
-from utils.files import write_json_atomically
+from utils.files import TEMPORARY_PREFIX, write_folder_atomically, write_json_atomically
 
 # Container extensions looked for in --videos (matched case-insensitively).
 VIDEO_EXTENSIONS = (
     ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".wmv", ".flv", ".mpg", ".mpeg",
     ".m2v", ".ts", ".mts", ".m2ts", ".ogv", ".ogg", ".3gp", ".3g2", ".mxf", ".gif",
 )
-TMP_PREFIX = ".tmp-"
 REPORT_NAME = "convert.json"
 MAX_FRAMES = 100000  # five-digit frame names: 00000 ... 99999
 # Options that change what is written; a resumed run must use the same ones.
@@ -287,38 +286,31 @@ def decode_to_folder(source: Path, folder: Path, options: FrameOptions) -> int:
     return count
 
 
-def _install(folder: Path, dest: Path) -> None:
-    """Move the finished `folder` to `dest`, replacing an existing `dest` atomically."""
-    if dest.exists():
-        old = dest.parent / f"{TMP_PREFIX}{dest.name}-{os.getpid()}-old"
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(dest, old)
-        os.replace(folder, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(folder, dest)
+class _TooShort(Exception):
+    """A video with fewer frames than --min-frames after resampling (internal; becomes a skip)."""
+
+    def __init__(self, count: int):
+        super().__init__(count)
+        self.count = count
 
 
 def convert_video(job: Job, options: FrameOptions) -> Result:
-    """Convert one video into `job.dest` through a temporary folder beside it."""
-    tmp = job.dest.parent / f"{TMP_PREFIX}{job.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        try:
-            count = decode_to_folder(job.source, tmp, options)
-        except _BadVideo as error:
-            return Result(job, "bad", message=str(error))
+    """Convert one video into `job.dest` through a temporary folder beside it (`write_folder_atomically`:
+    a bad or too short video leaves nothing)."""
+    def write(folder: str) -> int:
+        count = decode_to_folder(job.source, Path(folder), options)
         if count < options.min_frames:
-            return Result(job, "too_short", frames=count,
-                          message=f"only {count} frame(s) after resampling (--min-frames {options.min_frames})")
-        _install(tmp, job.dest)
-        return Result(job, "converted", frames=count)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            raise _TooShort(count)
+        return count
+
+    try:
+        count = write_folder_atomically(str(job.dest), write)
+    except _BadVideo as error:
+        return Result(job, "bad", message=str(error))
+    except _TooShort as short:
+        return Result(job, "too_short", frames=short.count,
+                      message=f"only {short.count} frame(s) after resampling (--min-frames {options.min_frames})")
+    return Result(job, "converted", frames=count)
 
 
 # --------------------------------------------------------------------- finding videos
@@ -396,7 +388,7 @@ def remove_stale(out: Path) -> int:
         if not folder.is_dir():
             continue
         for entry in folder.iterdir():
-            if entry.name.startswith(TMP_PREFIX):
+            if entry.name.startswith(TEMPORARY_PREFIX):
                 if entry.is_dir() and not entry.is_symlink():
                     shutil.rmtree(entry, ignore_errors=True)
                 else:

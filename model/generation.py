@@ -27,6 +27,7 @@ from model.blocks import assert_shape
 from model.glass import Glass
 from model.gma import BACKGROUND_PADDING, shift_images
 from model.lma import DynamicsState, split_full_output
+from utils.config import RECONSTRUCTION_PROTOCOLS  # name → description; num_ground_truth_steps gives their T_f
 
 # Global shifts (dx, dy) in affine_grid units used in the paper's figures (SPEC §3.3).
 NAMED_SHIFTS: Dict[str, Tuple[float, float]] = {
@@ -37,11 +38,6 @@ NAMED_SHIFTS: Dict[str, Tuple[float, float]] = {
     "stay": (0.0, 0.0),
 }
 
-# Reconstruction protocols: name → description; `num_ground_truth_steps` gives their T_f.
-RECONSTRUCTION_PROTOCOLS: Dict[str, str] = {
-    "one_step": "T_f = T−1: every step starts from the real foreground (the authors' evaluation)",
-    "single_image": "T_f = 1: from the first frame only, fully autoregressive afterwards",
-}
 
 ShiftLike = Union[Sequence[float], torch.Tensor]
 ActionLike = Union[int, torch.Tensor]

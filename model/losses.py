@@ -34,7 +34,7 @@ from model.lma import LMAOutput
 from model.vgg import VGGFeatures, perceptual_distance
 from utils.config import GMA_LOSS_NAMES, LOSS_NAMES, LossConfig
 
-PERCEPTUAL_LOSS_NAMES = ("background_perceptual_loss", "multiscale_local_perceptual_loss")
+PERCEPTUAL_LOSS_NAMES = tuple(name for name in LOSS_NAMES if "perceptual" in name)  # the terms that need VGG19
 LMA_LOSS_NAMES = tuple(name for name in LOSS_NAMES if name not in GMA_LOSS_NAMES)
 RESIZE_MODE = "bilinear"  # targets and weights at the decoder's 1/2, 1/4 scales (align_corners=False), the authors'
 

@@ -71,7 +71,7 @@ class VGGFeatures(nn.Module):
 
 def _with_project_convolutions(features: nn.Sequential) -> nn.Sequential:
     """The same layers with each nn.Conv2d as a `model.blocks.Conv2d` holding the same parameters (same
-    names and function), so that `enable_winograd` reaches VGG19's convolutions too."""
+    names and function), so that `use_cpu_kernels` reaches VGG19's convolutions too."""
     layers = []
     for layer in features:
         if type(layer) is nn.Conv2d:

@@ -82,6 +82,7 @@ def test_data_without_labels_reports_what_it_skipped(run_copy, tmp_path, capsys)
     (["evaluation.observations_count=1"], "evaluation.observations_count"),
     (["evaluation.observations_count=50"], "no video has the 50 frames"),
     (["--num-gpus", "0"], "--num-gpus"),
+    (["--num-threads", "0"], "--num-threads: must be >= 1"),
 ])
 def test_bad_input_is_one_line(run_copy, capsys, extra, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -92,12 +93,13 @@ def test_bad_input_is_one_line(run_copy, capsys, extra, message):
 
 
 def test_two_cpu_processes_give_the_single_process_result(run_copy):
-    """--num-gpus 2 --device cpu: two gloo processes, one thread each, batches of 1 alternate between them
-    (fresh localhost port per launch); the one-process run also has one thread."""
+    """--num-gpus 2 --device cpu: two gloo processes, one thread each (--num-threads 2 shared by the two),
+    batches of 1 alternate between them (fresh localhost port per launch); the one-process run also has one
+    thread."""
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "evaluate.py", *evaluate_arguments(run_copy), "--split", "test",
                "evaluation.batch_size=1"]
-    for extra in ([], ["--num-gpus", "2"]):
+    for extra in (["--num-threads", "1"], ["--num-gpus", "2", "--num-threads", "2"]):
         completed = subprocess.run(command + extra, cwd=REPOSITORY, env=environment, capture_output=True, text=True,
                                    timeout=120)
         assert completed.returncode == 0, completed.stderr

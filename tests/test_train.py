@@ -70,26 +70,14 @@ def test_dry_run_prints_the_config_and_the_summary_and_writes_nothing(tmp_path, 
     (["--run-name", "bad"], "--config is required"),
     (["--config", WSPRITES, "--run-name", "bad", "--device", "cpu", "training.precision=bf16"], "needs a CUDA device"),
     (["--config", WSPRITES, "--run-name", "a/b"], "--run-name: expected a folder name"),
+    (["--config", WSPRITES, "--run-name", "bad", "training.cpu_kernels=fast"],
+     "training.cpu_kernels: must be one of ('plain', 'torch', 'native'), got 'fast'"),
 ])
 def test_bad_input_is_one_line_and_exit_status_2(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
         run_main(train.main, [*argv, "--runs-dir", str(tmp_path / "runs"), "--dry-run"])
     error = capsys.readouterr().err
     assert exit_info.value.code == 2 and message in error and error.count("\n") == 1
-
-
-def test_a_bad_winograd_transforms_choice_stops_before_the_run_folder(dataset_root, tmp_path, monkeypatch):
-    import model.winograd as winograd
-
-    monkeypatch.setenv(winograd.TRANSFORMS_VARIABLE, "fast")
-    winograd.native_transforms.cache_clear()
-    runs = str(tmp_path / "runs")
-    try:  # 64 middle channels: the masking network then has Winograd layers
-        with pytest.raises(GlassError, match="GLASS_WINOGRAD_TRANSFORMS must be 'native' or 'torch', got 'fast'"):
-            train.main(arguments(dataset_root, runs, "run", "training.num_steps=1", "model.gma.mask_middle_channels=64"))
-    finally:
-        winograd.native_transforms.cache_clear()
-    assert not os.path.exists(os.path.join(runs, "run"))
 
 
 def test_a_new_run_is_refused_where_checkpoints_exist_and_resuming_needs_them(dataset_root, tmp_path):

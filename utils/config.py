@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import os
 import re
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -236,20 +237,14 @@ class ModelConfig:
         return height // down, width // down
 
 
-LOSS_NAMES = (
-    "reconstruction_loss", "foreground_loss", "background_loss", "background_perceptual_loss", "binary_mask_loss",
-    "mask_size_loss", "multiscale_global_reconstruction_loss", "multiscale_local_reconstruction_loss",
-    "multiscale_local_perceptual_loss", "local_state_reconstruction_loss", "local_action_vq_loss",
-    "mask_reconstruction_loss",
-)
-GMA_LOSS_NAMES = LOSS_NAMES[:6]  # the terms that train the GMA; the others train the LMA
 WARMUP_MODES = ("gma_only", "authors")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass
 class LossWeightsConfig:
-    """Weights of the twelve loss terms of SPEC §4.1 (W-Sprites values); 0 switches a term off."""
+    """Weights of the twelve loss terms of SPEC §4.1 (W-Sprites values); 0 switches a term off. The fields are
+    the terms (`LOSS_NAMES`), the six that train the GMA first."""
 
     reconstruction_loss: float = 1.0  # L1(Iₜ₊₁, Îₜ₊₁), motion-weighted
     foreground_loss: float = 1.0  # MSE(fₜ₊₁, f̃ₜ)
@@ -267,6 +262,10 @@ class LossWeightsConfig:
     def check(self, prefix: str) -> None:
         for name in LOSS_NAMES:
             _require(getattr(self, name) >= 0, prefix + name, f"must be >= 0, got {getattr(self, name)}")
+
+
+LOSS_NAMES = tuple(term.name for term in dataclasses.fields(LossWeightsConfig))  # the twelve terms, in SPEC order
+GMA_LOSS_NAMES = LOSS_NAMES[:6]  # the terms that train the GMA; the others train the LMA
 
 
 @dataclass
@@ -297,6 +296,9 @@ class LinearScheduleConfig:
     def check(self, prefix: str) -> None:
         _require(self.start_step >= 0, prefix + "start_step", f"must be >= 0, got {self.start_step}")
         _require(self.steps >= 0, prefix + "steps", f"must be >= 0, got {self.steps}")
+
+
+CPU_KERNELS = ("plain", "torch", "native")  # training.cpu_kernels (model/ops/)
 
 
 @dataclass
@@ -334,14 +336,36 @@ class TrainingConfig:
     seed: int = 0  # seeds are seed·world_size + rank
     channels_last: bool = True  # channels-last memory format for the convolutions
     flush_denormal: bool = True  # CPU: flush denormal floats (< 1.2e-38) to zero, torch.set_flush_denormal (speed)
-    # CPU: wide 3×3 convolutions (model and VGG19) by Winograd F(4×4, 3×3), the same function in fewer
-    # multiplications (model/winograd.py; float32 results differ from the direct kernel's at ~1e-5 relative)
-    winograd: bool = True
+    # CPU convolutions (model/ops/; other devices always use PyTorch's): 'plain' PyTorch's kernels; 'torch' wide 3×3
+    # layers (model and VGG19) by Winograd F(4×4, 3×3) with its tile transforms as PyTorch operations, and NCHW weight
+    # gradients for wide half-resolution layers; 'native' the same with the transforms compiled from C on first use
+    # ('torch', with one warning, where no C compiler is found). The same function: float32 results differ from the
+    # plain kernels' at ~1e-5 relative. 'plain' by default: wsprites-tiny's step took 0.60 s with it and 0.75 s with
+    # 'native' (2 threads, AVX-512; README "Benchmarks"); the paper configs set 'native'. Replaces `winograd: true /
+    # false` (read as 'native' / 'plain').
+    cpu_kernels: str = "plain"
     precision: str = "fp32"  # 'fp32', or autocast 'bf16' / 'fp16' on CUDA
     compile: bool = False  # torch.compile the model
     # VGG19 of the perceptual losses with random weights instead of ImageNet's (train.py --random-vgg-weights):
     # for tests and smoke runs only; the run is recorded as not comparable with the paper.
     random_vgg_weights: bool = False
+
+    @staticmethod
+    def read_renamed_keys(values: Dict[str, Any], prefix: str) -> Dict[str, Any]:
+        """`values` with the keys of earlier versions (a run's stored config.yaml) read as today's, one warning line
+        each: `winograd: true / false` → `cpu_kernels: native / plain` (ignored where cpu_kernels is given)."""
+        if "winograd" not in values:
+            return values
+        values = dict(values)
+        winograd = _convert(values.pop("winograd"), bool, prefix + "winograd")
+        if "cpu_kernels" in values:
+            reading = f"ignored: {prefix}cpu_kernels is given"
+        else:
+            values["cpu_kernels"] = "native" if winograd else "plain"
+            reading = f"read as {prefix}cpu_kernels: {values['cpu_kernels']}"
+        print(f"warning: {prefix}winograd: {str(winograd).lower()} is the old name of {prefix}cpu_kernels; {reading}",
+              file=sys.stderr)
+        return values
 
     def check(self, prefix: str) -> None:
         for name in ("batch_size", "num_steps", "log_every", "media_every", "checkpoint_every"):
@@ -356,6 +380,8 @@ class TrainingConfig:
         _require(self.codebook_restart_every >= 0, prefix + "codebook_restart_every",
                  f"must be >= 0 (0 = off), got {self.codebook_restart_every}")
         _require(self.precision in PRECISIONS, prefix + "precision", f"must be one of {PRECISIONS}, got {self.precision!r}")
+        _require(self.cpu_kernels in CPU_KERNELS, prefix + "cpu_kernels",
+                 f"must be one of {CPU_KERNELS}, got {self.cpu_kernels!r}")
         for name in ("observations_count", "ground_truth_steps"):
             schedule = getattr(self, name)
             _require(min(schedule.start, schedule.end) >= 1, prefix + name,
@@ -364,7 +390,13 @@ class TrainingConfig:
                  "start and end must be > 0")
 
 
-EVALUATION_PROTOCOLS = ("one_step", "single_image")  # model.generation.RECONSTRUCTION_PROTOCOLS
+# Reconstruction protocols (model.generation, evaluation.protocol): name → description; their T_f comes from
+# model.generation.num_ground_truth_steps.
+RECONSTRUCTION_PROTOCOLS: Dict[str, str] = {
+    "one_step": "T_f = T−1: every step starts from the real foreground (the authors' evaluation)",
+    "single_image": "T_f = 1: from the first frame only, fully autoregressive afterwards",
+}
+EVALUATION_PROTOCOLS = tuple(RECONSTRUCTION_PROTOCOLS)
 
 
 @dataclass
@@ -479,6 +511,8 @@ def _from_dict(cls: type, values: Dict[str, Any], prefix: str, base: Any = None)
     it does not name (e.g. `training.ground_truth_steps.start=4` keeps its end 1).
     """
     hints = typing.get_type_hints(cls)
+    if hasattr(cls, "read_renamed_keys"):  # a section that has renamed keys
+        values = cls.read_renamed_keys(values, prefix)
     known = {f.name for f in dataclasses.fields(cls)}
     for name in values:
         if name not in known:

@@ -1,13 +1,15 @@
 """Several training processes: starting them, talking between them, and checking that they agree.
 
-A run has one process per GPU (or, on the CPU, per `--num-gpus` process), started in one of
-three ways (the commands are in `train.py`):
+A run has one process per GPU (or, on the CPU, per `--num-gpus` process), started by `launch`
+(for `train.py` and `evaluate.py`, whose docstrings show the commands) in one of three ways:
 
 - a single process: no process group, every function here is a no-op;
 - `--num-gpus K` on one machine: `spawn_local_processes` starts K processes with
   `torch.multiprocessing` and a free localhost TCP port (a fresh rendezvous every time);
 - `torchrun`, on one or many machines: the processes meet through the environment it sets
   (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`; env:// rendezvous).
+
+CPU processes share the machine's CPUs by one rule, `cpu_threads_per_process`.
 
 NCCL carries the tensors between GPUs and gloo between CPU processes. Small control messages
 (a stop request, RNG states) always go through a gloo group, so they never wait for the GPU.
@@ -149,10 +151,10 @@ def spawn_local_processes(worker: Callable[..., None], num_processes: int, worke
 
 
 def _worker_process(local_rank: int, world_size: int, init_method: str, run: Callable[[Any, DistributedContext], Any],
-                    plan: Any, device_kind: str, cpu_threads: int) -> None:
+                    plan: Any, device_kind: str, threads: Optional[int]) -> None:
     """One of the processes of `run_in_local_processes`; a `GlassError` is printed on one line and exits with 2."""
-    if device_kind == "cpu":
-        torch.set_num_threads(cpu_threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
     try:
         run(plan, initialize(device_kind, local_rank, world_size, local_rank, init_method))
     except GlassError as error:
@@ -163,17 +165,83 @@ def _worker_process(local_rank: int, world_size: int, init_method: str, run: Cal
 
 
 def run_in_local_processes(run: Callable[[Any, DistributedContext], Any], plan: Any, device_kind: str,
-                           num_processes: int, cpu_threads: int) -> int:
-    """`run(plan, context)` in `num_processes` new processes (`spawn_local_processes`; `cpu_threads` torch
-    threads each on the CPU); returns the exit status: 0, 2 when a process printed its one-line error, or
-    128 + the number of a SIGINT/SIGTERM received. Other failures of a process are raised."""
+                           num_processes: int, threads: Optional[int]) -> int:
+    """`run(plan, context)` in `num_processes` new processes (`spawn_local_processes`; `threads` torch threads
+    each, or PyTorch's choice when None); returns the exit status: 0, 2 when a process printed its one-line
+    error, or 128 + the number of a SIGINT/SIGTERM received. Other failures of a process are raised."""
     try:
-        signal_number = spawn_local_processes(_worker_process, num_processes, (run, plan, device_kind, cpu_threads))
+        signal_number = spawn_local_processes(_worker_process, num_processes, (run, plan, device_kind, threads))
     except torch.multiprocessing.ProcessExitedException as error:
         if error.exit_code == 2:
             return 2  # a process printed its one-line error
         raise
     return 128 + signal_number if signal_number is not None else 0
+
+
+def cpu_threads_per_process(processes_on_this_machine: int, num_threads: Optional[int] = None) -> int:
+    """The torch threads of each of `processes_on_this_machine` processes: `num_threads` (an entry script's
+    `--num-threads`, the threads of the whole machine) or else the CPUs this process may run on
+    (`os.sched_getaffinity`; `os.cpu_count()` where there is none), shared evenly; at least 1."""
+    if num_threads is None:
+        num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, num_threads // processes_on_this_machine)
+
+
+def check_launch(num_gpus: int, device_kind: str, num_threads: Optional[int] = None) -> None:
+    """The one-line errors of `--num-gpus` and `--num-threads`, for an entry script to raise before any work
+    (`launch` checks again)."""
+    if num_threads is not None and num_threads < 1:
+        raise GlassError(f"--num-threads: must be >= 1, got {num_threads}")
+    if num_gpus < 1:
+        raise GlassError(f"--num-gpus: must be >= 1, got {num_gpus}")
+    if launched_by_torchrun() and num_gpus != 1:
+        raise GlassError("--num-gpus: launched by torchrun, whose --nproc-per-node sets the processes; drop --num-gpus")
+    if device_kind == "cuda" and num_gpus > torch.cuda.device_count():
+        raise GlassError(f"--num-gpus {num_gpus}: only {torch.cuda.device_count()} GPUs are visible")
+
+
+def launches_single_process(num_gpus: int) -> bool:
+    """Whether `launch` runs this process alone: not under torchrun, and `--num-gpus` 1."""
+    return not launched_by_torchrun() and num_gpus == 1
+
+
+def _threads(device_kind: str, processes_on_this_machine: int, num_threads: Optional[int]) -> Optional[int]:
+    """Threads to set in each process: on the CPU always, on a GPU only when `--num-threads` asks."""
+    if device_kind != "cpu" and num_threads is None:
+        return None
+    return cpu_threads_per_process(processes_on_this_machine, num_threads)
+
+
+def launch(run: Callable[[Any, DistributedContext], int], plan: Any, device_kind: str, num_gpus: int,
+           num_threads: Optional[int] = None,
+           run_single: Optional[Callable[[Any, DistributedContext], int]] = None) -> int:
+    """Run `run(plan, context)` in every process of the run and return the exit status, in one of three ways:
+
+    - under `torchrun` (its environment is set): this process joins the group (`initialize_from_environment`)
+      and leaves it at the end; its machine's processes are `LOCAL_WORLD_SIZE`;
+    - `num_gpus` > 1: `run_in_local_processes` starts that many processes here (`plan` and `run` are pickled,
+      so `run` must be a module-level function);
+    - otherwise this process alone, without a process group: `run_single(plan, context)` when given (it may
+      use what the caller already read, which is not pickled), else `run`.
+
+    Threads (torch.set_num_threads), one rule: with several processes on the CPU each gets
+    `cpu_threads_per_process(processes on this machine, num_threads)`; a single process gets `num_threads`
+    when given and otherwise keeps PyTorch's choice; on a GPU threads are set only when `num_threads` is given.
+    The arguments are checked first (`check_launch`)."""
+    check_launch(num_gpus, device_kind, num_threads)
+    if launched_by_torchrun():
+        threads = _threads(device_kind, int(os.environ.get("LOCAL_WORLD_SIZE", "1")), num_threads)
+        if threads is not None:
+            torch.set_num_threads(threads)
+        try:
+            return run(plan, initialize_from_environment(device_kind))
+        finally:
+            shutdown()
+    if not launches_single_process(num_gpus):
+        return run_in_local_processes(run, plan, device_kind, num_gpus, _threads(device_kind, num_gpus, num_threads))
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    return (run_single or run)(plan, initialize(device_kind))
 
 
 # --------------------------------------------------------------------------- collectives

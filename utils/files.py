@@ -1,11 +1,19 @@
-"""Writing files so that a crash or an interruption never leaves a half-written one."""
+"""Writing files so that a crash or an interruption never leaves a half-written one: whole files
+(`write_atomically`, `write_json_atomically`), whole folders (`write_folder_atomically`, a video's frames),
+and appended JSON lines (`append_json_line`, the metrics logs)."""
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
+import secrets
+import shutil
 import tempfile
-from typing import Any, Callable
+from typing import Any, Callable, Dict, Mapping, TypeVar
+
+TEMPORARY_PREFIX = ".tmp-"  # the folders of `write_folder_atomically` until they are complete: leftovers of a crash
+_Written = TypeVar("_Written")
 
 
 def write_atomically(path: str, write: Callable[[str], None]) -> str:
@@ -46,3 +54,55 @@ def write_json_atomically(path: str, content: Any) -> str:
             handle.write("\n")
 
     return write_atomically(path, write)
+
+
+def utc_time() -> str:
+    """Now as ISO 8601 in UTC to the second, e.g. '2025-01-31T14:05:09Z': the `time` of every JSON line."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def append_json_line(path: str, record: Mapping[str, Any]) -> Dict[str, Any]:
+    """Append `record` with its `time` set to now (`utc_time`; a `time` the record has is replaced in place,
+    otherwise it comes last) as one line of JSON to `path` (its folder created if needed), in a single write,
+    flushed and synced to disk; returns the line as a dict. Readers skip a line cut by a crash."""
+    line = {**record, "time": utc_time()}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(line) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    return line
+
+
+def write_folder_atomically(folder: str, write: Callable[[str], _Written]) -> _Written:
+    """Call `write(temporary_folder)` for a fresh empty folder beside `folder`, then move it onto `folder`.
+
+    The temporary folder is named `TEMPORARY_PREFIX` + the folder's name + the process id and a random
+    suffix, in the same parent (created if needed; permissions from the umask, as `os.makedirs`), so the
+    move is a rename: `folder` appears complete or not at all. An existing `folder` is replaced whole
+    (moved aside under a temporary name first, then deleted). On any failure, an interruption included,
+    the temporary folder is removed and the error propagates; a hard crash can leave it behind, for the
+    writer's next run to delete by its prefix. Returns what `write` returned.
+    """
+    parent, name = os.path.split(os.path.abspath(folder))
+    os.makedirs(parent, exist_ok=True)
+    while True:
+        temporary = os.path.join(parent, f"{TEMPORARY_PREFIX}{name}-{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            os.mkdir(temporary)
+            break
+        except FileExistsError:
+            continue
+    try:
+        written = write(temporary)
+        if os.path.lexists(folder):
+            old = temporary + "-old"  # unique as `temporary` is
+            os.replace(folder, old)
+            os.replace(temporary, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(temporary, folder)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return written

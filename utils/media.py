@@ -1,8 +1,4 @@
-"""Images and videos of what the model does: the media written during training every
-`training.media_every` steps, and the small helpers the play and evaluation scripts share.
-
-    paths = write_training_media(model, observations, output, step=500, folder="runs/x/media")
-    # {'reconstruction_grid': 'runs/x/media/step_000500_reconstruction_grid.png', ...}
+"""Images and videos as files: the small helpers that training media, play and evaluation share.
 
     frames = to_uint8_images(video)                  # (T, 3, H, W) in [−1, 1] → (T, H, W, 3) uint8
     save_gif(frames, "video.gif", fps=4)
@@ -12,7 +8,8 @@
 Tensors are images (…, 3, H, W) in [−1, 1] or masks (…, 1, H, W) in [0, 1] until
 `to_uint8_images` turns them into (…, H, W, 3) uint8 arrays. Every file is written under a
 temporary name in its folder and moved into place with `os.replace`, so a viewer that
-refreshes during training never reads half a file.
+refreshes during training never reads half a file. The media of a training run are made in
+`utils/training/media.py`.
 """
 from __future__ import annotations
 

@@ -11,7 +11,6 @@ step N describes the interval that ends with the N-th step.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import resource
@@ -26,6 +25,7 @@ from tqdm import tqdm
 from utils.checkpoint import METRICS_FILE, WANDB_ID_FILE
 from utils.distributed import DistributedContext, average_over_processes
 from utils.errors import GlassError
+from utils.files import append_json_line
 from utils.metrics import codes_used, perplexity
 
 WANDB_PROJECT = "glass"
@@ -226,18 +226,18 @@ class RunLogger:
         self.progress.update(1)
 
     def log_scalars(self, step: int, scalars: Dict[str, Any]) -> Dict[str, Any]:
-        """Add the time, steps/s, memory and `comparable` to `scalars`, then print, append to metrics.jsonl and send to wandb; returns the row."""
+        """Add steps/s, memory and `comparable` to `scalars`, then print, append to metrics.jsonl (with the time,
+        `append_json_line`) and send to wandb; returns the row."""
         now = time.perf_counter()
         steps_per_second = (step - self.last_step) / max(now - self.last_time, 1e-9)
         self.last_time, self.last_step = now, step
-        row = {"step": step, "time": time.time(), **scalars, "steps_per_second": steps_per_second,
-               **peak_memory(self.device), "comparable": self.comparable}
+        row = {"step": step, **scalars, "steps_per_second": steps_per_second, **peak_memory(self.device),
+               "comparable": self.comparable}
         for name, value in list(row.items()):
             if isinstance(value, float) and not math.isfinite(value):
                 row[name] = str(value)  # JSON has no NaN or infinity
         self.message(format_status_line(row, self.total_steps))
-        with open(self.metrics_path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row) + "\n")
+        row = append_json_line(self.metrics_path, row)
         if self.wandb is not None:
             self.wandb.log(step, row)
         return row

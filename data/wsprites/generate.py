@@ -38,11 +38,10 @@ from data.wsprites.sprites import (CELL_SIZE, REQUIRED_LAYERS, BuiltinSpriteSour
 from utils.cli import run_main
 from utils.config import SPLITS
 from utils.errors import GlassError
-from utils.files import sha256_of_file, write_json_atomically
+from utils.files import TEMPORARY_PREFIX, sha256_of_file, write_folder_atomically, write_json_atomically
 
 METADATA_FILE = "metadata.json"
 FORMAT_VERSION = 1
-TEMPORARY_PREFIX = ".tmp-"
 
 
 @dataclass(frozen=True)
@@ -148,18 +147,16 @@ def labels_for_pickle(simulation: Dict[str, np.ndarray]) -> Dict[str, list]:
 
 def write_video_atomically(destination: str, frames: np.ndarray, masks: np.ndarray, labels: Dict[str, list],
                            compress_level: int) -> None:
-    """Write a video folder into a temporary sibling, then rename it into place."""
-    parent, name = os.path.split(destination)
-    temporary = os.path.join(parent, f"{TEMPORARY_PREFIX}{name}-{os.getpid()}")
-    if os.path.exists(temporary):
-        shutil.rmtree(temporary)
-    os.makedirs(os.path.join(temporary, "masks"))
-    for t in range(len(frames)):
-        Image.fromarray(frames[t]).save(os.path.join(temporary, f"{t:05d}.png"), compress_level=compress_level)
-        Image.fromarray(masks[t]).save(os.path.join(temporary, "masks", f"{t:05d}.png"), compress_level=compress_level)
-    with open(os.path.join(temporary, "glactions.pkl"), "wb") as handle:
-        pickle.dump(labels, handle, protocol=4)
-    os.rename(temporary, destination)
+    """Write a video folder (frames, masks/, glactions.pkl) with `write_folder_atomically`."""
+    def write(folder: str) -> None:
+        os.makedirs(os.path.join(folder, "masks"))
+        for t in range(len(frames)):
+            Image.fromarray(frames[t]).save(os.path.join(folder, f"{t:05d}.png"), compress_level=compress_level)
+            Image.fromarray(masks[t]).save(os.path.join(folder, "masks", f"{t:05d}.png"), compress_level=compress_level)
+        with open(os.path.join(folder, "glactions.pkl"), "wb") as handle:
+            pickle.dump(labels, handle, protocol=4)
+
+    write_folder_atomically(destination, write)
 
 
 def video_folder_name(character_id: int, video_index: int) -> str:

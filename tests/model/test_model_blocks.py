@@ -48,39 +48,6 @@ def test_conv_is_conv_then_avgpool_forward_and_backward(kernel_size, padding, do
         assert torch.allclose(layer.bias.grad, reference.bias.grad, atol=1e-12)
 
 
-@pytest.mark.parametrize("down, kernel_size, padding", [(1, 3, 1), (2, 3, 1), (2, 1, 0)])
-def test_channels_last_cpu_training_path_matches_the_plain_convolution(monkeypatch, down, kernel_size, padding):
-    # float32 channels-last inputs with gradients take the NCHW-weight-gradient path; lower its size
-    # thresholds so that a small test tensor takes it too.
-    import model.blocks as blocks
-
-    calls = []
-    original = blocks._ChannelsLastConvolution.apply
-    monkeypatch.setattr(blocks, "NCHW_WEIGHT_GRADIENT_MIN_PIXELS", 1)
-    monkeypatch.setattr(blocks, "NCHW_WEIGHT_GRADIENT_MIN_CHANNELS", 1)
-    monkeypatch.setattr(blocks._ChannelsLastConvolution, "apply", lambda *a: calls.append(1) or original(*a))
-    torch.manual_seed(0)
-    layer = Conv2d(5, 7, kernel_size, padding=padding, bias=True, down=down).to(memory_format=torch.channels_last)
-    reference = nn.Conv2d(5, 7, kernel_size, padding=padding, bias=True)
-    reference.load_state_dict(layer.state_dict())
-    inputs = torch.randn(3, 5, 10, 14).contiguous(memory_format=torch.channels_last)
-    inputs_a, inputs_b = inputs.clone().requires_grad_(), inputs.clone().requires_grad_()
-    actual, expected = layer(inputs_a), F.avg_pool2d(reference(inputs_b), down)
-    assert calls, "the channels-last training path was not taken"
-    assert torch.allclose(actual, expected, atol=1e-5)
-    upstream = torch.randn_like(expected)
-    (actual * upstream).sum().backward()
-    (expected * upstream).sum().backward()
-    assert torch.allclose(inputs_a.grad, inputs_b.grad, atol=1e-4)
-    assert torch.allclose(layer.weight.grad, reference.weight.grad, atol=1e-4)
-    assert torch.allclose(layer.bias.grad, reference.bias.grad, atol=1e-4)
-    # without gradients (evaluation) the plain path runs
-    calls.clear()
-    with torch.no_grad():
-        layer(inputs)
-    assert not calls
-
-
 def test_pooled_kernel_of_a_single_tap_is_a_box():
     weight = torch.zeros(1, 1, 3, 3)
     weight[0, 0, 1, 1] = 1.0  # the identity 3×3 kernel: conv then avgpool(2) = avgpool(2) itself

@@ -32,10 +32,24 @@ def test_dataset_values_of_the_spec():
 
 
 def test_evaluation_protocols_are_the_generation_protocols():
-    from model.generation import RECONSTRUCTION_PROTOCOLS
-    from utils.config import EVALUATION_PROTOCOLS
+    from model import generation
+    from utils import config
 
-    assert EVALUATION_PROTOCOLS == tuple(RECONSTRUCTION_PROTOCOLS)
+    assert generation.RECONSTRUCTION_PROTOCOLS is config.RECONSTRUCTION_PROTOCOLS  # one definition
+    assert config.EVALUATION_PROTOCOLS == tuple(generation.RECONSTRUCTION_PROTOCOLS) == ("one_step", "single_image")
+
+
+def test_loss_names_are_the_weight_fields_gma_terms_first():
+    import dataclasses
+
+    from model.losses import LMA_LOSS_NAMES, PERCEPTUAL_LOSS_NAMES
+    from utils.config import GMA_LOSS_NAMES, LOSS_NAMES, LossWeightsConfig
+
+    assert LOSS_NAMES == tuple(field.name for field in dataclasses.fields(LossWeightsConfig)) and len(LOSS_NAMES) == 12
+    assert GMA_LOSS_NAMES == ("reconstruction_loss", "foreground_loss", "background_loss", "background_perceptual_loss",
+                              "binary_mask_loss", "mask_size_loss")
+    assert GMA_LOSS_NAMES + LMA_LOSS_NAMES == LOSS_NAMES
+    assert PERCEPTUAL_LOSS_NAMES == ("background_perceptual_loss", "multiscale_local_perceptual_loss")
 
 
 def test_overrides_are_typed_yaml_values(tmp_path):
@@ -68,6 +82,8 @@ def test_overrides_are_typed_yaml_values(tmp_path):
     (["data.num_workers=-1"], "data.num_workers: must be >= 0"),
     (["data=3"], "data: expected a mapping"),
     (["data.root"], "must look like key.subkey=value"),
+    (["training.cpu_kernels=fast"], "training.cpu_kernels: must be one of"),
+    (["training.winograd=3"], "training.winograd: expected true or false"),
 ])
 def test_bad_values_name_the_key(tmp_path, overrides, message):
     path = tmp_path / "c.yaml"
@@ -76,6 +92,19 @@ def test_bad_values_name_the_key(tmp_path, overrides, message):
         load_config(str(path), overrides)
     # A bad value is reported against the file it was loaded with; a malformed override is the command line's.
     assert str(error.value).startswith("override" if message.startswith("must look") else str(path))
+
+
+@pytest.mark.parametrize("stored, overrides, expected", [
+    ("winograd: true", [], "native"), ("winograd: false", [], "plain"),
+    ("winograd: false", ["training.cpu_kernels=torch"], "torch")])
+def test_the_old_winograd_key_is_read_as_cpu_kernels(tmp_path, capsys, stored, overrides, expected):
+    # config.yaml of runs started before training.cpu_kernels replaced training.winograd
+    path = tmp_path / "config.yaml"
+    path.write_text(f"training:\n  {stored}\n")
+    config = load_config(str(path), overrides)
+    assert config.training.cpu_kernels == expected and "winograd" not in dump_config(config)
+    warning = capsys.readouterr().err
+    assert warning.count("\n") == 1 and "training.winograd" in warning and "training.cpu_kernels" in warning
 
 
 def test_a_partial_section_keeps_the_fields_defaults(tmp_path):

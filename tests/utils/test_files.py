@@ -39,3 +39,56 @@ def test_sha256_of_file_matches_hashlib(tmp_path):
     content = bytes(range(256)) * 5000  # more than one 1 MiB block
     path.write_bytes(content)
     assert sha256_of_file(str(path)) == hashlib.sha256(content).hexdigest()
+
+
+def test_append_json_line_syncs_one_whole_line_stamped_with_the_utc_time(tmp_path, monkeypatch):
+    import re
+
+    from utils.files import append_json_line
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda descriptor: (synced.append(descriptor), real_fsync(descriptor)))
+    path = tmp_path / "new" / "metrics.jsonl"  # the folder is created
+    first = append_json_line(str(path), {"step": 1, "loss": 0.5})
+    second = append_json_line(str(path), {"step": 2, "time": "kept in place, replaced"})
+    assert len(synced) == 2
+    lines = path.read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [first, second]
+    assert list(first) == ["step", "loss", "time"] and list(second) == ["step", "time"]
+    for record in (first, second):  # ISO 8601, UTC, to the second: one format for every JSON-lines file
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", record["time"]), record["time"]
+
+
+def test_write_folder_atomically_replaces_whole_and_an_interrupted_write_leaves_nothing(tmp_path):
+    from utils.files import TEMPORARY_PREFIX, write_folder_atomically
+
+    video = tmp_path / "split" / "video_0"  # the parent is created
+
+    def frames(count):
+        def write(folder):
+            for index in range(count):
+                with open(os.path.join(folder, f"{index:05d}.png"), "w") as handle:
+                    handle.write(str(index))
+            return count
+        return write
+
+    assert write_folder_atomically(str(video), frames(3)) == 3
+    assert sorted(os.listdir(video)) == ["00000.png", "00001.png", "00002.png"]
+    mode = os.stat(video).st_mode & 0o777
+    os.mkdir(tmp_path / "made_by_mkdir")
+    assert mode == os.stat(tmp_path / "made_by_mkdir").st_mode & 0o777  # the umask's permissions, not mkdtemp's 0700
+    write_folder_atomically(str(video), frames(1))  # an existing folder is replaced whole
+    assert os.listdir(video) == ["00000.png"]
+
+    def interrupted(folder):
+        frames(2)(folder)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_folder_atomically(str(tmp_path / "split" / "video_1"), interrupted)
+    with pytest.raises(KeyboardInterrupt):  # the old folder stays as it was
+        write_folder_atomically(str(video), interrupted)
+    assert sorted(os.listdir(tmp_path / "split")) == ["video_0"]
+    assert os.listdir(video) == ["00000.png"]
+    assert not any(name.startswith(TEMPORARY_PREFIX) for name in os.listdir(tmp_path / "split"))

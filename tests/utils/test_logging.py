@@ -61,3 +61,20 @@ def test_lma_meter_reports_codes_perplexity_spread_and_foreground_psnr_by_part()
 
 class SimpleNamespaceNoLMA:
     lma = None
+
+
+def test_metrics_rows_are_json_lines_with_the_utc_time_and_no_nan(tmp_path, capsys):
+    import json
+    import re
+
+    from utils.run_logger import RunLogger
+
+    logger = RunLogger(str(tmp_path), "run", {}, torch.device("cpu"), first_step=0, total_steps=10, comparable=True,
+                       use_wandb=False, show_progress=False)
+    row = logger.log_scalars(5, {"lr": 1e-3, "observations_count": 6, "ground_truth_steps": 5, "loss": float("nan")})
+    logger.close()
+    with open(tmp_path / "metrics.jsonl", encoding="utf-8") as handle:
+        (written,) = [json.loads(line) for line in handle]
+    assert written == row and row["step"] == 5 and row["loss"] == "nan" and row["comparable"] is True
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", row["time"])  # utils.files.append_json_line
+    assert capsys.readouterr().out.startswith("step 5/10 | T 6 | T_f 5 | loss nan")

@@ -146,3 +146,25 @@ def test_full_output_writes_the_grid_the_videos_and_the_action_matrices(model_an
         with Image.open(paths[name + "_sheet"]) as sheet:
             assert sheet.size[0] > (3 + 1) * (WIDTH + 2) + 2  # columns = time, plus labels
             assert sheet.size[1] > _expected_height(2 * columns)  # one row per (start, action), plus header
+
+
+def test_action_matrices_are_the_two_figures_of_the_generation_api(model_and_video):
+    """The one builder of the action sheets (training media and play.py --grid)."""
+    from model.generation import NAMED_SHIFTS, global_action_matrix, local_action_matrix
+    from utils.training.media import action_matrices, action_matrix_media
+
+    model, video = model_and_video
+    starts = video[:2, 0]
+    built = action_matrices(model, starts, 2, row_names=["a", "b"], local_action=1)
+    assert list(built) == ["global_actions", "local_actions"]
+    expected = {
+        "global_actions": action_matrix_media(global_action_matrix(model, starts, 2, local_action=1), starts,
+                                              list(NAMED_SHIFTS), ["a", "b"]),
+        "local_actions": action_matrix_media(local_action_matrix(model, starts, 2), starts,
+                                             [f"action {k}" for k in range(model.num_actions)], ["a", "b"]),
+    }
+    for name, (video_frames, sheet) in built.items():
+        assert len(video_frames) == 3  # the start frame and 2 generated ones
+        assert all(np.array_equal(frame, other) for frame, other in zip(video_frames, expected[name][0]))
+        assert np.array_equal(sheet, expected[name][1])
+    assert model.training

@@ -106,3 +106,60 @@ def test_the_cpu_trainer_flushes_denormals_when_configured(flush):
         assert bool((denormal * 1.0 == 0).item()) is flush
     finally:
         torch.set_flush_denormal(bool(previous.item()))
+
+
+def test_preserved_buffers_and_random_state_leave_no_trace():
+    from utils.training.state import preserved_buffers, preserved_random_state
+
+    module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)).train()
+    before = {name: buffer.clone() for name, buffer in module.named_buffers()}
+    references = dict(module.named_buffers())
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    expected = (random.random(), np.random.random(), torch.rand(2))
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    with preserved_random_state(torch.device("cpu")), preserved_buffers(module):
+        module(torch.randn(5, 3))  # moves the running statistics and the count
+        random.random(), np.random.random()
+        assert not torch.equal(module[1].running_mean, before["1.running_mean"])
+    assert all(torch.equal(buffer, before[name]) for name, buffer in module.named_buffers())
+    assert all(buffer is references[name] for name, buffer in module.named_buffers())  # restored in place
+    observed = (random.random(), np.random.random(), torch.rand(2))
+    assert observed[:2] == expected[:2] and torch.equal(observed[2], expected[2])
+
+
+def test_the_trainer_state_round_trips_through_a_weights_only_file(tmp_path, one_torch_thread):
+    from tests.small_model import NO_PERCEPTUAL_LOSSES, SMALL_MODEL
+    from utils.distributed import initialize
+    from utils.training.trainer import Trainer
+
+    config = load_config(os.path.join(REPOSITORY, "configs", "wsprites.yaml"),
+                         [*SMALL_MODEL, *NO_PERCEPTUAL_LOSSES, "training.gma_warmup_steps=0",
+                          "training.observations_count={start: 3, end: 3}", "training.ground_truth_steps={start: 1, end: 1}"])
+    count = observations_count_at(config.training, 0)
+    batches = [{"observations": torch.rand(1, count, 3, 96, 128, generator=torch.Generator().manual_seed(seed)) * 2 - 1}
+               for seed in range(2)]
+    torch.manual_seed(0)
+    trained = Trainer(config, initialize("cpu"))
+    trained.training_step(batches[0], 0)
+    trained.code_usage += torch.arange(trained.code_usage.numel())
+    path = str(tmp_path / "trainer.pth")
+    torch.save(trained.state_dict(), path)
+    state = torch.load(path, weights_only=True)
+    assert sorted(state) == ["code_usage", "grad_scaler", "model", "optimizer", "scheduler"]
+
+    torch.manual_seed(1)  # other initial weights: everything must come from the state
+    resumed = Trainer(config, initialize("cpu"))
+    resumed.load_state_dict(state)
+    assert torch.equal(resumed.code_usage, trained.code_usage)
+    assert resumed.scheduler.state_dict() == trained.scheduler.state_dict()
+    torch.manual_seed(2)
+    trained.training_step(batches[1], 1)
+    torch.manual_seed(2)
+    resumed.training_step(batches[1], 1)
+    for (name, parameter), other in zip(trained.model.named_parameters(), resumed.model.parameters()):
+        assert torch.equal(parameter, other), name  # the same step from the same state: bit-identical
+
+    without_usage = {key: value for key, value in state.items() if key != "code_usage"}  # before the codebook options
+    fresh = Trainer(config, initialize("cpu"))
+    fresh.load_state_dict(without_usage)
+    assert not fresh.code_usage.any()

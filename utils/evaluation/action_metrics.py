@@ -41,8 +41,6 @@ them by window and reduces them in that order, so K processes give the single-pr
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -352,26 +350,17 @@ def metrics_path(run_folder: str, split: str, protocol: str) -> str:
 
 def result_record(result: EvaluationResult, trained: TrainedModel, run_folder: str, protocol: str, comparable: bool,
                   world_size: int) -> Dict[str, Any]:
-    """The JSON line of one evaluation: what was measured, on what, when, and every value."""
+    """The JSON line of one evaluation: what was measured, on what, and every value (`append_json_line` adds
+    when)."""
     config = trained.config
     count = config.evaluation.observations_count
-    return {"metric": METRIC_NAME, "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "run_folder": os.path.abspath(run_folder), "checkpoint": os.path.abspath(trained.path),
+    return {"metric": METRIC_NAME, "run_folder": os.path.abspath(run_folder), "checkpoint": os.path.abspath(trained.path),
             "step": trained.step, "split": config.evaluation.split, "protocol": protocol,
             "num_ground_truth_steps": num_ground_truth_steps(protocol, count), "observations_count": count,
             "skip_frames": config.evaluation.skip_frames, "data_root": os.path.abspath(config.data.root),
             "seed": config.evaluation.seed, "world_size": world_size, "comparable": comparable,
             "counts": result.counts, "results": result.results, "skipped": result.skipped,
             "histograms": result.histograms}
-
-
-def append_record(path: str, record: Dict[str, Any]) -> None:
-    """Append one JSON line (a single write of a whole line, flushed and synced)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 _TABLE_ROWS = [

@@ -12,8 +12,8 @@
 
 The real counterpart of a video is the window of T frames from `start_frame` of the test video
 `source_video`, as `VideoDataset(config.data, "test", sampling="all", observations_count=T)`
-cuts it. Each video folder appears complete or not at all (written to a temporary folder, then
-`os.replace`); a re-run skips the finished ones.
+cuts it. Each video folder appears complete or not at all (`utils.files.write_folder_atomically`); a
+re-run skips the finished ones.
 """
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -34,7 +33,7 @@ from model.generation import reconstruct
 from model.trained import TrainedModel
 from utils.config import Config
 from utils.errors import GlassError
-from utils.files import write_json_atomically
+from utils.files import TEMPORARY_PREFIX, write_folder_atomically, write_json_atomically
 from utils.media import save_png, to_uint8_images
 
 MANIFEST_FORMAT = 1
@@ -43,7 +42,8 @@ MANIFEST_KEYS = ("format", "run_folder", "step", "checkpoint", "protocol", "spli
                  "skip_frames", "data_root", "comparable", "videos")
 EVALUATION_SPLIT = "test"  # SPEC §5.2: every test sequence
 EVALUATION_FOLDER = "evaluation_dataset"  # inside the run folder
-_TEMPORARY_PREFIX = ".partial-"
+# What an interrupted run leaves: write_folder_atomically's folders, and '.partial-' ones of earlier versions
+_TEMPORARY_PREFIXES = (TEMPORARY_PREFIX, ".partial-")
 
 
 def default_folder(run_folder: str, step: int, protocol: str) -> str:
@@ -95,7 +95,7 @@ def prepare_output_folder(folder: str, overwrite: bool) -> None:
     """Create `folder`; with `overwrite` empty it first. A non-empty folder that is not an evaluation
     dataset (no manifest, no video or partial folders) is refused rather than written into."""
     if os.path.isdir(folder) and os.listdir(folder):
-        ours = all(name == MANIFEST_FILE or name.startswith(_TEMPORARY_PREFIX) or name.isdigit()
+        ours = all(name == MANIFEST_FILE or name.startswith(_TEMPORARY_PREFIXES) or name.isdigit()
                    for name in os.listdir(folder))
         if not ours:
             raise GlassError(f"{folder}: exists and holds other files; choose another --out or remove it")
@@ -105,19 +105,18 @@ def prepare_output_folder(folder: str, overwrite: bool) -> None:
         raise GlassError(f"{folder}: exists and is not a folder")
     os.makedirs(folder, exist_ok=True)
     for name in os.listdir(folder):  # left by an interrupted run
-        if name.startswith(_TEMPORARY_PREFIX):
+        if name.startswith(_TEMPORARY_PREFIXES):
             shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
 
 
 def _write_video(folder: str, name: str, frames: torch.Tensor) -> None:
-    """frames (T, 3, H, W) in [−1, 1] → folder/name/00000.png …, atomically."""
-    temporary = tempfile.mkdtemp(prefix=_TEMPORARY_PREFIX + name + "-", dir=folder)
-    for index, image in enumerate(to_uint8_images(frames)):
-        save_png(image, os.path.join(temporary, f"{index:05d}.png"))
-    target = os.path.join(folder, name)
-    if os.path.isdir(target):  # an incomplete folder of another writer: replaced whole
-        shutil.rmtree(target)
-    os.replace(temporary, target)
+    """frames (T, 3, H, W) in [−1, 1] → folder/name/00000.png …, atomically (an incomplete folder of another
+    writer is replaced whole)."""
+    def write(temporary: str) -> None:
+        for index, image in enumerate(to_uint8_images(frames)):
+            save_png(image, os.path.join(temporary, f"{index:05d}.png"))
+
+    write_folder_atomically(os.path.join(folder, name), write)
 
 
 def build_evaluation_dataset(trained: TrainedModel, run_folder: str, folder: str, protocol: str, device: torch.device,

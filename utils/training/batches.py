@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from data.video_dataset import ScheduledLengthBatchSampler, VideoDataset, collate_videos
+from utils.allocator import reset_malloc_tuning
 from utils.config import Config, TrainingConfig
 from utils.distributed import (DistributedContext)
 from utils.errors import DatasetError
@@ -17,6 +18,13 @@ from utils.schedules import observations_count_at
 from utils.training.stopping import ignore_stop_signals
 
 MEDIA_SEQUENCES = 4  # sequences in the fixed media batch
+
+
+def start_loader_worker(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: stop signals are left to the training process, and the allocator settings of
+    CPU training, which a forked worker inherits, give way to glibc's starting thresholds (utils/allocator.py)."""
+    ignore_stop_signals(worker_id)
+    reset_malloc_tuning()
 
 
 class ShardSampler(Sampler[int]):
@@ -107,7 +115,7 @@ class TrainingBatches:
             seed = int(np.random.SeedSequence([self.seed, self.rank, self.epoch]).generate_state(1)[0])
             loader = DataLoader(self.dataset, batch_sampler=self.batch_sampler, collate_fn=collate_videos,
                                 num_workers=self.num_workers, pin_memory=self.pin_memory,
-                                worker_init_fn=ignore_stop_signals, generator=torch.Generator().manual_seed(seed))
+                                worker_init_fn=start_loader_worker, generator=torch.Generator().manual_seed(seed))
             for batch in loader:
                 self.position += self.batch_size
                 self._normalize_position()

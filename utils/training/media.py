@@ -1,5 +1,6 @@
 """The pictures of a training run: the reconstruction grid, real-vs-reconstructed GIFs and the action sheets
-(`write_training_media`), built from the model's output and `model.generation`."""
+(`write_training_media`), built from the model's output and `model.generation`. The action sheets are built
+by `action_matrices` alone, for training and for `play.py --grid`."""
 from __future__ import annotations
 
 import os
@@ -82,6 +83,23 @@ def action_matrix_media(matrix: torch.Tensor, start_frames: torch.Tensor, column
     return video, sheet
 
 
+def action_matrices(model: Glass, start_frames: torch.Tensor, num_frames: int,
+                    row_names: Optional[Sequence[str]] = None,
+                    local_action: int = 0) -> Dict[str, Tuple[List[np.ndarray], np.ndarray]]:
+    """The two figures of SPEC §3.3 from start frames (R, 3, H, W), each as `action_matrix_media` (GIF frames,
+    contact sheet) with rows labelled by `row_names`: 'global_actions' (columns: the `NAMED_SHIFTS`, each with
+    local action `local_action`) and 'local_actions' (columns: the K codebook actions, shift 'stay'), each
+    `num_frames` generated frames after the start frame (`model.generation`)."""
+    matrices = {
+        "global_actions": (global_action_matrix(model, start_frames, num_frames, local_action=local_action),
+                           list(NAMED_SHIFTS)),
+        "local_actions": (local_action_matrix(model, start_frames, num_frames),
+                          [f"action {k}" for k in range(model.num_actions)]),
+    }
+    return {name: action_matrix_media(matrix, start_frames, column_names, row_names)
+            for name, (matrix, column_names) in matrices.items()}
+
+
 def write_training_media(model: torch.nn.Module, batch_observations: torch.Tensor, output: GlassOutput, step: int,
                          folder: str, num_sequences: int = 2, matrix_frames: int = 6, fps: float = 4.0) -> Dict[str, str]:
     """Write the media of one training step into `folder` (created if needed); returns {name: path}.
@@ -121,15 +139,7 @@ def write_training_media(model: torch.nn.Module, batch_observations: torch.Tenso
         [image_grid(pairs[:, t], row_labels=row_labels, column_labels=["real", "T_f = T-1"])
          for t in range(pairs.shape[1])], prefix + "reconstruction_video.gif", fps)
 
-    start_frames = sequences[:, 0]
-    num_actions = glass.num_actions
-    matrices = {
-        "global_actions": (global_action_matrix(glass, start_frames, matrix_frames), list(NAMED_SHIFTS)),
-        "local_actions": (local_action_matrix(glass, start_frames, matrix_frames),
-                          [f"action {k}" for k in range(num_actions)]),
-    }
-    for name, (matrix, column_names) in matrices.items():
-        video, sheet = action_matrix_media(matrix, start_frames, column_names)
+    for name, (video, sheet) in action_matrices(glass, sequences[:, 0], matrix_frames).items():
         paths[name + "_video"] = save_gif(video, prefix + name + "_video.gif", fps)
         paths[name + "_sheet"] = save_png(sheet, prefix + name + "_sheet.png")
     return paths

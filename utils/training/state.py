@@ -1,24 +1,26 @@
 """What a training run saves and restores, so that a stopped run continues exactly: every random generator
 as plain values (`capture_rng_state` / `restore_rng_state`), the per-process seeds, and the checkpoint dict
-(`training_checkpoint` / `resume_training`). A run stopped after N steps and resumed continues with the same
-batches, random numbers and optimiser and scheduler states as one that was not stopped, so on the CPU both end
-with bit-identical weights."""
+(`training_checkpoint` / `resume_training`, around `Trainer.state_dict`). A run stopped after N steps and
+resumed continues with the same batches, random numbers and optimiser and scheduler states as one that was not
+stopped, so on the CPU both end with bit-identical weights. Work that must leave no trace on training (media,
+probes) runs inside `preserved_buffers` and `preserved_random_state`."""
 from __future__ import annotations
 
+import contextlib
 import random
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional
 
 import numpy as np
 import torch
 
 from utils.checkpoint import CHECKPOINT_FORMAT
 from utils.config import TrainingConfig
-from utils.distributed import (DistributedContext, all_gather_objects, average_over_processes, broadcast_buffers,
-                               check_replicas_identical)
+from utils.distributed import DistributedContext, all_gather_objects, broadcast_buffers, check_replicas_identical
 from utils.errors import GlassError
 
-from utils.training.batches import TrainingBatches
-from utils.training.trainer import StepResult, Trainer
+if TYPE_CHECKING:  # the trainer uses the context managers below
+    from utils.training.batches import TrainingBatches
+    from utils.training.trainer import StepResult, Trainer
 
 
 def seed_everything(seed: int) -> None:
@@ -62,6 +64,32 @@ def restore_rng_state(state: Dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+@contextlib.contextmanager
+def preserved_buffers(module: torch.nn.Module) -> Iterator[None]:
+    """Every buffer of `module` (batch-norm running statistics and counts) as it was on entry, once the block
+    ends (by copying clones back in place, so references to the buffers stay valid)."""
+    saved = {name: buffer.clone() for name, buffer in module.named_buffers()}
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, buffer in module.named_buffers():
+                buffer.copy_(saved[name])
+
+
+@contextlib.contextmanager
+def preserved_random_state(device: torch.device) -> Iterator[None]:
+    """Python's `random`, NumPy's global generator, torch's CPU generator and, on CUDA, `device`'s generator
+    as they were on entry, once the block ends."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
 def training_checkpoint(trainer: Trainer, batches: TrainingBatches, step: int, last: StepResult) -> Optional[Dict[str, Any]]:
     """The state after `step` optimiser steps, as a checkpoint dict on rank 0 (None on the others).
 
@@ -72,18 +100,14 @@ def training_checkpoint(trainer: Trainer, batches: TrainingBatches, step: int, l
     context = trainer.context
     broadcast_buffers(context, trainer.model)
     check_replicas_identical(context, trainer.model)
-    code_usage = average_over_processes(context, trainer.code_usage.clone())
+    trainer_state = trainer.state_dict()
     rng_states = all_gather_objects(context, capture_rng_state(trainer.device))
     if not context.is_main:
         return None
     return {
         "format": CHECKPOINT_FORMAT,
         "step": step,
-        "model": trainer.model.state_dict(),
-        "optimizer": trainer.optimizer.state_dict(),
-        "scheduler": trainer.scheduler.state_dict(),
-        "grad_scaler": trainer.grad_scaler.state_dict(),
-        "code_usage": code_usage.cpu(),
+        **trainer_state,
         "curriculum": {"observations_count": last.observations_count, "ground_truth_steps": last.ground_truth_steps,
                        "ran_lma": last.ran_lma},
         "data": batches.state(),
@@ -97,12 +121,7 @@ def resume_training(trainer: Trainer, checkpoint: Dict[str, Any], path: str) -> 
     """Load a checkpoint into the trainer and this process's generators; returns the data position
     {'epoch', 'position'} to give `TrainingBatches`. A mismatch is a one-line `GlassError`."""
     try:
-        trainer.model.load_state_dict(checkpoint["model"])
-        trainer.optimizer.load_state_dict(checkpoint["optimizer"])
-        trainer.scheduler.load_state_dict(checkpoint["scheduler"])
-        trainer.grad_scaler.load_state_dict(checkpoint["grad_scaler"])
-        if "code_usage" in checkpoint:  # checkpoints written before the codebook options have none (zeros)
-            trainer.code_usage.copy_(checkpoint["code_usage"].to(trainer.code_usage))
+        trainer.load_state_dict(checkpoint)
     except (RuntimeError, ValueError, KeyError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise GlassError(f"{path}: does not fit the model and optimiser of the run's config.yaml "

@@ -2,26 +2,25 @@
 from __future__ import annotations
 
 import contextlib
-import random
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from model.blocks import enable_winograd
+from model.blocks import use_cpu_kernels
 from model.codebook import kmeans_codebook, restart_dead_codes
 from model.glass import Glass, build_model
 from model.losses import GlassLoss, LossResult
 from model.vgg import build_vgg_features
-from model.winograd import native_transforms
+from model.ops import native_transforms
 from utils.config import Config, TrainingConfig
 from utils.distributed import (DistributedContext, all_gather_objects, average_over_processes)
 from utils.errors import GlassError
 from utils.run_logger import lma_step_statistics
 from utils.training.media import write_training_media
+from utils.training.state import preserved_buffers, preserved_random_state
 from utils.pretrained import MissingWeightsError
 from utils.schedules import gumbel_temperature_at, ground_truth_steps_at, in_gma_warmup, observations_count_at
 
@@ -84,9 +83,10 @@ class Trainer:
         self.loss = GlassLoss(config.loss, self._build_vgg()).to(self.device)
         if self.training.channels_last:  # the VGG19 of the perceptual losses: 7% faster on CPU
             self.loss = self.loss.to(memory_format=torch.channels_last)
-        if self.training.winograd and self.device.type == "cpu":
-            if enable_winograd(self.model) + enable_winograd(self.loss):
-                native_transforms()  # built (or a bad GLASS_WINOGRAD_TRANSFORMS reported) before any run folder
+        if self.device.type == "cpu":
+            kernels = self.training.cpu_kernels
+            if use_cpu_kernels(self.model, kernels) + use_cpu_kernels(self.loss, kernels) and kernels == "native":
+                native_transforms()  # built (or its warning given) before the first step
         # On CUDA the fused Adam: one kernel for all parameters instead of a few per parameter (same update up to
         # rounding); on the CPU the default implementation, so CPU runs and their checkpoints stay as they were.
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.training.learning_rate,
@@ -136,19 +136,15 @@ class Trainer:
         """Names of the trainable parameters that the loss of a step planned as `plan` leaves without
         gradient, found by a forward and backward of the bare model on `observations` that leaves no
         trace (gradients cleared, batch-norm statistics and random generators as before)."""
-        buffers = {name: buffer.clone() for name, buffer in self.model.named_buffers()}
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+        with preserved_buffers(self.model), preserved_random_state(self.device):
             with self._autocast():
                 output = self.model(observations, plan["ground_truth_steps"], run_lma=plan["run_lma"],
                                     gumbel_temperature=plan["gumbel_temperature"])
                 total = self.loss(observations, output, lma_loss_scale=plan["lma_loss_scale"]).total
             total.backward()
-        unused = [name for name, parameter in self.model.named_parameters()
-                  if parameter.requires_grad and parameter.grad is None]
-        self.optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            for name, buffer in self.model.named_buffers():
-                buffer.copy_(buffers[name])
+            unused = [name for name, parameter in self.model.named_parameters()
+                      if parameter.requires_grad and parameter.grad is None]
+            self.optimizer.zero_grad(set_to_none=True)
         return unused
 
     def _autocast(self):
@@ -243,14 +239,30 @@ class Trainer:
         training: the batch-norm statistics and every random generator are as before."""
         observations = self.prepare_observations(observations)
         plan = self.curriculum(step, observations.shape[1])
-        buffers = {name: buffer.clone() for name, buffer in self.model.named_buffers()}
-        python_state, numpy_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            output = self.model(observations, plan["ground_truth_steps"], run_lma=plan["run_lma"],
-                                gumbel_temperature=plan["gumbel_temperature"])
-            for name, buffer in self.model.named_buffers():
-                buffer.copy_(buffers[name])
-            files = write_training_media(self.model, observations, output, step + 1, folder)
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
-        return files
+        with preserved_random_state(self.device):
+            with preserved_buffers(self.model):  # restored before generation, which reads them in eval mode
+                output = self.model(observations, plan["ground_truth_steps"], run_lma=plan["run_lma"],
+                                    gumbel_temperature=plan["gumbel_temperature"])
+            return write_training_media(self.model, observations, output, step + 1, folder)
+
+    def state_dict(self) -> Dict[str, Any]:
+        """What a checkpoint holds of the trainer, the one place its keys are written: 'model', 'optimizer',
+        'scheduler', 'grad_scaler' (their state dicts) and 'code_usage' (averaged over the processes, on the
+        CPU). A collective under several processes: every process calls it."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "grad_scaler": self.grad_scaler.state_dict(),
+            "code_usage": average_over_processes(self.context, self.code_usage.clone()).cpu(),
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Load a `state_dict` (a checkpoint dict may be given whole; its other keys are not read). A checkpoint
+        written before the codebook options has no 'code_usage': the usage stays zero."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.grad_scaler.load_state_dict(state["grad_scaler"])
+        if "code_usage" in state:
+            self.code_usage.copy_(state["code_usage"].to(self.code_usage))

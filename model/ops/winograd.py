@@ -17,15 +17,16 @@ average pooling is folded into the output transform (conv3×3 → avgpool(2) of 
 down-sampling blocks): a 4×4 output tile pools to 2×2.
 
 Results agree with the direct convolution to float32 rounding of a longer sum (relative error
-about 1e-5 of the output's scale, against 1e-6 for the direct kernel; tests/model/test_winograd.py);
-float64 inputs agree to ~1e-13. It is used where `model.blocks.Conv2d` chooses it
-(`WINOGRAD_MIN_CHANNELS`; training.winograd in the config): on the 2-core reference CPU a
-wide layer's forward + backward is 1.7–2.4× faster than oneDNN's direct kernels.
+about 1e-5 of the output's scale, against 1e-6 for the direct kernel; tests/model/ops/test_winograd.py);
+float64 inputs agree to ~1e-13. `model.ops.conv2d` runs it, with `training.cpu_kernels` 'torch' or
+'native', for the layers `eligible` accepts: 3×3, padding 1, at least `WINOGRAD_MIN_CHANNELS` input
+and output channels (`WINOGRAD_POOLED_MIN_CHANNELS` with the pooling), where the products saved
+outweigh the transforms (the per-layer figures are in README "Benchmarks").
 
 The tile transforms (gathering 6×6 windows, Bᵀ·B, Aᵀ·A and its adjoint) run in
-winograd_transforms.c, compiled on first use (`build_native_transforms`); the same transforms
-as PyTorch operations are the fallback where no C compiler is found (about 2× slower per layer
-at 64 channels, where the transforms weigh most). The products are `torch.bmm` (MKL / oneDNN).
+winograd_transforms.c with `native=True`, compiled on first use into ~/.cache/glass
+(`build_native_transforms`); with `native=False`, or where no C compiler is found, the same
+transforms run as PyTorch operations (slower). The products are `torch.bmm` (MKL / oneDNN).
 """
 from __future__ import annotations
 
@@ -38,12 +39,11 @@ import subprocess
 import tempfile
 import warnings
 from functools import lru_cache
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from utils.errors import GlassError
 
 TILE = 4  # output tile m of F(m×m, 3×3)
 WINDOW = TILE + 2  # input tile α = m + r − 1
@@ -73,8 +73,10 @@ _OUTPUT_TRANSFORM_T = (  # Aᵀ (4×6)
 )
 
 
-TRANSFORMS_VARIABLE = "GLASS_WINOGRAD_TRANSFORMS"  # 'native' (default) or 'torch'
-CACHE_VARIABLE = "GLASS_CACHE_DIR"  # where the compiled transforms are kept (default ~/.cache/glass)
+# The smallest layers that Winograd runs: with fewer channels its transforms cost more than the products save
+# (README "Benchmarks"); the pooled form competes with the direct strided kernel, 16 taps at a quarter of the positions.
+WINOGRAD_MIN_CHANNELS = 64
+WINOGRAD_POOLED_MIN_CHANNELS = 128
 TRANSFORMS_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "winograd_transforms.c")
 _NATIVE_DTYPES = {torch.float32: 0, torch.float64: 1}
 
@@ -138,8 +140,13 @@ def _compiler_command(compiler: str, output: str) -> list:
     return [compiler, *flags, "-o", output, TRANSFORMS_SOURCE]
 
 
+def cache_folder() -> str:
+    """Where the compiled transforms are kept: ~/.cache/glass (under $XDG_CACHE_HOME where that is set)."""
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "glass")
+
+
 def build_native_transforms(rebuild: bool = False) -> str:
-    """Compile winograd_transforms.c into the cache folder (once per source, compiler and flags, or again
+    """Compile winograd_transforms.c into `cache_folder()` (once per source, compiler and flags, or again
     with `rebuild`; written atomically, so concurrent processes are safe) and return the library's path.
     Raises OSError or subprocess.CalledProcessError when there is no C compiler or the build fails."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
@@ -148,8 +155,7 @@ def build_native_transforms(rebuild: bool = False) -> str:
     with open(TRANSFORMS_SOURCE, "rb") as handle:
         source = handle.read()
     key = hashlib.sha256(source + " ".join(_compiler_command(compiler, "")).encode()).hexdigest()[:16]
-    folder = os.environ.get(CACHE_VARIABLE) or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "glass")
+    folder = cache_folder()
     path = os.path.join(folder, f"winograd_transforms-{key}.so")
     if os.path.isfile(path) and not rebuild:
         return path
@@ -167,13 +173,8 @@ def build_native_transforms(rebuild: bool = False) -> str:
 
 @lru_cache(maxsize=None)
 def native_transforms() -> Optional[NativeTransforms]:
-    """The compiled transforms, built on first use; None (with one warning) where they cannot be built,
-    or when GLASS_WINOGRAD_TRANSFORMS=torch: then PyTorch operations do the same transforms, slower."""
-    choice = os.environ.get(TRANSFORMS_VARIABLE, "native")
-    if choice == "torch":
-        return None
-    if choice != "native":
-        raise GlassError(f"{TRANSFORMS_VARIABLE} must be 'native' or 'torch', got {choice!r}")
+    """The compiled transforms, built on first use; None (with one warning per process) where they cannot be
+    built: then PyTorch operations do the same transforms, slower."""
     try:
         try:
             return NativeTransforms(build_native_transforms())
@@ -186,8 +187,8 @@ def native_transforms() -> Optional[NativeTransforms]:
         return None
 
 
-def _native_for(tensor: torch.Tensor) -> Optional[NativeTransforms]:
-    if tensor.device.type != "cpu" or tensor.dtype not in _NATIVE_DTYPES:
+def _native_for(tensor: torch.Tensor, native: bool) -> Optional[NativeTransforms]:
+    if not native or tensor.device.type != "cpu" or tensor.dtype not in _NATIVE_DTYPES:
         return None
     return native_transforms()
 
@@ -206,13 +207,13 @@ def _transforms(dtype: torch.dtype, device: torch.device, pool: bool) -> Tuple[t
     return tuple(k.to(dtype=dtype, device=device) for k in kinds)
 
 
-def _input_tiles(inputs: torch.Tensor, tiles_high: int, tiles_wide: int) -> torch.Tensor:
+def _input_tiles(inputs: torch.Tensor, tiles_high: int, tiles_wide: int, native: bool) -> torch.Tensor:
     """Transformed input tiles V: (N, C, H, W) → (36, N·th·tw, C), padding 1 on top/left and
     zeros up to 4·t + 2 on the bottom/right."""
     batch_size, channels, height, width = inputs.shape
-    native = _native_for(inputs)
-    if native is not None:
-        return native.input_tiles(inputs.permute(0, 2, 3, 1).contiguous(), tiles_high, tiles_wide)
+    library = _native_for(inputs, native)
+    if library is not None:
+        return library.input_tiles(inputs.permute(0, 2, 3, 1).contiguous(), tiles_high, tiles_wide)
     input_transform = _transforms(inputs.dtype, inputs.device, False)[0]
     padded = F.pad(inputs.permute(0, 2, 3, 1), (0, 0, 1, TILE * tiles_wide + 1 - width, 1, TILE * tiles_high + 1 - height))
     windows = padded.unfold(1, WINDOW, TILE).unfold(2, WINDOW, TILE)  # (N, th, tw, C, 6, 6), a view
@@ -227,17 +228,17 @@ def _kernel_tiles(weight: torch.Tensor) -> torch.Tensor:
     return (kernel_transform @ weight.permute(2, 3, 1, 0).reshape(9, -1)).view(WINDOW * WINDOW, in_channels, out_channels)
 
 
-def _output_from_tiles(products: torch.Tensor, shape: Tuple[int, int, int, int, int], pool: bool,
+def _output_from_tiles(products: torch.Tensor, shape: Tuple[int, int, int, int, int], pool: bool, native: bool,
                        bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """y = Aᵀ M A (+ bias): products M (36, N·th·tw, K) → (N, K, H', W') in channels-last, H' = H (or ⌊H/2⌋ with
     `pool`); shape (N, H, W, th, tw) of the convolution's input."""
     batch_size, height, width, tiles_high, tiles_wide = shape
     out_channels = products.shape[-1]
-    native = _native_for(products)
-    if native is not None:
+    library = _native_for(products, native)
+    if library is not None:
         scale = 2 if pool else 1
         bias = None if bias is None else bias.to(products.dtype).contiguous()
-        return native.output_from_tiles(products, bias, batch_size, height // scale, width // scale, tiles_high,
+        return library.output_from_tiles(products, bias, batch_size, height // scale, width // scale, tiles_high,
                                         tiles_wide, pool)
     output_transform = _transforms(products.dtype, products.device, pool)[2]
     size = TILE // 2 if pool else TILE
@@ -254,12 +255,13 @@ def _output_from_tiles(products: torch.Tensor, shape: Tuple[int, int, int, int, 
     return outputs.permute(0, 3, 1, 2).clone(memory_format=torch.channels_last)
 
 
-def _output_gradient_tiles(grad_output: torch.Tensor, tiles_high: int, tiles_wide: int, pool: bool) -> torch.Tensor:
+def _output_gradient_tiles(grad_output: torch.Tensor, tiles_high: int, tiles_wide: int, pool: bool,
+                           native: bool) -> torch.Tensor:
     """dM = A dy Aᵀ, the adjoint of `_output_from_tiles`: (N, K, H', W') → (36, N·th·tw, K)."""
     batch_size, out_channels, height, width = grad_output.shape
-    native = _native_for(grad_output)
-    if native is not None:
-        return native.output_gradient_tiles(grad_output.permute(0, 2, 3, 1).contiguous(), tiles_high, tiles_wide, pool)
+    library = _native_for(grad_output, native)
+    if library is not None:
+        return library.output_gradient_tiles(grad_output.permute(0, 2, 3, 1).contiguous(), tiles_high, tiles_wide, pool)
     output_transform = _transforms(grad_output.dtype, grad_output.device, pool)[2]
     size = TILE // 2 if pool else TILE
     gradient = grad_output.permute(0, 2, 3, 1)
@@ -283,22 +285,22 @@ def kernel_tiles_of(weight: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
 
 class _WinogradConvolution(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, inputs, weight, bias, pool, precomputed):  # type: ignore[override]
+    def forward(ctx, inputs, weight, bias, pool, precomputed, native):  # type: ignore[override]
         batch_size, _, height, width = inputs.shape
         tiles_high, tiles_wide = _tile_counts(height, width)
-        input_tiles = _input_tiles(inputs, tiles_high, tiles_wide)
+        input_tiles = _input_tiles(inputs, tiles_high, tiles_wide, native)
         kernel_tiles = _kernel_tiles(weight) if precomputed is None else precomputed[0]
         ctx.flipped_kernel_tiles = None if precomputed is None else precomputed[1]
         shape = (batch_size, height, width, tiles_high, tiles_wide)
-        outputs = _output_from_tiles(torch.bmm(input_tiles, kernel_tiles), shape, pool, bias)
+        outputs = _output_from_tiles(torch.bmm(input_tiles, kernel_tiles), shape, pool, native, bias)
         ctx.save_for_backward(input_tiles if weight.requires_grad else None, weight)
-        ctx.configuration = (shape, pool, bias is not None)
+        ctx.configuration = (shape, pool, bias is not None, native)
         return outputs
 
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]
         input_tiles, weight = ctx.saved_tensors
-        shape, pool, has_bias = ctx.configuration
+        shape, pool, has_bias, native = ctx.configuration
         batch_size, height, width, tiles_high, tiles_wide = shape
         need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
         grad_input = grad_weight = grad_bias = None
@@ -313,11 +315,11 @@ class _WinogradConvolution(torch.autograd.Function):
                 grad_full = 0.25 * F.interpolate(grad_output, scale_factor=2, mode="nearest")
                 if grad_full.shape[-2:] != (height, width):  # odd sizes: the last row / column was not pooled
                     grad_full = F.pad(grad_full, (0, width - grad_full.shape[-1], 0, height - grad_full.shape[-2]))
-            products = torch.bmm(_input_tiles(grad_full, tiles_high, tiles_wide), flipped)
-            grad_input = _output_from_tiles(products, shape, False)
+            products = torch.bmm(_input_tiles(grad_full, tiles_high, tiles_wide, native), flipped)
+            grad_input = _output_from_tiles(products, shape, False, native)
         if need_weight:
             kernel_transform = _transforms(weight.dtype, weight.device, False)[1]
-            grad_products = _output_gradient_tiles(grad_output, tiles_high, tiles_wide, pool)  # (36, P, K)
+            grad_products = _output_gradient_tiles(grad_output, tiles_high, tiles_wide, pool, native)  # (36, P, K)
             grad_tiles = torch.bmm(input_tiles.transpose(1, 2), grad_products)  # (36, C, K)
             out_channels, in_channels = weight.shape[:2]
             grad_weight = (kernel_transform.t() @ grad_tiles.reshape(WINDOW * WINDOW, -1)).view(3, 3, in_channels,
@@ -325,21 +327,55 @@ class _WinogradConvolution(torch.autograd.Function):
             grad_weight = torch.empty_like(weight).copy_(grad_weight.permute(3, 2, 0, 1))  # the weight's layout
         if need_bias and has_bias:
             grad_bias = grad_output.sum(dim=(0, 2, 3))
-        return grad_input, grad_weight, grad_bias, None, None
+        return grad_input, grad_weight, grad_bias, None, None, None
 
 
 def winograd_conv3x3(inputs: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
-                     pool: bool = False,
-                     kernel_tiles: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+                     pool: bool = False, kernel_tiles: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+                     native: bool = True) -> torch.Tensor:
     """`F.conv2d(inputs, weight, bias, padding=1)` (then `F.avg_pool2d(·, 2)` with `pool`) by F(4×4, 3×3).
 
     inputs (N, C, H, W), weight (K, C, 3, 3), bias (K) or None → (N, K, H, W), or
     (N, K, ⌊H/2⌋, ⌊W/2⌋) with `pool`, in channels-last memory format. Differentiable in all three;
     `kernel_tiles`, `kernel_tiles_of(weight)` computed beforehand, only for a weight that needs no gradient.
+    `native`: the tile transforms of winograd_transforms.c (CPU float32 / float64; PyTorch's operations
+    where it cannot be built), or PyTorch's operations.
     """
     if weight.shape[-2:] != (3, 3) or inputs.dim() != 4 or inputs.shape[1] != weight.shape[1]:
         raise ValueError(f"winograd_conv3x3: expected inputs (N, C, H, W) and a (K, C, 3, 3) weight, got "
                          f"{tuple(inputs.shape)} and {tuple(weight.shape)}")
     if kernel_tiles is not None and weight.requires_grad:
         raise ValueError("winograd_conv3x3: precomputed kernel_tiles are for a weight that needs no gradient")
-    return _WinogradConvolution.apply(inputs, weight, bias, pool, kernel_tiles)
+    return _WinogradConvolution.apply(inputs, weight, bias, pool, kernel_tiles, native)
+
+
+def eligible(weight_shape: Sequence[int], padding: Tuple[int, int], down: int) -> bool:
+    """Whether "convolution with a (K, C, kh, kw) weight and `padding`, then avgpool(`down`)" is one that
+    `model.ops.conv2d` runs by Winograd: 3×3, padding 1, `down` 1 or 2, and wide enough."""
+    out_channels, in_channels, kernel_height, kernel_width = weight_shape
+    if (kernel_height, kernel_width) != (3, 3) or tuple(padding) != (1, 1) or down not in (1, 2):
+        return False
+    return min(in_channels, out_channels) >= (WINOGRAD_MIN_CHANNELS if down == 1 else WINOGRAD_POOLED_MIN_CHANNELS)
+
+
+def applies(inputs: torch.Tensor) -> bool:
+    """Whether these inputs can go through `winograd_conv3x3` here: CPU float32 / float64, not under torch.compile."""
+    return (inputs.device.type == "cpu" and inputs.dtype in (torch.float32, torch.float64)
+            and not torch.compiler.is_compiling())
+
+
+class FrozenKernelTiles:
+    """`kernel_tiles_of(weight)` for a weight that needs no gradient (VGG19's), kept until the weight changes
+    (in place, as load_state_dict does, or moved); None for a weight that is trained."""
+
+    def __init__(self):
+        self._key: Optional[Tuple[int, int, torch.dtype]] = None
+        self._tiles: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+
+    def get(self, weight: torch.Tensor) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        if weight.requires_grad:
+            return None
+        key = (weight._version, weight.data_ptr(), weight.dtype)
+        if self._key != key:
+            self._key, self._tiles = key, kernel_tiles_of(weight)
+        return self._tiles

@@ -1,6 +1,6 @@
-/* The tile transforms of Winograd F(4x4, 3x3) (model/winograd.py), in plain C for the CPU.
+/* The tile transforms of Winograd F(4x4, 3x3) (model/ops/winograd.py), in plain C for the CPU.
  *
- * Compiled on first use by model/winograd.py with the machine's C compiler (-O3, plus -mavx2 -mfma
+ * Compiled on first use by model/ops/winograd.py with the machine's C compiler (-O3, plus -mavx2 -mfma
  * where the CPU has them) and loaded with ctypes: no PyTorch headers, a second's build. Each call
  * splits its tiles over `threads`
  * POSIX threads. Tensors are dense row-major arrays:
