@@ -40,15 +40,27 @@ from tqdm import tqdm
 
 from data.video_dataset import VideoDataset
 from model.generation import RECONSTRUCTION_PROTOCOLS
+from model.trained import TrainedModel
 from utils.cli import run_main
 from utils.config import SPLITS
-from utils.distributed import (DEVICE_CHOICES, DistributedContext, check_launch, launch, launches_single_process,
-                               resolve_device_kind)
-from model.trained import TrainedModel
-from utils.evaluation.action_metrics import (evaluate_run, evaluation_dataset, format_table, load_run_for_evaluation,
-                                             metrics_path, result_record, shard_indices)
+from utils.distributed import (
+    DEVICE_CHOICES,
+    DistributedContext,
+    check_launch,
+    launch,
+    launches_single_process,
+    resolve_device_kind,
+)
+from utils.evaluation.action_metrics import (
+    evaluate_run,
+    evaluation_dataset,
+    format_table,
+    load_run_for_evaluation,
+    metrics_path,
+    result_record,
+    shard_indices,
+)
 from utils.files import append_json_line
-
 
 Loaded = Tuple[TrainedModel, bool, VideoDataset]  # the run, whether it is comparable, its evaluation windows
 

@@ -1,13 +1,15 @@
 """Measure a generated evaluation dataset against the real test sequences (SPEC §5.2).
 
     # the folder written by build_evaluation_dataset.py (runs/R/evaluation_dataset/step_N-PROTOCOL/)
-    python evaluate_dataset.py --config configs/wsprites.yaml --generated runs/wsprites/evaluation_dataset/step_300000-one_step
+    python evaluate_dataset.py --config configs/wsprites.yaml \\
+        --generated runs/wsprites/evaluation_dataset/step_300000-one_step
 
     # the same folder found from the run (latest step and the config's protocol unless given; config from the run)
     python evaluate_dataset.py --run-name wsprites [--runs-dir runs] [--step 300000] [--protocol one_step]
 
     # a subset of the metrics, on the CPU with 2 threads
-    python evaluate_dataset.py --config configs/wsprites.yaml --generated DIR --metrics mse,psnr,ssim --device cpu --num-threads 2
+    python evaluate_dataset.py --config configs/wsprites.yaml --generated DIR --metrics mse,psnr,ssim \\
+        --device cpu --num-threads 2
 
     # a dry run without the pretrained feature networks (random weights; results marked "comparable": false)
     python evaluate_dataset.py --config configs/wsprites.yaml --generated DIR --random-feature-weights
@@ -35,10 +37,15 @@ from utils.config import Config, load_config
 from utils.distributed import DEVICE_CHOICES, resolve_device_kind
 from utils.errors import GlassError
 from utils.evaluation.feature_networks import build_feature_networks, check_feature_weights
-from utils.evaluation.generated_dataset import (default_folder, latest_folder, load_generated_video, read_manifest,
-                                      real_windows)
-from utils.files import append_json_line, write_json_atomically
+from utils.evaluation.generated_dataset import (
+    default_folder,
+    latest_folder,
+    load_generated_video,
+    read_manifest,
+    real_windows,
+)
 from utils.evaluation.video_quality import REGISTRY, MetricAccumulator, default_metrics
+from utils.files import append_json_line, write_json_atomically
 
 
 def parse_arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:

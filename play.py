@@ -7,7 +7,8 @@ a web page.
     python play.py --run-name wsprites-tiny --step 310 --image sprite.png --actions-file moves.yaml --out demo
 
     # motion transfer: the shifts and local actions inferred from a real video, applied to the image
-    python play.py --run-name wsprites-tiny --image sprite.png --transfer datasets/wsprites-tiny/test/sprite_0042_video_00
+    python play.py --run-name wsprites-tiny --image sprite.png \\
+        --transfer datasets/wsprites-tiny/test/sprite_0042_video_00
 
     # reconstruction of a real video from its first frame (T_f = 1; --protocol one_step: T_f = T-1)
     python play.py --run-name wsprites-tiny --reconstruct datasets/wsprites-tiny/test/sprite_0042_video_00
@@ -49,10 +50,22 @@ from utils.cli import run_main
 from utils.distributed import DEVICE_CHOICES, resolve_device_kind
 from utils.errors import GlassError
 from utils.media import save_gif, save_png, to_uint8_images
+from utils.play.actions import (
+    ACTION_LANGUAGE_HELP,
+    dataset_start_frames,
+    default_output_folder,
+    image_paths,
+    load_start_image,
+    load_video,
+    motion_record,
+    parse_actions,
+    play_actions,
+    read_action_file,
+    side_by_side,
+    write_record,
+    write_video,
+)
 from utils.training.media import action_matrices
-from utils.play.actions import (ACTION_LANGUAGE_HELP, dataset_start_frames, default_output_folder, image_paths,
-                        load_start_image, load_video, motion_record, parse_actions, play_actions, read_action_file,
-                        side_by_side, write_record, write_video)
 
 GRID_DEFAULT_STARTS = 4  # start images taken from the dataset when --grid has no --image
 SERVE_DEFAULT_STARTS = 8  # start images offered by the web page from the dataset
@@ -102,8 +115,10 @@ def parse_arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     outputs.add_argument("--out", metavar="DIR", help="output folder (default: RUNS_DIR/RUN_NAME/play/MODE-TIMESTAMP)")
     outputs.add_argument("--fps", type=float, default=8.0, help="frames per second of the GIF and MP4 (default 8)")
     server = parser.add_argument_group("--serve")
-    server.add_argument("--port", type=int, default=8000, metavar="PORT", help="port on 127.0.0.1 (default 8000; 0: any free port)")
-    server.add_argument("--max-upload-mb", type=float, default=10.0, metavar="MB", help="largest accepted upload (default 10 MB)")
+    server.add_argument("--port", type=int, default=8000, metavar="PORT",
+                        help="port on 127.0.0.1 (default 8000; 0: any free port)")
+    server.add_argument("--max-upload-mb", type=float, default=10.0, metavar="MB",
+                        help="largest accepted upload (default 10 MB)")
     server.add_argument("--max-sessions", type=int, default=8, metavar="N",
                         help="sessions kept; the least recently used is dropped for a new one (default 8)")
     server.add_argument("--max-session-frames", type=int, default=300, metavar="N",
@@ -144,7 +159,8 @@ def _record(trained: TrainedModel, run_name: str, mode: str, device: torch.devic
             "device": device.type, **extra}
 
 
-def run_actions(arguments: argparse.Namespace, trained: TrainedModel, device: torch.device, folder: str) -> Dict[str, str]:
+def run_actions(arguments: argparse.Namespace, trained: TrainedModel, device: torch.device,
+                folder: str) -> Dict[str, str]:
     num_actions = trained.model.num_actions
     if arguments.actions is not None:
         steps = parse_actions(arguments.actions, num_actions, arguments.default_action)
@@ -160,7 +176,8 @@ def run_actions(arguments: argparse.Namespace, trained: TrainedModel, device: to
     return paths
 
 
-def run_video(arguments: argparse.Namespace, trained: TrainedModel, device: torch.device, folder: str) -> Dict[str, str]:
+def run_video(arguments: argparse.Namespace, trained: TrainedModel, device: torch.device,
+              folder: str) -> Dict[str, str]:
     """--transfer and --reconstruct: generate from a real video's inferred motion."""
     video_folder = arguments.transfer or arguments.reconstruct
     video = load_video(video_folder, trained.config.evaluation_data(), arguments.fit, arguments.max_frames).to(device)

@@ -44,14 +44,29 @@ if __name__ == "__main__":  # before torch is imported: glibc reads its allocato
     from utils.allocator import restart_with_malloc_tuning
     restart_with_malloc_tuning()  # CPU training only, judged from --device (utils/allocator.py)
 
-import torch  # noqa: E402  (the imports below come after the allocator restart above)
-import torch.multiprocessing  # noqa: E402
 
 from model.glass import build_model  # noqa: E402
-from utils.checkpoint import MEDIA_FOLDER, has_checkpoints, load_checkpoint, parse_resume_step, prepare_run_folder, read_run_config, resume_checkpoint_path, save_checkpoint
+from utils.checkpoint import (
+    MEDIA_FOLDER,
+    has_checkpoints,
+    load_checkpoint,
+    parse_resume_step,
+    prepare_run_folder,
+    read_run_config,
+    resume_checkpoint_path,
+    save_checkpoint,
+)
 from utils.cli import run_main
 from utils.config import Config, config_to_dict, dump_config, load_config
-from utils.distributed import DEVICE_CHOICES, DistributedContext, any_process, barrier, check_launch, launch, resolve_device_kind
+from utils.distributed import (
+    DEVICE_CHOICES,
+    DistributedContext,
+    any_process,
+    barrier,
+    check_launch,
+    launch,
+    resolve_device_kind,
+)
 from utils.errors import GlassError
 from utils.run_logger import LMAMeter, LossMeter, RunLogger
 from utils.training.batches import MediaBatch, TrainingBatches
@@ -78,8 +93,10 @@ class RunPlan:
 
 def parse_arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python train.py", description=__doc__.splitlines()[0],
-                                     epilog="Full commands (one GPU, several GPUs, torchrun, CPU): see the top of train.py.")
-    parser.add_argument("--config", help="a YAML file in configs/ (new runs; a resumed run uses its stored config.yaml)")
+                                     epilog="Full commands (one GPU, several GPUs, torchrun, CPU): "
+                                            "see the top of train.py.")
+    parser.add_argument("--config",
+                        help="a YAML file in configs/ (new runs; a resumed run uses its stored config.yaml)")
     parser.add_argument("--run-name", required=True, help="the run folder's name: RUNS_DIR/RUN_NAME")
     parser.add_argument("--runs-dir", default="runs", help="folder holding the run folders (default: runs)")
     parser.add_argument("--resume-step", metavar="N|-1|latest",
@@ -88,12 +105,14 @@ def parse_arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help="processes on this machine, one per GPU (with --device cpu: CPU processes with gloo); "
                              "not with torchrun, whose --nproc-per-node sets it")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="auto: CUDA when a GPU is visible")
-    parser.add_argument("--random-seed", type=int, help="overrides training.seed (processes use seed·world_size + rank)")
+    parser.add_argument("--random-seed", type=int,
+                        help="overrides training.seed (processes use seed·world_size + rank)")
     parser.add_argument("--random-vgg-weights", action="store_true",
                         help="VGG19 with random weights for the perceptual losses (tests and smoke runs: the run is "
                              "recorded as not comparable with the paper)")
     parser.add_argument("--wandb", action="store_true",
-                        help="also log to Weights & Biases (project 'glass'; WANDB_MODE=offline logs to the run folder)")
+                        help="also log to Weights & Biases (project 'glass'; WANDB_MODE=offline logs to the run "
+                             "folder)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the resolved configuration and the parameter counts, then exit (writes nothing)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (status lines only)")
@@ -142,7 +161,8 @@ def run_process(plan: RunPlan, context: DistributedContext) -> int:
     logger: Optional[RunLogger] = None
     media: Optional[MediaBatch] = None
     if context.is_main:
-        prepare_run_folder(plan.run_folder, config, first_step, RANDOM_VGG_WARNING if training.random_vgg_weights else "")
+        prepare_run_folder(plan.run_folder, config, first_step,
+                           RANDOM_VGG_WARNING if training.random_vgg_weights else "")
         logger = RunLogger(plan.run_folder, plan.run_name, {**config_to_dict(config), "world_size": context.world_size},
                            context.device, first_step, training.num_steps, comparable=not training.random_vgg_weights,
                            use_wandb=plan.use_wandb, show_progress=plan.show_progress)

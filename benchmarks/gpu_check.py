@@ -4,7 +4,8 @@
     python benchmarks/gpu_check.py
     # where only a few files come back (a lent machine's $OUT): the report, the summary and the logs
     python3 benchmarks/gpu_check.py --out /tmp/gpu-check; status=$?
-    cp /tmp/gpu-check/report.json /tmp/gpu-check/summary.txt "$OUT"/; tar -czf "$OUT"/logs.tgz -C /tmp/gpu-check logs; exit $status
+    cp /tmp/gpu-check/report.json /tmp/gpu-check/summary.txt "$OUT"/
+    tar -czf "$OUT"/logs.tgz -C /tmp/gpu-check logs; exit $status
     # a subset (step or group names; what they need runs too), longer timeouts, another folder
     python benchmarks/gpu_check.py --only train,evaluate --timeout-scale 2 --out runs/gpu-check-2
 
@@ -21,7 +22,8 @@ Steps (in this order; `--only` takes their names or groups, e.g. train, torchrun
     resume                    train.py of the paper config again, SIGTERM after some steps (it finishes the step and
                               saves), --resume-step latest to the same N steps; its final weights against train-paper's:
                               bit-identical on the CPU; on CUDA the largest difference is recorded (cuDNN and atomics
-                              are not bit-reproducible) and fails only above 10 % of what the weights moved after the stop
+                              are not bit-reproducible) and fails only above 10 % of what the weights moved after the
+                              stop
     torchrun-tiny, torchrun-paper
                               train.py under `python -m torch.distributed.run --standalone` (torchrun; a fresh
                               rendezvous on a free port), one process per GPU (NCCL when more than one; with one GPU
@@ -33,7 +35,8 @@ Steps (in this order; `--only` takes their names or groups, e.g. train, torchrun
                               scripted play.py action sequence
     host-syncs                train.py's per-step work (Trainer.training_step and the loss meters) for a warm-up and an
                               LMA step of both configs under torch.cuda.set_sync_debug_mode: how often, and where in
-                              Python, a step makes the host wait for the GPU (on the CPU the steps run, nothing is counted)
+                              Python, a step makes the host wait for the GPU (on the CPU the steps run, nothing is
+                              counted)
     training-step-fp32, training-step-bf16, training-step-authors-warmup, training-step-compile
                               benchmarks/training_step.py on configs/wsprites.yaml (random VGG19): s/step, GFLOP/step
                               and peak memory of the warm-up, T 6 and T 12 cases, channels-last on and off; bf16
@@ -86,10 +89,10 @@ TAIL_CHARACTERS = 4000  # of a failed step's output, in the report
 RESUME_CUDA_TOLERANCE = 0.1  # CUDA: the resumed run may differ by this share of what the weights moved after the stop
 TINY_CONFIG = "configs/wsprites-tiny.yaml"
 PAPER_CONFIG = "configs/wsprites.yaml"
-TEST_FILES = ("tests/model/test_model_glass.py", "tests/model/test_model_gma.py", "tests/model/test_model_lma.py",
-              "tests/model/test_losses.py", "tests/model/test_model_generation.py", "tests/utils/test_evaluation.py",
-              "tests/test_play.py")
-DRY_RUN_TEST_FILES = ("tests/model/test_model_gma.py", "tests/model/test_model_lma.py")  # 3 s; with the losses' 7 s
+TEST_FILES = ("tests/model/test_glass.py", "tests/model/test_gma.py", "tests/model/test_lma.py",
+              "tests/model/test_losses.py", "tests/model/test_generation.py",
+              "tests/utils/evaluation/test_action_metrics.py", "tests/test_play.py")
+DRY_RUN_TEST_FILES = ("tests/model/test_gma.py", "tests/model/test_lma.py")  # 3 s; with the losses' 7 s
 PLAY_ACTIONS = "right right 1 1 left stay 0*2 down:2 up"  # action ids < 3: valid for the small test model too
 DRY_RUN_METRICS = "mse,motion_mse,psnr,ssim"  # the feature-network metrics cost seconds per sequence on a CPU
 METRIC_PACKAGES = {"lpips_vgg": "lpips", "fid_inception_frames": "pytorch_fid"}  # imported only by these metrics
@@ -191,7 +194,8 @@ class Plan:
                 *self.sizes.test_files]
 
     def train_overrides(self) -> List[str]:
-        """train.py's overrides: the data, N steps crossing the warm-up, a row per step, checkpoint and media at the end."""
+        """train.py's overrides: the data, N steps crossing the warm-up, a row per step, checkpoint and media at the
+        end."""
         sizes = self.sizes
         return [*sizes.model_overrides, f"data.root={self.data_root}", f"data.num_workers={sizes.data_workers}",
                 f"training.num_steps={sizes.train_steps}", f"training.gma_warmup_steps={sizes.warmup_steps}",
@@ -275,7 +279,8 @@ class StepRunner:
         self.commands.append(shlex.join(command))
         self._log(f"$ {shlex.join(command)}\n")
         with open(self.log_path, "a", encoding="utf-8") as log:
-            return subprocess.Popen(command, cwd=REPOSITORY, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            return subprocess.Popen(command, cwd=REPOSITORY, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL,
                                     env={**dict(self.plan.sizes.environment), **os.environ, "PYTHONUNBUFFERED": "1"},
                                     start_new_session=True)
 
@@ -302,7 +307,8 @@ class StepRunner:
         return self.wait(self.start(command))
 
     def end_group(self, process: subprocess.Popen) -> None:
-        """SIGKILL the process group of `process` (its leader not yet reaped, so its id names no other group), then reap it."""
+        """SIGKILL the process group of `process` (its leader not yet reaped, so its id names no other group), then
+        reap it."""
         self._ended_by_itself = exited(process)
         try:
             os.killpg(process.pid, signal.SIGKILL)
@@ -439,7 +445,8 @@ def compare_checkpoints(reference_path: str, resumed_path: str, stopped_path: st
     worst = max(differences, key=differences.get)
     moved = max(float((reference["model"][name].double() - stopped["model"][name].double()).abs().max())
                 for name in names if reference["model"][name].numel())
-    weights_identical = all(torch.equal(reference["model"][name], resumed["model"][name]) for name in reference["model"])
+    weights_identical = all(torch.equal(reference["model"][name], resumed["model"][name])
+                            for name in reference["model"])
     optimizer_identical = all(
         torch.equal(first[key], second[key]) if isinstance(first[key], torch.Tensor) else first[key] == second[key]
         for first, second in zip(reference["optimizer"]["state"].values(), resumed["optimizer"]["state"].values())
@@ -524,7 +531,8 @@ def step_build_evaluation_dataset(runner: StepRunner) -> Dict[str, Any]:
 
 
 def available_dataset_metrics() -> Tuple[List[str], List[str]]:
-    """evaluate_dataset.py's default W-Sprites metrics whose Python package is installed, and notes on those left out."""
+    """evaluate_dataset.py's default W-Sprites metrics whose Python package is installed, and notes on those left
+    out."""
     import importlib.util
 
     from utils.evaluation.video_quality import default_metrics
@@ -555,7 +563,8 @@ def step_evaluate_dataset(runner: StepRunner) -> Dict[str, Any]:
     averages = {key: round(value, 4) for key, value in results.items()
                 if isinstance(value, float) and (key.endswith("/avg") or "/" not in key)}
     return {"sequences": record["sequences"], "metrics": record["metrics"], **averages,
-            "seconds_per_sequence": {name: round(seconds, 4) for name, seconds in record["seconds_per_sequence"].items()},
+            "seconds_per_sequence": {name: round(seconds, 4)
+                                     for name, seconds in record["seconds_per_sequence"].items()},
             "notes": record["notes"], **({"left_out": left_out} if left_out else {})}
 
 
@@ -666,7 +675,8 @@ def step_bench_compile(runner: StepRunner) -> Dict[str, Any]:
 
 
 def step_bench_authors(runner: StepRunner) -> Dict[str, Any]:
-    """The warm-up case with training.warmup_mode=authors, against the gma_only warm-up of training-step-fp32 (when it ran)."""
+    """The warm-up case with training.warmup_mode=authors, against the gma_only warm-up of training-step-fp32 (when it
+    ran)."""
     figures = _bench(runner, "authors-warmup", [(("warmup",), "config")])
     authors = figures["rows"][0]
     ours = [row for row in bench_rows(runner.plan, "fp32") if row["case"] == "warmup"
@@ -732,8 +742,8 @@ def select_steps(only: Optional[str]) -> Tuple[List[Step], List[str]]:
     words = [word.strip() for word in only.split(",") if word.strip()]
     unknown = [word for word in words if word not in STEP_NAMES and word not in GROUPS]
     if unknown or not words:
-        raise GlassError(f"--only: unknown step {', '.join(unknown) or '(none given)'}; steps: {', '.join(STEP_NAMES)}; "
-                         f"groups: {', '.join(GROUPS)}")
+        raise GlassError(f"--only: unknown step {', '.join(unknown) or '(none given)'}; "
+                         f"steps: {', '.join(STEP_NAMES)}; groups: {', '.join(GROUPS)}")
     chosen = {step.name for step in STEPS if step.name in words or step.group in words}
     needed = {need for step in STEPS if step.name in chosen for need in step.needs}
     return [step for step in STEPS if step.name in chosen | needed], sorted(needed - chosen)
@@ -825,7 +835,8 @@ def run_step(plan: Plan, step: Step, timeout: float, results: Dict[str, Dict[str
                              "figures": {}, "log": os.path.relpath(plan.log_path(step.name), plan.out)}
     if step.cuda_only and plan.device != "cuda":
         commands = [shlex.join(command) for command in step.gpu_commands(gpu_plan(plan))]
-        return {**entry, "reason": "skipped: CUDA only", "commands": commands, "command": commands[0] if commands else None}
+        return {**entry, "reason": "skipped: CUDA only", "commands": commands,
+                "command": commands[0] if commands else None}
     missing = [need for need in step.needs if results.get(need, {}).get("status") != "passed"]
     if missing:
         return {**entry, "reason": f"skipped: needs {', '.join(missing)}, which did not pass"}
@@ -895,7 +906,8 @@ def parse_arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: %(default)s)")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
-                        help="auto: CUDA, or an error where there is no GPU (with --dry-run: the CPU); cpu needs --dry-run")
+                        help="auto: CUDA, or an error where there is no GPU (with --dry-run: the CPU); "
+                             "cpu needs --dry-run")
     parser.add_argument("--dry-run", action="store_true",
                         help="every step at minimal size (small model, a few steps, one benchmark repeat), on the CPU "
                              "unless --device cuda; CUDA-only steps are recorded as skipped on the CPU")

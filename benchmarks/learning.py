@@ -1,7 +1,8 @@
 """Benchmark of learning (not of speed): train a config longer, evaluate it every N steps, draw the curves.
 
     # the embedded default for about an hour on 2 cores (2,400 steps), evaluated every 200 steps
-    python benchmarks/learning.py --config configs/wsprites-tiny.yaml --steps 2400 --eval-every 200 --run-name learning-tiny
+    python benchmarks/learning.py --config configs/wsprites-tiny.yaml --steps 2400 --eval-every 200 \\
+        --run-name learning-tiny
     # any change to compare against it: the same command with overrides
     python benchmarks/learning.py --run-name learning-tiny-lr --steps 2400 training.learning_rate=2e-3
 
@@ -174,7 +175,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"step {record['step']:>6}: IoU {values.get('gt/mask_iou', float('nan')):.3f} RE-1step IoU "
               f"{values.get('re/mask_iou', float('nan')):.3f} NMI {values.get('gt/local_action_nmi', float('nan')):.3f}"
               f" per char {values.get('gt/local_action_nmi_per_character', float('nan')):.3f} codes "
-              f"{values.get('gt/codes_used', float('nan')):.0f} fg PSNR {values.get('re/foreground_psnr', float('nan')):.2f}"
+              f"{values.get('gt/codes_used', float('nan')):.0f} fg PSNR "
+              f"{values.get('re/foreground_psnr', float('nan')):.2f}"
               f" / 1-image {values.get('re_single_image/foreground_psnr', float('nan')):.2f}")
     print(f"wrote {os.path.join(run_folder, 'learning.json')} and learning.png")
     return 0

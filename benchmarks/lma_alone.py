@@ -49,7 +49,15 @@ from model.vgg import build_vgg_features  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.media import image_grid, save_png, to_uint8_images  # noqa: E402
-from utils.metrics import code_histogram, codes_used, mean_nmi_per_group, normalized_mutual_information, perplexity, psnr, soft_iou  # noqa: E402
+from utils.metrics import (  # noqa: E402
+    code_histogram,
+    codes_used,
+    mean_nmi_per_group,
+    normalized_mutual_information,
+    perplexity,
+    psnr,
+    soft_iou,
+)
 from utils.training.state import preserved_buffers  # noqa: E402
 
 
@@ -81,7 +89,8 @@ def evaluate(lma: LocalMotionAnalysis, gma: SimpleNamespace, batch: Dict[str, An
     single = lma(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts, 1, masks=gma.masks)
     lma.train()  # train-mode BatchNorm (batch statistics), its running statistics left untouched
     with preserved_buffers(lma):
-        one_step_train = lma(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts, length - 1, masks=gma.masks)
+        one_step_train = lma(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts, length - 1,
+                             masks=gma.masks)
     record["psnr_one_step_eval"] = psnr(one_step.generated_foregrounds[0], targets)
     record["psnr_one_step_trainbn"] = psnr(one_step_train.generated_foregrounds[0], targets)
     record["psnr_single_image_eval"] = psnr(single.generated_foregrounds[0], targets)
@@ -128,7 +137,8 @@ def recover_codes(lma: LocalMotionAnalysis, gma: SimpleNamespace, output, ids: t
     steps = ids.shape[1]
     codebook = lma.action_network.codebook
     generated, _ = lma.unroll(output.states[:, :steps], output.foreground_shifts, codebook[ids],
-                              ground_truth_foregrounds=gma.foregrounds[:, :steps], ground_truth_masks=gma.masks[:, :steps])
+                              ground_truth_foregrounds=gma.foregrounds[:, :steps],
+                              ground_truth_masks=gma.masks[:, :steps])
     source_states, source_attention = lma.encoder(output.shifted_foregrounds.flatten(0, 1))
     target_states, target_attention = lma.encoder(generated[0].flatten(0, 1))
     vectors = lma.action_network.vectors(source_states * source_attention, target_states * target_attention)
@@ -145,7 +155,8 @@ def write_sheet(images, path: str, num_windows: int = 4) -> None:
 
 
 def main(argv: List[str] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/wsprites-tiny.yaml")
     parser.add_argument("--out", required=True, help="output folder (curves.json, step_N.png)")
     parser.add_argument("--steps", type=int, default=600)
@@ -180,13 +191,15 @@ def main(argv: List[str] = None) -> int:
     val_items = torch.randperm(len(val_set), generator=generator)[:args.eval_windows].tolist()
     val_batch = collate_videos([val_set[i] for i in val_items])
     noise_generator = torch.Generator().manual_seed(args.seed + 2)  # apart from the loader's: the same batches
-    val_gma = true_inputs(val_batch, config.data.input_size, args.shift_noise, torch.Generator().manual_seed(args.seed + 1))
+    val_gma = true_inputs(val_batch, config.data.input_size, args.shift_noise,
+                          torch.Generator().manual_seed(args.seed + 1))
     loader = torch.utils.data.DataLoader(train_set, batch_size=config.training.batch_size, shuffle=True, drop_last=True,
                                          collate_fn=collate_videos, num_workers=min(config.data.num_workers, 1),
                                          generator=generator, persistent_workers=config.data.num_workers > 0)
 
     lma = LocalMotionAnalysis(config.model.lma, config.model.state_resolution(config.data.input_size))
-    vgg = build_vgg_features(config.loss, random_weights=args.random_vgg_weights) if GlassLoss.needs_vgg(config.loss) else None
+    vgg = (build_vgg_features(config.loss, random_weights=args.random_vgg_weights)
+           if GlassLoss.needs_vgg(config.loss) else None)
     loss = GlassLoss(config.loss, vgg)
     optimizer = torch.optim.Adam(lma.parameters(), lr=config.training.learning_rate,
                                  weight_decay=config.training.weight_decay)
@@ -202,19 +215,22 @@ def main(argv: List[str] = None) -> int:
         record.update(step=step, seconds=round(time.time() - started, 1), codes_restarted=restarted)
         if train_ids:
             train_histogram = code_histogram(torch.cat(train_ids), num_actions)
-            record["train_codes_used"], record["train_perplexity"] = codes_used(train_histogram), perplexity(train_histogram)
+            record["train_codes_used"], record["train_perplexity"] = (codes_used(train_histogram),
+                                                                      perplexity(train_histogram))
             train_ids.clear()
         curves.append(record)
         write_sheet(images, os.path.join(args.out, f"step_{step:06d}.png"))
         with open(os.path.join(args.out, "curves.json"), "w") as file:
-            json.dump({"config": args.config, "overrides": args.overrides, "args": vars(args), "curves": curves}, file, indent=1)
+            json.dump({"config": args.config, "overrides": args.overrides, "args": vars(args), "curves": curves}, file,
+                      indent=1)
         print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in record.items()}), flush=True)
 
     log_evaluation()
     while step < args.steps:
         for batch in loader:
             gma = true_inputs(batch, config.data.input_size, args.shift_noise, noise_generator)
-            output = lma(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts, ground_truth_steps, masks=gma.masks)
+            output = lma(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts, ground_truth_steps,
+                         masks=gma.masks)
             total = 0.0
             for name in LMA_LOSS_NAMES:
                 weight = loss.weights[name]

@@ -10,7 +10,8 @@
     python benchmarks/training_step.py --device cuda --precision bf16 --compile --repeats 20
 
     # any config override, e.g. a narrower masking network
-    python benchmarks/training_step.py --configs configs/wsprites-tiny.yaml --cases full-t6 --set model.gma.mask_middle_blocks=1
+    python benchmarks/training_step.py --configs configs/wsprites-tiny.yaml --cases full-t6 \\
+        --set model.gma.mask_middle_blocks=1
 
 A step is `utils.training.trainer.Trainer.training_step`, the one `train.py` runs: forward, the real
 `model.losses.GlassLoss`, backward, the non-finite-gradient clean-up and an Adam step, with
@@ -77,7 +78,8 @@ MATMUL_SIZE = {"cpu": 2048, "cuda": 8192}
 GIB = 2 ** 30
 
 
-def matmul_gflops(device: str, dtype: torch.dtype = torch.float32, repeats: int = 5, size: Optional[int] = None) -> float:
+def matmul_gflops(device: str, dtype: torch.dtype = torch.float32, repeats: int = 5,
+                  size: Optional[int] = None) -> float:
     """The median rate of a square `torch.mm` of `size` (default MATMUL_SIZE[device]) in `dtype` on `device`,
     in GFLOP/s (2·n³ per product)."""
     size = size or MATMUL_SIZE[device]
@@ -105,7 +107,8 @@ def _case_overrides(case: Dict[str, Any], channels_last: bool, arguments: argpar
     length, ground_truth_steps = case["observations_count"], case["ground_truth_steps"]
     return [
         f"training.observations_count={{start: {length}, end: {length}, start_step: 0, steps: 0}}",
-        f"training.ground_truth_steps={{start: {ground_truth_steps}, end: {ground_truth_steps}, start_step: 0, steps: 0}}",
+        f"training.ground_truth_steps={{start: {ground_truth_steps}, end: {ground_truth_steps}, "
+        f"start_step: 0, steps: 0}}",
         f"training.gma_warmup_steps={10 ** 9 if case['warmup'] else 0}",
         f"training.channels_last={str(channels_last).lower()}",
         f"training.precision={arguments.precision}",
@@ -199,7 +202,8 @@ def _format_row(row: Dict[str, Any], matmul_rate: float) -> str:
             f"{row['gflop_per_step']:.1f} GFLOP per step{executed}, {row['seconds_per_step']:.3f} s per step "
             f"(min {row['seconds_min']:.3f}, max {row['seconds_max']:.3f}; process CPU time "
             f"{row['cpu_seconds_per_step']:.3f} s) = {rate:.1f} GFLOP/s = "
-            f"{100 * rate / matmul_rate:.0f} % of the measured matmul rate; peak memory {row['peak_memory_gib']:.2f} GiB, "
+            f"{100 * rate / matmul_rate:.0f} % of the measured matmul rate; "
+            f"peak memory {row['peak_memory_gib']:.2f} GiB, "
             f"{row['step_memory_gib']:.2f} GiB of it during the steps ({row['memory_kind']})")
 
 

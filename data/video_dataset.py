@@ -128,7 +128,8 @@ def index_video(path: str) -> VideoRecord:
     if os.path.isfile(glactions_path):
         labels = _load_pickle(glactions_path)
         if not isinstance(labels, dict):
-            raise DatasetError(f"{glactions_path}: expected a dict with keys {_LABEL_KEYS}, got {type(labels).__name__}")
+            raise DatasetError(f"{glactions_path}: expected a dict with keys {_LABEL_KEYS}, "
+                               f"got {type(labels).__name__}")
         if "global" in labels:
             global_actions = _per_frame(glactions_path, "global", labels["global"], count, pairs=False)
         if "local" in labels:
@@ -240,7 +241,8 @@ def fit_image(image: Image.Image, config: DataConfig, resample: int = Image.BILI
     return image
 
 
-def prepare_image(image: Image.Image, config: DataConfig, fit: str = "dataset", name: Optional[str] = None) -> torch.Tensor:
+def prepare_image(image: Image.Image, config: DataConfig, fit: str = "dataset",
+                  name: Optional[str] = None) -> torch.Tensor:
     """A PIL image as the model sees a frame: (3, H, W) float32 in [-1, 1], composited over white,
     cropped and resized bilinearly (`fit`: see `FIT_MODES`; 'dataset' is what `VideoDataset` does)."""
     array = np.asarray(fit_image(_to_rgb(image), config, Image.BILINEAR, fit, name or getattr(image, "filename", None)),
@@ -254,7 +256,8 @@ def load_image(path: str, config: DataConfig, fit: str = "dataset") -> torch.Ten
 
 
 class VideoDataset(Dataset):
-    """Samples of `observations_count` frames, `skip_frames` source frames skipped between two, from videos of one split.
+    """Samples of `observations_count` frames, `skip_frames` source frames skipped between two, from videos of
+    one split.
 
     `sampling`: 'random' — one window per video, its start drawn from a generator seeded
     by (seed, epoch, index), so the data order is reproducible whatever the workers;

@@ -49,7 +49,7 @@ class Conv2d(nn.Conv2d):
     - `kernels` (set by `use_cpu_kernels`, training.cpu_kernels in the config) 'torch' or 'native': on
       CPU tensors, Winograd F(4×4, 3×3) for wide 3×3 layers and NCHW weight gradients for wide
       channels-last ones (model/ops/); 'plain' (the default) keeps PyTorch's kernels.
-    Results agree with nn.Conv2d → nn.AvgPool2d to float rounding (tests/model/test_model_blocks.py,
+    Results agree with nn.Conv2d → nn.AvgPool2d to float rounding (tests/model/test_blocks.py,
     tests/model/ops/). (B, in, H, W) → (B, out, ⌊H'/down⌋, ⌊W'/down⌋), H', W' the plain convolution's output size.
     """
 

@@ -102,8 +102,10 @@ def _render(model: Glass, protocol: str, driving_video: torch.Tensor, target_fir
     motion = model.lma.infer_motion(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts)
     states, actions = motion.states, motion.actions
     if target_first_frames is None:
-        first_frames, first_masks, ground_truth_states = driving_video[:, 0], gma.masks[:, 0], states[:, :ground_truth_steps]
-        ground_truth_foregrounds, ground_truth_masks = gma.foregrounds[:, :ground_truth_steps], gma.masks[:, :ground_truth_steps]
+        first_frames, first_masks, ground_truth_states = (driving_video[:, 0], gma.masks[:, 0],
+                                                          states[:, :ground_truth_steps])
+        ground_truth_foregrounds, ground_truth_masks = (gma.foregrounds[:, :ground_truth_steps],
+                                                        gma.masks[:, :ground_truth_steps])
     else:
         first_frames, first_masks = target_first_frames, model.gma.masking_network(target_first_frames)
         ground_truth_foregrounds, ground_truth_masks = (first_masks * first_frames)[:, None], first_masks[:, None]
@@ -242,7 +244,8 @@ def _action_matrix(model: Glass, start_frames: torch.Tensor, num_frames: int, gl
 
 
 def global_action_matrix(model: Glass, start_frames: torch.Tensor, num_frames: int,
-                         shifts: Optional[Dict[str, Tuple[float, float]]] = None, local_action: int = 0) -> torch.Tensor:
+                         shifts: Optional[Dict[str, Tuple[float, float]]] = None,
+                         local_action: int = 0) -> torch.Tensor:
     """The global-action figure: rows = start frames (R, 3, H, W), one column per shift of
     `shifts` (default `NAMED_SHIFTS`, in its order) applied for `num_frames` steps with the
     fixed `local_action` → generated frames (R, A, num_frames, 3, H, W) (start frame excluded)."""
@@ -260,6 +263,7 @@ def local_action_matrix(model: Glass, start_frames: torch.Tensor, num_frames: in
     (default stay) → generated frames (R, K, num_frames, 3, H, W) (start frame excluded)."""
     assert_shape(start_frames, (None, 3, *model.frame_size), "start frames")
     num_actions = model.num_actions
-    global_shifts = torch.tensor([global_shift], dtype=start_frames.dtype, device=start_frames.device).expand(num_actions, 2)
+    global_shifts = torch.tensor([global_shift], dtype=start_frames.dtype,
+                                 device=start_frames.device).expand(num_actions, 2)
     return _action_matrix(model, start_frames, num_frames, global_shifts,
                           torch.arange(num_actions, device=start_frames.device))

@@ -16,7 +16,7 @@ from torch import nn
 
 from model.blocks import assert_shape
 from model.gma import GlobalMotionAnalysis, GMAOutput
-from model.lma import LocalMotionAnalysis, LMAOutput
+from model.lma import LMAOutput, LocalMotionAnalysis
 from utils.config import Config, ModelConfig
 
 

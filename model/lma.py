@@ -14,9 +14,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.blocks import (
+    LEAKY_RELU_SLOPE,
+    Conv2d,
+    ConvLSTM,
+    ConvLSTMState,
+    Final,
+    ModConv,
+    Res,
+    Same,
+    Up,
+    assert_shape,
+    tile_and_concatenate,
+)
 from model.gma import FOREGROUND_PADDING, shift_images
-from model.blocks import (LEAKY_RELU_SLOPE, Conv2d, ConvLSTM, ConvLSTMState, Final, ModConv, Res, Same, Up, assert_shape,
-                          tile_and_concatenate)
 from utils.config import LMAConfig
 
 DynamicsState = List[ConvLSTMState]  # the (h, c) of the three ConvLSTMs, blocks 1–3
@@ -87,7 +98,8 @@ class VectorQuantizer(nn.Module):
         else:
             loss = (F.mse_loss(nearest, vectors.detach())
                     + self.commitment * self.beta * F.mse_loss(vectors, nearest.detach()))
-        return ActionOutput(codes=vectors + (nearest - vectors).detach(), ids=ids, vq_loss=loss, vectors=vectors.detach())
+        return ActionOutput(codes=vectors + (nearest - vectors).detach(), ids=ids, vq_loss=loss,
+                            vectors=vectors.detach())
 
 
 class GumbelQuantizer(nn.Module):
@@ -134,7 +146,8 @@ class DirectionLayer(nn.Module):
         return self.post(bilinear(self.linear(u), x, self.bilinear.weight, self.bilinear.bias))
 
 
-def bilinear(first: torch.Tensor, second: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+def bilinear(first: torch.Tensor, second: torch.Tensor, weight: torch.Tensor,
+             bias: Optional[torch.Tensor]) -> torch.Tensor:
     """F.bilinear as two matrix products: y[n, o] = Σ_ij first[n, i]·weight[o, i, j]·second[n, j] + bias[o].
 
     first (N, I), second (N, J), weight (O, I, J) → (N, O). The same function as F.bilinear,
@@ -170,7 +183,8 @@ class ActionNetwork(nn.Module):
         else:
             sizes = [vector_size] + list(config.direction_sizes)
             self.direction_layers = nn.ModuleList([
-                DirectionLayer(vector_size, sizes[k], sizes[k + 1], last=k == len(sizes) - 2) for k in range(len(sizes) - 1)])
+                DirectionLayer(vector_size, sizes[k], sizes[k + 1], last=k == len(sizes) - 2)
+                for k in range(len(sizes) - 1)])
         mlp_layers: List[nn.Module] = []
         # The Gumbel ablation's head is one Linear(64→K) (SPEC, the authors' code); the VQ's the MLP.
         mlp_sizes = [vector_size] + ([] if config.use_gumbel else list(config.action_mlp_hidden))
@@ -391,7 +405,8 @@ class LocalMotionAnalysis(nn.Module):
         """`shift_refinement` R > 0: each Δ_F moved by the integer pixel offset δ ∈ [−R, R]² whose fₜ moved by Δ_F + δ
         is closest to fₜ₊₁ (mean absolute difference; δ = 0 wins ties), and f̃ₜ recomputed; R = 0 returns the inputs.
 
-        foregrounds f (B, T, 3, H, W), f̃ (B, T−1, 3, H, W), Δ_F (B, T−1, 2) in affine_grid units → (f̃, Δ_F), no gradient.
+        foregrounds f (B, T, 3, H, W), f̃ (B, T−1, 3, H, W), Δ_F (B, T−1, 2) in affine_grid units → (f̃, Δ_F),
+        no gradient.
         """
         radius = self.shift_refinement
         if radius == 0:
@@ -429,7 +444,8 @@ class LocalMotionAnalysis(nn.Module):
         return shift_images(sources, refined, FOREGROUND_PADDING).unflatten(0, steps), refined.unflatten(0, steps)
 
     def encode(self, frames: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """frames (B, T, 3, H, W) → states φ (B, T, 64, h, w), attention (B, T, 1, h, w); frames folded into the batch."""
+        """frames (B, T, 3, H, W) → states φ (B, T, 64, h, w), attention (B, T, 1, h, w); frames folded into
+        the batch."""
         states, attention = self.encoder(frames.flatten(0, 1))
         return states.unflatten(0, frames.shape[:2]), attention.unflatten(0, frames.shape[:2])
 
@@ -449,7 +465,8 @@ class LocalMotionAnalysis(nn.Module):
                             ids=actions.ids.unflatten(0, (batch_size, steps)), vq_loss=actions.vq_loss,
                             vectors=actions.vectors.unflatten(0, (batch_size, steps)))
 
-    def infer_motion(self, foregrounds: torch.Tensor, shifted_foregrounds: torch.Tensor, foreground_shifts: torch.Tensor,
+    def infer_motion(self, foregrounds: torch.Tensor, shifted_foregrounds: torch.Tensor,
+                     foreground_shifts: torch.Tensor,
                      gumbel_temperature: Optional[float] = None) -> InferredMotion:
         """Refine the GMA's f̃ and Δ_F (`refine_shifts`), encode the foregrounds f (B, T, 3, H, W) and infer the local
         actions: what training, reconstruction and evaluation all read from a real sequence."""
@@ -493,8 +510,10 @@ class LocalMotionAnalysis(nn.Module):
         the current foreground itself, is needed with `decoder_skip` only; `mask` (B, 1, H, W),
         the current mask, with `decoder_skip_mask` only."""
         noise = self.noise(states.shape[0], sample_noise, states)
-        hidden, dynamics_state = self.dynamics(self.compressor(states), foreground_shift, action_code, dynamics_state, noise)
-        return (self.decoder(hidden, self.decoder_skip(foreground, foreground_shift, mask), self.decoder_action(action_code)),
+        hidden, dynamics_state = self.dynamics(self.compressor(states), foreground_shift, action_code, dynamics_state,
+                                               noise)
+        return (self.decoder(hidden, self.decoder_skip(foreground, foreground_shift, mask),
+                             self.decoder_action(action_code)),
                 dynamics_state)
 
     def unroll(self, ground_truth_states: torch.Tensor, foreground_shifts: torch.Tensor, action_codes: torch.Tensor,
@@ -535,7 +554,8 @@ class LocalMotionAnalysis(nn.Module):
                                  None if ground_truth_masks is None else ground_truth_masks.flatten(0, 1))
         decoded = self.decoder(torch.stack(hidden_states, dim=1).flatten(0, 1), skip,
                                self.decoder_action(action_codes[:, :num_ground_truth_steps].flatten(0, 1)))
-        chunks = [[scale.unflatten(0, (batch_size, num_ground_truth_steps)) for scale in decoded]]  # per chunk, per scale
+        # per chunk, per scale
+        chunks = [[scale.unflatten(0, (batch_size, num_ground_truth_steps)) for scale in decoded]]
         for t in range(num_ground_truth_steps, steps):
             previous_foreground, previous_mask = split_full_output(chunks[-1][0][:, -1])
             decoded, dynamics_state = self.step(self.encoder(previous_foreground)[0], foreground_shifts[:, t],
@@ -557,10 +577,9 @@ class LocalMotionAnalysis(nn.Module):
         """
         motion = self.infer_motion(foregrounds, shifted_foregrounds, foreground_shifts, gumbel_temperature)
         states, actions = motion.states, motion.actions
-        generated_foregrounds, generated_masks = self.unroll(states[:, :num_ground_truth_steps], motion.foreground_shifts,
-                                                             actions.codes, sample_noise,
-                                                             foregrounds[:, :num_ground_truth_steps],
-                                                             None if masks is None else masks[:, :num_ground_truth_steps])
+        generated_foregrounds, generated_masks = self.unroll(
+            states[:, :num_ground_truth_steps], motion.foreground_shifts, actions.codes, sample_noise,
+            foregrounds[:, :num_ground_truth_steps], None if masks is None else masks[:, :num_ground_truth_steps])
         reencoded_states, _ = self.encode(generated_foregrounds[0])
         return LMAOutput(states=states, action_codes=actions.codes, action_ids=actions.ids,
                          action_vq_loss=actions.vq_loss, generated_foregrounds=generated_foregrounds,

@@ -53,7 +53,8 @@ def motion_weighted_l1(targets: torch.Tensor, predictions: torch.Tensor, weights
 
 
 def resize(images: torch.Tensor, size: torch.Size) -> torch.Tensor:
-    """(..., C, H, W) → (..., C, *size) with `F.interpolate(mode="bilinear", align_corners=False)`; identity at the same size."""
+    """(..., C, H, W) → (..., C, *size) with `F.interpolate(mode="bilinear", align_corners=False)`; identity at
+    the same size."""
     if tuple(images.shape[-2:]) == tuple(size):
         return images
     resized = F.interpolate(images.flatten(0, -4), size=tuple(size), mode=RESIZE_MODE, align_corners=False)
@@ -191,7 +192,8 @@ class GlassLoss(nn.Module):
     def multiscale_local_reconstruction_loss(self, gma: GMAOutput, lma: LMAOutput) -> torch.Tensor:
         """As the global one, with w = Σ_c(|fₜ₊₁ − f̃ₜ| + |fₜ₊₁ − f̂ₜ₊₁|)."""
         targets = gma.foregrounds[:, 1:].detach()
-        shifted = gma.shifted_foregrounds if lma.shifted_foregrounds is None else lma.shifted_foregrounds  # f̃ the LMA used
+        # f̃ the LMA used
+        shifted = gma.shifted_foregrounds if lma.shifted_foregrounds is None else lma.shifted_foregrounds
         weights = ((targets - shifted.detach()).abs()
                    + (targets - lma.generated_foregrounds[0]).abs()).sum(dim=2, keepdim=True)
         return self._multiscale_weighted_l1(targets, lma.generated_foregrounds, weights.detach())
@@ -199,7 +201,8 @@ class GlassLoss(nn.Module):
     @staticmethod
     def _multiscale_weighted_l1(targets: torch.Tensor, generated: List[torch.Tensor],
                                 weights: torch.Tensor) -> torch.Tensor:
-        """targets (B, T−1, 3, H, W) and weights (B, T−1, 1, H, W) at full size; generated per scale → mean over scales."""
+        """targets (B, T−1, 3, H, W) and weights (B, T−1, 1, H, W) at full size; generated per scale → mean over
+        scales."""
         per_scale = [motion_weighted_l1(resize(targets, scale.shape[-2:]), scale, resize(weights, scale.shape[-2:]))
                      for scale in generated]
         return sum(per_scale) / len(per_scale)

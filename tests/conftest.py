@@ -29,7 +29,8 @@ def _cuda_visible() -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Mark the tests that use the `device` fixture `device`; skip those marked `cuda` unless a GPU was asked for and is there."""
+    """Mark the tests that use the `device` fixture `device`; skip those marked `cuda` unless a GPU was asked for and
+    is there."""
     wants_cuda = config.getoption("--device") == "cuda"
     cuda_skip = None
     if not wants_cuda:

@@ -1,6 +1,9 @@
 """Overrides that shrink configs/wsprites.yaml to a model that trains in a fraction of a second per
 step on one CPU thread (128×96 frames kept): shared by the tests of train.py and of the scripts that
 read a trained run."""
+import dataclasses
+
+from utils.config import GMAConfig, LMAConfig, ModelConfig
 
 SMALL_MODEL = [
     "model.gma.mask_first_channels=8", "model.gma.mask_middle_channels=16", "model.gma.mask_middle_blocks=1",
@@ -13,3 +16,19 @@ SMALL_MODEL = [
     "model.lma.hidden_size=4", "model.lma.decoder_channels=[8, 8, 4]",
 ]
 NO_PERCEPTUAL_LOSSES = ["loss.weights.background_perceptual_loss=0", "loss.weights.multiscale_local_perceptual_loss=0"]
+
+
+# --------------------------------------------------------------------------- a model config for 32×16 frames
+SMALL_INPUT_SIZE = [32, 16]  # [W, H]: the LMA state is 2×4, the dynamics' half resolution 1×2
+
+
+def small_model_config(**lma_overrides) -> ModelConfig:
+    gma = GMAConfig(mask_first_channels=8, mask_middle_channels=16, mask_middle_blocks=1, mask_up_channels=8,
+                    shift_predictor_channels=[4, 4, 4, 8, 8], shift_predictor_hidden=[8, 8],
+                    inpainter_encoder_channels=[4, 4, 4, 8, 8], inpainter_decoder_channels=[8, 4, 4, 4])
+    lma = LMAConfig(encoder_stem_channels=4, encoder_block_channels=[4, 8, 8, 8, 8], encoder_state_channels=8,
+                    state_size=4, action_trunk_channels=[8, 8], direction_sizes=[8, 8, 8, 8], action_mlp_hidden=[8, 8],
+                    action_dim=4, num_actions=3, hidden_size=4, decoder_channels=[8, 8, 4])
+    lma = dataclasses.replace(lma, **lma_overrides)
+    lma.check("model.lma.")
+    return ModelConfig(gma=gma, lma=lma)

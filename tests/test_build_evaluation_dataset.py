@@ -15,7 +15,6 @@ from utils.cli import run_main
 from utils.evaluation.generated_dataset import MANIFEST_KEYS, read_manifest
 from utils.media import to_uint8_images
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -34,7 +33,8 @@ def test_writes_every_test_window_with_the_real_first_frame_and_a_manifest(train
     config = read_run_config(trained_run["run_folder"], [])
     real = VideoDataset(config.data, "test", sampling="all", observations_count=6)
     assert len(manifest["videos"]) == len(real) > 0
-    assert sorted(name for name in os.listdir(out) if name != "manifest.json") == [v["name"] for v in manifest["videos"]]
+    assert (sorted(name for name in os.listdir(out) if name != "manifest.json")
+            == [v["name"] for v in manifest["videos"]])
     for index, video in enumerate(manifest["videos"]):
         sample = real[index]
         assert (video["source_video"], video["start_frame"]) == (sample["video_name"], int(sample["start_frame"]))

@@ -93,7 +93,8 @@ def test_generated_frames_equal_to_the_real_ones_score_perfectly(evaluation_fold
     with open(os.path.join(generated, "metrics.json")) as handle:
         record = json.load(handle)
     results = record["results"]
-    assert results["mse/avg"] == pytest.approx(0, abs=1e-12) and results["motion_mse/avg"] == pytest.approx(0, abs=1e-12)
+    assert (results["mse/avg"] == pytest.approx(0, abs=1e-12)
+            and results["motion_mse/avg"] == pytest.approx(0, abs=1e-12))
     assert results["ssim/avg"] == pytest.approx(1)
     assert results["psnr/avg"] == pytest.approx(80, abs=1e-6)
     assert record["comparable"] is True  # no feature network involved, and the manifest says comparable

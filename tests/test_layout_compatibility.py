@@ -61,5 +61,6 @@ def test_the_base_layer_never_imports_the_model_or_the_data():
         for node in ast.walk(tree):
             names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
                      else [alias.name for alias in node.names] if isinstance(node, ast.Import) else [])
-            offenders += [f"{os.path.basename(path)}: {name}" for name in names if name.split(".")[0] in ("model", "data")]
+            offenders += [f"{os.path.basename(path)}: {name}" for name in names
+                          if name.split(".")[0] in ("model", "data")]
     assert offenders == []

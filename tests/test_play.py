@@ -74,7 +74,8 @@ def test_play_an_action_string(trained_run, videos, tmp_path, device):
     _check_video(out, 1 + 9)
     # Frame 0 is the input image as the model sees it.
     first = np.asarray(Image.open(os.path.join(out, "frames", "00000.png")))
-    expected = ((load_image(image, DataConfig(crop=[0, 0, 128, 96])) + 1) * 127.5).round().permute(1, 2, 0).byte().numpy()
+    expected = (((load_image(image, DataConfig(crop=[0, 0, 128, 96])) + 1) * 127.5).round().permute(1, 2, 0)
+                .byte().numpy())
     assert np.array_equal(first, expected)
     record = json.load(open(os.path.join(out, "play.json")))
     assert record["step"] == trained_run["steps"] and record["checkpoint"].endswith("latest.pth")
@@ -165,15 +166,17 @@ def test_errors_are_one_line_and_name_the_bad_input(trained_run, videos, tmp_pat
     if "--run-name" not in arguments:
         arguments = ["--run-name", trained_run["run_name"], *arguments]
     with pytest.raises(GlassError, match=message) as caught:
-        play.main(["--runs-dir", trained_run["runs_dir"], "--device", "cpu", "--out", str(tmp_path / "out"), *arguments])
+        play.main(["--runs-dir", trained_run["runs_dir"], "--device", "cpu", "--out", str(tmp_path / "out"),
+                   *arguments])
     assert "\n" not in str(caught.value)
     assert not os.path.exists(tmp_path / "out")  # nothing written on errors
 
 
 def test_command_line_error_exits_with_status_2(trained_run, videos):
     result = subprocess.run([sys.executable, "play.py", "--run-name", trained_run["run_name"], "--runs-dir",
-                             trained_run["runs_dir"], "--device", "cpu", "--image", os.path.join(videos[0], "00000.png"),
-                             "--actions", "right jump"], cwd=REPOSITORY, capture_output=True, text=True, timeout=120)
+                             trained_run["runs_dir"], "--device", "cpu", "--image",
+                             os.path.join(videos[0], "00000.png"), "--actions", "right jump"],
+                            cwd=REPOSITORY, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["error: --actions: token 2 'jump': unknown direction 'jump' "
                                                   "(expected one of right, left, down, up, stay)"]

@@ -66,7 +66,8 @@ def test_dry_run_prints_the_config_and_the_summary_and_writes_nothing(tmp_path, 
 
 @pytest.mark.parametrize("argv, message", [
     (["--config", WSPRITES, "--run-name", "bad", "model.lma.num_action=9"], "unknown key 'model.lma.num_action'"),
-    (["--config", WSPRITES, "--run-name", "bad", "training.batch_size=two"], "training.batch_size: expected an integer"),
+    (["--config", WSPRITES, "--run-name", "bad", "training.batch_size=two"],
+     "training.batch_size: expected an integer"),
     (["--run-name", "bad"], "--config is required"),
     (["--config", WSPRITES, "--run-name", "bad", "--device", "cpu", "training.precision=bf16"], "needs a CUDA device"),
     (["--config", WSPRITES, "--run-name", "a/b"], "--run-name: expected a folder name"),
@@ -180,7 +181,8 @@ def test_authors_warmup_decay_takes_the_lma_to_zero():
             trajectory.append([parameter.detach().clone() for parameter in parameters])
     after_100, after_400 = trajectory
     large = torch.cat([p0.flatten() for p0 in start]).abs() > 0.1
-    shrink = (torch.cat([p0.flatten() for p0 in start]).abs() - torch.cat([p.flatten() for p in after_100]).abs())[large]
+    shrink = (torch.cat([p0.flatten() for p0 in start]).abs()
+              - torch.cat([p.flatten() for p in after_100]).abs())[large]
     assert ((shrink > 0.8 * 100 * 4e-4) & (shrink < 1.0 * 100 * 4e-4)).all()  # about lr per step, never more
     small = torch.cat([p0.flatten() for p0 in start]).abs() < 1e-2
     assert small.any() and (torch.cat([p.flatten() for p in after_400]).abs()[small] < 1e-4).all()
@@ -241,9 +243,11 @@ def test_resuming_gives_bit_identical_weights(dataset_root, tmp_path, num_worker
     for state_whole, state_parts in zip(whole["optimizer"]["state"].values(), parts["optimizer"]["state"].values()):
         assert all(torch.equal(state_whole[key], state_parts[key]) for key in state_whole)
     assert whole["scheduler"] == parts["scheduler"]
-    assert torch.equal(whole["rng"][0]["torch"], parts["rng"][0]["torch"]) and whole["rng"][0]["numpy"] == parts["rng"][0]["numpy"]
+    assert (torch.equal(whole["rng"][0]["torch"], parts["rng"][0]["torch"])
+            and whole["rng"][0]["numpy"] == parts["rng"][0]["numpy"])
     losses = [{name: value for name, value in row.items() if name.endswith("loss")} for row in metrics(runs, "whole")]
-    assert losses == [{name: value for name, value in row.items() if name.endswith("loss")} for row in metrics(runs, "parts")]
+    assert losses == [{name: value for name, value in row.items() if name.endswith("loss")}
+                      for row in metrics(runs, "parts")]
     assert [row["observations_count"] for row in metrics(runs, "whole")] == [3, 3, 3, 4, 4, 4, 5]
 
 
@@ -290,14 +294,15 @@ def _stop_with_sigterm(command: list, metrics_path: str, rows: int) -> tuple:
 def test_sigterm_finishes_the_step_saves_and_exits(dataset_root, tmp_path):
     runs = str(tmp_path / "runs")
     command = [sys.executable, "train.py", *arguments(dataset_root, runs, "stop", "training.num_steps=1000",
-                                                      "training.gma_warmup_steps=1000", "training.checkpoint_every=1000")]
+                                                      "training.gma_warmup_steps=1000",
+                                                      "training.checkpoint_every=1000")]
     status, output, errors = _stop_with_sigterm(command, os.path.join(runs, "stop", "metrics.jsonl"), rows=2)
     assert status == 128 + signal.SIGTERM, errors
     saved = checkpoint(runs, "stop")
     assert "stopped by SIGTERM after step" in output and "--resume-step latest" in output
     assert saved["step"] == metrics(runs, "stop")[-1]["step"] >= 2
-    assert train.main(arguments(dataset_root, runs, "stop", "--resume-step", "latest", f"training.num_steps={saved['step'] + 1}",
-                                config=False)) == 0
+    assert train.main(arguments(dataset_root, runs, "stop", "--resume-step", "latest",
+                                f"training.num_steps={saved['step'] + 1}", config=False)) == 0
     assert checkpoint(runs, "stop")["step"] == saved["step"] + 1
 
 
@@ -339,9 +344,10 @@ def wandb_without_login(tmp_path, monkeypatch):
 def test_wandb_logs_offline_into_the_run_folder(dataset_root, tmp_path, wandb_without_login):
     wandb_without_login.setenv("WANDB_MODE", "offline")
     runs = str(tmp_path / "runs")
-    assert train.main(arguments(dataset_root, runs, "logged", "--wandb", "training.num_steps=2", "training.media_every=2",
-                                "training.observations_count={start: 3, end: 3}")) == 0
-    offline_runs = [name for name in os.listdir(os.path.join(runs, "logged", "wandb")) if name.startswith("offline-run")]
+    assert train.main(arguments(dataset_root, runs, "logged", "--wandb", "training.num_steps=2",
+                                "training.media_every=2", "training.observations_count={start: 3, end: 3}")) == 0
+    offline_runs = [name for name in os.listdir(os.path.join(runs, "logged", "wandb"))
+                    if name.startswith("offline-run")]
     with open(os.path.join(runs, "logged", "wandb_id.txt"), encoding="utf-8") as handle:
         assert len(offline_runs) == 1 and offline_runs[0].endswith(handle.read().strip())
 

@@ -86,7 +86,8 @@ def malloc_tuning_applies(environment: Mapping[str, str]) -> bool:
 
 
 def tuned_environment(environment: Mapping[str, str]) -> Dict[str, str]:
-    """`environment` with the malloc settings added to GLIBC_TUNABLES (others kept); unchanged where they do not apply."""
+    """`environment` with the malloc settings added to GLIBC_TUNABLES (others kept); unchanged where they do not
+    apply."""
     tuned = dict(environment)
     if malloc_tuning_applies(environment):
         current = environment.get("GLIBC_TUNABLES", "")
@@ -128,4 +129,5 @@ def reset_malloc_tuning() -> bool:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, _GLIBC_START_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _GLIBC_START_THRESHOLD))
+    return (bool(mallopt(_M_MMAP_THRESHOLD, _GLIBC_START_THRESHOLD))
+            and bool(mallopt(_M_TRIM_THRESHOLD, _GLIBC_START_THRESHOLD)))

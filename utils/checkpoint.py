@@ -57,7 +57,8 @@ def checkpoint_steps(run_folder: str) -> List[int]:
 
 
 def has_checkpoints(run_folder: str) -> bool:
-    return bool(checkpoint_steps(run_folder)) or os.path.isfile(os.path.join(checkpoint_folder(run_folder), LATEST_CHECKPOINT))
+    return (bool(checkpoint_steps(run_folder))
+            or os.path.isfile(os.path.join(checkpoint_folder(run_folder), LATEST_CHECKPOINT)))
 
 
 def parse_resume_step(text: str) -> Optional[int]:
@@ -81,7 +82,8 @@ def _require_run_folder(run_folder: str) -> None:
 def resume_checkpoint_path(run_folder: str, step: Optional[int]) -> str:
     """The checkpoint to resume from: step_N.pth, or latest.pth when `step` is None; checked to exist."""
     _require_run_folder(run_folder)
-    path = os.path.join(checkpoint_folder(run_folder), LATEST_CHECKPOINT) if step is None else checkpoint_path(run_folder, step)
+    path = (os.path.join(checkpoint_folder(run_folder), LATEST_CHECKPOINT) if step is None
+            else checkpoint_path(run_folder, step))
     if not os.path.isfile(path):
         available = checkpoint_steps(run_folder)
         listing = f"steps available: {', '.join(map(str, available))}" if available else "the run has no checkpoints"

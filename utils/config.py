@@ -38,10 +38,12 @@ class DataConfig:
     style: str = "splitted"  # 'splitted' (train/val/test folders) or 'flat' (split by split_fractions)
     split_fractions: List[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # flat style: train/val/test shares
     split_seed: int = 0  # flat style: seed of the shuffle that assigns videos to splits
-    crop: Optional[List[int]] = None  # [left, upper, right, lower] in source pixels, applied before resizing; null = whole frame
+    # [left, upper, right, lower] in source pixels, applied before resizing; null = whole frame
+    crop: Optional[List[int]] = None
     input_size: List[int] = field(default_factory=lambda: [128, 96])  # [W, H] the frames are resized to (bilinear)
     observations_count: int = 6  # T, frames per sample (the training curriculum changes it on the fly)
-    skip_frames: int = 0  # training: source frames skipped between consecutive observations (the authors' key: frame i·(skip_frames+1))
+    # training: source frames skipped between consecutive observations (the authors' key: frame i·(skip_frames+1))
+    skip_frames: int = 0
     observation_stacking: int = 1  # frames stacked per observation (3·stack channels, newest first)
     num_workers: int = 4  # DataLoader worker processes
     load_masks: bool = True  # read masks/ when a video has them (zeros and has_masks=False otherwise)
@@ -54,7 +56,8 @@ class DataConfig:
         if self.crop is not None:
             _require(len(self.crop) == 4 and self.crop[0] < self.crop[2] and self.crop[1] < self.crop[3]
                      and min(self.crop) >= 0,
-                     prefix + "crop", f"must be [left, upper, right, lower] with left < right, upper < lower, got {self.crop}")
+                     prefix + "crop",
+                     f"must be [left, upper, right, lower] with left < right, upper < lower, got {self.crop}")
         _require(len(self.input_size) == 2 and min(self.input_size) > 0,
                  prefix + "input_size", f"must be [W, H] with positive sizes, got {self.input_size}")
         for name in ("observations_count", "observation_stacking"):
@@ -72,7 +75,8 @@ GUMBEL_EVAL_MODES = ("argmax", "sample")
 
 
 def _require_positive_list(values: List[int], key: str) -> None:
-    _require(len(values) >= 1 and all(v >= 1 for v in values), key, f"must be a non-empty list of positive integers, got {values}")
+    _require(len(values) >= 1 and all(v >= 1 for v in values), key,
+             f"must be a non-empty list of positive integers, got {values}")
 
 
 def _require_downsampling(values: List[int], length: int, key: str) -> None:
@@ -88,20 +92,27 @@ class GMAConfig:
     mask_middle_channels: int = 256  # masking network: width of the two ↓2 Res blocks and the middle blocks
     mask_middle_blocks: int = 9  # masking network: number of Res(256→256) blocks at 1/4 resolution
     mask_up_channels: int = 64  # masking network: width of the two Up + Res stages back to full size
-    shift_predictor_channels: List[int] = field(default_factory=lambda: [16, 32, 32, 64, 128])  # P_f, P_b: Same block widths
-    shift_predictor_downsampling: List[int] = field(default_factory=lambda: [2, 2, 1, 2, 1])  # P_f, P_b: avgpool factor of each Same block
-    shift_predictor_hidden: List[int] = field(default_factory=lambda: [64, 32])  # P_f, P_b: hidden Linear+BN1d+LReLU widths before Linear(→2)
+    # P_f, P_b: Same block widths
+    shift_predictor_channels: List[int] = field(default_factory=lambda: [16, 32, 32, 64, 128])
+    # P_f, P_b: avgpool factor of each Same block
+    shift_predictor_downsampling: List[int] = field(default_factory=lambda: [2, 2, 1, 2, 1])
+    # P_f, P_b: hidden Linear+BN1d+LReLU widths before Linear(→2)
+    shift_predictor_hidden: List[int] = field(default_factory=lambda: [64, 32])
     shift_predictor_bias_std: float = 1e-4  # P_f, P_b: last layer has zero weights and bias std·N(0, 1)
-    inpainter_encoder_channels: List[int] = field(default_factory=lambda: [16, 32, 32, 64, 64])  # inpainter encoder Same widths
-    inpainter_encoder_downsampling: List[int] = field(default_factory=lambda: [2, 2, 1, 2, 1])  # inpainter encoder avgpool factors
-    inpainter_decoder_channels: List[int] = field(default_factory=lambda: [64, 32, 32, 16])  # inpainter decoder: one Same, then one Up(×2) per further entry; Same(→3) last
+    # inpainter encoder Same widths
+    inpainter_encoder_channels: List[int] = field(default_factory=lambda: [16, 32, 32, 64, 64])
+    # inpainter encoder avgpool factors
+    inpainter_encoder_downsampling: List[int] = field(default_factory=lambda: [2, 2, 1, 2, 1])
+    # inpainter decoder: one Same, then one Up(×2) per further entry; Same(→3) last
+    inpainter_decoder_channels: List[int] = field(default_factory=lambda: [64, 32, 32, 16])
     inpainter_fill_value: float = -1.1  # value written into the masked region before inpainting (outside [-1, 1])
     generation_mask_dilation: int = 3  # max-pool kernel dilating the mask before inpainting at generation (1 = none)
 
     def check(self, prefix: str) -> None:
         for name in ("mask_first_channels", "mask_middle_channels", "mask_up_channels"):
             _require(getattr(self, name) >= 1, prefix + name, f"must be >= 1, got {getattr(self, name)}")
-        _require(self.mask_middle_blocks >= 0, prefix + "mask_middle_blocks", f"must be >= 0, got {self.mask_middle_blocks}")
+        _require(self.mask_middle_blocks >= 0, prefix + "mask_middle_blocks",
+                 f"must be >= 0, got {self.mask_middle_blocks}")
         _require_positive_list(self.shift_predictor_channels, prefix + "shift_predictor_channels")
         _require_downsampling(self.shift_predictor_downsampling, len(self.shift_predictor_channels),
                               prefix + "shift_predictor_downsampling")
@@ -119,7 +130,8 @@ class GMAConfig:
                  f"must have one entry plus one per ↓2 of the encoder ({encoder_downsampling}× down, "
                  f"{decoder_upsampling}× up), got {self.inpainter_decoder_channels}")
         _require(self.generation_mask_dilation >= 1 and self.generation_mask_dilation % 2 == 1,
-                 prefix + "generation_mask_dilation", f"must be an odd kernel size >= 1, got {self.generation_mask_dilation}")
+                 prefix + "generation_mask_dilation",
+                 f"must be an odd kernel size >= 1, got {self.generation_mask_dilation}")
 
 
 @dataclass
@@ -127,23 +139,32 @@ class LMAConfig:
     """Local motion analysis (SPEC §3.2): encoder, compressor, action network, dynamics, decoder."""
 
     encoder_stem_channels: int = 16  # encoder: width of the first conv3×3 (↓2)
-    encoder_block_channels: List[int] = field(default_factory=lambda: [16, 32, 32, 64, 64])  # encoder: Res block widths after the stem
-    encoder_block_downsampling: List[int] = field(default_factory=lambda: [1, 2, 1, 2, 1])  # encoder: avgpool factor of each Res block
+    # encoder: Res block widths after the stem
+    encoder_block_channels: List[int] = field(default_factory=lambda: [16, 32, 32, 64, 64])
+    # encoder: avgpool factor of each Res block
+    encoder_block_downsampling: List[int] = field(default_factory=lambda: [1, 2, 1, 2, 1])
     encoder_state_channels: int = 64  # φ channels; the last Res block outputs these plus 1 attention channel
     state_size: int = 8  # s: compressor output channels (state_compressor.out_channels) and p_g, p_l sizes
-    action_trunk_channels: List[int] = field(default_factory=lambda: [128, 64])  # action network: shared Res trunk widths
-    action_trunk_downsampling: List[int] = field(default_factory=lambda: [2, 1])  # action network: avgpool factor of each trunk block
-    direction_sizes: List[int] = field(default_factory=lambda: [128, 128, 128, 64])  # output sizes of the bilinear direction chain (last = trunk width)
-    action_mlp_hidden: List[int] = field(default_factory=lambda: [128, 64])  # hidden Linear+BN1d+LReLU widths from the direction to the action
+    # action network: shared Res trunk widths
+    action_trunk_channels: List[int] = field(default_factory=lambda: [128, 64])
+    # action network: avgpool factor of each trunk block
+    action_trunk_downsampling: List[int] = field(default_factory=lambda: [2, 1])
+    # output sizes of the bilinear direction chain (last = trunk width)
+    direction_sizes: List[int] = field(default_factory=lambda: [128, 128, 128, 64])
+    # hidden Linear+BN1d+LReLU widths from the direction to the action
+    action_mlp_hidden: List[int] = field(default_factory=lambda: [128, 64])
     action_dim: int = 16  # dimension of an action code (codebook row)
     num_actions: int = 6  # K, codebook size (number of local actions)
     vq_beta: float = 0.25  # β weighting the second term of the quantiser loss
     # Ours, opt-in: scales the quantiser term that pulls z towards its code (the first term of the 'authors'
     # form, the second of 'vqvae'); 1.0 is the authors' model.
     vq_commitment: float = 1.0
-    vq_loss_form: str = "authors"  # 'authors': mean((sg[e]−z)²) + β·mean((e−sg[z])²); 'vqvae': mean((sg[z]−e)²) + β·mean((z−sg[e])²)
+    # 'authors': mean((sg[e]−z)²) + β·mean((e−sg[z])²); 'vqvae': mean((sg[z]−e)²) + β·mean((z−sg[e])²)
+    vq_loss_form: str = "authors"
     use_gumbel: bool = False  # ablation: Linear(→K) + Gumbel-softmax over the codebook instead of the VQ
-    gumbel_eval: str = "argmax"  # Gumbel ablation in eval mode: 'argmax' (ours: the codebook row) or 'sample' (the authors': Gumbel-softmax at gumbel_eval_temperature)
+    # Gumbel ablation in eval mode: 'argmax' (ours: the codebook row) or 'sample' (the authors': Gumbel-softmax at
+    # gumbel_eval_temperature)
+    gumbel_eval: str = "argmax"
     gumbel_eval_temperature: float = 0.4  # 'sample': the temperature (the authors' evaluation value)
     use_plain_direction: bool = False  # ablation: direction = v − u instead of the bilinear chain
     # Ours, opt-in: the action network's trunk reads the change of the attention-weighted states, φₜ₊₁ − φ̃ₜ, at
@@ -166,10 +187,12 @@ class LMAConfig:
     # Ours, opt-in: the action code aₜ (D) is tiled and concatenated to the input of every decoder Up stage
     # (as p_l is to the dynamics' Up), so the code reaches the pixels through a short path.
     decoder_action: bool = False
-    decoder_channels: List[int] = field(default_factory=lambda: [128, 64, 32])  # decoder: one Up(×2) per entry; Res + Final(→3) after all but the last, Final(→4, k7) after the last
+    # decoder: one Up(×2) per entry; Res + Final(→3) after all but the last, Final(→4, k7) after the last
+    decoder_channels: List[int] = field(default_factory=lambda: [128, 64, 32])
 
     def check(self, prefix: str) -> None:
-        _require(self.encoder_stem_channels >= 1, prefix + "encoder_stem_channels", f"must be >= 1, got {self.encoder_stem_channels}")
+        _require(self.encoder_stem_channels >= 1, prefix + "encoder_stem_channels",
+                 f"must be >= 1, got {self.encoder_stem_channels}")
         _require_positive_list(self.encoder_block_channels, prefix + "encoder_block_channels")
         _require_downsampling(self.encoder_block_downsampling, len(self.encoder_block_channels),
                               prefix + "encoder_block_downsampling")
@@ -196,8 +219,10 @@ class LMAConfig:
                  f"must be > 0, got {self.gumbel_eval_temperature}")
         _require_positive_list(self.decoder_channels, prefix + "decoder_channels")
         _require(not (self.action_state_difference and (self.use_plain_direction or self.use_gumbel)),
-                 prefix + "action_state_difference", "replaces the direction: not with use_plain_direction or use_gumbel")
-        _require(self.shift_refinement >= 0, prefix + "shift_refinement", f"must be >= 0 pixels, got {self.shift_refinement}")
+                 prefix + "action_state_difference",
+                 "replaces the direction: not with use_plain_direction or use_gumbel")
+        _require(self.shift_refinement >= 0, prefix + "shift_refinement",
+                 f"must be >= 0 pixels, got {self.shift_refinement}")
         _require(self.decoder_skip or not self.decoder_skip_mask, prefix + "decoder_skip_mask",
                  "needs decoder_skip: true (the mask travels with the skip's foreground)")
         _require(2 ** len(self.decoder_channels) == self.encoder_downsampling(), prefix + "decoder_channels",
@@ -227,7 +252,8 @@ class ModelConfig:
         inpainter must divide the frame size, and the dynamics halve the state, so it must be even.
         """
         width, height = input_size
-        required_divisors = {"the dynamics network (twice the encoder downsampling)": 2 * self.lma.encoder_downsampling(),
+        required_divisors = {"the dynamics network (twice the encoder downsampling)":
+                                 2 * self.lma.encoder_downsampling(),
                              "the masking network": 4,
                              "the inpainter": 2 ** sum(f == 2 for f in self.gma.inpainter_encoder_downsampling)}
         for network, divisor in required_divisors.items():
@@ -312,7 +338,8 @@ class TrainingConfig:
     lr_milestones: List[int] = field(default_factory=lambda: [300_000, 1_000_000])  # MultiStepLR steps
     lr_gamma: float = 0.3333  # MultiStepLR factor
     gma_warmup_steps: int = 3000  # the first steps train the GMA only
-    warmup_mode: str = "gma_only"  # 'gma_only': the LMA is not run nor updated; 'authors': run with zero-weighted losses
+    # 'gma_only': the LMA is not run nor updated; 'authors': run with zero-weighted losses
+    warmup_mode: str = "gma_only"
     # T, frames per training sequence: 6 until step 50k, then linear (floor) to 12 over 30k steps.
     observations_count: LinearScheduleConfig = field(
         default_factory=lambda: LinearScheduleConfig(start=6, end=12, start_step=50_000, steps=30_000))
@@ -379,7 +406,8 @@ class TrainingConfig:
                  f"must be one of {WARMUP_MODES}, got {self.warmup_mode!r}")
         _require(self.codebook_restart_every >= 0, prefix + "codebook_restart_every",
                  f"must be >= 0 (0 = off), got {self.codebook_restart_every}")
-        _require(self.precision in PRECISIONS, prefix + "precision", f"must be one of {PRECISIONS}, got {self.precision!r}")
+        _require(self.precision in PRECISIONS, prefix + "precision",
+                 f"must be one of {PRECISIONS}, got {self.precision!r}")
         _require(self.cpu_kernels in CPU_KERNELS, prefix + "cpu_kernels",
                  f"must be one of {CPU_KERNELS}, got {self.cpu_kernels!r}")
         for name in ("observations_count", "ground_truth_steps"):
@@ -601,7 +629,8 @@ def _read_config_values(path: str, visited: Tuple[str, ...] = ()) -> Dict[str, A
 
 
 def load_config(path: str, overrides: Sequence[str] = ()) -> Config:
-    """Read a YAML config file (and its `base:` chain), apply dotted overrides, check everything, return the `Config`."""
+    """Read a YAML config file (and its `base:` chain), apply dotted overrides, check everything, return the
+    `Config`."""
     values = apply_overrides(_read_config_values(path), overrides)
     try:
         return config_from_dict(values)

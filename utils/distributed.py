@@ -121,7 +121,8 @@ def _spawned_entry(local_rank: int, worker: Callable[..., None], world_size: int
     worker(local_rank, world_size, f"tcp://127.0.0.1:{port}", *worker_arguments)
 
 
-def spawn_local_processes(worker: Callable[..., None], num_processes: int, worker_arguments: Sequence[Any]) -> Optional[int]:
+def spawn_local_processes(worker: Callable[..., None], num_processes: int,
+                          worker_arguments: Sequence[Any]) -> Optional[int]:
     """Run `worker(local_rank, world_size, init_method, *worker_arguments)` in `num_processes` new processes.
 
     The rendezvous is a localhost port that is free at launch. SIGINT and SIGTERM received by
@@ -130,7 +131,8 @@ def spawn_local_processes(worker: Callable[..., None], num_processes: int, worke
     A worker that fails ends the others; its exit code is raised as `ProcessExitedException`
     (or its exception as `ProcessRaisedException`) by torch.multiprocessing.
     """
-    context = torch.multiprocessing.spawn(_spawned_entry, args=(worker, num_processes, free_port(), tuple(worker_arguments)),
+    context = torch.multiprocessing.spawn(_spawned_entry,
+                                          args=(worker, num_processes, free_port(), tuple(worker_arguments)),
                                           nprocs=num_processes, join=False)
     received: List[int] = []
 
@@ -321,4 +323,5 @@ def check_replicas_identical(context: DistributedContext, module: nn.Module) -> 
     if differing:
         names = [named[index][0] for index in differing]
         raise RuntimeError(f"the {context.world_size} model replicas differ in {len(names)} of {len(named)} parameters "
-                           f"and buffers, first {names[0]} (all: {', '.join(names[:10])}{' …' if len(names) > 10 else ''})")
+                           f"and buffers, first {names[0]} "
+                           f"(all: {', '.join(names[:10])}{' …' if len(names) > 10 else ''})")

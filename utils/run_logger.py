@@ -70,7 +70,8 @@ class LossMeter:
 
 
 def lma_step_statistics(output: Any, num_actions: int) -> Optional[Dict[str, torch.Tensor]]:
-    """What `LMAMeter` needs from one training step's output (a `model.glass.GlassOutput`), as device tensors (no host synchronisation):
+    """What `LMAMeter` needs from one training step's output (a `model.glass.GlassOutput`), as device tensors
+    (no host synchronisation):
     the histogram of the action ids, the spread of z (the per-dimension standard deviation over the
     step's transitions, averaged over dimensions) and the squared error of f̂ₜ₊₁ against the GMA's fₜ₊₁
     at full size, summed apart over the ground-truth steps (t < T_f) and the autoregressive ones.

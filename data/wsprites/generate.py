@@ -33,8 +33,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from data.wsprites import walk
-from data.wsprites.sprites import (CELL_SIZE, REQUIRED_LAYERS, BuiltinSpriteSource, LPCDirectorySource,
-                                   SpriteSource, character_choices)
+from data.wsprites.sprites import (
+    CELL_SIZE,
+    REQUIRED_LAYERS,
+    BuiltinSpriteSource,
+    LPCDirectorySource,
+    SpriteSource,
+    character_choices,
+)
 from utils.cli import run_main
 from utils.config import SPLITS
 from utils.errors import GlassError

@@ -41,7 +41,8 @@ def pooled_kernel(weight: torch.Tensor, factor: int) -> torch.Tensor:
 
 
 def winograd_eligible(weight_shape: Sequence[int], padding: Sequence[int], down: int) -> bool:
-    """Whether `conv2d` with 'torch' or 'native' runs this layer by Winograd on CPU float inputs (`winograd.eligible`)."""
+    """Whether `conv2d` with 'torch' or 'native' runs this layer by Winograd on CPU float inputs
+    (`winograd.eligible`)."""
     return winograd.eligible(weight_shape, tuple(padding), down)
 
 

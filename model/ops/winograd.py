@@ -44,7 +44,6 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-
 TILE = 4  # output tile m of F(m×m, 3×3)
 WINDOW = TILE + 2  # input tile α = m + r − 1
 
@@ -123,7 +122,8 @@ class NativeTransforms:
                                  torch.get_num_threads()), "output transform")
         return images
 
-    def output_gradient_tiles(self, gradient: torch.Tensor, tiles_high: int, tiles_wide: int, pool: bool) -> torch.Tensor:
+    def output_gradient_tiles(self, gradient: torch.Tensor, tiles_high: int, tiles_wide: int,
+                              pool: bool) -> torch.Tensor:
         """gradient (N, H, W, K) dense → (36, N·th·tw, K)."""
         batch_size, height, width, channels = gradient.shape
         tiles = gradient.new_empty(WINDOW * WINDOW, batch_size * tiles_high * tiles_wide, channels)
@@ -215,7 +215,8 @@ def _input_tiles(inputs: torch.Tensor, tiles_high: int, tiles_wide: int, native:
     if library is not None:
         return library.input_tiles(inputs.permute(0, 2, 3, 1).contiguous(), tiles_high, tiles_wide)
     input_transform = _transforms(inputs.dtype, inputs.device, False)[0]
-    padded = F.pad(inputs.permute(0, 2, 3, 1), (0, 0, 1, TILE * tiles_wide + 1 - width, 1, TILE * tiles_high + 1 - height))
+    padded = F.pad(inputs.permute(0, 2, 3, 1),
+                   (0, 0, 1, TILE * tiles_wide + 1 - width, 1, TILE * tiles_high + 1 - height))
     windows = padded.unfold(1, WINDOW, TILE).unfold(2, WINDOW, TILE)  # (N, th, tw, C, 6, 6), a view
     windows = windows.permute(4, 5, 0, 1, 2, 3).reshape(WINDOW * WINDOW, -1)  # (36, N·th·tw·C)
     return (input_transform @ windows).view(WINDOW * WINDOW, batch_size * tiles_high * tiles_wide, channels)
@@ -225,7 +226,8 @@ def _kernel_tiles(weight: torch.Tensor) -> torch.Tensor:
     """Transformed kernels U: (K, C, 3, 3) → (36, C, K)."""
     out_channels, in_channels = weight.shape[:2]
     kernel_transform = _transforms(weight.dtype, weight.device, False)[1]
-    return (kernel_transform @ weight.permute(2, 3, 1, 0).reshape(9, -1)).view(WINDOW * WINDOW, in_channels, out_channels)
+    return (kernel_transform @ weight.permute(2, 3, 1, 0).reshape(9, -1)).view(WINDOW * WINDOW, in_channels,
+                                                                               out_channels)
 
 
 def _output_from_tiles(products: torch.Tensor, shape: Tuple[int, int, int, int, int], pool: bool, native: bool,

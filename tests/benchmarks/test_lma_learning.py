@@ -73,7 +73,8 @@ def test_the_code_measures_tell_a_decoder_that_ignores_the_code(dataset_root):
 
     lma.infer_actions = distinct_actions
     reading = lma_alone.evaluate(lma, inputs, batch, 6)
-    assert abs(reading["psnr_one_step_rolled_codes"] - reading["psnr_one_step_eval"]) > 1e-6, reading  # untrained: 5e-5 dB
+    # untrained: 5e-5 dB
+    assert abs(reading["psnr_one_step_rolled_codes"] - reading["psnr_one_step_eval"]) > 1e-6, reading
     assert reading["codes_used"] == 4 and 0.0 <= reading["code_recovery"] <= 1.0
     with torch.no_grad():  # the code's only way into the dynamics (no decoder_action here): cut
         lma.dynamics.local_projection.weight.zero_()

@@ -9,8 +9,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, SequentialSampler
 
 from data.safe_pickle import safe_load
-from data.video_dataset import (ScheduledLengthBatchSampler, VideoDataset, collate_videos, index_video,
-                                split_video_folders)
+from data.video_dataset import (
+    ScheduledLengthBatchSampler,
+    VideoDataset,
+    collate_videos,
+    index_video,
+    split_video_folders,
+)
 from data.wsprites import generate
 from utils.config import DataConfig
 from utils.errors import DatasetError

@@ -1,26 +1,12 @@
 """Small GLASS configurations that run on the CPU in milliseconds."""
-import dataclasses
 from typing import Callable
 
 import pytest
 import torch
 
 from model.glass import Glass
-from utils.config import GMAConfig, LMAConfig, ModelConfig
-
-SMALL_INPUT_SIZE = [32, 16]  # [W, H]: the LMA state is 2×4, the dynamics' half resolution 1×2
-
-
-def small_model_config(**lma_overrides) -> ModelConfig:
-    gma = GMAConfig(mask_first_channels=8, mask_middle_channels=16, mask_middle_blocks=1, mask_up_channels=8,
-                    shift_predictor_channels=[4, 4, 4, 8, 8], shift_predictor_hidden=[8, 8],
-                    inpainter_encoder_channels=[4, 4, 4, 8, 8], inpainter_decoder_channels=[8, 4, 4, 4])
-    lma = LMAConfig(encoder_stem_channels=4, encoder_block_channels=[4, 8, 8, 8, 8], encoder_state_channels=8,
-                    state_size=4, action_trunk_channels=[8, 8], direction_sizes=[8, 8, 8, 8], action_mlp_hidden=[8, 8],
-                    action_dim=4, num_actions=3, hidden_size=4, decoder_channels=[8, 8, 4])
-    lma = dataclasses.replace(lma, **lma_overrides)
-    lma.check("model.lma.")
-    return ModelConfig(gma=gma, lma=lma)
+from tests.small_model import SMALL_INPUT_SIZE, small_model_config
+from utils.config import ModelConfig
 
 
 @pytest.fixture(name="small_model_config")

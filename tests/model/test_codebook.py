@@ -36,7 +36,8 @@ def test_a_dead_code_restarts_at_a_batch_vector_and_its_moments_are_reset():
 def test_restart_of_several_codes_draws_distinct_vectors_and_nothing_when_all_live():
     codebook = torch.nn.Parameter(torch.zeros(4, 3))
     vectors = torch.arange(15.0).reshape(5, 3)
-    restarted = restart_dead_codes(codebook, torch.tensor([0.0, 0.0, 0.0, 2.0]), vectors, torch.Generator().manual_seed(1))
+    restarted = restart_dead_codes(codebook, torch.tensor([0.0, 0.0, 0.0, 2.0]), vectors,
+                                   torch.Generator().manual_seed(1))
     assert restarted == [0, 1, 2]
     rows = {tuple(row.tolist()) for row in codebook[:3].detach()}
     assert len(rows) == 3 and rows <= {tuple(v.tolist()) for v in vectors}

@@ -81,7 +81,8 @@ def random_example(batch=2, length=3, size=4, seed=0, dtype=torch.float64):
 
 
 def moved(value, device: torch.device):
-    """A copy of `value` (a tensor, a list of tensors, or a GMAOutput / LMAOutput / GlassOutput) with every tensor on `device`."""
+    """A copy of `value` (a tensor, a list of tensors, or a GMAOutput / LMAOutput / GlassOutput) with every tensor on
+    `device`."""
     if isinstance(value, torch.Tensor):
         return value.to(device)
     if isinstance(value, list):
@@ -112,18 +113,19 @@ def block_mean(image: np.ndarray, factor: int) -> np.ndarray:
 
 
 def reference_reconstruction(observations, reconstructed, epsilon):
-    I, R = observations.numpy(), reconstructed.numpy()
-    batch, length, channels, height, width = I.shape
+    X, R = observations.numpy(), reconstructed.numpy()
+    batch, length, channels, height, width = X.shape
     total, count = 0.0, 0
     for b in range(batch):
         for t in range(length - 1):
-            previous = I[b, 0] if t == 0 else R[b, t - 1]
+            previous = X[b, 0] if t == 0 else R[b, t - 1]
             for y in range(height):
                 for x in range(width):
-                    weight = sum(abs(I[b, t + 1, c, y, x] - I[b, t, c, y, x]) + abs(R[b, t, c, y, x] - previous[c, y, x])
+                    weight = sum(abs(X[b, t + 1, c, y, x] - X[b, t, c, y, x])
+                                 + abs(R[b, t, c, y, x] - previous[c, y, x])
                                  for c in range(channels)) + epsilon
                     for c in range(channels):
-                        total += weight * abs(I[b, t + 1, c, y, x] - R[b, t, c, y, x])
+                        total += weight * abs(X[b, t + 1, c, y, x] - R[b, t, c, y, x])
                         count += 1
     return total / count
 

@@ -6,15 +6,23 @@ import sys
 
 import pytest
 
-from utils.allocator import (MALLOC_TUNABLES, OPT_OUT_VARIABLE, malloc_tuning_applies, nvidia_gpu_visible,
-                             requested_device, trains_on_the_cpu, tuned_environment)
+from utils.allocator import (
+    MALLOC_TUNABLES,
+    OPT_OUT_VARIABLE,
+    malloc_tuning_applies,
+    nvidia_gpu_visible,
+    requested_device,
+    trains_on_the_cpu,
+    tuned_environment,
+)
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GLIBC = sys.platform.startswith("linux") and __import__("platform").libc_ver()[0] == "glibc"
 needs_glibc = pytest.mark.skipif(not GLIBC, reason="the settings are glibc's: this C library is not glibc")
 
 PRINT_AFTER_RESTART = ("import os, sys; from utils.allocator import restart_with_malloc_tuning; "
-                       "restart_with_malloc_tuning(); print(os.getpid(), os.environ.get('GLIBC_TUNABLES'), sys.argv[1:])")
+                       "restart_with_malloc_tuning(); "
+                       "print(os.getpid(), os.environ.get('GLIBC_TUNABLES'), sys.argv[1:])")
 # MiB of a freed 64 MiB block that stay resident, and GLIBC_TUNABLES, in this process (argument 'here'; 'reset':
 # after `reset_malloc_tuning`) or in a forked DataLoader worker that starts with train.py's `start_loader_worker`
 # ('worker') or with nothing ('plain worker').

@@ -5,7 +5,21 @@ import os
 import pytest
 import torch
 
-from utils.checkpoint import CHECKPOINT_FORMAT, LATEST_CHECKPOINT, checkpoint_folder, checkpoint_path, checkpoint_steps, has_checkpoints, keep_metrics_up_to, load_checkpoint, parse_resume_step, prepare_run_folder, read_run_config, resume_checkpoint_path, save_checkpoint
+from utils.checkpoint import (
+    CHECKPOINT_FORMAT,
+    LATEST_CHECKPOINT,
+    checkpoint_folder,
+    checkpoint_path,
+    checkpoint_steps,
+    has_checkpoints,
+    keep_metrics_up_to,
+    load_checkpoint,
+    parse_resume_step,
+    prepare_run_folder,
+    read_run_config,
+    resume_checkpoint_path,
+    save_checkpoint,
+)
 from utils.config import Config
 from utils.errors import GlassError
 
@@ -26,7 +40,8 @@ def test_save_writes_step_and_latest_readable_with_weights_only(tmp_path):
     latest = torch.load(os.path.join(checkpoint_folder(run), LATEST_CHECKPOINT), weights_only=True)
     assert latest["step"] == 10 and torch.equal(latest["model"]["weight"], torch.full((2, 3), 10.0))
     assert load_checkpoint(path)["data"] == {"epoch": 1, "position": 4}
-    assert sorted(os.listdir(checkpoint_folder(run))) == ["latest.pth", "step_10.pth", "step_5.pth"], "no temporary files"
+    assert sorted(os.listdir(checkpoint_folder(run))) == ["latest.pth", "step_10.pth", "step_5.pth"], \
+        "no temporary files"
 
 
 def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):

@@ -55,7 +55,8 @@ def test_loss_names_are_the_weight_fields_gma_terms_first():
 def test_overrides_are_typed_yaml_values(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("data:\n  root: somewhere\n")
-    config = load_config(str(path), ["data.skip_frames=3", "data.crop=[0, 0, 10, 10]", "data.split_fractions=[1, 0, 0]"])
+    config = load_config(str(path), ["data.skip_frames=3", "data.crop=[0, 0, 10, 10]",
+                                     "data.split_fractions=[1, 0, 0]"])
     assert config.data.root == "somewhere" and config.data.skip_frames == 3
     assert config.data.crop == [0, 0, 10, 10]
     assert config.data.split_fractions == [1.0, 0.0, 0.0] and isinstance(config.data.split_fractions[0], float)

@@ -7,8 +7,17 @@ import torch
 import torch.multiprocessing
 from torch import nn
 
-from utils.distributed import (_bit_checksums, all_gather_objects, any_process, average_over_processes, broadcast_buffers,
-                               check_replicas_identical, free_port, initialize, shutdown)
+from utils.distributed import (
+    _bit_checksums,
+    all_gather_objects,
+    any_process,
+    average_over_processes,
+    broadcast_buffers,
+    check_replicas_identical,
+    free_port,
+    initialize,
+    shutdown,
+)
 from utils.errors import GlassError
 
 
@@ -32,7 +41,8 @@ def _two_process_checks(rank: int, port: int, result_folder: str) -> None:
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
         model(torch.randn(5, 3) * (rank + 1))  # batch-norm statistics now differ between the processes
-        with pytest.raises(RuntimeError, match=r"replicas differ in 2 of 7 parameters and buffers, first 1\.running_mean"):
+        with pytest.raises(RuntimeError,
+                           match=r"replicas differ in 2 of 7 parameters and buffers, first 1\.running_mean"):
             check_replicas_identical(context, model)
         broadcast_buffers(context, model)
         check_replicas_identical(context, model)
@@ -89,7 +99,8 @@ def test_cpu_threads_are_the_available_cpus_or_the_requested_ones_shared_by_the_
 @pytest.mark.parametrize("num_gpus, device_kind, num_threads, torchrun, message", [
     (0, "cpu", None, False, "--num-gpus: must be >= 1, got 0"),
     (1, "cpu", 0, False, "--num-threads: must be >= 1, got 0"),
-    (2, "cpu", None, True, "--num-gpus: launched by torchrun, whose --nproc-per-node sets the processes; drop --num-gpus"),
+    (2, "cpu", None, True, "--num-gpus: launched by torchrun, whose --nproc-per-node sets the processes; "
+                           "drop --num-gpus"),
     (3, "cuda", None, False, "--num-gpus 3: only 2 GPUs are visible"),
 ])
 def test_launch_arguments_fail_with_one_line(monkeypatch, num_gpus, device_kind, num_threads, torchrun, message):
@@ -129,6 +140,6 @@ def test_launch_under_torchrun_shares_the_cpus_of_the_machine(monkeypatch, resto
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(6)), raising=False)
     assert not launches_single_process(1)
     seen = []
-    status = launch(lambda plan, context: seen.append((plan, context.rank, torch.get_num_threads())) or 0, "plan", "cpu", 1,
-                    run_single=pytest.fail)
+    status = launch(lambda plan, context: seen.append((plan, context.rank, torch.get_num_threads())) or 0, "plan",
+                    "cpu", 1, run_single=pytest.fail)
     assert status == 0 and seen == [("plan", 0, 3)]  # 6 CPUs, 2 processes on this machine

@@ -32,7 +32,8 @@ def test_soft_iou_binary_and_soft():
 def test_the_sums_per_item_give_the_iou_over_all_items():
     """evaluate.py reports one IoU over a split from per-window sums: it must equal soft_iou of all windows at once."""
     generator = torch.Generator().manual_seed(0)
-    predicted, true = torch.rand(5, 3, 1, 8, 8, generator=generator), (torch.rand(5, 3, 1, 8, 8, generator=generator) > 0.7).float()
+    predicted, true = (torch.rand(5, 3, 1, 8, 8, generator=generator),
+                       (torch.rand(5, 3, 1, 8, 8, generator=generator) > 0.7).float())
     intersection, union = soft_iou_sums(predicted, true)
     assert intersection.shape == union.shape == (5,) and intersection.dtype == torch.float64
     assert iou_from_sums(intersection, union) == pytest.approx(soft_iou(predicted, true), rel=1e-12)
@@ -48,8 +49,8 @@ def test_direction_match_uses_45_degrees_and_ignores_still_truth():
     matches = direction_matches(predicted, true)
     assert matches.tolist() == [True, True, False, True, False]  # the zero true shift is left out
     # exactly 45° is not within 45° (cosine > 1/√2, strictly); just inside is
-    assert direction_matches(torch.tensor([[1.0, 1.0], [1.0, 0.999]]), torch.tensor([[1.0, 0.0], [1.0, 0.0]])).tolist() \
-        == [False, True]
+    assert direction_matches(torch.tensor([[1.0, 1.0], [1.0, 0.999]]),
+                             torch.tensor([[1.0, 0.0], [1.0, 0.0]])).tolist() == [False, True]
 
 
 def test_shift_errors_are_l2_pixels():
@@ -82,7 +83,8 @@ def test_nmi_on_a_hand_computed_case():
 
 
 def test_nmi_of_random_ids_is_near_zero_and_groups_are_averaged():
-    from utils.metrics import mean_nmi_per_group, normalized_mutual_information as nmi
+    from utils.metrics import mean_nmi_per_group
+    from utils.metrics import normalized_mutual_information as nmi
 
     generator = torch.Generator().manual_seed(0)
     true = torch.randint(0, 6, (20000,), generator=generator)

@@ -5,8 +5,13 @@ import pytest
 import torch
 
 from utils.errors import GlassError
-from utils.pretrained import (MissingWeightsError, PretrainedFile, find_pretrained, load_state_dict_file,
-                              pretrained_cache_dir)
+from utils.pretrained import (
+    MissingWeightsError,
+    PretrainedFile,
+    find_pretrained,
+    load_state_dict_file,
+    pretrained_cache_dir,
+)
 
 EXAMPLE = PretrainedFile(name="example-0123abcd.pth", url="https://example.org/weights/example-0123abcd.pth",
                          description="Example network weights")

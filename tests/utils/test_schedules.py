@@ -4,8 +4,14 @@ import dataclasses
 import pytest
 
 from utils.config import LinearScheduleConfig, TrainingConfig
-from utils.schedules import (gumbel_temperature_at, ground_truth_steps_at, in_gma_warmup, linear_value,
-                             observations_count_at, stepped_value)
+from utils.schedules import (
+    ground_truth_steps_at,
+    gumbel_temperature_at,
+    in_gma_warmup,
+    linear_value,
+    observations_count_at,
+    stepped_value,
+)
 
 
 def test_linear_value_before_during_after():
@@ -23,7 +29,8 @@ def test_linear_value_zero_steps_jumps_at_start_step():
 
 def test_wsprites_observations_count():
     training = TrainingConfig()  # W-Sprites: 6 until 50k, then linear (floor) to 12 over 30k steps
-    expected = {0: 6, 49_999: 6, 50_000: 6, 50_004: 6, 54_999: 6, 55_000: 7, 60_000: 8, 79_999: 11, 80_000: 12, 10 ** 6: 12}
+    expected = {0: 6, 49_999: 6, 50_000: 6, 50_004: 6, 54_999: 6, 55_000: 7, 60_000: 8, 79_999: 11, 80_000: 12,
+                10 ** 6: 12}
     assert {step: observations_count_at(training, step) for step in expected} == expected
     assert all(isinstance(observations_count_at(training, step), int) for step in expected)
 
@@ -77,7 +84,8 @@ def test_tennis_ground_truth_steps_start_at_3000():
 
 
 def test_gumbel_temperature_end_points():
-    training = TrainingConfig(gumbel_temperature=LinearScheduleConfig(start=1.0, end=0.1, start_step=1_000, steps=9_000))
+    training = TrainingConfig(gumbel_temperature=LinearScheduleConfig(start=1.0, end=0.1, start_step=1_000,
+                                                                      steps=9_000))
     assert gumbel_temperature_at(training, 0) == 1.0
     assert gumbel_temperature_at(training, 1_000) == 1.0
     assert gumbel_temperature_at(training, 5_500) == pytest.approx(0.55)

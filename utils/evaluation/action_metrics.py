@@ -56,13 +56,24 @@ from utils.checkpoint import CONFIG_FILE
 from utils.config import Config, load_config
 from utils.distributed import DistributedContext, all_gather_objects
 from utils.errors import GlassError
-from utils.metrics import (code_histogram, codes_used, direction_matches, iou_from_sums, mean_nmi_per_group,
-                           normalized_mutual_information, perplexity, shift_errors, shifts_to_pixels, soft_iou_sums)
+from utils.metrics import (
+    code_histogram,
+    codes_used,
+    direction_matches,
+    iou_from_sums,
+    mean_nmi_per_group,
+    normalized_mutual_information,
+    perplexity,
+    shift_errors,
+    shifts_to_pixels,
+    soft_iou_sums,
+)
 
 METRIC_NAME = "glass_action_metrics"  # the "metric" field of every JSON line
 METRICS_FOLDER = "metrics"
 VARIANTS = ("gt", "re", "co")
-_PREDICTION_SETS = ("real", "generated", "other")  # the analyses of the real video, of its reconstruction, of the other protocol's
+# the analyses of the real video, of its reconstruction, of the other protocol's
+_PREDICTION_SETS = ("real", "generated", "other")
 
 
 def other_protocol(protocol: str) -> str:
@@ -200,7 +211,8 @@ def _nmi_metrics(predicted: torch.Tensor, reference: torch.Tensor, characters: t
     return values
 
 
-def summarize(records: Dict[str, torch.Tensor], num_actions: int, seed: int, protocol: str = "one_step") -> EvaluationResult:
+def summarize(records: Dict[str, torch.Tensor], num_actions: int, seed: int,
+              protocol: str = "one_step") -> EvaluationResult:
     """Reduce the records of every window of a split (ordered by window) to the SPEC §5.1 metrics and the
     local-half rows; `protocol` is the one of the `re` reconstruction (the other one's, when recorded, is
     reported as `re_<other protocol>`)."""
@@ -279,7 +291,8 @@ def summarize(records: Dict[str, torch.Tensor], num_actions: int, seed: int, pro
         variant_ids = {variant: records[f"{name}_action_ids"] for variant, name in analyses}
         for variant, ids in {**variant_ids, "random": random_ids}.items():
             groups = characters[:, None].expand_as(ids)[known]
-            results[f"{variant}/code_character_nmi"] = normalized_mutual_information(ids[known].flatten(), groups.flatten())
+            results[f"{variant}/code_character_nmi"] = normalized_mutual_information(ids[known].flatten(),
+                                                                                     groups.flatten())
     for variant, name in reconstructions:
         for image in ("foreground", "frame"):
             key = f"{name}_{image}_squared_error"
@@ -354,7 +367,8 @@ def result_record(result: EvaluationResult, trained: TrainedModel, run_folder: s
     when)."""
     config = trained.config
     count = config.evaluation.observations_count
-    return {"metric": METRIC_NAME, "run_folder": os.path.abspath(run_folder), "checkpoint": os.path.abspath(trained.path),
+    return {"metric": METRIC_NAME, "run_folder": os.path.abspath(run_folder),
+            "checkpoint": os.path.abspath(trained.path),
             "step": trained.step, "split": config.evaluation.split, "protocol": protocol,
             "num_ground_truth_steps": num_ground_truth_steps(protocol, count), "observations_count": count,
             "skip_frames": config.evaluation.skip_frames, "data_root": os.path.abspath(config.data.root),
@@ -398,7 +412,8 @@ def format_table(result: EvaluationResult, protocol: str = "one_step") -> str:
         lines.append(f"{label:<34}" + "".join(f"{'—' if value is None else f'{value:.4f}':>11}" for value in cells))
     for variant, histogram in result.histograms.items():
         lines.append(f"code histogram {headers.get(variant, variant)}: {' '.join(str(count) for count in histogram)}")
-    lines.append("GT: predictions vs labels; RE: predictions on the reconstruction (1-step: T_f = T-1; 1-image: T_f = 1) "
+    lines.append("GT: predictions vs labels; RE: predictions on the reconstruction (1-step: T_f = T-1; "
+                 "1-image: T_f = 1) "
                  "vs labels; CO: predictions on the RE " + ("1-step" if protocol == "one_step" else "1-image")
                  + " reconstruction vs predictions on the real video; FLOOR: uniformly random ids (NMI), an "
                    "all-foreground mask (IoU)")

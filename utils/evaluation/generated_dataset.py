@@ -185,7 +185,8 @@ def load_generated_video(folder: str, count: int, size: Tuple[int, int]) -> torc
 
 def real_windows(config: Config, manifest: dict, count: int) -> Tuple[VideoDataset, List[int]]:
     """The test dataset and, per manifest video, the index of its real window."""
-    dataset = VideoDataset(config.evaluation_data(), manifest.get("split", "test"), sampling="all", observations_count=count)
+    dataset = VideoDataset(config.evaluation_data(), manifest.get("split", "test"), sampling="all",
+                           observations_count=count)
     index_of = {(dataset.videos[video_index].name, start): index
                 for index, (video_index, start) in enumerate(dataset.windows)}
     indices = []

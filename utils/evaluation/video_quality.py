@@ -45,7 +45,8 @@ def mse(real: torch.Tensor, generated: torch.Tensor, networks: Dict = None) -> t
 
 
 def motion_weights(real: torch.Tensor) -> torch.Tensor:
-    """Mean over channels of |I_t − I_{t−1}| of the real video, 0 for the first frame: (N, T, 3, H, W) → (N, T, H, W)."""
+    """Mean over channels of |I_t − I_{t−1}| of the real video, 0 for the first frame: (N, T, 3, H, W) →
+    (N, T, H, W)."""
     weights = torch.zeros_like(real[:, :, 0])
     weights[:, 1:] = (real[:, 1:] - real[:, :-1]).abs().mean(dim=2)
     return weights

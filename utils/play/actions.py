@@ -197,7 +197,8 @@ def read_action_file(path: str, num_actions: int, default_action: int = 0) -> Li
             content = json.load(handle) if path.lower().endswith(".json") else yaml.safe_load(handle)
     except (ValueError, yaml.YAMLError, UnicodeDecodeError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ActionError(f"{path}: not valid {'JSON' if path.lower().endswith('.json') else 'YAML'} ({reason})") from None
+        raise ActionError(f"{path}: not valid {'JSON' if path.lower().endswith('.json') else 'YAML'} "
+                          f"({reason})") from None
     if isinstance(content, str):
         return parse_actions(content, num_actions, default_action, source=path)
     if not isinstance(content, list) or not content:
@@ -249,7 +250,8 @@ def load_start_image(path: str, config: DataConfig, fit: str = "auto") -> torch.
     return load_image(path, config, fit)
 
 
-def dataset_start_frames(config: DataConfig, max_count: int, splits: Sequence[str] = ("test", "val")) -> List[Tuple[str, str]]:
+def dataset_start_frames(config: DataConfig, max_count: int,
+                         splits: Sequence[str] = ("test", "val")) -> List[Tuple[str, str]]:
     """(name, path) of the first frames of up to `max_count` videos of the run's dataset, spread
     evenly over the first split that has videos (test, then val), so that they show different
     characters; [] when the dataset is not on this machine."""
@@ -262,7 +264,8 @@ def dataset_start_frames(config: DataConfig, max_count: int, splits: Sequence[st
         found = []
         for index in chosen:
             try:
-                found.append((f"{split}/{os.path.basename(folders[index])}", index_video(folders[index]).frame_paths[0]))
+                found.append((f"{split}/{os.path.basename(folders[index])}",
+                              index_video(folders[index]).frame_paths[0]))
             except DatasetError:
                 continue
         if found:

@@ -11,10 +11,9 @@ from torch.utils.data import DataLoader, Sampler
 from data.video_dataset import ScheduledLengthBatchSampler, VideoDataset, collate_videos
 from utils.allocator import reset_malloc_tuning
 from utils.config import Config, TrainingConfig
-from utils.distributed import (DistributedContext)
+from utils.distributed import DistributedContext
 from utils.errors import DatasetError
 from utils.schedules import observations_count_at
-
 from utils.training.stopping import ignore_stop_signals
 
 MEDIA_SEQUENCES = 4  # sequences in the fixed media batch
@@ -65,7 +64,8 @@ class ShardSampler(Sampler[int]):
 def max_observations_count(training: TrainingConfig) -> int:
     """The largest T of the curriculum (its start or its end), whatever the run's length."""
     schedule = training.observations_count
-    return max(observations_count_at(training, 0), observations_count_at(training, schedule.start_step + schedule.steps))
+    return max(observations_count_at(training, 0),
+               observations_count_at(training, schedule.start_step + schedule.steps))
 
 
 class TrainingBatches:
@@ -92,7 +92,8 @@ class TrainingBatches:
         self.sampler = ShardSampler(len(self.dataset), context.rank, context.world_size, training.seed)
         if self.sampler.shard_size < self.batch_size:
             raise DatasetError(f"{config.data.root}: the train split has {len(self.dataset)} videos long enough for "
-                               f"T = {self.dataset.observations_count}, fewer than the {self.batch_size * context.world_size} "
+                               f"T = {self.dataset.observations_count}, fewer than the "
+                               f"{self.batch_size * context.world_size} "
                                f"of one step (training.batch_size × {context.world_size} processes)")
         self.batch_sampler = ScheduledLengthBatchSampler(
             self.sampler, self.batch_size, length_at_batch=lambda batch: observations_count_at(training, batch),

@@ -11,7 +11,6 @@ import torch
 
 from model.generation import NAMED_SHIFTS, global_action_matrix, local_action_matrix, reconstruct
 from model.glass import Glass, GlassOutput
-
 from utils.media import IMAGE_RANGE, MASK_RANGE, blank_like, image_grid, save_gif, save_png, to_uint8_images
 
 
@@ -101,7 +100,8 @@ def action_matrices(model: Glass, start_frames: torch.Tensor, num_frames: int,
 
 
 def write_training_media(model: torch.nn.Module, batch_observations: torch.Tensor, output: GlassOutput, step: int,
-                         folder: str, num_sequences: int = 2, matrix_frames: int = 6, fps: float = 4.0) -> Dict[str, str]:
+                         folder: str, num_sequences: int = 2, matrix_frames: int = 6,
+                         fps: float = 4.0) -> Dict[str, str]:
     """Write the media of one training step into `folder` (created if needed); returns {name: path}.
 
     batch_observations (B, T, 3, H, W) in [−1, 1], on any device (generation moves them to the

@@ -90,7 +90,8 @@ def preserved_random_state(device: torch.device) -> Iterator[None]:
         np.random.set_state(numpy_state)
 
 
-def training_checkpoint(trainer: Trainer, batches: TrainingBatches, step: int, last: StepResult) -> Optional[Dict[str, Any]]:
+def training_checkpoint(trainer: Trainer, batches: TrainingBatches, step: int,
+                        last: StepResult) -> Optional[Dict[str, Any]]:
     """The state after `step` optimiser steps, as a checkpoint dict on rank 0 (None on the others).
 
     A collective: every process calls it. The batch-norm statistics are first made rank 0's on

@@ -5,9 +5,6 @@ import signal
 from typing import Any, Optional
 
 
-
-
-
 class StopRequest:
     """Turns SIGINT and SIGTERM into a request to stop after the current step, with a checkpoint.
 

@@ -13,17 +13,16 @@ from model.blocks import use_cpu_kernels
 from model.codebook import kmeans_codebook, restart_dead_codes
 from model.glass import Glass, build_model
 from model.losses import GlassLoss, LossResult
-from model.vgg import build_vgg_features
 from model.ops import native_transforms
+from model.vgg import build_vgg_features
 from utils.config import Config, TrainingConfig
-from utils.distributed import (DistributedContext, all_gather_objects, average_over_processes)
+from utils.distributed import DistributedContext, all_gather_objects, average_over_processes
 from utils.errors import GlassError
+from utils.pretrained import MissingWeightsError
 from utils.run_logger import lma_step_statistics
+from utils.schedules import ground_truth_steps_at, gumbel_temperature_at, in_gma_warmup, observations_count_at
 from utils.training.media import write_training_media
 from utils.training.state import preserved_buffers, preserved_random_state
-from utils.pretrained import MissingWeightsError
-from utils.schedules import gumbel_temperature_at, ground_truth_steps_at, in_gma_warmup, observations_count_at
-
 
 
 def check_device_support(training: TrainingConfig, device_kind: str) -> None:
@@ -42,7 +41,8 @@ class StepResult:
     ground_truth_steps: int  # T_f of the step
     ran_lma: bool  # false during the 'gma_only' warm-up
     learning_rate: float  # the learning rate of the step (the scheduler has moved on to the next one)
-    lma_statistics: Optional[Dict[str, torch.Tensor]] = None  # utils.run_logger.lma_step_statistics; None in gma_only warm-up
+    # utils.run_logger.lma_step_statistics; None in gma_only warm-up
+    lma_statistics: Optional[Dict[str, torch.Tensor]] = None
 
 
 def to_channels_last_frames(observations: torch.Tensor) -> torch.Tensor:
@@ -153,13 +153,15 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def curriculum(self, step: int, observations_count: int) -> Dict[str, Any]:
-        """T_f, whether the LMA runs, its loss scale and the Gumbel temperature at 0-based `step` for sequences of T frames."""
+        """T_f, whether the LMA runs, its loss scale and the Gumbel temperature at 0-based `step` for sequences
+        of T frames."""
         warmup = in_gma_warmup(self.training, step)
         return {
             "ground_truth_steps": ground_truth_steps_at(self.training, step, observations_count),
             "run_lma": not (warmup and self.training.warmup_mode == "gma_only"),
             "lma_loss_scale": 0.0 if warmup else 1.0,
-            "gumbel_temperature": gumbel_temperature_at(self.training, step) if self.config.model.lma.use_gumbel else None,
+            "gumbel_temperature": (gumbel_temperature_at(self.training, step) if self.config.model.lma.use_gumbel
+                                   else None),
         }
 
     def prepare_observations(self, observations: torch.Tensor) -> torch.Tensor:
@@ -167,7 +169,8 @@ class Trainer:
         return to_channels_last_frames(observations) if self.training.channels_last else observations
 
     def training_step(self, batch: Dict[str, Any], step: int) -> StepResult:
-        """One optimiser step on `batch` at 0-based `step`; batch["observations"] (B, T, 3, H, W) with T of the curriculum."""
+        """One optimiser step on `batch` at 0-based `step`; batch["observations"] (B, T, 3, H, W) with T of
+        the curriculum."""
         observations = self.prepare_observations(batch["observations"])
         observations_count = observations.shape[1]
         if observations_count != observations_count_at(self.training, step):

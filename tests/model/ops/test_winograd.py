@@ -98,7 +98,8 @@ def test_the_pytorch_transforms_never_touch_the_c_library(monkeypatch):
 
     monkeypatch.setattr(winograd, "native_transforms", unavailable)
     inputs, weight = torch.randn(1, 3, 5, 6, dtype=torch.float64), torch.randn(2, 3, 3, 3, dtype=torch.float64)
-    assert torch.allclose(winograd_conv3x3(inputs, weight, native=False), F.conv2d(inputs, weight, padding=1), atol=1e-12)
+    assert torch.allclose(winograd_conv3x3(inputs, weight, native=False), F.conv2d(inputs, weight, padding=1),
+                          atol=1e-12)
 
 
 def test_bad_shapes_are_refused():
@@ -186,7 +187,8 @@ def test_frozen_weights_keep_their_transformed_kernels_until_they_change():
     assert layer._frozen_kernel_tiles.get(layer.weight)[0] is not cached
     assert layer._frozen_kernel_tiles.get(layer.weight.detach().requires_grad_()) is None  # a trained weight
     with pytest.raises(ValueError, match="needs no gradient"):
-        winograd_conv3x3(inputs, layer.weight.detach().requires_grad_(), kernel_tiles=layer._frozen_kernel_tiles.get(layer.weight))
+        winograd_conv3x3(inputs, layer.weight.detach().requires_grad_(),
+                         kernel_tiles=layer._frozen_kernel_tiles.get(layer.weight))
 
 
 @pytest.fixture

@@ -8,8 +8,14 @@ import torch
 
 from data.video_dataset import collate_videos
 from model.generation import reconstruct
-from utils.evaluation.action_metrics import (evaluation_dataset, format_table, load_run_for_evaluation, shard_indices, summarize,
-                              window_records)
+from utils.evaluation.action_metrics import (
+    evaluation_dataset,
+    format_table,
+    load_run_for_evaluation,
+    shard_indices,
+    summarize,
+    window_records,
+)
 from utils.metrics import shifts_to_pixels
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -151,8 +157,10 @@ def test_local_half_rows_codes_histograms_and_psnr_over_the_split():
         records[key] = records[key.replace("other", "generated")]
     result = summarize(records, num_actions=3, seed=0, protocol="one_step")
     assert result.histograms["gt"] == [2, 0, 4] and result.results["gt/codes_used"] == 2
-    assert result.results["gt/code_perplexity"] == pytest.approx(math.exp(-(1 / 3 * math.log(1 / 3) + 2 / 3 * math.log(2 / 3))))
-    assert result.histograms["re_single_image"] == [0, 6, 0] and result.results["re_single_image/code_perplexity"] == 1.0
+    assert result.results["gt/code_perplexity"] == pytest.approx(
+        math.exp(-(1 / 3 * math.log(1 / 3) + 2 / 3 * math.log(2 / 3))))
+    assert (result.histograms["re_single_image"] == [0, 6, 0]
+            and result.results["re_single_image/code_perplexity"] == 1.0)
     assert result.results["re/foreground_psnr"] == pytest.approx(10 * math.log10(4 / 0.0008))  # mean MSE 8e-4
     assert result.results["re/frame_psnr"] == pytest.approx(20.0)
     assert result.results["re_single_image/foreground_psnr"] == pytest.approx(20.0)

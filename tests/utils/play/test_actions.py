@@ -69,7 +69,8 @@ def test_action_files_json_and_yaml(tmp_path):
     assert read_action_file(str(yaml_path), num_actions=3) == expected
     string_path = tmp_path / "moves.yml"
     string_path.write_text("right right 2\n")
-    assert read_action_file(str(string_path), num_actions=3) == [PlayStep(RIGHT, 0), PlayStep(RIGHT, 0), PlayStep(STAY, 2)]
+    assert read_action_file(str(string_path), num_actions=3) == [PlayStep(RIGHT, 0), PlayStep(RIGHT, 0),
+                                                                 PlayStep(STAY, 2)]
 
 
 @pytest.mark.parametrize("content, message", [

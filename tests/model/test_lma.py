@@ -261,12 +261,14 @@ def test_decoder_skip_mask_feeds_the_shifted_current_mask_and_later_steps_their_
         calls = []
         original = lma.decoder_skip
         lma.decoder_skip = lambda f, d, m=None: calls.append((f, m)) or original(f, d, m)
-        generated, generated_masks = lma.unroll(states[:, :1], shifts, codes, ground_truth_foregrounds=foregrounds[:, :1],
+        generated, generated_masks = lma.unroll(states[:, :1], shifts, codes,
+                                                ground_truth_foregrounds=foregrounds[:, :1],
                                                 ground_truth_masks=masks[:, :1])
         del lma.decoder_skip
         assert len(calls) == 3 and torch.equal(calls[0][1], masks[:, 0])
         for t in (1, 2):
-            assert torch.allclose(calls[t][0], generated[0][:, t - 1]) and torch.allclose(calls[t][1], generated_masks[:, t - 1])
+            assert (torch.allclose(calls[t][0], generated[0][:, t - 1])
+                    and torch.allclose(calls[t][1], generated_masks[:, t - 1]))
     with pytest.raises(ValueError, match="decoder_skip_mask"):
         lma.unroll(states, shifts, codes, ground_truth_foregrounds=foregrounds)
 

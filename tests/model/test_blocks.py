@@ -4,8 +4,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.blocks import (ConvLSTM, Final, Interpolate, Conv2d, ModConv, Res, Same, Up, modulated_weights,
-                          pooled_kernel, tile_and_concatenate)
+from model.blocks import (
+    Conv2d,
+    ConvLSTM,
+    Final,
+    Interpolate,
+    ModConv,
+    Res,
+    Same,
+    Up,
+    modulated_weights,
+    pooled_kernel,
+    tile_and_concatenate,
+)
 
 torch.set_num_threads(1)
 

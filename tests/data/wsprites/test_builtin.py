@@ -1,6 +1,6 @@
 """The built-in W-Sprites art: LPC-layout layer sheets and the landscape background."""
-from functools import lru_cache
 import time
+from functools import lru_cache
 
 import numpy as np
 import pytest

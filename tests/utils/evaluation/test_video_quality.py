@@ -8,8 +8,18 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from utils.evaluation import video_quality
-from utils.evaluation.video_quality import (REGISTRY, MetricAccumulator, aggregate_per_position, detection_metrics,
-                                 frechet_distance, motion_mse, mse, psnr, ssim, ssim_images)
+from utils.evaluation.video_quality import (
+    REGISTRY,
+    MetricAccumulator,
+    aggregate_per_position,
+    detection_metrics,
+    frechet_distance,
+    motion_mse,
+    mse,
+    psnr,
+    ssim,
+    ssim_images,
+)
 
 
 def test_frechet_distance_matches_the_closed_form_for_diagonal_gaussians():

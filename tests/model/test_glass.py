@@ -76,7 +76,8 @@ def test_lma_losses_send_no_gradient_into_the_gma(make_small_model, small_video,
     model = make_small_model().to(device)
     output = model(small_video.to(device), num_ground_truth_steps=1)
     loss = sum(f.abs().mean() for f in output.lma.generated_foregrounds) + output.lma.generated_masks.mean()
-    loss = loss + (output.lma.reencoded_states - output.lma.states[:, 1:].detach()).abs().mean() + output.lma.action_vq_loss
+    loss = (loss + (output.lma.reencoded_states - output.lma.states[:, 1:].detach()).abs().mean()
+            + output.lma.action_vq_loss)
     loss.backward()
     gma_gradients = [p.grad for p in model.gma.parameters()]
     assert all(g is None or torch.count_nonzero(g) == 0 for g in gma_gradients)
@@ -109,7 +110,8 @@ def test_autocast_runs_the_convolutions_in_half_precision_with_finite_outputs_an
     finite and every trained parameter gets a finite gradient (the GMA's BatchNorm layers run in float32)."""
     model = make_small_model(decoder_skip=True, decoder_skip_mask=True).to(device)
     computed = []
-    model.gma.masking_network.layers[0].register_forward_hook(lambda module, inputs, output: computed.append(output.dtype))
+    model.gma.masking_network.layers[0].register_forward_hook(
+        lambda module, inputs, output: computed.append(output.dtype))
     with torch.autocast(device.type, dtype=dtype):
         output = model(small_video.to(device), num_ground_truth_steps=2)
         _check_shapes(model, small_video, output)

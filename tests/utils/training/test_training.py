@@ -15,7 +15,7 @@ from utils.training.batches import ShardSampler, TrainingBatches
 from utils.training.state import capture_rng_state, restore_rng_state
 from utils.training.stopping import StopRequest
 
-REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 def test_shards_cover_each_epoch_and_depend_only_on_seed_and_epoch():
@@ -134,7 +134,8 @@ def test_the_trainer_state_round_trips_through_a_weights_only_file(tmp_path, one
 
     config = load_config(os.path.join(REPOSITORY, "configs", "wsprites.yaml"),
                          [*SMALL_MODEL, *NO_PERCEPTUAL_LOSSES, "training.gma_warmup_steps=0",
-                          "training.observations_count={start: 3, end: 3}", "training.ground_truth_steps={start: 1, end: 1}"])
+                          "training.observations_count={start: 3, end: 3}",
+                          "training.ground_truth_steps={start: 1, end: 1}"])
     count = observations_count_at(config.training, 0)
     batches = [{"observations": torch.rand(1, count, 3, 96, 128, generator=torch.Generator().manual_seed(seed)) * 2 - 1}
                for seed in range(2)]

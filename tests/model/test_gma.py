@@ -3,8 +3,15 @@ Tests taking `device` run where `pytest --device` says (tests/conftest.py)."""
 import pytest
 import torch
 
-from model.gma import (BACKGROUND_PADDING, FOREGROUND_PADDING, GlobalMotionAnalysis, Inpainter, ShiftPredictor,
-                       dilate_masks, shift_images)
+from model.gma import (
+    BACKGROUND_PADDING,
+    FOREGROUND_PADDING,
+    GlobalMotionAnalysis,
+    Inpainter,
+    ShiftPredictor,
+    dilate_masks,
+    shift_images,
+)
 from utils.config import GMAConfig
 
 torch.set_num_threads(1)
@@ -68,7 +75,8 @@ def test_shift_predictors_start_near_zero_with_zero_last_weights():
 
 def test_inpainter_keeps_the_unmasked_pixels_and_ignores_the_masked_ones(device):
     torch.manual_seed(0)
-    inpainter = Inpainter(GMAConfig(inpainter_encoder_channels=[4, 4, 4, 8, 8], inpainter_decoder_channels=[8, 4, 4, 4]))
+    inpainter = Inpainter(GMAConfig(inpainter_encoder_channels=[4, 4, 4, 8, 8],
+                                    inpainter_decoder_channels=[8, 4, 4, 4]))
     inpainter.eval().to(device)
     frames = (torch.rand(2, 3, 16, 16) * 2 - 1).to(device)
     assert torch.equal(inpainter(frames, torch.zeros(2, 1, 16, 16, device=device)), frames)

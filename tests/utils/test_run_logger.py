@@ -20,16 +20,19 @@ def test_loss_means_count_each_term_over_the_steps_that_had_it():
 
 def test_status_line_shows_the_step_curricula_terms_and_memory():
     row = {"step": 200, "lr": 4e-4, "observations_count": 6, "ground_truth_steps": 5, "loss": 0.5,
-           "reconstruction_loss": 0.25, "foreground_loss": "nan", "steps_per_second": 3.5, **peak_memory(torch.device("cpu"))}
+           "reconstruction_loss": 0.25, "foreground_loss": "nan", "steps_per_second": 3.5,
+           **peak_memory(torch.device("cpu"))}
     line = format_status_line(row, 1000)
     assert line.startswith("step 200/1000 | T 6 | T_f 5 | loss 0.5000 | reconstruction 0.2500 | foreground nan")
     assert "3.50 steps/s" in line and "RSS" in line and "\n" not in line
-    assert row["memory_kind"] == "process_peak_rss" and 0 < row["memory_gib"] < 1024 and not math.isnan(row["memory_gib"])
+    assert (row["memory_kind"] == "process_peak_rss" and 0 < row["memory_gib"] < 1024
+            and not math.isnan(row["memory_gib"]))
 
 
 def _lma_output(ids, vectors, generated, targets, ground_truth_steps):
     from types import SimpleNamespace
-    return SimpleNamespace(lma=SimpleNamespace(action_ids=ids, action_vectors=vectors, generated_foregrounds=[generated],
+    return SimpleNamespace(lma=SimpleNamespace(action_ids=ids, action_vectors=vectors,
+                                               generated_foregrounds=[generated],
                                                num_ground_truth_steps=ground_truth_steps),
                            gma=SimpleNamespace(foregrounds=targets))
 

@@ -4,12 +4,16 @@ import os
 import pytest
 import torch
 
-from utils.evaluation import feature_networks
 from utils.config import Config
-from utils.evaluation.feature_networks import (build_fid_inception, build_i3d, build_lpips, check_feature_weights,
-                                    InceptionI3d)
+from utils.evaluation import feature_networks
+from utils.evaluation.feature_networks import (
+    InceptionI3d,
+    build_fid_inception,
+    build_i3d,
+    build_lpips,
+    check_feature_weights,
+)
 from utils.pretrained import MissingWeightsError
-
 
 pytestmark = pytest.mark.usefixtures("two_torch_threads")
 

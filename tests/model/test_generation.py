@@ -5,8 +5,16 @@ Tests taking `device` run where `pytest --device` says (tests/conftest.py)."""
 import pytest
 import torch
 
-from model.generation import (NAMED_SHIFTS, global_action_matrix, local_action_matrix, num_ground_truth_steps,
-                              play_step, reconstruct, start_play, transfer_motion)
+from model.generation import (
+    NAMED_SHIFTS,
+    global_action_matrix,
+    local_action_matrix,
+    num_ground_truth_steps,
+    play_step,
+    reconstruct,
+    start_play,
+    transfer_motion,
+)
 from model.gma import BACKGROUND_PADDING, shift_images
 
 torch.set_num_threads(2)

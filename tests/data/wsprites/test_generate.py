@@ -11,11 +11,17 @@ import pytest
 from PIL import Image
 
 from data.wsprites import generate
-from data.wsprites.sprites import (ANIMATION_CELLS, LPCDirectorySource, alpha_composite, character_choices,
-                                   cut_animation_cells, read_lpc_sheet)
+from data.wsprites.sprites import (
+    ANIMATION_CELLS,
+    LPCDirectorySource,
+    alpha_composite,
+    character_choices,
+    cut_animation_cells,
+    read_lpc_sheet,
+)
 from utils.errors import GlassError
 
-REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 LPC_DIR = os.path.join(REPOSITORY, "..", "shared", "lpc")
 needs_lpc = pytest.mark.skipif(not os.path.isdir(os.path.join(LPC_DIR, "body")),
                                reason="the LPC sheets of ../shared/lpc are not present beside the repository")

@@ -25,7 +25,8 @@ def test_summary_prints_every_module_and_their_total(capsys):
     # The compressor conv1×1 64→8 with bias, and the 6×16 codebook inside the action network.
     assert counts["compressor"] == 64 * 8 + 8
     assert main(["--config", WSPRITES, "model.lma.num_actions=9"]) == 0
-    more_actions = {line[:18].strip(): int(line[18:].replace(",", "")) for line in capsys.readouterr().out.splitlines()[1:]}
+    more_actions = {line[:18].strip(): int(line[18:].replace(",", ""))
+                    for line in capsys.readouterr().out.splitlines()[1:]}
     assert more_actions["action network"] - counts["action network"] == 3 * 16
 
 

@@ -28,7 +28,8 @@ def server(trained_run):
     starts = [(name, load_start_image(path, trained.config.data))
               for name, path in dataset_start_frames(trained.config.data, 2)]
     play_server = PlayServer(trained.model, trained.config.data, starts,
-                             ServerLimits(max_sessions=MAX_SESSIONS, max_frames=MAX_FRAMES, max_upload_bytes=UPLOAD_LIMIT))
+                             ServerLimits(max_sessions=MAX_SESSIONS, max_frames=MAX_FRAMES,
+                                          max_upload_bytes=UPLOAD_LIMIT))
     http_server = create_http_server(play_server, port=0)
     thread = serve_in_thread(http_server)
     yield {"url": f"http://127.0.0.1:{http_server.server_address[1]}", "play_server": play_server}
