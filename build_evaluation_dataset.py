@@ -26,8 +26,8 @@ from typing import Optional, Sequence
 import torch
 from tqdm import tqdm
 
-from model.generation import RECONSTRUCTION_PROTOCOLS
 from utils.cli import run_main
+from utils.config import RECONSTRUCTION_PROTOCOLS
 from utils.distributed import DEVICE_CHOICES, resolve_device_kind
 from utils.evaluation.action_metrics import load_run_for_evaluation
 from utils.evaluation.generated_dataset import build_evaluation_dataset, default_folder

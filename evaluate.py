@@ -39,10 +39,9 @@ import torch
 from tqdm import tqdm
 
 from data.video_dataset import VideoDataset
-from model.generation import RECONSTRUCTION_PROTOCOLS
 from model.trained import TrainedModel
 from utils.cli import run_main
-from utils.config import SPLITS
+from utils.config import RECONSTRUCTION_PROTOCOLS, SPLITS
 from utils.distributed import (
     DEVICE_CHOICES,
     DistributedContext,

@@ -44,9 +44,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402 (after the OpenMP setting)
 
 from data.video_dataset import FIT_MODES
-from model.generation import NAMED_SHIFTS, RECONSTRUCTION_PROTOCOLS, reconstruct, transfer_motion
+from model.generation import NAMED_SHIFTS, reconstruct, transfer_motion
 from model.trained import TrainedModel, load_trained_model
 from utils.cli import run_main
+from utils.config import RECONSTRUCTION_PROTOCOLS
 from utils.distributed import DEVICE_CHOICES, resolve_device_kind
 from utils.errors import GlassError
 from utils.media import save_gif, save_png, to_uint8_images
