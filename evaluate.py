@@ -35,6 +35,7 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -51,6 +52,8 @@ from utils.distributed import (
     resolve_device_kind,
 )
 from utils.evaluation.action_metrics import (
+    confusion_path,
+    confusion_row_labels,
     evaluate_run,
     evaluation_dataset,
     format_table,
@@ -60,6 +63,7 @@ from utils.evaluation.action_metrics import (
     shard_indices,
 )
 from utils.files import append_json_line
+from utils.media import confusion_image, save_png
 
 Loaded = Tuple[TrainedModel, bool, VideoDataset]  # the run, whether it is comparable, its evaluation windows
 
@@ -129,6 +133,11 @@ def run_process(plan: EvaluationPlan, context: DistributedContext, loaded: Optio
     path = metrics_path(plan.run_folder, evaluation.split, protocol)
     append_json_line(path, result_record(result, trained, plan.run_folder, protocol, comparable, context.world_size))
     print(f"appended to {path}")
+    if result.confusion is not None:
+        picture = save_png(confusion_image(np.array(result.confusion), confusion_row_labels(len(result.confusion)),
+                                           [f"code {code}" for code in range(len(result.confusion[0]))]),
+                           confusion_path(plan.run_folder, evaluation.split, protocol, trained.step))
+        print(f"wrote {picture}")
     return 0
 
 

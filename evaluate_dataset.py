@@ -32,6 +32,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from tqdm import tqdm
 
+from utils.checkpoint import read_run_config
 from utils.cli import run_main
 from utils.config import Config, load_config
 from utils.distributed import DEVICE_CHOICES, resolve_device_kind
@@ -96,13 +97,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     arguments = parse_arguments(argv)
     if bool(arguments.generated) == bool(arguments.run_name):
         raise GlassError("give either --generated DIR or --run-name R")
+    # the folder to measure is checked first: a mistyped path should not be reported as missing feature weights
+    if arguments.generated and not os.path.isdir(arguments.generated):
+        raise GlassError(f"{arguments.generated}: " + ("not a folder" if os.path.exists(arguments.generated)
+                                                       else "no such folder") + " (--generated)")
     if arguments.num_threads is not None:
         torch.set_num_threads(arguments.num_threads)
-    config_path = arguments.config or (os.path.join(arguments.runs_dir, arguments.run_name, "config.yaml")
-                                       if arguments.run_name else None)
-    if not config_path:
+    if arguments.config:
+        config = load_config(arguments.config, arguments.overrides)
+    elif arguments.run_name:
+        config = read_run_config(os.path.join(arguments.runs_dir, arguments.run_name), arguments.overrides)
+    else:
         raise GlassError("--config: required with --generated")
-    config = load_config(config_path, arguments.overrides)
+    folder = resolve_generated_folder(arguments, config)
+    manifest = read_manifest(folder)
+    count = config.evaluation.observations_count
+    if manifest["observations_count"] != count:
+        raise GlassError(f"{os.path.join(folder, 'manifest.json')}: observations_count {manifest['observations_count']}"
+                         f", the config says evaluation.observations_count={count}")
+    if manifest["skip_frames"] != config.evaluation.skip_frames:
+        raise GlassError(f"{os.path.join(folder, 'manifest.json')}: skip_frames {manifest['skip_frames']}, the config "
+                         f"says evaluation.skip_frames={config.evaluation.skip_frames}")
     metrics = default_metrics(config.evaluation.detection_metrics)
     if arguments.metrics:
         metrics = [name.strip() for name in arguments.metrics.split(",") if name.strip()]
@@ -114,15 +129,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         check_feature_weights(config, networks_needed)  # every missing file in one message, before any work
     device = torch.device(resolve_device_kind(arguments.device))
 
-    folder = resolve_generated_folder(arguments, config)
-    manifest = read_manifest(folder)
-    count = config.evaluation.observations_count
-    if manifest["observations_count"] != count:
-        raise GlassError(f"{os.path.join(folder, 'manifest.json')}: observations_count {manifest['observations_count']}"
-                         f", the config says evaluation.observations_count={count}")
-    if manifest["skip_frames"] != config.evaluation.skip_frames:
-        raise GlassError(f"{os.path.join(folder, 'manifest.json')}: skip_frames {manifest['skip_frames']}, the config "
-                         f"says evaluation.skip_frames={config.evaluation.skip_frames}")
     dataset, indices = real_windows(config, manifest, count)
     size = tuple(config.data.input_size)
     networks = build_feature_networks(config, networks_needed, device, arguments.random_feature_weights)

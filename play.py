@@ -50,6 +50,7 @@ from utils.cli import run_main
 from utils.config import RECONSTRUCTION_PROTOCOLS
 from utils.distributed import DEVICE_CHOICES, resolve_device_kind
 from utils.errors import GlassError
+from utils.files import require_folder_can_be_made
 from utils.media import save_gif, save_png, to_uint8_images
 from utils.play.actions import (
     ACTION_LANGUAGE_HELP,
@@ -129,7 +130,7 @@ def parse_arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 def _mode(arguments: argparse.Namespace) -> str:
     for name in ("actions", "actions_file", "transfer", "reconstruct", "grid", "serve"):
-        if getattr(arguments, name):
+        if getattr(arguments, name) not in (None, False):  # `--actions ""` is the actions mode, with no steps
             return {"actions_file": "actions"}.get(name, name)
     raise AssertionError("argparse requires one mode")
 
@@ -137,6 +138,11 @@ def _mode(arguments: argparse.Namespace) -> str:
 def check_arguments(arguments: argparse.Namespace) -> None:
     """Combinations argparse cannot check; each problem is a one-line `GlassError`."""
     mode = _mode(arguments)
+    for name in ("actions_file", "transfer", "reconstruct"):  # e.g. an unset shell variable
+        if getattr(arguments, name) == "":
+            raise GlassError(f"--{name.replace('_', '-')}: expected a path, got an empty string")
+    if "" in arguments.image:
+        raise GlassError("--image: expected a path, got an empty string")
     if mode in ("actions", "transfer") and len(arguments.image) != 1:
         raise GlassError(f"--{mode.replace('_', '-')}: needs exactly one --image (got {len(arguments.image)})")
     if mode == "reconstruct" and arguments.image:
@@ -153,6 +159,8 @@ def check_arguments(arguments: argparse.Namespace) -> None:
         raise GlassError(f"--fps: must be > 0, got {arguments.fps}")
     if not arguments.max_upload_mb > 0:
         raise GlassError(f"--max-upload-mb: must be > 0, got {arguments.max_upload_mb}")
+    if arguments.out:
+        require_folder_can_be_made(arguments.out, "--out")
 
 
 def _record(trained: TrainedModel, run_name: str, mode: str, device: torch.device, **extra: Any) -> Dict[str, Any]:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
@@ -68,6 +69,7 @@ from utils.distributed import (
     resolve_device_kind,
 )
 from utils.errors import GlassError
+from utils.files import require_folder_can_be_made
 from utils.run_logger import LMAMeter, LossMeter, RunLogger
 from utils.training.batches import MediaBatch, TrainingBatches
 from utils.training.state import process_seed, resume_training, seed_everything, training_checkpoint
@@ -177,12 +179,15 @@ def run_process(plan: RunPlan, context: DistributedContext) -> int:
     try:
         batch_stream = iter(batches)
         for step in range(first_step, training.num_steps):
-            result = trainer.training_step(next(batch_stream), step)
+            batch = next(batch_stream)
+            result = trainer.training_step(batch, step)
             steps_done = step + 1
             meter.add(result.loss.total, result.loss.terms)
             lma_meter.add(result.lma_statistics)
             if steps_done % training.log_every == 0 or steps_done == training.num_steps:
                 losses = {**meter.summarize(context), **lma_meter.summarize(context)}
+                if result.ran_lma:  # the code effect on this step's batch (README "Training", metrics.jsonl)
+                    losses.update(trainer.code_effect(batch, step))
                 if logger is not None:
                     logger.log_scalars(steps_done, {"lr": result.learning_rate,
                                                     "observations_count": result.observations_count,
@@ -214,6 +219,13 @@ def run_process(plan: RunPlan, context: DistributedContext) -> int:
     return 0
 
 
+def remove_failed_new_run_folder(run_folder: str, new_folder: bool) -> None:
+    """Bad input found once training has begun (a truncated frame, say) stops a new run with a one-line error;
+    the folder this command made for it goes too while it holds no checkpoint, so nothing half-made stays."""
+    if new_folder and not has_checkpoints(run_folder) and os.environ.get("RANK", "0") == "0":
+        shutil.rmtree(run_folder, ignore_errors=True)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     arguments = parse_arguments(argv)
     if not arguments.run_name or os.sep in arguments.run_name or arguments.run_name in (".", ".."):
@@ -234,12 +246,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     elif has_checkpoints(run_folder):
         raise GlassError(f"{run_folder} already holds checkpoints: continue it with --resume-step latest, "
                          f"or choose another --run-name")
+    else:
+        require_folder_can_be_made(run_folder, "run folder")
     check_launch(arguments.num_gpus, device_kind)
     if config.training.random_vgg_weights:
         print(f"warning: {RANDOM_VGG_WARNING}", file=sys.stderr)
     plan = RunPlan(config=config, run_name=arguments.run_name, run_folder=run_folder, resume_path=resume_path,
                    device_kind=device_kind, use_wandb=arguments.wandb, show_progress=not arguments.no_progress)
-    return launch(run_process, plan, device_kind, arguments.num_gpus)
+    new_folder = resume_path is None and not os.path.exists(run_folder)
+    try:
+        status = launch(run_process, plan, device_kind, arguments.num_gpus)
+    except GlassError:
+        remove_failed_new_run_folder(run_folder, new_folder)
+        raise
+    if status == 2:  # a process started by launch printed its one-line error
+        remove_failed_new_run_folder(run_folder, new_folder)
+    return status
 
 
 if __name__ == "__main__":

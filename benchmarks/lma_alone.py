@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -41,15 +42,17 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from data.video_dataset import VideoDataset, collate_videos  # noqa: E402
+from data.wsprites.walk import LOCAL_ACTION_NAMES  # noqa: E402
 from model.codebook import kmeans_codebook, restart_dead_codes  # noqa: E402
 from model.gma import FOREGROUND_PADDING, shift_images  # noqa: E402
-from model.lma import LocalMotionAnalysis  # noqa: E402
-from model.losses import LMA_LOSS_NAMES, GlassLoss  # noqa: E402
+from model.lma import LMAOutput, LocalMotionAnalysis  # noqa: E402
+from model.losses import CHANGED_PIXEL_THRESHOLD, LMA_LOSS_NAMES, GlassLoss  # noqa: E402
 from model.vgg import build_vgg_features  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.media import image_grid, save_png, to_uint8_images  # noqa: E402
 from utils.metrics import (  # noqa: E402
+    code_effect_db,
     code_histogram,
     codes_used,
     mean_nmi_per_group,
@@ -57,6 +60,7 @@ from utils.metrics import (  # noqa: E402
     perplexity,
     psnr,
     soft_iou,
+    switch_transitions,
 )
 from utils.training.state import preserved_buffers  # noqa: E402
 
@@ -79,18 +83,96 @@ def true_inputs(batch: Dict[str, Any], input_size, shift_noise: float = 0.0,
     return SimpleNamespace(masks=masks, foregrounds=foregrounds, shifted_foregrounds=shifted, foreground_shifts=shifts)
 
 
+class OracleCodes(torch.nn.Module):
+    """`--oracle`: the true local-action label of each transition as its code: a fixed (not trained) random
+    embedding per label, N(0, 1/D) rows, fed where the quantised code goes (dynamics, and the decoder with
+    `decoder_action`). Asks whether the decoder can draw the labelled pose change when it is told it."""
+
+    def __init__(self, num_labels: int, code_dim: int, seed: int):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed + 7)
+        self.register_buffer("table", torch.randn(num_labels, code_dim, generator=generator) / code_dim ** 0.5)
+
+    def forward(self, local_actions: torch.Tensor) -> torch.Tensor:
+        """Labels per frame (B, T) → the codes of the transitions t → t+1, those of frame t+1: (B, T−1, D)."""
+        return self.table[local_actions[:, 1:]]
+
+
+def oracle_forward(lma: LocalMotionAnalysis, gma: SimpleNamespace, codes: torch.Tensor,
+                   ground_truth_steps: int) -> LMAOutput:
+    """The LMA's forward with the given codes (B, T−1, D) instead of the inferred ones (no quantiser loss)."""
+    motion = lma.infer_motion(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts)
+    generated, masks = lma.unroll(motion.states[:, :ground_truth_steps], motion.foreground_shifts, codes,
+                                  ground_truth_foregrounds=gma.foregrounds[:, :ground_truth_steps],
+                                  ground_truth_masks=gma.masks[:, :ground_truth_steps])
+    return LMAOutput(states=motion.states, action_codes=codes, action_ids=motion.actions.ids, action_vq_loss=None,
+                     generated_foregrounds=generated, generated_masks=masks,
+                     reencoded_states=lma.encode(generated[0])[0], num_ground_truth_steps=ground_truth_steps,
+                     action_vectors=motion.actions.vectors, shifted_foregrounds=motion.shifted_foregrounds,
+                     foreground_shifts=motion.foreground_shifts)
+
+
+def code_effect_record(lma: LocalMotionAnalysis, gma: SimpleNamespace, batch: Dict[str, Any], one_step: LMAOutput,
+                       random_codes: torch.Tensor) -> Dict[str, float]:
+    """One-step f̂ (eval mode) drawn from the states of `one_step` with its codes and with `random_codes`
+    (B, T−1, D): the code effect over all transitions and over switch transitions, and the PSNR on the pixels
+    that change beyond the shift (with both codes, and of f̃ₜ, the global motion alone, for reference)."""
+    steps = random_codes.shape[1]
+    targets = gma.foregrounds[:, 1:]
+    drawn = []
+    for codes in (one_step.action_codes, random_codes):
+        generated, _ = lma.unroll(one_step.states[:, :steps], one_step.foreground_shifts, codes,
+                                  ground_truth_foregrounds=gma.foregrounds[:, :steps],
+                                  ground_truth_masks=gma.masks[:, :steps])
+        drawn.append(generated[0])
+    errors = [(image - targets).pow(2).sum(dim=(2, 3, 4)) for image in drawn]
+    switches = switch_transitions(batch["local_actions"])
+    copy = one_step.shifted_foregrounds  # f̃ₜ as the LMA used it (refined)
+    changed = ((targets - copy).abs().sum(dim=2, keepdim=True) > CHANGED_PIXEL_THRESHOLD).float()
+
+    def changed_psnr(image: torch.Tensor) -> float:
+        mse = float(((image - targets).pow(2) * changed).sum() / (changed.sum() * 3).clamp_min(1))
+        return 10 * math.log10(4.0 / mse) if mse > 0 else math.inf
+
+    return {"code_effect_db": code_effect_db(errors[0], errors[1]),
+            "code_effect_switch_db": code_effect_db(errors[0], errors[1], switches),
+            "switch_transitions": int(switches.sum()),
+            "psnr_changed_pixels": changed_psnr(drawn[0]), "psnr_changed_pixels_random_codes": changed_psnr(drawn[1]),
+            "psnr_changed_pixels_copy": changed_psnr(copy)}
+
+
 @torch.no_grad()
-def evaluate(lma: LocalMotionAnalysis, gma: SimpleNamespace, batch: Dict[str, Any], num_actions: int) -> Dict[str, Any]:
+def evaluate(lma: LocalMotionAnalysis, gma: SimpleNamespace, batch: Dict[str, Any], num_actions: int,
+             oracle: OracleCodes = None) -> Dict[str, Any]:
     length = gma.foregrounds.shape[1]
     targets = gma.foregrounds[:, 1:]
     record: Dict[str, Any] = {}
     lma.eval()
-    one_step = lma(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts, length - 1, masks=gma.masks)
-    single = lma(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts, 1, masks=gma.masks)
-    lma.train()  # train-mode BatchNorm (batch statistics), its running statistics left untouched
-    with preserved_buffers(lma):
-        one_step_train = lma(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts, length - 1,
-                             masks=gma.masks)
+    if oracle is not None:
+        codes = oracle(batch["local_actions"])
+        one_step = oracle_forward(lma, gma, codes, length - 1)
+        single = oracle_forward(lma, gma, codes, 1)
+        lma.train()
+        with preserved_buffers(lma):
+            one_step_train = oracle_forward(lma, gma, codes, length - 1)
+    else:
+        one_step = lma(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts, length - 1, masks=gma.masks)
+        single = lma(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts, 1, masks=gma.masks)
+        lma.train()  # train-mode BatchNorm (batch statistics), its running statistics left untouched
+        with preserved_buffers(lma):
+            one_step_train = lma(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts, length - 1,
+                                 masks=gma.masks)
+    lma.eval()
+    random_generator = torch.Generator().manual_seed(3)
+    if oracle is not None:
+        random_labels = torch.randint(0, oracle.table.shape[0], tuple(batch["local_actions"].shape),
+                                      generator=random_generator)
+        record.update(code_effect_record(lma, gma, batch, one_step, oracle(random_labels)))
+    else:
+        codebook = lma.action_network.codebook
+        random_ids = torch.randint(0, num_actions, tuple(one_step.action_ids.shape), generator=random_generator)
+        record.update(code_effect_record(lma, gma, batch, one_step, codebook[random_ids]))
+    lma.train()
     record["psnr_one_step_eval"] = psnr(one_step.generated_foregrounds[0], targets)
     record["psnr_one_step_trainbn"] = psnr(one_step_train.generated_foregrounds[0], targets)
     record["psnr_single_image_eval"] = psnr(single.generated_foregrounds[0], targets)
@@ -176,6 +258,9 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("--action-cycle", type=float, default=0.0, metavar="WEIGHT",
                         help="experiment: also unroll with random codebook rows and train the action network to "
                              "recover them from the generated frames (cross-entropy, this weight)")
+    parser.add_argument("--oracle", action="store_true",
+                        help="experiment: the true local-action label of each transition as its code (a fixed "
+                             "embedding per label, see OracleCodes) instead of the action network's")
     parser.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -205,14 +290,16 @@ def main(argv: List[str] = None) -> int:
                                  weight_decay=config.training.weight_decay)
     num_actions = config.model.lma.num_actions
     curves: List[Dict[str, Any]] = []
-    step, started, train_ids = 0, time.time(), []
+    step, started, train_ids, train_seconds = 0, time.time(), [], 0.0
+    oracle = OracleCodes(len(LOCAL_ACTION_NAMES), config.model.lma.action_dim, args.seed) if args.oracle else None
     usage, restarted, every = torch.zeros(num_actions), 0, config.training.codebook_restart_every
     lma.train()
 
     def log_evaluation() -> None:
-        record = evaluate(lma, val_gma, val_batch, num_actions)
+        record = evaluate(lma, val_gma, val_batch, num_actions, oracle)
         images = record.pop("_images")
-        record.update(step=step, seconds=round(time.time() - started, 1), codes_restarted=restarted)
+        record.update(step=step, seconds=round(time.time() - started, 1), codes_restarted=restarted,
+                      train_seconds_per_step=round(train_seconds / max(step, 1), 3))
         if train_ids:
             train_histogram = code_histogram(torch.cat(train_ids), num_actions)
             record["train_codes_used"], record["train_perplexity"] = (codes_used(train_histogram),
@@ -229,8 +316,12 @@ def main(argv: List[str] = None) -> int:
     while step < args.steps:
         for batch in loader:
             gma = true_inputs(batch, config.data.input_size, args.shift_noise, noise_generator)
-            output = lma(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts, ground_truth_steps,
-                         masks=gma.masks)
+            step_started = time.perf_counter()
+            if oracle is not None:
+                output = oracle_forward(lma, gma, oracle(batch["local_actions"]), ground_truth_steps)
+            else:
+                output = lma(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts, ground_truth_steps,
+                             masks=gma.masks)
             total = 0.0
             for name in LMA_LOSS_NAMES:
                 weight = loss.weights[name]
@@ -248,6 +339,8 @@ def main(argv: List[str] = None) -> int:
                     term = getattr(loss, name)(gma, output)
                 if term is not None:
                     total = total + weight * term
+            if output.action_choice_loss is not None:  # model.lma.winner_take_all
+                total = total + config.loss.action_choice_weight * output.action_choice_loss
             if args.action_cycle > 0:
                 random_ids = torch.randint(0, num_actions, tuple(output.action_ids.shape), generator=noise_generator)
                 logits, _ = recover_codes(lma, gma, output, random_ids)
@@ -256,6 +349,7 @@ def main(argv: List[str] = None) -> int:
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
+            train_seconds += time.perf_counter() - step_started
             train_ids.append(output.action_ids.flatten())
             # The trainer's opt-in codebook options (utils.training.trainer.Trainer.maintain_codebook), one process.
             usage += code_histogram(output.action_ids, num_actions).float()

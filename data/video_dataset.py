@@ -160,7 +160,8 @@ def split_video_folders(config: DataConfig, split: str) -> List[str]:
     if split not in SPLITS:
         raise DatasetError(f"unknown split {split!r}; expected one of {SPLITS}")
     if not os.path.isdir(config.root):
-        raise DatasetError(f"{config.root}: dataset root not found (data.root)")
+        raise DatasetError(f"{config.root}: " + ("a file, not a dataset folder" if os.path.exists(config.root)
+                                                 else "dataset root not found") + " (data.root)")
     if config.style == "splitted":
         folder = os.path.join(config.root, split)
         if not os.path.isdir(folder):

@@ -267,3 +267,36 @@ def local_action_matrix(model: Glass, start_frames: torch.Tensor, num_frames: in
                                  device=start_frames.device).expand(num_actions, 2)
     return _action_matrix(model, start_frames, num_frames, global_shifts,
                           torch.arange(num_actions, device=start_frames.device))
+
+
+@dataclass
+class CodeEffectErrors:
+    """Per-transition sums of squared errors (B, T−1) of one-step foregrounds f̂ₜ₊₁ against fₜ₊₁, drawn with the
+    codes inferred from the real transitions (`inferred`) and with uniformly random codebook rows (`random`);
+    `utils.metrics.code_effect_db` turns them into the code effect. `action_ids` (B, T−1): the inferred ids."""
+
+    inferred: torch.Tensor
+    random: torch.Tensor
+    action_ids: torch.Tensor
+
+
+def code_effect_errors(lma: torch.nn.Module, foregrounds: torch.Tensor, shifted_foregrounds: torch.Tensor,
+                       foreground_shifts: torch.Tensor, masks: Optional[torch.Tensor],
+                       generator: torch.Generator) -> CodeEffectErrors:
+    """Does the LMA's decoder read the code? From the real foregrounds f (B, T, 3, H, W), f̃ (B, T−1, 3, H, W),
+    Δ_F (B, T−1, 2) and masks m (B, T, 1, H, W; None unless `decoder_skip_mask`), draw every f̂ₜ₊₁ from the real
+    fₜ (T_f = T−1) once with the inferred codes and once with codebook rows drawn uniformly with `generator`
+    (a CPU generator), in eval mode without gradients; the errors are against fₜ₊₁."""
+    with _generating(lma):
+        motion = lma.infer_motion(foregrounds, shifted_foregrounds, foreground_shifts)
+        steps = motion.foreground_shifts.shape[1]
+        codebook = lma.action_network.codebook
+        random_ids = torch.randint(0, codebook.shape[0], (foregrounds.shape[0], steps), generator=generator)
+        targets = foregrounds[:, 1:].float()
+        errors = []
+        for codes in (motion.actions.codes, codebook[random_ids.to(codebook.device)]):
+            generated, _ = lma.unroll(motion.states[:, :steps], motion.foreground_shifts, codes,
+                                      ground_truth_foregrounds=foregrounds[:, :steps],
+                                      ground_truth_masks=None if masks is None else masks[:, :steps])
+            errors.append((generated[0].float() - targets).pow(2).sum(dim=(2, 3, 4)))
+    return CodeEffectErrors(inferred=errors[0], random=errors[1], action_ids=motion.actions.ids)

@@ -62,12 +62,15 @@ class ActionOutput:
     """Local actions of N transitions: codes (N, D) (straight-through for the VQ), ids (N,) in
     [0, K), the quantiser loss (a scalar; None for the Gumbel ablation, which has none) and the
     action network's outputs before quantisation (N, D) — z of the VQ, the logits (N, K) of
-    the Gumbel ablation — detached, for monitoring."""
+    the Gumbel ablation — detached, for monitoring. `choice_logits` (N, K), with gradient to z only: the
+    action network's preference over the codes, −‖z − sg[eₖ]‖² for the VQ, the logits for Gumbel (what
+    `winner_take_all` trains)."""
 
     codes: torch.Tensor
     ids: torch.Tensor
     vq_loss: Optional[torch.Tensor]
     vectors: Optional[torch.Tensor] = None
+    choice_logits: Optional[torch.Tensor] = None
 
 
 class VectorQuantizer(nn.Module):
@@ -98,8 +101,11 @@ class VectorQuantizer(nn.Module):
         else:
             loss = (F.mse_loss(nearest, vectors.detach())
                     + self.commitment * self.beta * F.mse_loss(vectors, nearest.detach()))
+        codebook = self.codebook.detach()
+        choice_logits = -(vectors.pow(2).sum(1, keepdim=True) - 2 * vectors @ codebook.t()
+                          + codebook.pow(2).sum(1)[None])
         return ActionOutput(codes=vectors + (nearest - vectors).detach(), ids=ids, vq_loss=loss,
-                            vectors=vectors.detach())
+                            vectors=vectors.detach(), choice_logits=choice_logits)
 
 
 class GumbelQuantizer(nn.Module):
@@ -129,7 +135,8 @@ class GumbelQuantizer(nn.Module):
         else:
             ids = logits.argmax(dim=1)
             probabilities = F.one_hot(ids, self.codebook.shape[0]).to(logits.dtype)
-        return ActionOutput(codes=probabilities @ self.codebook, ids=ids, vq_loss=None, vectors=logits.detach())
+        return ActionOutput(codes=probabilities @ self.codebook, ids=ids, vq_loss=None, vectors=logits.detach(),
+                            choice_logits=logits)
 
 
 class DirectionLayer(nn.Module):
@@ -366,6 +373,10 @@ class LMAOutput:
     # f̃ₜ and Δ_F the LMA used: the GMA's, or refined with `shift_refinement` (B, T−1, 3, H, W), (B, T−1, 2)
     shifted_foregrounds: Optional[torch.Tensor] = None
     foreground_shifts: Optional[torch.Tensor] = None
+    # `winner_take_all` in training only: the code each step was drawn with, the one of the K that drew fₜ₊₁ best
+    # (B, T−1), and the cross-entropy that trains the action network to choose it (scalar); None otherwise.
+    winner_ids: Optional[torch.Tensor] = None
+    action_choice_loss: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -385,6 +396,23 @@ def split_full_output(full_output: torch.Tensor) -> Tuple[torch.Tensor, torch.Te
     return full_output[:, :3], (full_output[:, 3:] + 1) / 2
 
 
+def balanced_assignment(errors: torch.Tensor) -> torch.Tensor:
+    """`winner_take_all_balanced`: each of N items gets one of K codes, each code at most ⌈N/K⌉ items, greedily
+    by the least error first (errors (N, K) → codes (N,)): within a batch no code can win everything, so every
+    code is trained on the items it draws best among those left to it. Ties: the lower item, then code."""
+    num_items, num_codes = errors.shape
+    capacity = -(-num_items // num_codes)
+    order = torch.argsort(errors.flatten().float().cpu(), stable=True).tolist()
+    chosen = [-1] * num_items
+    load = [0] * num_codes
+    for flat in order:
+        item, code = divmod(flat, num_codes)
+        if chosen[item] < 0 and load[code] < capacity:
+            chosen[item] = code
+            load[code] += 1
+    return torch.tensor(chosen, dtype=torch.long, device=errors.device)
+
+
 class LocalMotionAnalysis(nn.Module):
     """The LMA: encoder, compressor C = conv1×1 64→s (bias), action network, dynamics, decoder."""
 
@@ -393,6 +421,8 @@ class LocalMotionAnalysis(nn.Module):
         self.state_resolution = tuple(state_resolution)
         self.noise_size = config.noise_size
         self.shift_refinement = config.shift_refinement
+        self.winner_take_all = config.winner_take_all
+        self.winner_take_all_balanced = config.winner_take_all_balanced
         self.encoder = Encoder(config)
         self.compressor = Conv2d(config.encoder_state_channels, config.state_size, 1)
         self.action_network = ActionNetwork(config)
@@ -463,7 +493,8 @@ class LocalMotionAnalysis(nn.Module):
         actions = self.action_network(shifted_states * shifted_attention, target_states, gumbel_temperature)
         return ActionOutput(codes=actions.codes.unflatten(0, (batch_size, steps)),
                             ids=actions.ids.unflatten(0, (batch_size, steps)), vq_loss=actions.vq_loss,
-                            vectors=actions.vectors.unflatten(0, (batch_size, steps)))
+                            vectors=actions.vectors.unflatten(0, (batch_size, steps)),
+                            choice_logits=actions.choice_logits.unflatten(0, (batch_size, steps)))
 
     def infer_motion(self, foregrounds: torch.Tensor, shifted_foregrounds: torch.Tensor,
                      foreground_shifts: torch.Tensor,
@@ -577,12 +608,82 @@ class LocalMotionAnalysis(nn.Module):
         """
         motion = self.infer_motion(foregrounds, shifted_foregrounds, foreground_shifts, gumbel_temperature)
         states, actions = motion.states, motion.actions
-        generated_foregrounds, generated_masks = self.unroll(
-            states[:, :num_ground_truth_steps], motion.foreground_shifts, actions.codes, sample_noise,
-            foregrounds[:, :num_ground_truth_steps], None if masks is None else masks[:, :num_ground_truth_steps])
+        ground_truth_foregrounds = foregrounds[:, :num_ground_truth_steps]
+        ground_truth_masks = None if masks is None else masks[:, :num_ground_truth_steps]
+        winner_ids = choice_loss = None
+        if self.winner_take_all and self.training:
+            generated_foregrounds, generated_masks, winner_ids = self.unroll_winner_take_all(
+                states[:, :num_ground_truth_steps], motion.foreground_shifts, foregrounds[:, 1:],
+                None if masks is None else masks[:, 1:], sample_noise, ground_truth_foregrounds, ground_truth_masks)
+            choice_loss = F.cross_entropy(actions.choice_logits.flatten(0, 1).float(), winner_ids.flatten())
+        else:
+            generated_foregrounds, generated_masks = self.unroll(
+                states[:, :num_ground_truth_steps], motion.foreground_shifts, actions.codes, sample_noise,
+                ground_truth_foregrounds, ground_truth_masks)
         reencoded_states, _ = self.encode(generated_foregrounds[0])
         return LMAOutput(states=states, action_codes=actions.codes, action_ids=actions.ids,
                          action_vq_loss=actions.vq_loss, generated_foregrounds=generated_foregrounds,
                          generated_masks=generated_masks, reencoded_states=reencoded_states,
                          num_ground_truth_steps=num_ground_truth_steps, action_vectors=actions.vectors,
-                         shifted_foregrounds=motion.shifted_foregrounds, foreground_shifts=motion.foreground_shifts)
+                         shifted_foregrounds=motion.shifted_foregrounds, foreground_shifts=motion.foreground_shifts,
+                         winner_ids=winner_ids, action_choice_loss=choice_loss)
+
+    def unroll_winner_take_all(self, ground_truth_states: torch.Tensor, foreground_shifts: torch.Tensor,
+                               targets: torch.Tensor, target_masks: Optional[torch.Tensor], sample_noise: bool = False,
+                               ground_truth_foregrounds: Optional[torch.Tensor] = None,
+                               ground_truth_masks: Optional[torch.Tensor] = None
+                               ) -> Tuple[List[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """`winner_take_all` (ours, opt-in; ILPO, Edwards et al. 2019; multiple-choice learning): `unroll`, but
+        every step is drawn with each of the K codebook rows, and the one whose full-size f̂ₜ₊₁ (and m̂ₜ₊₁, when
+        `target_masks` are given) is closest to the target (mean |·|, no gradient) is kept: its output is the
+        step's output (so the reconstruction losses train the decoder through the best code only) and its
+        dynamics state carries on. Nothing that sees fₜ₊₁ chooses the code, so the codes cannot carry appearance;
+        the action network learns to pick the winner (the caller's cross-entropy).
+
+        Arguments as `unroll`, with the targets fₜ₊₁ (B, S, 3, H, W) and mₜ₊₁ (B, S, 1, H, W) instead of codes.
+        Every step, ground-truth ones included, is decoded on its own (one BatchNorm batch of B·K per step).
+        Returns the foregrounds per scale and the masks as `unroll`, and the winners' ids (B, S).
+        """
+        batch_size, num_ground_truth_steps = ground_truth_states.shape[:2]
+        steps = foreground_shifts.shape[1]
+        codebook = self.action_network.codebook
+        num_codes = codebook.shape[0]
+        assert_shape(targets, (batch_size, steps, 3, None, None), "winner-take-all targets")
+        codes = codebook.repeat(batch_size, 1)  # row b·K + k is code k for sample b
+
+        def each_code(tensor: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+            return None if tensor is None else tensor.repeat_interleave(num_codes, dim=0)
+
+        first = torch.arange(batch_size, device=codebook.device) * num_codes
+        dynamics_state = self.dynamics.initial_state(batch_size * num_codes)
+        outputs: List[List[torch.Tensor]] = []
+        winners = []
+        for t in range(steps):
+            if t < num_ground_truth_steps:
+                states = ground_truth_states[:, t]
+                foreground = None if ground_truth_foregrounds is None else ground_truth_foregrounds[:, t]
+                mask = None if ground_truth_masks is None else ground_truth_masks[:, t]
+            else:
+                foreground, mask = split_full_output(outputs[-1][0])
+                states = self.encoder(foreground)[0]
+            shift = each_code(foreground_shifts[:, t])
+            noise = self.noise(batch_size * num_codes, sample_noise, states)
+            hidden, candidate_state = self.dynamics(self.compressor(each_code(states)), shift, codes, dynamics_state,
+                                                    noise)
+            decoded = self.decoder(hidden, self.decoder_skip(each_code(foreground), shift, each_code(mask)),
+                                   self.decoder_action(codes))
+            with torch.no_grad():
+                drawn, drawn_mask = split_full_output(decoded[0].detach())
+                error = (drawn - each_code(targets[:, t])).abs().mean(dim=(1, 2, 3))
+                if target_masks is not None:
+                    error = error + (drawn_mask - each_code(target_masks[:, t])).abs().mean(dim=(1, 2, 3))
+                error = error.view(batch_size, num_codes)
+                best = balanced_assignment(error) if self.winner_take_all_balanced else error.argmin(dim=1)
+            chosen = first + best
+            outputs.append([scale[chosen] for scale in decoded])
+            dynamics_state = [(each_code(h[chosen]), each_code(c[chosen])) for h, c in candidate_state]
+            winners.append(best)
+        full, *smaller = [torch.stack(scale, dim=1) for scale in zip(*outputs)]
+        foregrounds, masks = split_full_output(full.flatten(0, 1))
+        return ([foregrounds.unflatten(0, (batch_size, steps))] + smaller, masks.unflatten(0, (batch_size, steps)),
+                torch.stack(winners, dim=1))

@@ -36,6 +36,9 @@ from utils.config import GMA_LOSS_NAMES, LOSS_NAMES, LossConfig
 
 PERCEPTUAL_LOSS_NAMES = tuple(name for name in LOSS_NAMES if "perceptual" in name)  # the terms that need VGG19
 LMA_LOSS_NAMES = tuple(name for name in LOSS_NAMES if name not in GMA_LOSS_NAMES)
+# Σ_c |fₜ₊₁ − f̃ₜ| above this (images in [−1, 1]): a pixel that changes beyond the global shift
+# (loss.local_change_weight, and the changed-pixel PSNR of benchmarks/lma_alone.py)
+CHANGED_PIXEL_THRESHOLD = 0.1
 RESIZE_MODE = "bilinear"  # targets and weights at the decoder's 1/2, 1/4 scales (align_corners=False), the authors'
 
 
@@ -119,6 +122,10 @@ class GlassLoss(nn.Module):
                 "mask_reconstruction_loss": lambda: self.mask_reconstruction_loss(gma, lma),
             }
             lma_total = self._weighted_sum(lma_terms, terms)
+            if lma.action_choice_loss is not None:  # model.lma.winner_take_all (ours): not one of the twelve
+                terms["action_choice_loss"] = lma.action_choice_loss.detach()
+                choice = self.config.action_choice_weight * lma.action_choice_loss
+                lma_total = choice if lma_total is None else lma_total + choice
             # Added even when the scale is 0, so the LMA parameters stay in the graph (zero gradients, as the authors').
             if lma_total is not None:
                 total = lma_loss_scale * lma_total if total is None else total + lma_loss_scale * lma_total
@@ -190,12 +197,15 @@ class GlassLoss(nn.Module):
         return self._multiscale_weighted_l1(foregrounds[:, 1:], lma.generated_foregrounds, weights.detach())
 
     def multiscale_local_reconstruction_loss(self, gma: GMAOutput, lma: LMAOutput) -> torch.Tensor:
-        """As the global one, with w = Σ_c(|fₜ₊₁ − f̃ₜ| + |fₜ₊₁ − f̂ₜ₊₁|)."""
+        """As the global one, with w = Σ_c(|fₜ₊₁ − f̃ₜ| + |fₜ₊₁ − f̂ₜ₊₁|); with `loss.local_change_weight` α > 0
+        (ours) plus α where Σ_c |fₜ₊₁ − f̃ₜ| > CHANGED_PIXEL_THRESHOLD (the local change)."""
         targets = gma.foregrounds[:, 1:].detach()
         # f̃ the LMA used
         shifted = gma.shifted_foregrounds if lma.shifted_foregrounds is None else lma.shifted_foregrounds
-        weights = ((targets - shifted.detach()).abs()
-                   + (targets - lma.generated_foregrounds[0]).abs()).sum(dim=2, keepdim=True)
+        change = (targets - shifted.detach()).abs().sum(dim=2, keepdim=True)
+        weights = change + (targets - lma.generated_foregrounds[0]).abs().sum(dim=2, keepdim=True)
+        if self.config.local_change_weight > 0:  # ours, opt-in: the pixels that change beyond the shift weigh more
+            weights = weights + self.config.local_change_weight * (change > CHANGED_PIXEL_THRESHOLD).to(weights.dtype)
         return self._multiscale_weighted_l1(targets, lma.generated_foregrounds, weights.detach())
 
     @staticmethod

@@ -77,8 +77,11 @@ def test_refuses_a_foreign_folder_and_names_bad_input(trained_run, tmp_path, cap
     (foreign / "notes.txt").write_text("mine")
     argv = ["--run-name", trained_run["run_name"], "--runs-dir", trained_run["runs_dir"], "--device", "cpu",
             "--no-progress"]
+    a_file = foreign / "notes.txt"
     for extra, message in [(["--out", str(foreign)], "holds other files"), (["--step", "3"], "step_3.pth: no such"),
-                           (["--out", str(tmp_path / "x"), "evaluation.protocol=nope"], "evaluation.protocol")]:
+                           (["--out", str(tmp_path / "x"), "evaluation.protocol=nope"], "evaluation.protocol"),
+                           (["--out", str(a_file)], f"{a_file}: exists and is not a folder"),
+                           (["--out", str(a_file / "sub")], f"{a_file / 'sub'}: cannot create the folder (Not a dir")]:
         with pytest.raises(SystemExit) as exit_info:
             run_main(build_evaluation_dataset.main, argv + extra)
         assert exit_info.value.code == 2

@@ -1,6 +1,7 @@
 """evaluate.py on the tiny trained run: the table, the JSON lines, unlabelled data, one-line errors, and two
 gloo processes giving the single-process result."""
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -52,6 +53,16 @@ def test_prints_the_table_and_appends_one_line_per_run(run_copy, capsys):
     assert "random/local_action_nmi" in results and "all_foreground/mask_iou" in results and first["skipped"] == {}
     assert all(0.0 <= results[f"{v}/mask_iou"] <= 1.0 for v in ("gt", "re", "co"))
     assert first["counts"]["windows"] == 4  # 1 val character × 2 videos of 12 frames, 2 windows of 6 each
+    # the local half: the code effect (all transitions, and switches where the labels change) and the codes per
+    # true local action, as numbers in the line and as a picture beside it
+    assert "code effect, all transitions (dB)" in printed and "codes per true local action" in printed
+    assert math.isfinite(results["gt/code_effect_db"])
+    if first["counts"]["switch_transitions"]:
+        assert math.isfinite(results["gt/code_effect_switch_db"])
+    confusion = first["local_action_confusion"]
+    assert sum(map(sum, confusion)) == first["counts"]["transitions"] and all(len(row) == 3 for row in confusion)
+    picture = os.path.join(run_copy["run_folder"], "metrics", "evaluate-val-one_step-step_000004-confusion.png")
+    assert os.path.getsize(picture) > 0
     # the test split and the single-image protocol go to their own file
     assert evaluate.main(evaluate_arguments(run_copy, "--split", "test", "--protocol", "single_image")) == 0
     (record,) = lines(os.path.join(run_copy["run_folder"], "metrics", "evaluate-test-single_image.jsonl"))
@@ -92,6 +103,7 @@ def test_bad_input_is_one_line(run_copy, capsys, extra, message):
     assert len(error.splitlines()) == 1 and message in error, error
 
 
+@pytest.mark.determinism
 def test_two_cpu_processes_give_the_single_process_result(run_copy):
     """--num-gpus 2 --device cpu: two gloo processes, one thread each (--num-threads 2 shared by the two),
     batches of 1 alternate between them (fresh localhost port per launch); the one-process run also has one

@@ -110,13 +110,36 @@ def _exit_status(argv, capsys):
 def test_missing_weights_stop_before_any_work_with_one_message(evaluation_folders, tmp_path, monkeypatch, capsys):
     root, generated, overrides = evaluation_folders
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
-    status, error = _exit_status(["--config", CONFIG, "--generated", str(tmp_path / "does_not_exist"),
-                                  "--device", "cpu", *overrides], capsys)
+    status, error = _exit_status(["--config", CONFIG, "--generated", generated, "--device", "cpu", *overrides],
+                                 capsys)
     assert status == 2 and error.startswith("error: 4 feature-network weight file(s) missing")
     for name in ("pt_inception-2015-12-05-6726825d.pth", "rgb_imagenet.pt", "vgg16-397923af.pth",
                  "vgg19-dcbb9e9d.pth"):
         assert name in error
     assert "Traceback" not in error
+    assert not os.path.exists(os.path.join(generated, "metrics.json"))
+
+
+def test_the_generated_folder_is_checked_before_the_feature_weights(evaluation_folders, tmp_path, monkeypatch,
+                                                                     capsys):
+    root, generated, overrides = evaluation_folders
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))  # every weight file missing too
+    missing = str(tmp_path / "does_not_exist")
+    status, error = _exit_status(["--config", CONFIG, "--generated", missing, "--device", "cpu", *overrides], capsys)
+    assert (status, error) == (2, f"error: {missing}: no such folder (--generated)\n")
+    a_file = os.path.join(generated, "manifest.json")
+    status, error = _exit_status(["--config", CONFIG, "--generated", a_file, "--device", "cpu", *overrides], capsys)
+    assert (status, error) == (2, f"error: {a_file}: not a folder (--generated)\n")
+    # a folder without a manifest (not written by build_evaluation_dataset.py), and a manifest that does not match
+    status, error = _exit_status(["--config", CONFIG, "--generated", root, "--device", "cpu", *overrides], capsys)
+    assert status == 2 and error.startswith(f"error: {os.path.join(root, 'manifest.json')}: missing")
+    status, error = _exit_status(["--config", CONFIG, "--generated", generated, "--device", "cpu", *overrides,
+                                  "evaluation.observations_count=4"], capsys)
+    assert status == 2 and "observations_count 3, the config says evaluation.observations_count=4" in error
+    # --run-name: the run folder is named, not a config.yaml inside it
+    status, error = _exit_status(["--run-name", "nothing", "--runs-dir", str(tmp_path), "--device", "cpu"], capsys)
+    missing_run = os.path.join(str(tmp_path), "nothing")
+    assert (status, error) == (2, f"error: {missing_run}: no such run folder (check --run-name and --runs-dir)\n")
 
 
 def test_broken_generated_folders_are_one_line_errors(evaluation_folders, capsys):

@@ -157,11 +157,19 @@ def test_default_output_folder_is_in_the_run(trained_run, videos, tmp_path):
     (["--image", "IMAGE", "--transfer", "nowhere"], r"nowhere: no such video folder"),
     (["--image", "IMAGE", "--reconstruct", "VIDEO"], r"--image: not used with --reconstruct"),
     (["--image", "IMAGE", "--image", "IMAGE", "--actions", "right"], r"--actions: needs exactly one --image \(got 2\)"),
+    (["--image", "IMAGE", "--actions", ""], r"^--actions: no steps given$"),
+    (["--image", "IMAGE", "--transfer", ""], r"^--transfer: expected a path, got an empty string$"),
+    (["--image", "IMAGE", "--actions-file", ""], r"^--actions-file: expected a path, got an empty string$"),
+    (["--image", "", "--actions", "right"], r"^--image: expected a path, got an empty string$"),
+    (["--image", "VIDEO", "--actions", "right"], r"_video_\d+: a folder, not an image file$"),
+    (["--image", "IMAGE", "--actions", "right", "--out", "NOT_AN_IMAGE"], r"notes.png: .*notes.png is a file, not a"),
+    (["--image", "IMAGE", "--actions", "right", "--out", "UNDER_A_FILE"], r"notes.png/out: .*notes.png is a file, not"),
 ])
 def test_errors_are_one_line_and_name_the_bad_input(trained_run, videos, tmp_path, arguments, message):
     notes = tmp_path / "notes.png"
     notes.write_text("not an image")
-    substitutions = {"NOT_AN_IMAGE": str(notes), "IMAGE": os.path.join(videos[0], "00000.png"), "VIDEO": videos[0]}
+    substitutions = {"NOT_AN_IMAGE": str(notes), "IMAGE": os.path.join(videos[0], "00000.png"), "VIDEO": videos[0],
+                     "UNDER_A_FILE": str(notes / "out")}
     arguments = [substitutions.get(argument, argument) for argument in arguments]
     if "--run-name" not in arguments:
         arguments = ["--run-name", trained_run["run_name"], *arguments]

@@ -11,6 +11,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 import torch
@@ -74,13 +75,12 @@ class WebDriver:
         self.command("DELETE", f"/session/{self.session}")
 
 
-@pytest.fixture(scope="module")
-def page_url(trained_run):
+def _serve(trained_run, start_count: int):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # see tests/test_play.py
     trained = load_trained_model(trained_run["run_folder"])
     starts = [(name, load_start_image(path, trained.config.data))
-              for name, path in dataset_start_frames(trained.config.data, 2)]
+              for name, path in dataset_start_frames(trained.config.data, start_count)]
     http_server = create_http_server(PlayServer(trained.model, trained.config.data, starts, ServerLimits()), port=0)
     thread = serve_in_thread(http_server)
     yield f"http://127.0.0.1:{http_server.server_address[1]}/"
@@ -88,6 +88,17 @@ def page_url(trained_run):
     http_server.server_close()
     thread.join(timeout=5)
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def page_url(trained_run):
+    yield from _serve(trained_run, 2)
+
+
+@pytest.fixture(scope="module")
+def page_url_without_starts(trained_run):
+    """The page of a server that has no start images (the run's dataset is elsewhere and no --image was given)."""
+    yield from _serve(trained_run, 0)
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +166,20 @@ def test_keys_generate_frames(page_url, browser, tmp_path):
     shown = browser.wait_for(message + ".startsWith('notes.png: not an image') || null", True)
     assert shown is True, browser.script(message)
     assert browser.script("return document.getElementById('message').className") == "error"
+
+
+def test_no_image_is_shown_until_there_is_a_frame(page_url_without_starts, browser, trained_run):
+    browser.session_command("POST", "/url", {"url": page_url_without_starts})
+    assert browser.wait_for("return document.body.dataset.ready || null", "true") == "true"
+    displayed = "return getComputedStyle(document.getElementById('{}')).display !== 'none'"
+    assert browser.script(displayed.format("frame")) is False, "an <img> without a frame shows as a broken image"
+    assert browser.script(displayed.format("no-frame")) is True
+    assert browser.script("return document.getElementById('no-frame').textContent").startswith("no image yet")
+
+    # an upload gives the first frame: the image appears and the placeholder goes
+    frame = next(iter(sorted((Path(trained_run["dataset_root"]) / "test").glob("*/00000.png"))))
+    upload = browser.session_command("POST", "/element", {"using": "css selector", "value": "#upload"})
+    browser.session_command("POST", f"/element/{next(iter(upload.values()))}/value", {"text": str(frame)})
+    assert browser.wait_for("return document.body.dataset.step || null", "0") == "0"
+    assert browser.script(displayed.format("frame")) is True and browser.script(displayed.format("no-frame")) is False
+    assert browser.script("return document.getElementById('frame').src").startswith("data:image/png;base64,")

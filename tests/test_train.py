@@ -2,7 +2,9 @@
 a learning smoke test and stopping on SIGTERM. A small model on tiny generated W-Sprites
 (128×96 frames); perceptual losses off, except where the random-VGG flag is tested."""
 import json
+import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -98,6 +100,32 @@ def test_a_new_run_is_refused_where_checkpoints_exist_and_resuming_needs_them(da
         train.main(arguments(dataset_root, runs, "run", "--resume-step", "1", config=False))
 
 
+def test_a_runs_dir_that_is_a_file_is_refused_before_any_work(dataset_root, tmp_path):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    for runs in (str(a_file), str(a_file / "deeper")):
+        with pytest.raises(GlassError, match=f"run folder {runs}/run: {a_file} is a file, not a folder"):
+            train.main(arguments(dataset_root, runs, "run", "training.num_steps=1"))
+    assert a_file.read_text() == "mine"
+
+
+def test_a_truncated_frame_stops_a_new_run_and_leaves_no_run_folder(dataset_root, tmp_path):
+    broken = tmp_path / "data"
+    shutil.copytree(dataset_root, broken)
+    for frame in (broken / "train").glob("*/0000[0-5].png"):  # every window of the first batch reads one
+        frame.write_bytes(frame.read_bytes()[:100])
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "other").mkdir()  # a folder of the user's beside it stays
+    with pytest.raises(GlassError, match=r"train/sprite_\d+_video_\d+/0000\d.png: unreadable image"):
+        train.main(arguments(str(broken), str(runs), "run", "training.num_steps=1"))
+    assert os.listdir(runs) == ["other"], "a new run stopped by bad data leaves no half-made folder"
+    (runs / "kept").mkdir()  # a folder that was there before is not removed
+    with pytest.raises(GlassError, match="unreadable image"):
+        train.main(arguments(str(broken), str(runs), "kept", "training.num_steps=1"))
+    assert (runs / "kept").is_dir()
+
+
 def test_random_vgg_weights_are_explicit_and_recorded(dataset_root, tmp_path, capsys):
     runs = str(tmp_path / "runs")
     overrides = [argument for argument in arguments(dataset_root, runs, "vgg", "training.num_steps=1",
@@ -131,6 +159,7 @@ def _snapshot(module: torch.nn.Module) -> dict:
     return {name: tensor.clone() for name, tensor in module.state_dict().items()}
 
 
+@pytest.mark.determinism
 def test_gma_only_warmup_leaves_the_lma_bit_identical():
     trainer = small_trainer("training.gma_warmup_steps=3")
     lma_before, gma_before = _snapshot(trainer.model.lma), _snapshot(trainer.model.gma)
@@ -214,6 +243,7 @@ def test_codebook_options_restart_unused_codes_and_start_from_kmeans():
 
 # --------------------------------------------------------------------------- runs
 
+@pytest.mark.determinism
 @pytest.mark.parametrize("num_workers, resume_step, codebook_options", [
     (0, "latest", []),
     # k-means after step 2, restarts after steps 3 and 5: the usage counted in step 4 crosses the resume.
@@ -237,6 +267,8 @@ def test_resuming_gives_bit_identical_weights(dataset_root, tmp_path, num_worker
     assert "lma_codes_used" not in rows[0] and all("lma_codes_used" in row for row in rows[2:])
     assert all(1 <= row["lma_codes_used"] <= 3 and 1.0 <= row["lma_code_perplexity"] <= 3.0 + 1e-9
                and "lma_foreground_psnr_gt" in row for row in rows[2:])
+    # the code effect on the logged batch (measured in eval mode: it must leave the training bit-identical)
+    assert "lma_code_effect_db" not in rows[0] and all(math.isfinite(row["lma_code_effect_db"]) for row in rows[2:])
     assert whole["step"] == parts["step"] == 7 and whole["data"] == parts["data"]
     assert whole["model"].keys() == parts["model"].keys()
     assert all(torch.equal(whole["model"][name], parts["model"][name]) for name in whole["model"])
@@ -291,6 +323,7 @@ def _stop_with_sigterm(command: list, metrics_path: str, rows: int) -> tuple:
     return process.returncode, output, errors
 
 
+@pytest.mark.determinism
 def test_sigterm_finishes_the_step_saves_and_exits(dataset_root, tmp_path):
     runs = str(tmp_path / "runs")
     command = [sys.executable, "train.py", *arguments(dataset_root, runs, "stop", "training.num_steps=1000",
@@ -306,6 +339,7 @@ def test_sigterm_finishes_the_step_saves_and_exits(dataset_root, tmp_path):
     assert checkpoint(runs, "stop")["step"] == saved["step"] + 1
 
 
+@pytest.mark.determinism
 def test_two_cpu_processes_keep_identical_replicas_and_stop_together(dataset_root, tmp_path):
     """--num-gpus 2 --device cpu: two gloo processes (one thread each on 2 cores) on a fresh localhost port.
     Every checkpoint first checks that the replicas are bit-identical (the run fails otherwise), the

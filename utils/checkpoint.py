@@ -173,6 +173,9 @@ def load_checkpoint(path: str, step_option: str = "--resume-step") -> Dict[str, 
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise GlassError(f"{path}: cannot be loaded ({reason[:200]}); choose another checkpoint "
                          f"with {step_option} N") from None
+    except Exception as error:  # a file that is not a torch archive: the unpickler raises whatever its bytes lead to
+        raise GlassError(f"{path}: cannot be loaded (not a torch checkpoint file: {type(error).__name__}); choose "
+                         f"another checkpoint with {step_option} N") from None
     if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
         missing = [key for key in REQUIRED_KEYS if not isinstance(state, dict) or key not in state]
         raise GlassError(f"{path}: not a GLASS training checkpoint (missing {', '.join(missing)})")

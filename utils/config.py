@@ -187,6 +187,14 @@ class LMAConfig:
     # Ours, opt-in: the action code aₜ (D) is tiled and concatenated to the input of every decoder Up stage
     # (as p_l is to the dynamics' Up), so the code reaches the pixels through a short path.
     decoder_action: bool = False
+    # Ours, opt-in (ILPO; multiple-choice learning): in training every step is drawn with each of the K codes and
+    # only the one closest to fₜ₊₁ is kept and trained; the action network learns to choose it (cross-entropy,
+    # weight loss.action_choice_weight). Evaluation and play use the inferred codes as usual. K times the dynamics
+    # and decoder work per training step.
+    winner_take_all: bool = False
+    # Ours, with winner_take_all: each code wins at most ⌈B/K⌉ of a step's B transitions (greedy, least error
+    # first); without it the first code to win keeps winning and the others are never trained
+    winner_take_all_balanced: bool = False
     # decoder: one Up(×2) per entry; Res + Final(→3) after all but the last, Final(→4, k7) after the last
     decoder_channels: List[int] = field(default_factory=lambda: [128, 64, 32])
 
@@ -223,6 +231,8 @@ class LMAConfig:
                  "replaces the direction: not with use_plain_direction or use_gumbel")
         _require(self.shift_refinement >= 0, prefix + "shift_refinement",
                  f"must be >= 0 pixels, got {self.shift_refinement}")
+        _require(not (self.winner_take_all and self.use_gumbel), prefix + "winner_take_all",
+                 "chooses among codebook rows: not with use_gumbel")
         _require(self.decoder_skip or not self.decoder_skip_mask, prefix + "decoder_skip_mask",
                  "needs decoder_skip: true (the mask travels with the skip's foreground)")
         _require(2 ** len(self.decoder_channels) == self.encoder_downsampling(), prefix + "decoder_channels",
@@ -303,9 +313,19 @@ class LossConfig:
     motion_weight_epsilon: float = 0.001  # added to the per-pixel motion weights of the reconstruction losses
     vgg_weights: Optional[str] = None  # VGG19 ImageNet weights file; null = the torch hub cache (vgg19-dcbb9e9d.pth)
     vgg_imagenet_normalization: bool = False  # the authors feed [-1, 1] images to VGG19 as they are (false)
+    # Ours, with model.lma.winner_take_all: weight of the cross-entropy that trains the action network to choose
+    # the winning code (an LMA term, scaled like the others during the warm-up)
+    action_choice_weight: float = 1.0
+    # Ours, opt-in: added to the motion weights of multiscale_local_reconstruction_loss where the next foreground
+    # differs from the shifted current one (Σ_c |fₜ₊₁ − f̃ₜ| > 0.1): the local change weighs more; 0 = the authors'
+    local_change_weight: float = 0.0
 
     def check(self, prefix: str) -> None:
         _require(0.0 <= self.mask_size <= 1.0, prefix + "mask_size", f"must be in [0, 1], got {self.mask_size}")
+        _require(self.local_change_weight >= 0, prefix + "local_change_weight",
+                 f"must be >= 0, got {self.local_change_weight}")
+        _require(self.action_choice_weight >= 0, prefix + "action_choice_weight",
+                 f"must be >= 0, got {self.action_choice_weight}")
         _require(self.motion_weight_epsilon >= 0, prefix + "motion_weight_epsilon",
                  f"must be >= 0, got {self.motion_weight_epsilon}")
 
@@ -570,11 +590,14 @@ def _parse_override(text: str) -> Tuple[List[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key.subkey=value")
     key, raw_value = text.split("=", 1)
+    path = key.strip().split(".")
+    if not all(part.strip() for part in path):
+        raise ConfigError(f"override {text!r}: the key before '=' has an empty part; it must look like key.subkey")
     try:
         value = yaml.safe_load(raw_value) if raw_value != "" else ""
     except yaml.YAMLError as error:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({error.__class__.__name__})") from None
-    return key.strip().split("."), value
+    return path, value
 
 
 def apply_overrides(values: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
@@ -609,12 +632,17 @@ def _read_config_values(path: str, visited: Tuple[str, ...] = ()) -> Dict[str, A
     this file then overrides recursively; bases may themselves have a base.
     """
     if not os.path.isfile(path):
-        raise ConfigError(f"{path}: configuration file not found")
+        raise ConfigError(f"{path}: " + ("a folder, not a configuration file" if os.path.isdir(path)
+                                         else "configuration file not found"))
     try:
         with open(path, "r", encoding="utf-8") as handle:
-            values = yaml.safe_load(handle) or {}
+            values = yaml.safe_load(handle)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None  # one line
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (a configuration is UTF-8 YAML)") from None
+    if values is None:  # nothing but comments and blank lines: more likely a mistake than a wish for all defaults
+        raise ConfigError(f"{path}: the configuration file is empty (no settings, only comments or blank lines)")
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     if "base" not in values:

@@ -12,6 +12,8 @@ import shutil
 import tempfile
 from typing import Any, Callable, Dict, Mapping, TypeVar
 
+from utils.errors import GlassError
+
 TEMPORARY_PREFIX = ".tmp-"  # the folders of `write_folder_atomically` until they are complete: leftovers of a crash
 _Written = TypeVar("_Written")
 
@@ -35,6 +37,16 @@ def write_atomically(path: str, write: Callable[[str], None]) -> str:
             os.remove(temporary)
         raise
     return path
+
+
+def require_folder_can_be_made(folder: str, option: str) -> None:
+    """A one-line `GlassError` naming `option` when `folder`, or the nearest folder above it that exists, is a
+    file: checked before any work, instead of a traceback from `os.makedirs` once results are ready."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise GlassError(f"{option} {folder}: {existing} is a file, not a folder")
 
 
 def sha256_of_file(path: str) -> str:

@@ -158,3 +158,24 @@ def image_grid(cells: np.ndarray, padding: int = GRID_PADDING, pad_value: int = 
 def blank_like(images: np.ndarray, pad_value: int = GRID_PAD_VALUE) -> np.ndarray:
     """An array shaped like `images` (…, H, W, 3) filled with `pad_value`: empty grid cells."""
     return np.full_like(images, pad_value)
+
+
+def confusion_image(counts: np.ndarray, row_labels: Sequence[str], column_labels: Sequence[str],
+                    cell_size: Tuple[int, int] = (24, 44)) -> np.ndarray:
+    """A count matrix (R, C) as a picture: each cell shaded by its share of its row (white 0 → dark blue 1) with
+    the count written in it, the labels on the left and on top → (H, W, 3) uint8 (see `image_grid`)."""
+    counts = np.asarray(counts)
+    height, width = cell_size
+    totals = np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    cells = np.empty((*counts.shape, height, width, 3), dtype=np.uint8)
+    for row in range(counts.shape[0]):
+        for column in range(counts.shape[1]):
+            share = counts[row, column] / totals[row, 0]
+            colour = tuple(int(round(255 - share * (255 - dark))) for dark in (20, 60, 140))
+            cell = Image.new("RGB", (width, height), colour)
+            text = str(int(counts[row, column]))
+            text_width, text_height = _text_size(text)
+            ImageDraw.Draw(cell).text(((width - text_width) // 2, (height - text_height) // 2), text,
+                                      fill=(255, 255, 255) if share > 0.5 else (0, 0, 0), font=_font())
+            cells[row, column] = np.asarray(cell)
+    return image_grid(cells, row_labels=list(row_labels), column_labels=list(column_labels))

@@ -140,3 +140,33 @@ def psnr(predicted: torch.Tensor, target: torch.Tensor, value_range: float = 2.0
         raise ValueError(f"shapes differ: {tuple(predicted.shape)} and {tuple(target.shape)}")
     mse = float((predicted.double() - target.double()).pow(2).mean())
     return math.inf if mse == 0 else 10.0 * math.log10(value_range ** 2 / mse)
+
+
+def switch_transitions(local_actions: torch.Tensor) -> torch.Tensor:
+    """The transitions where a new local action starts: labels per frame (B, T) → (B, T−1) bool, True at
+    transition t → t+1 when the label of frame t+1 differs from that of frame t (W-Sprites: a new stay
+    animation, a walk ↔ stay change, a turn). Only there does the next pose not follow from the current one."""
+    if local_actions.dim() != 2 or local_actions.shape[1] < 2:
+        raise ValueError(f"local actions must be (B, T) with T >= 2, got {tuple(local_actions.shape)}")
+    return local_actions[:, 1:] != local_actions[:, :-1]
+
+
+def code_effect_db(inferred_squared_errors: torch.Tensor, random_squared_errors: torch.Tensor,
+                   selected: torch.Tensor = None) -> float:
+    """The code effect (the idea of Genie's ΔPSNR, Bruce et al. 2024): the PSNR of what the model drew with the
+    codes it inferred minus the PSNR of what it drew with uniformly random codes, in dB, over the `selected`
+    transitions (bool, same shape; all when None), from the per-transition sums of squared errors against the
+    same targets: 10·log10(Σ random / Σ inferred). 0 when the decoder ignores the code; NaN when nothing is
+    selected; +inf when the inferred codes draw the targets exactly."""
+    if inferred_squared_errors.shape != random_squared_errors.shape:
+        raise ValueError(f"shapes differ: {tuple(inferred_squared_errors.shape)} and "
+                         f"{tuple(random_squared_errors.shape)}")
+    if selected is not None:
+        inferred_squared_errors, random_squared_errors = (inferred_squared_errors[selected],
+                                                          random_squared_errors[selected])
+    if inferred_squared_errors.numel() == 0:
+        return math.nan
+    inferred, random = float(inferred_squared_errors.double().sum()), float(random_squared_errors.double().sum())
+    if inferred == 0:
+        return math.inf if random > 0 else 0.0
+    return 10.0 * math.log10(random / inferred) if random > 0 else -math.inf

@@ -157,6 +157,10 @@ def format_status_line(row: Dict[str, Any], total_steps: int) -> str:
         parts.append(f"codes {row['lma_codes_used']} (perplexity {row['lma_code_perplexity']:.2f})")
         parts += [f"fg PSNR {kind} {row[key]:.2f}" for kind, key in (("gt", "lma_foreground_psnr_gt"),
                                                                        ("ar", "lma_foreground_psnr_ar")) if key in row]
+    if "lma_code_effect_db" in row:
+        switch = row.get("lma_code_effect_switch_db")
+        parts.append(f"code effect {row['lma_code_effect_db']:.2f} dB"
+                     + ("" if switch is None else f" (switches {switch:.2f})"))
     parts += [f"lr {row['lr']:.3g}", f"{row['steps_per_second']:.2f} steps/s",
               f"{'GPU' if row['memory_kind'].startswith('cuda') else 'RSS'} {row['memory_gib']:.2f} GiB"]
     return " | ".join(parts)

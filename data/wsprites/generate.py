@@ -44,7 +44,13 @@ from data.wsprites.sprites import (
 from utils.cli import run_main
 from utils.config import SPLITS
 from utils.errors import GlassError
-from utils.files import TEMPORARY_PREFIX, sha256_of_file, write_folder_atomically, write_json_atomically
+from utils.files import (
+    TEMPORARY_PREFIX,
+    require_folder_can_be_made,
+    sha256_of_file,
+    write_folder_atomically,
+    write_json_atomically,
+)
 
 METADATA_FILE = "metadata.json"
 FORMAT_VERSION = 1
@@ -291,7 +297,10 @@ def _content_identity(metadata: Dict) -> Dict:
 # --------------------------------------------------------------------------- the command
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:  # argparse's own message would name this function ("invalid _positive value")
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
@@ -332,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _prepare_output(out: str, metadata: Dict, overwrite: bool) -> None:
     """Create `out`, resume a matching unfinished dataset, or refuse unless --overwrite."""
     metadata_path = os.path.join(out, METADATA_FILE)
+    require_folder_can_be_made(out, "--out")
     if os.path.isdir(out) and os.listdir(out):
         if not os.path.isfile(metadata_path):
             raise GlassError(f"--out {out}: the folder exists, is not empty and holds no {METADATA_FILE}: "
@@ -342,6 +352,9 @@ def _prepare_output(out: str, metadata: Dict, overwrite: bool) -> None:
         except (OSError, ValueError) as error:
             raise GlassError(f"{metadata_path}: unreadable ({error}); delete the folder or choose another --out") \
                 from None
+        if not isinstance(existing, dict):
+            raise GlassError(f"{metadata_path}: not the metadata of a W-Sprites dataset (a JSON object); delete the "
+                             "folder or choose another --out")
         if overwrite:
             for name in SPLITS + (METADATA_FILE,):
                 path = os.path.join(out, name)

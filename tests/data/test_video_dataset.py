@@ -219,6 +219,9 @@ def test_short_videos_are_left_out(tmp_path):
 def test_missing_root_and_split_folder(tmp_path):
     with pytest.raises(DatasetError, match="dataset root not found"):
         VideoDataset(DataConfig(root=str(tmp_path / "nowhere")), "train")
+    (tmp_path / "notes.txt").write_text("not a dataset")
+    with pytest.raises(DatasetError, match=r"notes.txt: a file, not a dataset folder \(data.root\)"):
+        VideoDataset(DataConfig(root=str(tmp_path / "notes.txt")), "train")
     (tmp_path / "train").mkdir()
     with pytest.raises(DatasetError, match=r"val: missing split folder"):
         VideoDataset(DataConfig(root=str(tmp_path)), "val")

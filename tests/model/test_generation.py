@@ -145,3 +145,54 @@ def test_reconstruction_generates_with_the_refined_shifts(calibrated_model, smal
     model.lma.shift_refinement = 0
     plain = reconstruct(model, small_video, "one_step")
     assert not torch.allclose(refined.generated_foregrounds, plain.generated_foregrounds)
+
+
+def _code_effect_inputs(lma, batch_size: int = 4):
+    """Foregrounds f (B, 2, 3, 16, 32), f̃ = f₀, zero shifts, masks; the codebook set to distinct rows."""
+    from model.lma import ActionOutput
+
+    generator = torch.Generator().manual_seed(5)
+    foregrounds = torch.rand(batch_size, 2, 3, 16, 32, generator=generator) * 2 - 1
+    masks = torch.ones(batch_size, 2, 1, 16, 32)
+    with torch.no_grad():
+        lma.action_network.codebook.copy_(torch.randn(lma.action_network.codebook.shape, generator=generator))
+    ids = torch.arange(batch_size)[:, None] % lma.action_network.codebook.shape[0]
+
+    def fixed_actions(shifted_foregrounds, states, attention, gumbel_temperature=None):  # window b: code b mod K
+        codes = lma.action_network.codebook[ids]
+        return ActionOutput(codes=codes, ids=ids, vq_loss=codes.sum() * 0, vectors=codes)
+
+    lma.infer_actions = fixed_actions
+    return foregrounds, foregrounds[:, :1], torch.zeros(batch_size, 1, 2), masks
+
+
+def test_code_effect_is_zero_for_a_decoder_that_ignores_the_code(make_small_model):
+    from model.generation import code_effect_errors
+    from utils.metrics import code_effect_db
+
+    lma = make_small_model().lma
+    inputs = _code_effect_inputs(lma)
+    with torch.no_grad():  # the code's only way in (no decoder_action): cut
+        lma.dynamics.local_projection.weight.zero_()
+    effect = code_effect_errors(lma, *inputs, torch.Generator().manual_seed(0))
+    assert effect.inferred.shape == effect.random.shape == (4, 1)
+    assert torch.equal(effect.inferred, effect.random) and code_effect_db(effect.inferred, effect.random) == 0.0
+
+
+def test_code_effect_is_positive_for_a_decoder_that_draws_the_inferred_code(make_small_model):
+    """The next foregrounds replaced by what the LMA draws with the inferred codes: those codes draw them
+    exactly, random ones (other rows for most windows) do not."""
+    from model.generation import code_effect_errors
+    from utils.metrics import code_effect_db
+
+    lma = make_small_model().lma
+    foregrounds, shifted, shifts, masks = _code_effect_inputs(lma)
+    lma.eval()
+    with torch.no_grad():
+        motion = lma.infer_motion(foregrounds, shifted, shifts)
+        drawn, _ = lma.unroll(motion.states[:, :1], shifts, motion.actions.codes)
+    foregrounds = torch.cat([foregrounds[:, :1], drawn[0]], dim=1)
+    effect = code_effect_errors(lma, foregrounds, shifted, shifts, masks, torch.Generator().manual_seed(0))
+    assert float(effect.inferred.max()) < 1e-8 and float(effect.random.sum()) > 0
+    assert code_effect_db(effect.inferred, effect.random) > 20
+    assert lma.training is False and effect.action_ids.tolist() == [[0], [1], [2], [0]]

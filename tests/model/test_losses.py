@@ -253,6 +253,25 @@ def test_multiscale_by_hand():
     assert result.terms["multiscale_local_reconstruction_loss"].item() == pytest.approx((1 / 12 + 1 / 24) / 2)
 
 
+def test_local_change_weight_adds_to_the_weights_of_the_changed_pixels_only():
+    """As test_multiscale_by_hand, with loss.local_change_weight 2: pixel (0, 0) changes (|f₁ − f̃₀| = 1 > 0.1), so
+    its local weight 1.5 becomes 3.5; pixel (1, 1) does not change (its weight 0.5 is the error term alone)."""
+    import dataclasses
+
+    foregrounds = torch.zeros(1, 2, 3, 2, 2)
+    foregrounds[0, 1, 0] = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    full = torch.zeros(1, 1, 3, 2, 2)
+    full[0, 0, 0] = torch.tensor([[0.5, 0.0], [0.0, 0.5]])
+    gma = fake_gma(torch.zeros(1, 2, 1, 2, 2), foregrounds=foregrounds, shifted_foregrounds=torch.zeros(1, 1, 3, 2, 2))
+    lma = fake_lma([full], torch.zeros(1, 1, 1, 2, 2), torch.zeros(1, 2, 1, 1, 1), torch.zeros(1, 1, 1, 1, 1), None)
+    config = only("multiscale_local_reconstruction_loss")
+    plain = GlassLoss(config, None)(torch.zeros(1, 2, 3, 2, 2), GlassOutput(gma=gma, lma=lma))
+    heavier = GlassLoss(dataclasses.replace(config, local_change_weight=2.0), None)(
+        torch.zeros(1, 2, 3, 2, 2), GlassOutput(gma=gma, lma=lma))
+    assert plain.terms["multiscale_local_reconstruction_loss"].item() == pytest.approx((1.5 * 0.5 + 0.5 * 0.5) / 12)
+    assert heavier.terms["multiscale_local_reconstruction_loss"].item() == pytest.approx((3.5 * 0.5 + 0.5 * 0.5) / 12)
+
+
 # --------------------------------------------------------------------------- random examples against loops
 
 def test_every_non_perceptual_term_against_loops(device):

@@ -70,6 +70,12 @@ def test_broken_checkpoints_are_one_line_errors(tmp_path):
     assert "\n" not in str(error.value) and str(error.value).endswith("with --resume-step N")
     with pytest.raises(GlassError, match=r"cannot be loaded .*with --step N$"):
         load_checkpoint(path, step_option="--step")
+    for content in (b"hello\n", b"", b"\x80\x02}q\x00."):  # text, an empty file, a bare pickle of {}
+        with open(path, "wb") as handle:
+            handle.write(content)
+        with pytest.raises(GlassError, match=r"step_5.pth: cannot be loaded .*with --resume-step N$") as error:
+            load_checkpoint(path)
+        assert "\n" not in str(error.value)
     other = str(tmp_path / "other.pth")
     torch.save({"weight": torch.zeros(1)}, other)
     with pytest.raises(GlassError, match="not a GLASS training checkpoint"):

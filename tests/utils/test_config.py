@@ -83,6 +83,9 @@ def test_overrides_are_typed_yaml_values(tmp_path):
     (["data.num_workers=-1"], "data.num_workers: must be >= 0"),
     (["data=3"], "data: expected a mapping"),
     (["data.root"], "must look like key.subkey=value"),
+    (["=3"], "override '=3': the key before '=' has an empty part"),
+    (["training..batch_size=2"], "override 'training..batch_size=2': the key before '=' has an empty part"),
+    (["data.root.=x"], "override 'data.root.=x': the key before '=' has an empty part"),
     (["training.cpu_kernels=fast"], "training.cpu_kernels: must be one of"),
     (["training.winograd=3"], "training.winograd: expected true or false"),
 ])
@@ -92,7 +95,7 @@ def test_bad_values_name_the_key(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message) as error:
         load_config(str(path), overrides)
     # A bad value is reported against the file it was loaded with; a malformed override is the command line's.
-    assert str(error.value).startswith("override" if message.startswith("must look") else str(path))
+    assert str(error.value).startswith("override" if message.startswith(("must look", "override")) else str(path))
 
 
 @pytest.mark.parametrize("stored, overrides, expected", [
@@ -130,9 +133,24 @@ def test_bad_files(tmp_path):
     listing.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(str(listing))
+    with pytest.raises(ConfigError, match="a folder, not a configuration file"):
+        load_config(str(tmp_path))
+    image = tmp_path / "image.yaml"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    with pytest.raises(ConfigError, match="image.yaml: not a text file"):
+        load_config(str(image))
+
+
+@pytest.mark.parametrize("text", ["", "\n  \n", "# only a comment\n\n# and another\n"])
+def test_an_empty_file_is_refused_not_read_as_all_defaults(tmp_path, text):
     empty = tmp_path / "empty.yaml"
-    empty.write_text("")
-    assert load_config(str(empty)) == Config()
+    empty.write_text(text)
+    with pytest.raises(ConfigError, match="empty.yaml: the configuration file is empty") as error:
+        load_config(str(empty))
+    assert "\n" not in str(error.value)
+    (tmp_path / "child.yaml").write_text("base: empty.yaml\nname: child\n")
+    with pytest.raises(ConfigError, match="empty.yaml: the configuration file is empty"):
+        load_config(str(tmp_path / "child.yaml"))
 
 
 def test_a_base_file_is_overridden_recursively(tmp_path):

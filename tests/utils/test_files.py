@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from utils.files import write_atomically, write_json_atomically
+from utils.errors import GlassError
+from utils.files import require_folder_can_be_made, write_atomically, write_json_atomically
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
@@ -28,6 +29,17 @@ def test_writes_create_the_folder_and_replace(tmp_path):
     write_json_atomically(str(path), [3])
     assert json.loads(path.read_text()) == [3] and path.read_text().endswith("\n")
     assert os.listdir(path.parent) == ["x.json"]
+
+
+def test_a_folder_that_cannot_be_made_is_named_before_any_work(tmp_path):
+    require_folder_can_be_made(str(tmp_path), "--out")  # exists
+    require_folder_can_be_made(str(tmp_path / "new" / "deeper"), "--out")  # can be made
+    assert os.listdir(tmp_path) == [], "nothing is created"
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    for folder in (a_file, a_file / "new" / "deeper"):
+        with pytest.raises(GlassError, match=f"^--out {folder}: {a_file} is a file, not a folder$"):
+            require_folder_can_be_made(str(folder), "--out")
 
 
 def test_sha256_of_file_matches_hashlib(tmp_path):

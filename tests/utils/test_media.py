@@ -83,3 +83,12 @@ def test_an_interrupted_write_leaves_neither_the_file_nor_a_temporary(tmp_path):
     with pytest.raises(RuntimeError):
         write_atomically(str(tmp_path / "media.gif"), failing_write)
     assert os.listdir(tmp_path) == []
+
+
+def test_confusion_image_shades_each_cell_by_its_share_of_the_row():
+    from utils.media import confusion_image
+
+    picture = confusion_image(np.array([[3, 0], [1, 1]]), ["walk", "slash"], ["code 0", "code 1"], cell_size=(20, 30))
+    assert picture.dtype == np.uint8 and picture.ndim == 3 and picture.shape[2] == 3
+    assert picture.shape[0] > 2 * 20 and picture.shape[1] > 2 * 30  # the cells and the labels
+    assert picture.min() < 100  # the full cell (share 1) is dark

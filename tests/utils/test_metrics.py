@@ -116,3 +116,28 @@ def test_psnr_of_known_errors():
     assert psnr(target + 0.02, target) == pytest.approx(10 * math.log10(4 / 0.0004))  # range 2 ([-1, 1])
     assert psnr(target + 0.1, target, value_range=1.0) == pytest.approx(20.0)
     assert psnr(target, target) == math.inf
+
+
+def test_switch_transitions_are_where_the_label_changes():
+    from utils.metrics import switch_transitions
+
+    labels = torch.tensor([[0, 0, 3, 3, 1], [5, 5, 5, 5, 5]])
+    assert switch_transitions(labels).tolist() == [[False, True, False, True], [False, False, False, False]]
+    with pytest.raises(ValueError, match="must be"):
+        switch_transitions(torch.tensor([1, 2, 3]))
+
+
+def test_code_effect_is_zero_when_the_code_changes_nothing_and_positive_when_the_inferred_code_draws_better():
+    from utils.metrics import code_effect_db
+
+    errors = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    assert code_effect_db(errors, errors.clone()) == 0.0  # a decoder that ignores the code
+    assert code_effect_db(errors, errors * 10) == pytest.approx(10.0)  # random codes: 10× the squared error
+    assert code_effect_db(errors, errors / 2) == pytest.approx(-10 * math.log10(2))
+    selected = torch.tensor([[False, True], [False, False]])
+    assert code_effect_db(errors, errors + torch.tensor([[0.0, 2.0], [9.0, 9.0]]), selected) == pytest.approx(
+        10 * math.log10(4 / 2))
+    assert math.isnan(code_effect_db(errors, errors, torch.zeros(2, 2, dtype=torch.bool)))
+    assert code_effect_db(torch.zeros(2), torch.ones(2)) == math.inf
+    with pytest.raises(ValueError, match="shapes differ"):
+        code_effect_db(errors, errors[0])

@@ -50,13 +50,15 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from data.video_dataset import VideoDataset, collate_videos
-from model.generation import num_ground_truth_steps, reconstruct
+from data.wsprites.walk import LOCAL_ACTION_NAMES
+from model.generation import code_effect_errors, num_ground_truth_steps, reconstruct
 from model.trained import TrainedModel, load_trained_model
 from utils.checkpoint import CONFIG_FILE
 from utils.config import Config, load_config
 from utils.distributed import DistributedContext, all_gather_objects
 from utils.errors import GlassError
 from utils.metrics import (
+    code_effect_db,
     code_histogram,
     codes_used,
     direction_matches,
@@ -67,6 +69,7 @@ from utils.metrics import (
     shift_errors,
     shifts_to_pixels,
     soft_iou_sums,
+    switch_transitions,
 )
 
 METRIC_NAME = "glass_action_metrics"  # the "metric" field of every JSON line
@@ -135,11 +138,15 @@ def analyse_motion(model: torch.nn.Module, video: torch.Tensor) -> MotionAnalysi
 
 
 def window_records(model: torch.nn.Module, batch: Dict[str, Any], protocol: str, input_size: Sequence[int],
-                   device: torch.device) -> Dict[str, torch.Tensor]:
+                   device: torch.device, seed: int = 0) -> Dict[str, torch.Tensor]:
     """The per-window quantities of one batch (CPU tensors with a leading window dimension B).
 
     Labels are cut to the model's transitions (index 1 … T−1, see the module docstring); shifts are
     in pixels; `{real,generated}_*` are the analyses of the real video and of its reconstruction.
+    `code_{inferred,random}_squared_error` (B, T−1): the one-step foregrounds drawn from the GMA's real
+    foregrounds with the inferred codes and with codebook rows drawn uniformly (`seed`, the same draw for every
+    batch) against fₜ₊₁ (`model.generation.code_effect_errors`); `switches`: the transitions where the true
+    local action changes.
     """
     observations = batch["observations"].to(device)
     reconstructions = {"generated": reconstruct(model, observations, protocol),
@@ -157,6 +164,16 @@ def window_records(model: torch.nn.Module, batch: Dict[str, Any], protocol: str,
         "true_background_shifts": batch["background_shifts"][:, 1:],
         "image_elements": torch.full((observations.shape[0],), float(real_foregrounds[0].numel()), dtype=torch.float64),
     }
+    with torch.no_grad():
+        was_training = model.training
+        model.eval()
+        gma = model.gma(observations)
+        model.train(was_training)
+    effect = code_effect_errors(model.lma, gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts, gma.masks,
+                                torch.Generator().manual_seed(seed))
+    records["code_inferred_squared_error"] = effect.inferred.double().cpu()
+    records["code_random_squared_error"] = effect.random.double().cpu()
+    records["switches"] = switch_transitions(batch["local_actions"])
     for name, made in reconstructions.items():
         records[f"{name}_foreground_squared_error"] = _squared_error_sums(made.generated_foregrounds, real_foregrounds)
         records[f"{name}_frame_squared_error"] = _squared_error_sums(made.frames[:, 1:], observations[:, 1:])
@@ -188,6 +205,8 @@ class EvaluationResult:
     skipped: Dict[str, str]
     counts: Dict[str, int]
     histograms: Dict[str, List[int]] = dataclasses.field(default_factory=dict)  # variant → transitions per action id
+    # gt: row = true local action, column = code: how many labelled transitions got it; None without labels
+    confusion: Optional[List[List[int]]] = None
 
 
 def _shift_metrics(predicted: torch.Tensor, reference: torch.Tensor, prefix: str) -> Tuple[Dict[str, float], int]:
@@ -219,6 +238,7 @@ def summarize(records: Dict[str, torch.Tensor], num_actions: int, seed: int,
     results: Dict[str, float] = {}
     skipped: Dict[str, str] = {}
     histograms: Dict[str, List[int]] = {}
+    confusion: Optional[List[List[int]]] = None
     reconstructions = [("re", "generated")]
     if "other_action_ids" in records:
         reconstructions.append((f"re_{other_protocol(protocol)}", "other"))
@@ -293,13 +313,38 @@ def summarize(records: Dict[str, torch.Tensor], num_actions: int, seed: int,
             groups = characters[:, None].expand_as(ids)[known]
             results[f"{variant}/code_character_nmi"] = normalized_mutual_information(ids[known].flatten(),
                                                                                      groups.flatten())
+    # Does the decoder read the code? The code effect over all transitions and over those where the true local
+    # action changes (labelled windows only; 0 dB when the decoder ignores the code).
+    if "code_inferred_squared_error" in records:
+        inferred, random = records["code_inferred_squared_error"], records["code_random_squared_error"]
+        results["gt/code_effect_db"] = code_effect_db(inferred, random)
+        if has_actions.any():
+            switches = records["switches"][has_actions]
+            counts["switch_transitions"] = int(switches.sum())
+            if switches.any():
+                results["gt/code_effect_switch_db"] = code_effect_db(inferred[has_actions], random[has_actions],
+                                                                     switches)
+            else:
+                skipped["gt: code_effect_switch_db"] = "no labelled transition changes local action"
+    # Which code each true local action gets (W-Sprites: rows the 9 animations).
+    if has_actions.any():
+        confusion = local_action_confusion(records["true_local_actions"][has_actions],
+                                           records["real_action_ids"][has_actions], num_actions).tolist()
     for variant, name in reconstructions:
         for image in ("foreground", "frame"):
             key = f"{name}_{image}_squared_error"
             if key in records:
                 mse = float(records[key].sum() / records["image_elements"].sum())
                 results[f"{variant}/{image}_psnr"] = 10 * math.log10(4.0 / mse) if mse > 0 else math.inf
-    return EvaluationResult(results=results, skipped=skipped, counts=counts, histograms=histograms)
+    return EvaluationResult(results=results, skipped=skipped, counts=counts, histograms=histograms,
+                            confusion=confusion)
+
+
+def local_action_confusion(true_labels: torch.Tensor, ids: torch.Tensor, num_actions: int) -> torch.Tensor:
+    """How often each true local action (rows, 0 … max label) got each code (columns, 0 … K−1): (L, K) int64."""
+    num_labels = int(true_labels.max()) + 1 if true_labels.numel() else 0
+    flat = true_labels.reshape(-1).long() * num_actions + ids.reshape(-1).long()
+    return torch.bincount(flat, minlength=num_labels * num_actions).reshape(num_labels, num_actions)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -336,7 +381,8 @@ def evaluate_run(trained: TrainedModel, protocol: str, context: DistributedConte
     parts: List[Dict[str, torch.Tensor]] = []
     position = 0
     for batch in loader:
-        records = window_records(trained.model, batch, protocol, config.data.input_size, context.device)
+        records = window_records(trained.model, batch, protocol, config.data.input_size, context.device,
+                                 config.evaluation.seed)
         size = len(batch["video_name"])
         records["window"] = torch.tensor(indices[position:position + size], dtype=torch.int64)
         position += size
@@ -374,7 +420,7 @@ def result_record(result: EvaluationResult, trained: TrainedModel, run_folder: s
             "skip_frames": config.evaluation.skip_frames, "data_root": os.path.abspath(config.data.root),
             "seed": config.evaluation.seed, "world_size": world_size, "comparable": comparable,
             "counts": result.counts, "results": result.results, "skipped": result.skipped,
-            "histograms": result.histograms}
+            "histograms": result.histograms, "local_action_confusion": result.confusion}
 
 
 _TABLE_ROWS = [
@@ -392,6 +438,8 @@ _TABLE_ROWS = [
     ("codes_used", "local action codes used"),
     ("code_perplexity", "  code perplexity"),
     ("code_character_nmi", "  NMI of the codes and the character"),
+    ("code_effect_db", "code effect, all transitions (dB)"),
+    ("code_effect_switch_db", "  on switch transitions (dB)"),
     ("foreground_psnr", "generated foreground PSNR (dB)"),
     ("frame_psnr", "generated frame PSNR (dB)"),
 ]
@@ -417,6 +465,23 @@ def format_table(result: EvaluationResult, protocol: str = "one_step") -> str:
                  "vs labels; CO: predictions on the RE " + ("1-step" if protocol == "one_step" else "1-image")
                  + " reconstruction vs predictions on the real video; FLOOR: uniformly random ids (NMI), an "
                    "all-foreground mask (IoU)")
+    if result.confusion is not None:
+        lines.append("codes per true local action (GT; rows: labels, columns: codes " + " ".join(
+            str(code) for code in range(len(result.confusion[0]))) + "):")
+        for name, row in zip(confusion_row_labels(len(result.confusion)), result.confusion):
+            lines.append(f"  {name:<18}" + "".join(f"{count:>6}" for count in row))
     for what, reason in result.skipped.items():
         lines.append(f"skipped {what}: {reason}")
     return "\n".join(lines)
+
+
+def confusion_row_labels(num_labels: int) -> List[str]:
+    """Names of the true local actions: W-Sprites' animations when there are at most 9 labels, else numbers."""
+    if num_labels <= len(LOCAL_ACTION_NAMES):
+        return list(LOCAL_ACTION_NAMES[:num_labels])
+    return [f"label {label}" for label in range(num_labels)]
+
+
+def confusion_path(run_folder: str, split: str, protocol: str, step: int) -> str:
+    """runs/R/metrics/evaluate-SPLIT-PROTOCOL-step_N-confusion.png: the picture of `EvaluationResult.confusion`."""
+    return os.path.join(run_folder, METRICS_FOLDER, f"evaluate-{split}-{protocol}-step_{step:06d}-confusion.png")

@@ -103,7 +103,10 @@ def prepare_output_folder(folder: str, overwrite: bool) -> None:
             shutil.rmtree(folder)
     elif os.path.exists(folder) and not os.path.isdir(folder):
         raise GlassError(f"{folder}: exists and is not a folder")
-    os.makedirs(folder, exist_ok=True)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:  # a file where a folder above it should be, no permission, …
+        raise GlassError(f"{folder}: cannot create the folder ({error.strerror or error})") from None
     for name in os.listdir(folder):  # left by an interrupted run
         if name.startswith(_TEMPORARY_PREFIXES):
             shutil.rmtree(os.path.join(folder, name), ignore_errors=True)

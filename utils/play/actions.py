@@ -246,7 +246,7 @@ def load_start_image(path: str, config: DataConfig, fit: str = "auto") -> torch.
     """An image file as a first frame (3, H, W) in [−1, 1], prepared as the dataset prepares frames
     (`data.video_dataset.fit_image`); a missing file or one that is not an image is a one-line error."""
     if not os.path.isfile(path):
-        raise GlassError(f"{path}: no such image file")
+        raise GlassError(f"{path}: " + ("a folder, not an image file" if os.path.isdir(path) else "no such image file"))
     return load_image(path, config, fit)
 
 

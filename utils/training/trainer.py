@@ -11,6 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from model.blocks import use_cpu_kernels
 from model.codebook import kmeans_codebook, restart_dead_codes
+from model.generation import code_effect_errors
 from model.glass import Glass, build_model
 from model.losses import GlassLoss, LossResult
 from model.ops import native_transforms
@@ -18,6 +19,7 @@ from model.vgg import build_vgg_features
 from utils.config import Config, TrainingConfig
 from utils.distributed import DistributedContext, all_gather_objects, average_over_processes
 from utils.errors import GlassError
+from utils.metrics import code_effect_db, switch_transitions
 from utils.pretrained import MissingWeightsError
 from utils.run_logger import lma_step_statistics
 from utils.schedules import ground_truth_steps_at, gumbel_temperature_at, in_gma_warmup, observations_count_at
@@ -234,6 +236,36 @@ class Trainer:
         usage = average_over_processes(self.context, self.code_usage.clone())
         self.code_usage.zero_()
         return len(restart_dead_codes(codebook, usage, points, generator, optimizer=self.optimizer))
+
+    @torch.no_grad()
+    def code_effect(self, batch: Dict[str, Any], step: int) -> Dict[str, float]:
+        """Does the LMA's decoder read the code, on this training batch? `lma_code_effect_db`: the one-step
+        foreground PSNR with the inferred codes minus that with uniformly random codebook rows (drawn with a
+        generator seeded by the step, so training's random state is untouched), in eval mode (no BatchNorm
+        statistics change); `lma_code_effect_switch_db` the same over the transitions where the true local action
+        changes, when the batch has labels and some. Squared errors are summed over the processes (a collective:
+        every process calls it)."""
+        observations = self.prepare_observations(batch["observations"])
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with self._autocast():
+                gma = self.model.gma(observations)
+                effect = code_effect_errors(self.model.lma, gma.foregrounds, gma.shifted_foregrounds,
+                                            gma.foreground_shifts, gma.masks,
+                                            torch.Generator().manual_seed(self.training.seed * 1_000_003 + step))
+        finally:
+            self.model.train(was_training)
+        inferred, random = effect.inferred.double(), effect.random.double()
+        labelled = batch["has_actions"].to(self.device).bool()[:, None].expand_as(inferred)
+        switches = switch_transitions(batch["local_actions"].to(self.device)) & labelled
+        sums = torch.stack([inferred.sum(), random.sum(), (inferred * switches).sum(), (random * switches).sum(),
+                            switches.sum().double()])
+        sums = average_over_processes(self.context, sums).cpu()
+        row = {"lma_code_effect_db": code_effect_db(sums[:1], sums[1:2])}
+        if float(sums[4]) > 0:
+            row["lma_code_effect_switch_db"] = code_effect_db(sums[2:3], sums[3:4])
+        return row
 
     @torch.no_grad()
     def write_media(self, observations: torch.Tensor, step: int, folder: str) -> Dict[str, str]:

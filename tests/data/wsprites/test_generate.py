@@ -207,6 +207,34 @@ def test_command_line_errors_are_one_line(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_an_out_that_is_a_file_or_a_foreign_metadata_file_is_refused(tmp_path):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    for out in (a_file, a_file / "set"):
+        with pytest.raises(GlassError, match=f"--out {out}: {a_file} is a file, not a folder"):
+            generate.main(["--out", str(out), "--workers", "1", *SMALL])
+    assert a_file.read_text() == "mine"
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "metadata.json").write_text("[1, 2]")
+    for extra in ([], ["--overwrite"]):
+        with pytest.raises(GlassError, match="metadata.json: not the metadata of a W-Sprites dataset"):
+            generate.main(["--out", str(foreign), *extra, *SMALL])
+    assert sorted(os.listdir(foreign)) == ["metadata.json"]
+
+
+@pytest.mark.parametrize("option, value", [("--num-characters", "abc"), ("--num-characters", "0"),
+                                           ("--num-characters", "-3"), ("--frames", "1.5")])
+def test_a_count_that_is_not_a_positive_whole_number_names_the_option(tmp_path, capsys, option, value):
+    with pytest.raises(SystemExit) as exit_info:
+        generate.main(["--out", str(tmp_path / "set"), *SMALL, option, value])
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and last_line.startswith(f"python -m data.wsprites.generate: error: argument "
+                                                              f"{option}: ")
+    assert value in last_line and "_positive" not in last_line
+    assert not (tmp_path / "set").exists()
+
+
 def test_character_choices_cover_all_combinations():
     combos = {character_choices(i, (6, 6, 6, 6)) for i in range(1296)}
     assert len(combos) == 1296

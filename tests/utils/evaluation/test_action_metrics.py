@@ -167,3 +167,13 @@ def test_local_half_rows_codes_histograms_and_psnr_over_the_split():
     assert "re_single_image/local_action_nmi" in result.results
     table = format_table(result, "one_step")
     assert "RE 1-image" in table and "code histogram GT: 2 0 4" in table and "generated foreground PSNR" in table
+
+
+def test_local_action_confusion_counts_the_codes_of_every_true_action():
+    from utils.evaluation.action_metrics import confusion_row_labels, local_action_confusion
+
+    labels = torch.tensor([[0, 0, 2], [2, 1, 1]])
+    ids = torch.tensor([[1, 1, 0], [0, 2, 2]])
+    assert local_action_confusion(labels, ids, 3).tolist() == [[0, 2, 0], [0, 0, 2], [2, 0, 0]]
+    assert confusion_row_labels(3) == ["walk-front", "walk-left", "walk-right"]
+    assert confusion_row_labels(12)[11] == "label 11"

@@ -1,4 +1,5 @@
 """The play page's HTTP API (utils/play/server.py) on the tiny trained run, through urllib."""
+import html.parser
 import io
 import json
 import urllib.error
@@ -12,7 +13,7 @@ from PIL import Image
 from model.trained import load_trained_model
 from utils.errors import GlassError
 from utils.play.actions import dataset_start_frames, load_start_image
-from utils.play.server import PlayServer, ServerLimits, create_http_server, serve_in_thread
+from utils.play.server import PAGE_FILE, PlayServer, ServerLimits, create_http_server, serve_in_thread
 
 UPLOAD_LIMIT = 100_000  # bytes
 MAX_FRAMES = 4
@@ -73,6 +74,31 @@ def test_page_and_info(server):
     status, headers, body = request(server, "/api/start/1.png")
     assert status == 200 and Image.open(io.BytesIO(body)).size == (128, 96)
     assert api(server, "/api/start/7.png")[0] == 404
+
+
+def test_the_page_has_no_frame_image_until_a_frame_comes():
+    # Without Chromium (tests/test_play_page.py checks it in a browser): the <img> is hidden in the page as served,
+    # a placeholder says what to do, and show() reveals the image when the first frame arrives.
+    class FrameElements(html.parser.HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.found = {}
+
+        def handle_starttag(self, tag, attributes):
+            attributes = dict(attributes)
+            if attributes.get("id") in ("frame", "no-frame"):
+                self.found[attributes["id"]] = (tag, attributes)
+
+    with open(PAGE_FILE, encoding="utf-8") as handle:
+        page = handle.read()
+    parser = FrameElements()
+    parser.feed(page)
+    tag, attributes = parser.found["frame"]
+    assert tag == "img" and "hidden" in attributes and "src" not in attributes
+    assert "no-frame" in parser.found and "no image yet" in page
+    show = page.split("function show(state) {")[1].split("\n}")[0]
+    assert "frameImage.hidden = false" in show and "noFrame.hidden = true" in show
+    assert "[hidden] { display: none !important; }" in page, "#frame's display: block would override `hidden`"
 
 
 def test_play_steps_reset_and_download(server):

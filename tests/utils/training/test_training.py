@@ -34,6 +34,7 @@ def test_shards_cover_each_epoch_and_depend_only_on_seed_and_epoch():
     assert list(sampler) == sampler.shard(1)[5:] and len(sampler) == 2
 
 
+@pytest.mark.determinism
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_a_resumed_stream_continues_with_the_same_batches(dataset_root, num_workers):
     config = load_config(os.path.join(REPOSITORY, "configs", "wsprites.yaml"), [
@@ -127,6 +128,7 @@ def test_preserved_buffers_and_random_state_leave_no_trace():
     assert observed[:2] == expected[:2] and torch.equal(observed[2], expected[2])
 
 
+@pytest.mark.determinism
 def test_the_trainer_state_round_trips_through_a_weights_only_file(tmp_path, one_torch_thread):
     from tests.small_model import NO_PERCEPTUAL_LOSSES, SMALL_MODEL
     from utils.distributed import initialize
