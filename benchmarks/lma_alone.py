@@ -3,6 +3,7 @@
     python benchmarks/lma_alone.py --config configs/wsprites-tiny.yaml --steps 600 --out runs-experiments/lma-alone
     python benchmarks/lma_alone.py --config configs/wsprites-tiny.yaml --steps 600 --ground-truth-steps 1 \
         --out runs-experiments/lma-alone-tf1 model.lma.decoder_channels=[64,32,16]
+    python benchmarks/lma_alone.py --steps 400 --eval-every 100 --eval-windows 64 --oracle --out runs-experiments/oracle
 
 Not a test and not the training of GLASS: the GMA is replaced by the truth, so that a question
 about the local half is not confounded with the global half. Foregrounds are fₜ = mₜ·Iₜ with
@@ -19,8 +20,12 @@ perplexity of the code histogram, the spread of z (mean per-dimension standard d
 the NMI of the ids against the true local actions (over the windows and per character), and
 whether the decoder reads the code at all: the one-step PSNR with every window's codes taken from
 another window, and the share of random codebook rows the action network recovers from what the
-decoder drew with them (`code_recovery`, chance 1/K). `--action-cycle W` trains with that recovery
-as a cross-entropy term (an experiment; README "Making the local half learn", section 5).
+decoder drew with them (`code_recovery`, chance 1/K); the code effect (`code_effect_db`: one-step PSNR with
+the inferred codes minus with uniformly random codebook rows; `code_effect_switch_db`: the same over the
+transitions where the true local action changes) and the PSNR on the pixels that change beyond the shift
+(`psnr_changed_pixels`, with random codes, and of the copy f̃ₜ). `--action-cycle W` trains with the recovery
+as a cross-entropy term; `--oracle` draws with the true local-action label as the code (a fixed embedding per
+label) instead of the action network's (experiments; docs/local-actions.md).
 Writes OUT/curves.json (one record per evaluation) and OUT/step_N.png (per window: the true
 foregrounds, the eval-mode and the train-mode one-step generations, the eval-mode
 single-image generation).
