@@ -486,3 +486,17 @@ def test_the_lma_learns_to_draw_what_the_code_says(small_model_config, freeze_co
         assert abs(effect) < 0.1, effect
     else:
         assert effect > 1.5, effect
+
+
+def test_balanced_assignment_caps_every_code_and_takes_the_least_errors_first():
+    from model.lma import balanced_assignment
+
+    errors = torch.tensor([[0.1, 0.5, 0.9],
+                           [0.2, 0.6, 0.8],
+                           [0.3, 0.7, 0.4],
+                           [0.05, 0.9, 0.95]])
+    # code 0 takes the two least errors (items 3 and 0); item 1 then gets its next best code 1, item 2 code 2
+    assert balanced_assignment(errors).tolist() == [0, 1, 2, 0]
+    chosen = balanced_assignment(torch.rand(10, 3, generator=torch.Generator().manual_seed(0)))
+    assert torch.bincount(chosen, minlength=3).max() <= 4  # ⌈10 / 3⌉
+    assert balanced_assignment(torch.zeros(2, 6)).tolist() == [0, 1]  # ties: the lower item, then code
