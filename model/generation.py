@@ -300,3 +300,12 @@ def code_effect_errors(lma: torch.nn.Module, foregrounds: torch.Tensor, shifted_
                                       ground_truth_masks=None if masks is None else masks[:, :steps])
             errors.append((generated[0].float() - targets).pow(2).sum(dim=(2, 3, 4)))
     return CodeEffectErrors(inferred=errors[0], random=errors[1], action_ids=motion.actions.ids)
+
+
+def video_code_effect_errors(model: Glass, video: torch.Tensor, generator: torch.Generator) -> CodeEffectErrors:
+    """`code_effect_errors` of a real video (B, T, 3, H, W): the GMA's foregrounds, shifts and masks of it, in eval
+    mode without gradients (the model's mode restored after)."""
+    with _generating(model):
+        gma = model.gma(video)
+        return code_effect_errors(model.lma, gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts,
+                                  gma.masks, generator)

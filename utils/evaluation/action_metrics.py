@@ -51,7 +51,7 @@ from torch.utils.data import DataLoader, Subset
 
 from data.video_dataset import VideoDataset, collate_videos
 from data.wsprites.walk import LOCAL_ACTION_NAMES
-from model.generation import code_effect_errors, num_ground_truth_steps, reconstruct
+from model.generation import num_ground_truth_steps, reconstruct, video_code_effect_errors
 from model.trained import TrainedModel, load_trained_model
 from utils.checkpoint import CONFIG_FILE
 from utils.config import Config, load_config
@@ -145,7 +145,7 @@ def window_records(model: torch.nn.Module, batch: Dict[str, Any], protocol: str,
     in pixels; `{real,generated}_*` are the analyses of the real video and of its reconstruction.
     `code_{inferred,random}_squared_error` (B, T−1): the one-step foregrounds drawn from the GMA's real
     foregrounds with the inferred codes and with codebook rows drawn uniformly (`seed`, the same draw for every
-    batch) against fₜ₊₁ (`model.generation.code_effect_errors`); `switches`: the transitions where the true
+    batch) against fₜ₊₁ (`model.generation.video_code_effect_errors`); `switches`: the transitions where the true
     local action changes.
     """
     observations = batch["observations"].to(device)
@@ -164,13 +164,7 @@ def window_records(model: torch.nn.Module, batch: Dict[str, Any], protocol: str,
         "true_background_shifts": batch["background_shifts"][:, 1:],
         "image_elements": torch.full((observations.shape[0],), float(real_foregrounds[0].numel()), dtype=torch.float64),
     }
-    with torch.no_grad():
-        was_training = model.training
-        model.eval()
-        gma = model.gma(observations)
-        model.train(was_training)
-    effect = code_effect_errors(model.lma, gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts, gma.masks,
-                                torch.Generator().manual_seed(seed))
+    effect = video_code_effect_errors(model, observations, torch.Generator().manual_seed(seed))
     records["code_inferred_squared_error"] = effect.inferred.double().cpu()
     records["code_random_squared_error"] = effect.random.double().cpu()
     records["switches"] = switch_transitions(batch["local_actions"])

@@ -11,7 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from model.blocks import use_cpu_kernels
 from model.codebook import kmeans_codebook, restart_dead_codes
-from model.generation import code_effect_errors
+from model.generation import video_code_effect_errors
 from model.glass import Glass, build_model
 from model.losses import GlassLoss, LossResult
 from model.ops import native_transforms
@@ -246,16 +246,9 @@ class Trainer:
         changes, when the batch has labels and some. Squared errors are summed over the processes (a collective:
         every process calls it)."""
         observations = self.prepare_observations(batch["observations"])
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with self._autocast():
-                gma = self.model.gma(observations)
-                effect = code_effect_errors(self.model.lma, gma.foregrounds, gma.shifted_foregrounds,
-                                            gma.foreground_shifts, gma.masks,
-                                            torch.Generator().manual_seed(self.training.seed * 1_000_003 + step))
-        finally:
-            self.model.train(was_training)
+        with self._autocast():
+            effect = video_code_effect_errors(self.model, observations,
+                                              torch.Generator().manual_seed(self.training.seed * 1_000_003 + step))
         inferred, random = effect.inferred.double(), effect.random.double()
         labelled = batch["has_actions"].to(self.device).bool()[:, None].expand_as(inferred)
         switches = switch_transitions(batch["local_actions"].to(self.device)) & labelled
