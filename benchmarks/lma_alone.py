@@ -25,7 +25,8 @@ the inferred codes minus with uniformly random codebook rows; `code_effect_switc
 transitions where the true local action changes) and the PSNR on the pixels that change beyond the shift
 (`psnr_changed_pixels`, with random codes, and of the copy f̃ₜ). `--action-cycle W` trains with the recovery
 as a cross-entropy term; `--oracle` draws with the true local-action label as the code (a fixed embedding per
-label) instead of the action network's (experiments; docs/local-actions.md).
+label) instead of the action network's, and `--switch-weight W` multiplies the local reconstruction loss of switch
+transitions by W (both read the labels: experiments only; docs/local-actions.md).
 Writes OUT/curves.json (one record per evaluation) and OUT/step_N.png (per window: the true
 foregrounds, the eval-mode and the train-mode one-step generations, the eval-mode
 single-image generation).
@@ -266,6 +267,10 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("--oracle", action="store_true",
                         help="experiment: the true local-action label of each transition as its code (a fixed "
                              "embedding per label, see OracleCodes) instead of the action network's")
+    parser.add_argument("--switch-weight", type=float, default=1.0, metavar="W",
+                        help="experiment (uses the labels): the local reconstruction loss of switch transitions (the "
+                             "true local action changes) weighs W times more; with --oracle it asks whether the "
+                             "decoder can draw the labelled change when the transitions that need the code dominate")
     parser.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -338,6 +343,10 @@ def main(argv: List[str] = None) -> int:
                                                   "multiscale_local_reconstruction_loss"):
                     term = loss._multiscale_weighted_l1(gma.foregrounds[:, 1:], output.generated_foregrounds,
                                                         torch.ones_like(gma.foregrounds[:, 1:, :1]))
+                elif name == "multiscale_local_reconstruction_loss" and args.switch_weight != 1.0:
+                    switches = switch_transitions(batch["local_actions"]).float()
+                    term = loss.multiscale_local_reconstruction_loss(gma, output,
+                                                                     1.0 + (args.switch_weight - 1.0) * switches)
                 elif name in ("local_state_reconstruction_loss",):
                     term = getattr(loss, name)(output)
                 else:
@@ -346,6 +355,8 @@ def main(argv: List[str] = None) -> int:
                     total = total + weight * term
             if output.action_choice_loss is not None:  # model.lma.winner_take_all
                 total = total + config.loss.action_choice_weight * output.action_choice_loss
+            if output.action_matching_loss is not None:  # model.lma.action_matching
+                total = total + config.loss.action_matching_weight * output.action_matching_loss
             if args.action_cycle > 0:
                 random_ids = torch.randint(0, num_actions, tuple(output.action_ids.shape), generator=noise_generator)
                 logits, _ = recover_codes(lma, gma, output, random_ids)

@@ -316,7 +316,10 @@ class Decoder(nn.Module):
     With `decoder_skip` (ours, opt-in) the full-size Final takes 3 more input channels, `skip`
     (N, 3, H, W): the current foreground moved by Δ_F; with `decoder_skip_mask` as well 4, `skip`
     (N, 4, H, W): that foreground and the current mask moved alike. With `decoder_action` (ours,
-    opt-in) every Up stage's input has the action code `action` (N, D) tiled and concatenated.
+    opt-in) every Up stage's input has the action code `action` (N, D) tiled and concatenated. With `decoder_warp`
+    r > 0 (ours, opt-in) the full-size Final gives 3 more channels, a flow (r·tanh, pixels) and a blend weight b
+    ((tanh + 1)/2): the full-size output becomes b·warp(skip) + (1 − b)·drawn (`warp_skip`), the skip's mask read
+    as the logit 2m − 1; the flow channels start at zero (the warp starts as the copy).
     """
 
     def __init__(self, config: LMAConfig):
@@ -324,13 +327,19 @@ class Decoder(nn.Module):
         widths = [config.hidden_size] + list(config.decoder_channels)
         self.action_channels = config.action_dim if config.decoder_action else 0
         self.skip_channels = (4 if config.decoder_skip_mask else 3) if config.decoder_skip else 0
+        self.warp_pixels = float(config.decoder_warp)
         self.stages = nn.ModuleList()
         self.finals = nn.ModuleList()
         for i in range(1, len(widths)):
             last = i == len(widths) - 1
             up = Up(widths[i - 1] + self.action_channels, widths[i], mode="bilinear")
             self.stages.append(up if last else nn.Sequential(up, Res(widths[i], widths[i])))
-            self.finals.append(Final(widths[i] + self.skip_channels, 4, 7) if last else Final(widths[i], 3, 3))
+            self.finals.append(Final(widths[i] + self.skip_channels, 7 if self.warp_pixels else 4, 7) if last
+                               else Final(widths[i], 3, 3))
+        if self.warp_pixels:
+            with torch.no_grad():
+                self.finals[-1][0].weight[4:6].zero_()
+                self.finals[-1][0].bias[4:6].zero_()
 
     def forward(self, hidden: torch.Tensor, skip: Optional[torch.Tensor] = None,
                 action: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
@@ -348,7 +357,27 @@ class Decoder(nn.Module):
             if skip is not None and index == len(self.stages) - 1:
                 features = torch.cat([features, skip.to(features.dtype)], dim=1)
             outputs.append(final(features))
+        if self.warp_pixels:
+            outputs[-1] = self.warp_skip(outputs[-1], skip.to(outputs[-1].dtype))
         return outputs[::-1]
+
+    def warp_skip(self, output: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """`decoder_warp`: the Final's 7 channels (drawn f̂ 3, mask logit 1, flow 2, blend 1) (N, 7, H, W) and the
+        skip (N, 3 or 4, H, W) → (N, 4, H, W): blend · skip warped by the flow + (1 − blend) · drawn. The flow
+        (dx, dy) in pixels says where each output pixel reads the skip (backward warp, zero padding, bilinear)."""
+        drawn, flow, blend = output[:, :4], output[:, 4:6] * self.warp_pixels, (output[:, 6:7] + 1) / 2
+        height, width = output.shape[-2:]
+        ys = torch.linspace(-1 + 1 / height, 1 - 1 / height, height, dtype=output.dtype, device=output.device)
+        xs = torch.linspace(-1 + 1 / width, 1 - 1 / width, width, dtype=output.dtype, device=output.device)
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # (H, W, 2) pixel centres, (x, y)
+        scale = torch.tensor([2.0 / width, 2.0 / height], dtype=output.dtype, device=output.device)
+        grid = grid[None] + flow.permute(0, 2, 3, 1) * scale
+        warped = F.grid_sample(skip, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        if warped.shape[1] == 4:  # the skip's mask m in [0, 1] as the mask logit 2m − 1
+            warped = torch.cat([warped[:, :3], 2 * warped[:, 3:] - 1], dim=1)
+        else:
+            warped = torch.cat([warped, drawn[:, 3:]], dim=1)
+        return blend * warped + (1 - blend) * drawn
 
 
 @dataclass
@@ -377,6 +406,8 @@ class LMAOutput:
     # (B, T−1), and the cross-entropy that trains the action network to choose it (scalar); None otherwise.
     winner_ids: Optional[torch.Tensor] = None
     action_choice_loss: Optional[torch.Tensor] = None
+    # `action_matching` in training only: KL(q(f̃ₜ, fₜ₊₁) ‖ q(f̃ₜ, f̂ₜ₊₁)) (scalar); None otherwise.
+    action_matching_loss: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -423,6 +454,7 @@ class LocalMotionAnalysis(nn.Module):
         self.shift_refinement = config.shift_refinement
         self.winner_take_all = config.winner_take_all
         self.winner_take_all_balanced = config.winner_take_all_balanced
+        self.action_matching = config.action_matching
         self.encoder = Encoder(config)
         self.compressor = Conv2d(config.encoder_state_channels, config.state_size, 1)
         self.action_network = ActionNetwork(config)
@@ -621,12 +653,41 @@ class LocalMotionAnalysis(nn.Module):
                 states[:, :num_ground_truth_steps], motion.foreground_shifts, actions.codes, sample_noise,
                 ground_truth_foregrounds, ground_truth_masks)
         reencoded_states, _ = self.encode(generated_foregrounds[0])
+        matching = None
+        if self.action_matching and self.training:
+            matching = self.action_matching_loss(motion.shifted_foregrounds, actions.choice_logits,
+                                                 generated_foregrounds[0])
         return LMAOutput(states=states, action_codes=actions.codes, action_ids=actions.ids,
                          action_vq_loss=actions.vq_loss, generated_foregrounds=generated_foregrounds,
                          generated_masks=generated_masks, reencoded_states=reencoded_states,
                          num_ground_truth_steps=num_ground_truth_steps, action_vectors=actions.vectors,
                          shifted_foregrounds=motion.shifted_foregrounds, foreground_shifts=motion.foreground_shifts,
-                         winner_ids=winner_ids, action_choice_loss=choice_loss)
+                         winner_ids=winner_ids, action_choice_loss=choice_loss, action_matching_loss=matching)
+
+    def action_matching_loss(self, shifted_foregrounds: torch.Tensor, real_choice_logits: torch.Tensor,
+                             generated_foregrounds: torch.Tensor) -> torch.Tensor:
+        """`action_matching` (ours, opt-in; PVG/CADDY's action matching): KL(q_real ‖ q_generated), the mean over
+        transitions, where q is the action network's distribution over the K codes, softmax(−‖z − eₖ‖²): q_real from
+        the real pair (f̃ₜ, fₜ₊₁) (`real_choice_logits` (B, T−1, K), taken as a fixed target) and q_generated from
+        (f̃ₜ, f̂ₜ₊₁), `generated_foregrounds` (B, T−1, 3, H, W). The encoder and the action network read the
+        generated frames with their weights detached and on copies of their BatchNorm statistics: the gradient goes
+        through f̂ₜ₊₁ only, into what drew it (as the reconstruction losses' does), never into the reading of it.
+        It is 0 when f̂ₜ₊₁ = fₜ₊₁ and both sides see the same BatchNorm statistics."""
+        batch_size, steps = generated_foregrounds.shape[:2]
+        assert_shape(real_choice_logits, (batch_size, steps, self.action_network.codebook.shape[0]),
+                     "action matching logits")
+
+        def frozen(module: nn.Module, *inputs: torch.Tensor):
+            parameters = {name: value.detach() for name, value in module.named_parameters()}
+            buffers = {name: value.clone() for name, value in module.named_buffers()}  # running statistics kept
+            return torch.func.functional_call(module, (parameters, buffers), inputs)
+
+        with torch.no_grad():
+            source_states, source_attention = frozen(self.encoder, shifted_foregrounds.flatten(0, 1))
+        target_states, target_attention = frozen(self.encoder, generated_foregrounds.flatten(0, 1))
+        generated = frozen(self.action_network, source_states * source_attention, target_states * target_attention)
+        target = F.softmax(real_choice_logits.detach().flatten(0, 1).float(), dim=1)
+        return F.kl_div(F.log_softmax(generated.choice_logits.float(), dim=1), target, reduction="batchmean")
 
     def unroll_winner_take_all(self, ground_truth_states: torch.Tensor, foreground_shifts: torch.Tensor,
                                targets: torch.Tensor, target_masks: Optional[torch.Tensor], sample_noise: bool = False,

@@ -126,6 +126,10 @@ class GlassLoss(nn.Module):
                 terms["action_choice_loss"] = lma.action_choice_loss.detach()
                 choice = self.config.action_choice_weight * lma.action_choice_loss
                 lma_total = choice if lma_total is None else lma_total + choice
+            if lma.action_matching_loss is not None:  # model.lma.action_matching (ours): not one of the twelve
+                terms["action_matching_loss"] = lma.action_matching_loss.detach()
+                matching = self.config.action_matching_weight * lma.action_matching_loss
+                lma_total = matching if lma_total is None else lma_total + matching
             # Added even when the scale is 0, so the LMA parameters stay in the graph (zero gradients, as the authors').
             if lma_total is not None:
                 total = lma_loss_scale * lma_total if total is None else total + lma_loss_scale * lma_total
@@ -196,9 +200,11 @@ class GlassLoss(nn.Module):
                    + (generated - _with_first(foregrounds[:, :1], generated)).abs()).sum(dim=2, keepdim=True)
         return self._multiscale_weighted_l1(foregrounds[:, 1:], lma.generated_foregrounds, weights.detach())
 
-    def multiscale_local_reconstruction_loss(self, gma: GMAOutput, lma: LMAOutput) -> torch.Tensor:
+    def multiscale_local_reconstruction_loss(self, gma: GMAOutput, lma: LMAOutput,
+                                             transition_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
         """As the global one, with w = Σ_c(|fₜ₊₁ − f̃ₜ| + |fₜ₊₁ − f̂ₜ₊₁|); with `loss.local_change_weight` α > 0
-        (ours) plus α where Σ_c |fₜ₊₁ − f̃ₜ| > CHANGED_PIXEL_THRESHOLD (the local change)."""
+        (ours) plus α where Σ_c |fₜ₊₁ − f̃ₜ| > CHANGED_PIXEL_THRESHOLD (the local change). `transition_weights`
+        (B, T−1), experiments only (benchmarks/lma_alone.py `--switch-weight`): w multiplied per transition."""
         targets = gma.foregrounds[:, 1:].detach()
         # f̃ the LMA used
         shifted = gma.shifted_foregrounds if lma.shifted_foregrounds is None else lma.shifted_foregrounds
@@ -206,6 +212,8 @@ class GlassLoss(nn.Module):
         weights = change + (targets - lma.generated_foregrounds[0]).abs().sum(dim=2, keepdim=True)
         if self.config.local_change_weight > 0:  # ours, opt-in: the pixels that change beyond the shift weigh more
             weights = weights + self.config.local_change_weight * (change > CHANGED_PIXEL_THRESHOLD).to(weights.dtype)
+        if transition_weights is not None:
+            weights = weights * transition_weights[:, :, None, None, None].to(weights.dtype)
         return self._multiscale_weighted_l1(targets, lma.generated_foregrounds, weights.detach())
 
     @staticmethod

@@ -187,6 +187,11 @@ class LMAConfig:
     # Ours, opt-in: the action code aₜ (D) is tiled and concatenated to the input of every decoder Up stage
     # (as p_l is to the dynamics' Up), so the code reaches the pixels through a short path.
     decoder_action: bool = False
+    # Ours, opt-in, with decoder_skip (CDNA/DNA of Finn et al. 2016, Deep Voxel Flow): the full-size output also
+    # gives a flow field, at most this many pixels per axis (tanh-bounded), and a blend weight; f̂ₜ₊₁ (and m̂ₜ₊₁
+    # with decoder_skip_mask) = blend · (the skip warped by the flow) + (1 − blend) · what the decoder drew. A pose
+    # change becomes a few pixels of motion of the current frame instead of a new drawing. 0 = off.
+    decoder_warp: float = 0.0
     # Ours, opt-in (ILPO; multiple-choice learning): in training every step is drawn with each of the K codes and
     # only the one closest to fₜ₊₁ is kept and trained; the action network learns to choose it (cross-entropy,
     # weight loss.action_choice_weight). Evaluation and play use the inferred codes as usual. K times the dynamics
@@ -195,6 +200,12 @@ class LMAConfig:
     # Ours, with winner_take_all: each code wins at most ⌈B/K⌉ of a step's B transitions (greedy, least error
     # first); without it the first code to win keeps winning and the others are never trained
     winner_take_all_balanced: bool = False
+    # Ours, opt-in (PVG/CADDY's action matching, Menapace et al. 2021): in training the encoder and action network,
+    # frozen for this term, also read the action of (f̃ₜ, f̂ₜ₊₁), and its distribution over the codes (softmax of
+    # −‖z − eₖ‖²) must match the one of the real pair (KL, weight loss.action_matching_weight): what draws f̂ is
+    # trained to draw what the action network reads as the inferred action. Two more encoder passes and one more
+    # action-network pass per training step.
+    action_matching: bool = False
     # decoder: one Up(×2) per entry; Res + Final(→3) after all but the last, Final(→4, k7) after the last
     decoder_channels: List[int] = field(default_factory=lambda: [128, 64, 32])
 
@@ -233,6 +244,11 @@ class LMAConfig:
                  f"must be >= 0 pixels, got {self.shift_refinement}")
         _require(not (self.winner_take_all and self.use_gumbel), prefix + "winner_take_all",
                  "chooses among codebook rows: not with use_gumbel")
+        _require(not (self.action_matching and self.use_gumbel), prefix + "action_matching",
+                 "compares distances to codebook rows: not with use_gumbel")
+        _require(self.decoder_warp >= 0, prefix + "decoder_warp", f"must be >= 0 pixels, got {self.decoder_warp}")
+        _require(self.decoder_skip or not self.decoder_warp, prefix + "decoder_warp",
+                 "needs decoder_skip: true (the warp moves the skip's current foreground)")
         _require(self.decoder_skip or not self.decoder_skip_mask, prefix + "decoder_skip_mask",
                  "needs decoder_skip: true (the mask travels with the skip's foreground)")
         _require(2 ** len(self.decoder_channels) == self.encoder_downsampling(), prefix + "decoder_channels",
@@ -316,6 +332,9 @@ class LossConfig:
     # Ours, with model.lma.winner_take_all: weight of the cross-entropy that trains the action network to choose
     # the winning code (an LMA term, scaled like the others during the warm-up)
     action_choice_weight: float = 1.0
+    # Ours, with model.lma.action_matching: weight of KL(q(real pair) ‖ q(generated pair)) (an LMA term, scaled like
+    # the others during the warm-up; PVG weighs its action term 0.15 on BAIR)
+    action_matching_weight: float = 0.15
     # Ours, opt-in: added to the motion weights of multiscale_local_reconstruction_loss where the next foreground
     # differs from the shifted current one (Σ_c |fₜ₊₁ − f̃ₜ| > 0.1): the local change weighs more; 0 = the authors'
     local_change_weight: float = 0.0
@@ -324,6 +343,8 @@ class LossConfig:
         _require(0.0 <= self.mask_size <= 1.0, prefix + "mask_size", f"must be in [0, 1], got {self.mask_size}")
         _require(self.local_change_weight >= 0, prefix + "local_change_weight",
                  f"must be >= 0, got {self.local_change_weight}")
+        _require(self.action_matching_weight >= 0, prefix + "action_matching_weight",
+                 f"must be >= 0, got {self.action_matching_weight}")
         _require(self.action_choice_weight >= 0, prefix + "action_choice_weight",
                  f"must be >= 0, got {self.action_choice_weight}")
         _require(self.motion_weight_epsilon >= 0, prefix + "motion_weight_epsilon",

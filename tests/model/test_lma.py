@@ -500,3 +500,109 @@ def test_balanced_assignment_caps_every_code_and_takes_the_least_errors_first():
     chosen = balanced_assignment(torch.rand(10, 3, generator=torch.Generator().manual_seed(0)))
     assert torch.bincount(chosen, minlength=3).max() <= 4  # ⌈10 / 3⌉
     assert balanced_assignment(torch.zeros(2, 6)).tolist() == [0, 1]  # ties: the lower item, then code
+
+
+def _matching_inputs(seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    shifted = torch.rand(2, 3, 3, 16, 32, generator=generator) * 2 - 1
+    next_foregrounds = torch.rand(2, 3, 3, 16, 32, generator=generator) * 2 - 1
+    return shifted, next_foregrounds
+
+
+def test_action_matching_is_zero_for_identical_distributions_and_positive_otherwise(small_model_config):
+    """KL(q(f̃ₜ, fₜ₊₁) ‖ q(f̃ₜ, f̂ₜ₊₁)): 0 when f̂ₜ₊₁ = fₜ₊₁ (the same frames, so the same BatchNorm batch
+    statistics on both sides), > 0 for other frames; equal to the KL computed by hand from the two pairs' code
+    distances. Training mode: a fresh model in eval mode gives every input the same z."""
+    torch.manual_seed(0)
+    lma = LocalMotionAnalysis(small_model_config(num_actions=4, action_matching=True).lma, (2, 4))
+    with torch.no_grad():
+        lma.action_network.codebook.normal_(generator=torch.Generator().manual_seed(1))
+    shifted, next_foregrounds = _matching_inputs(seed=2)
+
+    def logits(targets: torch.Tensor) -> torch.Tensor:
+        source, source_attention = lma.encoder(shifted.flatten(0, 1))
+        target, target_attention = lma.encoder(targets.flatten(0, 1))
+        actions = lma.action_network(source * source_attention, target * target_attention)
+        return actions.choice_logits.unflatten(0, (2, 3))
+
+    real = logits(next_foregrounds)
+    assert float(lma.action_matching_loss(shifted, real, next_foregrounds)) == pytest.approx(0.0, abs=1e-6)
+    other = next_foregrounds.flip(1) * 0.5
+    by_hand = (real.softmax(-1) * (real.log_softmax(-1) - logits(other).log_softmax(-1))).sum(-1).mean()
+    matching = lma.action_matching_loss(shifted, real, other)
+    assert float(matching.detach()) > 1e-3
+    assert float(matching.detach()) == pytest.approx(float(by_hand.detach()), rel=1e-4)
+
+
+def test_action_matching_trains_the_drawing_only_and_keeps_the_statistics(small_model_config):
+    """The term's gradient goes through f̂ₜ₊₁ only (into what drew it: the decoder, the dynamics, the code), never
+    through the encoder and action network that read the generated frame; their BatchNorm running statistics are not
+    moved by the generated frames; the term is absent in eval mode."""
+    torch.manual_seed(0)
+    lma = LocalMotionAnalysis(small_model_config(num_actions=3, action_matching=True).lma, (2, 4))
+    foregrounds, masks, _ = _two_outcomes(4, seed=0)
+    shifts = torch.zeros(4, 1, 2)
+    output = lma(foregrounds, foregrounds[:, :1], shifts, 1, masks=masks)
+    assert output.action_matching_loss.dim() == 0 and float(output.action_matching_loss.detach()) >= 0
+    drawing = [lma.decoder.finals[-1][0].weight, lma.dynamics.local_projection.weight]
+    assert all(float(gradient.abs().sum()) > 0
+               for gradient in torch.autograd.grad(output.action_matching_loss, drawing))
+
+    statistics = {name: buffer.clone() for name, buffer in lma.named_buffers()}
+    generated = output.generated_foregrounds[0].detach().requires_grad_(True)
+    matching = lma.action_matching_loss(output.shifted_foregrounds, torch.randn(4, 1, 3), generated)
+    assert all(torch.equal(statistics[name], buffer) for name, buffer in lma.named_buffers())
+    readers = list(lma.encoder.parameters()) + list(lma.action_network.parameters())
+    gradients = torch.autograd.grad(matching, [generated] + readers, allow_unused=True)
+    assert float(gradients[0].abs().sum()) > 0
+    assert all(gradient is None for gradient in gradients[1:])
+    lma.eval()
+    assert lma(foregrounds, foregrounds[:, :1], shifts, 1, masks=masks).action_matching_loss is None
+
+
+def test_decoder_warp_moves_the_skip_by_the_flow_and_blends_with_the_drawing(small_model_config):
+    """`decoder_warp` r: channels 4–5 of the full-size Final are the flow / r, channel 6 the blend logit; a flow of
+    (+1, 0) px reads the skip one pixel to the right (its content moves one pixel left), the skip's mask becomes
+    the mask logit 2m − 1, and blend b mixes b·warped + (1 − b)·drawn."""
+    decoder = Decoder(small_model_config(decoder_skip=True, decoder_skip_mask=True, decoder_warp=2.0).lma)
+    skip = torch.zeros(1, 4, 8, 8)
+    skip[0, :3, 3, 4] = 0.8
+    skip[0, 3, 3, 4] = 1.0
+    output = torch.zeros(1, 7, 8, 8)
+    output[:, :3] = -0.5  # drawn
+    output[:, 3] = 0.2
+    output[:, 4] = 0.5  # flow x = 0.5 · r = 1 px
+    output[:, 6] = 1.0  # blend 1: the warp alone
+    warped = decoder.warp_skip(output, skip)
+    assert torch.allclose(warped[0, :3, 3, 3], torch.full((3,), 0.8), atol=1e-5)
+    assert torch.allclose(warped[0, :3, 3, 4], torch.zeros(3), atol=1e-5)
+    assert float(warped[0, 3, 3, 3]) == pytest.approx(1.0, abs=1e-5)
+    assert float(warped[0, 3, 0, 0]) == pytest.approx(-1.0, abs=1e-5)
+    output[:, 6] = 0.0  # blend 1/2
+    half = decoder.warp_skip(output, skip)
+    assert torch.allclose(half[0, :3, 3, 3], torch.full((3,), (0.8 - 0.5) / 2), atol=1e-5)
+    assert float(half[0, 3, 0, 0]) == pytest.approx((-1.0 + 0.2) / 2, abs=1e-5)
+
+
+def test_decoder_warp_starts_as_the_copy_blended_with_the_drawing(small_model_config):
+    """At initialisation the flow channels are exactly zero, so the full-size output is b·skip + (1 − b)·drawn."""
+    torch.manual_seed(0)
+    decoder = Decoder(small_model_config(decoder_skip=True, decoder_warp=3.0).lma).eval()
+    captured = []
+    decoder.finals[-1].register_forward_hook(lambda module, inputs, output: captured.append(output))
+    hidden = torch.randn(2, 4, 2, 4)
+    skip = torch.rand(2, 3, 16, 32) * 2 - 1
+    full = decoder(hidden, skip)[0]
+    raw = captured[0]
+    assert raw.shape == (2, 7, 16, 32) and full.shape == (2, 4, 16, 32)
+    assert torch.equal(raw[:, 4:6], torch.zeros_like(raw[:, 4:6]))
+    blend = (raw[:, 6:7] + 1) / 2
+    assert torch.allclose(full[:, :3], blend * skip + (1 - blend) * raw[:, :3], atol=1e-5)
+    assert torch.allclose(full[:, 3:], raw[:, 3:4], atol=1e-6)  # no mask in the skip: the drawn mask logit
+
+
+def test_decoder_warp_needs_decoder_skip(small_model_config):
+    from utils.errors import GlassError
+
+    with pytest.raises((GlassError, ValueError), match="decoder_warp"):
+        small_model_config(decoder_warp=2.0)

@@ -272,6 +272,36 @@ def test_local_change_weight_adds_to_the_weights_of_the_changed_pixels_only():
     assert heavier.terms["multiscale_local_reconstruction_loss"].item() == pytest.approx((3.5 * 0.5 + 0.5 * 0.5) / 12)
 
 
+
+def test_transition_weights_multiply_the_local_weights_of_their_transition():
+    """benchmarks/lma_alone.py --switch-weight: per-transition factors (B, T−1) multiply the local motion weights,
+    so a transition with factor 3 counts three times and one with factor 0 not at all."""
+    observations, output = random_example(batch=2, length=3)
+    loss = GlassLoss(only("multiscale_local_reconstruction_loss"), None)
+    plain = loss.multiscale_local_reconstruction_loss(output.gma, output.lma)
+    ones = torch.ones(2, 2, dtype=torch.float64)
+    assert loss.multiscale_local_reconstruction_loss(output.gma, output.lma, ones).item() == pytest.approx(plain.item())
+    assert loss.multiscale_local_reconstruction_loss(output.gma, output.lma, 3 * ones).item() == pytest.approx(
+        3 * plain.item())
+    first, second = (torch.tensor([[1.0, 0.0], [1.0, 0.0]], dtype=torch.float64),
+                     torch.tensor([[0.0, 1.0], [0.0, 1.0]], dtype=torch.float64))
+    parts = [loss.multiscale_local_reconstruction_loss(output.gma, output.lma, part).item() for part in (first, second)]
+    assert parts[0] > 0 and parts[1] > 0
+    assert sum(parts) == pytest.approx(plain.item())
+
+
+def test_action_matching_enters_the_total_with_its_weight_and_is_logged():
+    """model.lma.action_matching: the LMA's KL term joins the LMA total times loss.action_matching_weight (0.5
+    here) and is logged as `action_matching_loss`; absent when the LMA gives none."""
+    observations, output = random_example()
+    config = dataclasses.replace(only("mask_reconstruction_loss"), action_matching_weight=0.5)
+    plain = GlassLoss(config, None)(observations, output)
+    matching = dataclasses.replace(output.lma, action_matching_loss=torch.tensor(0.3, dtype=torch.float64))
+    with_term = GlassLoss(config, None)(observations, GlassOutput(gma=output.gma, lma=matching))
+    assert "action_matching_loss" not in plain.terms
+    assert with_term.terms["action_matching_loss"].item() == pytest.approx(0.3)
+    assert (with_term.total - plain.total).item() == pytest.approx(0.5 * 0.3)
+
 # --------------------------------------------------------------------------- random examples against loops
 
 def test_every_non_perceptual_term_against_loops(device):
