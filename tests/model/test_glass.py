@@ -23,6 +23,8 @@ ABLATIONS = {
     "decoder_skip_mask": {"decoder_skip": True, "decoder_skip_mask": True},  # ours, opt-in
     "decoder_action": {"decoder_action": True},  # ours, opt-in
     "action_state_difference": {"action_state_difference": True},  # ours, opt-in
+    "decoder_warp": {"decoder_skip": True, "decoder_skip_mask": True, "decoder_warp": 2.0},  # ours, opt-in
+    "action_matching": {"action_matching": True},  # ours, opt-in
 }
 
 

@@ -431,7 +431,8 @@ def test_winner_take_all_is_refused_with_gumbel(small_model_config):
         small_model_config(winner_take_all=True, use_gumbel=True)
 
 
-def _train_on_told_outcomes(lma: LocalMotionAnalysis, steps: int, freeze_code_path: bool) -> float:
+def _train_on_told_outcomes(lma: LocalMotionAnalysis, steps: int, freeze_code_path: bool,
+                            data=None) -> float:
     """Train `lma` on `_two_outcomes` with the outcome given as the code (a fixed row per outcome), the authors'
     multiscale local reconstruction loss (motion-weighted) plus the mask loss; returns the code effect of the
     trained LMA: PSNR with the right code minus with the other one, on 32 new windows."""
@@ -441,6 +442,7 @@ def _train_on_told_outcomes(lma: LocalMotionAnalysis, steps: int, freeze_code_pa
     from tests.model.test_losses import only
     from utils.metrics import code_effect_db
 
+    data = data or _two_outcomes
     loss = GlassLoss(only("multiscale_local_reconstruction_loss"), None)
     table = torch.randn(2, lma.action_network.codebook.shape[1], generator=torch.Generator().manual_seed(9))
     if freeze_code_path:
@@ -455,7 +457,7 @@ def _train_on_told_outcomes(lma: LocalMotionAnalysis, steps: int, freeze_code_pa
         return motion, drawn, drawn_masks
 
     for step in range(steps):
-        foregrounds, masks, outcome = _two_outcomes(8, seed=step)
+        foregrounds, masks, outcome = data(8, seed=step)
         motion, drawn, drawn_masks = draw(foregrounds, masks, table[outcome])
         output = SimpleNamespace(generated_foregrounds=drawn, shifted_foregrounds=motion.shifted_foregrounds)
         total = (loss.multiscale_local_reconstruction_loss(SimpleNamespace(foregrounds=foregrounds), output)
@@ -464,7 +466,7 @@ def _train_on_told_outcomes(lma: LocalMotionAnalysis, steps: int, freeze_code_pa
         total.backward()
         optimizer.step()
     lma.eval()
-    foregrounds, masks, outcome = _two_outcomes(32, seed=1000)
+    foregrounds, masks, outcome = data(32, seed=1000)
     with torch.no_grad():
         errors = [(draw(foregrounds, masks, table[told])[1][0] - foregrounds[:, 1:]).pow(2).sum(dim=(2, 3, 4))
                   for told in (outcome, 1 - outcome)]
@@ -487,6 +489,32 @@ def test_the_lma_learns_to_draw_what_the_code_says(small_model_config, freeze_co
     else:
         assert effect > 1.5, effect
 
+
+def _two_moves(batch_size: int, seed: int):
+    """A toy of a told local motion: a 6×6 square with a horizontal ramp of grey levels in f₀ (B, 2, 3, 16, 32)
+    moves 2 px left or 2 px right in f₁, at random (no global shift). Returns f, masks, outcome (B,)."""
+    generator = torch.Generator().manual_seed(seed)
+    outcome = torch.randint(0, 2, (batch_size,), generator=generator)
+    ramp = torch.linspace(-0.8, 0.8, 6).expand(3, 6, 6)
+    foregrounds = torch.zeros(batch_size, 2, 3, 16, 32)
+    masks = torch.zeros(batch_size, 2, 1, 16, 32)
+    foregrounds[:, 0, :, 5:11, 13:19] = ramp
+    masks[:, 0, :, 5:11, 13:19] = 1
+    for index, kind in enumerate(outcome.tolist()):
+        move = 2 if kind else -2
+        foregrounds[index, 1, :, 5:11, 13 + move:19 + move] = ramp
+        masks[index, 1, :, 5:11, 13 + move:19 + move] = 1
+    return foregrounds, masks, outcome
+
+
+def test_decoder_warp_learns_a_told_local_motion(small_model_config):
+    """`decoder_warp`: on `_two_moves`, with the direction given as the code, 100 steps must give a code effect
+    above 15 dB (measured 25.4 dB with R = 3 px, one thread; the drawing decoder without the warp 7.5 dB)."""
+    torch.manual_seed(0)
+    lma = LocalMotionAnalysis(small_model_config(num_actions=3, decoder_skip=True, decoder_skip_mask=True,
+                                                 decoder_warp=3.0).lma, (2, 4))
+    effect = _train_on_told_outcomes(lma, 100, freeze_code_path=False, data=_two_moves)
+    assert effect > 15.0, effect
 
 def test_balanced_assignment_caps_every_code_and_takes_the_least_errors_first():
     from model.lma import balanced_assignment
