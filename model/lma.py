@@ -319,7 +319,8 @@ class Decoder(nn.Module):
     opt-in) every Up stage's input has the action code `action` (N, D) tiled and concatenated. With `decoder_warp`
     r > 0 (ours, opt-in) the full-size Final gives 3 more channels, a flow (r·tanh, pixels) and a blend weight b
     ((tanh + 1)/2): the full-size output becomes b·warp(skip) + (1 − b)·drawn (`warp_skip`), the skip's mask read
-    as the logit 2m − 1; the flow channels start at zero (the warp starts as the copy).
+    as the logit 2m − 1; the flow channels start at zero (the warp starts as the copy). With `decoder_warp_draw`
+    false, b = 1: the warped skip alone (without a mask in the skip, the drawn mask logit).
     """
 
     def __init__(self, config: LMAConfig):
@@ -328,6 +329,7 @@ class Decoder(nn.Module):
         self.action_channels = config.action_dim if config.decoder_action else 0
         self.skip_channels = (4 if config.decoder_skip_mask else 3) if config.decoder_skip else 0
         self.warp_pixels = float(config.decoder_warp)
+        self.warp_draw = config.decoder_warp_draw
         self.stages = nn.ModuleList()
         self.finals = nn.ModuleList()
         for i in range(1, len(widths)):
@@ -366,6 +368,8 @@ class Decoder(nn.Module):
         skip (N, 3 or 4, H, W) → (N, 4, H, W): blend · skip warped by the flow + (1 − blend) · drawn. The flow
         (dx, dy) in pixels says where each output pixel reads the skip (backward warp, zero padding, bilinear)."""
         drawn, flow, blend = output[:, :4], output[:, 4:6] * self.warp_pixels, (output[:, 6:7] + 1) / 2
+        if not self.warp_draw:  # `decoder_warp_draw: false`: the warped skip alone (kept in the graph, zero gradient)
+            blend = blend * 0 + 1
         height, width = output.shape[-2:]
         ys = torch.linspace(-1 + 1 / height, 1 - 1 / height, height, dtype=output.dtype, device=output.device)
         xs = torch.linspace(-1 + 1 / width, 1 - 1 / width, width, dtype=output.dtype, device=output.device)

@@ -192,6 +192,9 @@ class LMAConfig:
     # with decoder_skip_mask) = blend · (the skip warped by the flow) + (1 − blend) · what the decoder drew. A pose
     # change becomes a few pixels of motion of the current frame instead of a new drawing. 0 = off.
     decoder_warp: float = 0.0
+    # Ours, with decoder_warp: false = f̂ₜ₊₁ (and m̂ₜ₊₁) is the warped skip alone, no drawing blended in: the code can
+    # only move pixels, never tint them (the full-size drawing and blend channels are then unused).
+    decoder_warp_draw: bool = True
     # Ours, opt-in (ILPO; multiple-choice learning): in training every step is drawn with each of the K codes and
     # only the one closest to fₜ₊₁ is kept and trained; the action network learns to choose it (cross-entropy,
     # weight loss.action_choice_weight). Evaluation and play use the inferred codes as usual. K times the dynamics
@@ -249,6 +252,8 @@ class LMAConfig:
         _require(self.decoder_warp >= 0, prefix + "decoder_warp", f"must be >= 0 pixels, got {self.decoder_warp}")
         _require(self.decoder_skip or not self.decoder_warp, prefix + "decoder_warp",
                  "needs decoder_skip: true (the warp moves the skip's current foreground)")
+        _require(self.decoder_warp_draw or self.decoder_warp > 0, prefix + "decoder_warp_draw",
+                 "false needs decoder_warp > 0 (without the warp the decoder only draws)")
         _require(self.decoder_skip or not self.decoder_skip_mask, prefix + "decoder_skip_mask",
                  "needs decoder_skip: true (the mask travels with the skip's foreground)")
         _require(2 ** len(self.decoder_channels) == self.encoder_downsampling(), prefix + "decoder_channels",

@@ -612,6 +612,22 @@ def test_decoder_warp_moves_the_skip_by_the_flow_and_blends_with_the_drawing(sma
     assert float(half[0, 3, 0, 0]) == pytest.approx((-1.0 + 0.2) / 2, abs=1e-5)
 
 
+def test_decoder_warp_without_drawing_is_the_warped_skip_alone(small_model_config):
+    """`decoder_warp_draw: false`: whatever the drawing and blend channels say, the output is the warped skip."""
+    decoder = Decoder(small_model_config(decoder_skip=True, decoder_skip_mask=True, decoder_warp=2.0,
+                                         decoder_warp_draw=False).lma)
+    skip = torch.rand(1, 4, 8, 8) * 2 - 1
+    skip[:, 3] = (skip[:, 3] + 1) / 2
+    output = torch.rand(1, 7, 8, 8) * 2 - 1
+    output[:, 4:6] = 0  # no flow
+    warped = decoder.warp_skip(output, skip)
+    assert torch.allclose(warped[:, :3], skip[:, :3], atol=1e-5)
+    assert torch.allclose(warped[:, 3:], 2 * skip[:, 3:] - 1, atol=1e-5)
+    from utils.errors import GlassError
+
+    with pytest.raises((GlassError, ValueError), match="decoder_warp_draw"):
+        small_model_config(decoder_skip=True, decoder_warp_draw=False)
+
 def test_decoder_warp_starts_as_the_copy_blended_with_the_drawing(small_model_config):
     """At initialisation the flow channels are exactly zero, so the full-size output is b·skip + (1 − b)·drawn."""
     torch.manual_seed(0)
