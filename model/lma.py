@@ -64,13 +64,15 @@ class ActionOutput:
     action network's outputs before quantisation (N, D) — z of the VQ, the logits (N, K) of
     the Gumbel ablation — detached, for monitoring. `choice_logits` (N, K), with gradient to z only: the
     action network's preference over the codes, −‖z − sg[eₖ]‖² for the VQ, the logits for Gumbel (what
-    `winner_take_all` trains)."""
+    `winner_take_all` trains). `source_features`: what the action network read of f̃ₜ, E(f̃ₜ) times its attention,
+    detached (set by `LocalMotionAnalysis.infer_actions`; `action_matching` reuses it)."""
 
     codes: torch.Tensor
     ids: torch.Tensor
     vq_loss: Optional[torch.Tensor]
     vectors: Optional[torch.Tensor] = None
     choice_logits: Optional[torch.Tensor] = None
+    source_features: Optional[torch.Tensor] = None
 
 
 class VectorQuantizer(nn.Module):
@@ -370,12 +372,11 @@ class Decoder(nn.Module):
         drawn, flow, blend = output[:, :4], output[:, 4:6] * self.warp_pixels, (output[:, 6:7] + 1) / 2
         if not self.warp_draw:  # `decoder_warp_draw: false`: the warped skip alone (kept in the graph, zero gradient)
             blend = blend * 0 + 1
-        height, width = output.shape[-2:]
-        ys = torch.linspace(-1 + 1 / height, 1 - 1 / height, height, dtype=output.dtype, device=output.device)
-        xs = torch.linspace(-1 + 1 / width, 1 - 1 / width, width, dtype=output.dtype, device=output.device)
-        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # (H, W, 2) pixel centres, (x, y)
+        batch_size, _, height, width = output.shape
+        identity = torch.eye(2, 3, dtype=output.dtype, device=output.device).expand(batch_size, 2, 3)
+        grid = F.affine_grid(identity, [batch_size, 1, height, width], align_corners=False)  # pixel centres, (x, y)
         scale = torch.tensor([2.0 / width, 2.0 / height], dtype=output.dtype, device=output.device)
-        grid = grid[None] + flow.permute(0, 2, 3, 1) * scale
+        grid = grid + flow.permute(0, 2, 3, 1) * scale
         warped = F.grid_sample(skip, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         if warped.shape[1] == 4:  # the skip's mask m in [0, 1] as the mask logit 2m − 1
             warped = torch.cat([warped[:, :3], 2 * warped[:, 3:] - 1], dim=1)
@@ -525,12 +526,14 @@ class LocalMotionAnalysis(nn.Module):
         batch_size, steps = shifted_foregrounds.shape[:2]
         assert_shape(states, (batch_size, steps + 1, None, *self.state_resolution), "LMA states")
         shifted_states, shifted_attention = self.encoder(shifted_foregrounds.flatten(0, 1))
+        source_features = shifted_states * shifted_attention
         target_states = (states[:, 1:] * attention[:, 1:]).flatten(0, 1)
-        actions = self.action_network(shifted_states * shifted_attention, target_states, gumbel_temperature)
+        actions = self.action_network(source_features, target_states, gumbel_temperature)
         return ActionOutput(codes=actions.codes.unflatten(0, (batch_size, steps)),
                             ids=actions.ids.unflatten(0, (batch_size, steps)), vq_loss=actions.vq_loss,
                             vectors=actions.vectors.unflatten(0, (batch_size, steps)),
-                            choice_logits=actions.choice_logits.unflatten(0, (batch_size, steps)))
+                            choice_logits=actions.choice_logits.unflatten(0, (batch_size, steps)),
+                            source_features=source_features.detach().unflatten(0, (batch_size, steps)))
 
     def infer_motion(self, foregrounds: torch.Tensor, shifted_foregrounds: torch.Tensor,
                      foreground_shifts: torch.Tensor,
@@ -659,7 +662,7 @@ class LocalMotionAnalysis(nn.Module):
         reencoded_states, _ = self.encode(generated_foregrounds[0])
         matching = None
         if self.action_matching and self.training:
-            matching = self.action_matching_loss(motion.shifted_foregrounds, actions.choice_logits,
+            matching = self.action_matching_loss(actions.source_features, actions.choice_logits,
                                                  generated_foregrounds[0])
         return LMAOutput(states=states, action_codes=actions.codes, action_ids=actions.ids,
                          action_vq_loss=actions.vq_loss, generated_foregrounds=generated_foregrounds,
@@ -668,13 +671,15 @@ class LocalMotionAnalysis(nn.Module):
                          shifted_foregrounds=motion.shifted_foregrounds, foreground_shifts=motion.foreground_shifts,
                          winner_ids=winner_ids, action_choice_loss=choice_loss, action_matching_loss=matching)
 
-    def action_matching_loss(self, shifted_foregrounds: torch.Tensor, real_choice_logits: torch.Tensor,
+    def action_matching_loss(self, source_features: torch.Tensor, real_choice_logits: torch.Tensor,
                              generated_foregrounds: torch.Tensor) -> torch.Tensor:
         """`action_matching` (ours, opt-in; PVG/CADDY's action matching): KL(q_real ‖ q_generated), the mean over
         transitions, where q is the action network's distribution over the K codes, softmax(−‖z − eₖ‖²): q_real from
         the real pair (f̃ₜ, fₜ₊₁) (`real_choice_logits` (B, T−1, K), taken as a fixed target) and q_generated from
-        (f̃ₜ, f̂ₜ₊₁), `generated_foregrounds` (B, T−1, 3, H, W). The encoder and the action network read the
-        generated frames with their weights detached and on copies of their BatchNorm statistics: the gradient goes
+        (f̃ₜ, f̂ₜ₊₁), `generated_foregrounds` (B, T−1, 3, H, W); f̃ₜ as the real pair's reading saw it,
+        `source_features` (B, T−1, C, h, w) (`ActionOutput.source_features`, not encoded again). The encoder and the
+        action network read the generated frames with their weights detached and on copies of their BatchNorm
+        statistics: the gradient goes
         through f̂ₜ₊₁ only, into what drew it (as the reconstruction losses' does), never into the reading of it.
         It is 0 when f̂ₜ₊₁ = fₜ₊₁ and both sides see the same BatchNorm statistics."""
         batch_size, steps = generated_foregrounds.shape[:2]
@@ -686,10 +691,9 @@ class LocalMotionAnalysis(nn.Module):
             buffers = {name: value.clone() for name, value in module.named_buffers()}  # running statistics kept
             return torch.func.functional_call(module, (parameters, buffers), inputs)
 
-        with torch.no_grad():
-            source_states, source_attention = frozen(self.encoder, shifted_foregrounds.flatten(0, 1))
         target_states, target_attention = frozen(self.encoder, generated_foregrounds.flatten(0, 1))
-        generated = frozen(self.action_network, source_states * source_attention, target_states * target_attention)
+        generated = frozen(self.action_network, source_features.detach().flatten(0, 1),
+                           target_states * target_attention)
         target = F.softmax(real_choice_logits.detach().flatten(0, 1).float(), dim=1)
         return F.kl_div(F.log_softmax(generated.choice_logits.float(), dim=1), target, reduction="batchmean")
 

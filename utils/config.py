@@ -206,7 +206,7 @@ class LMAConfig:
     # Ours, opt-in (PVG/CADDY's action matching, Menapace et al. 2021): in training the encoder and action network,
     # frozen for this term, also read the action of (f̃ₜ, f̂ₜ₊₁), and its distribution over the codes (softmax of
     # −‖z − eₖ‖²) must match the one of the real pair (KL, weight loss.action_matching_weight): what draws f̂ is
-    # trained to draw what the action network reads as the inferred action. Two more encoder passes and one more
+    # trained to draw what the action network reads as the inferred action. One more encoder pass and one more
     # action-network pass per training step.
     action_matching: bool = False
     # decoder: one Up(×2) per entry; Res + Final(→3) after all but the last, Final(→4, k7) after the last

@@ -547,17 +547,21 @@ def test_action_matching_is_zero_for_identical_distributions_and_positive_otherw
         lma.action_network.codebook.normal_(generator=torch.Generator().manual_seed(1))
     shifted, next_foregrounds = _matching_inputs(seed=2)
 
+    source, source_attention = lma.encoder(shifted.flatten(0, 1))
+    source_features = source * source_attention
+
     def logits(targets: torch.Tensor) -> torch.Tensor:
-        source, source_attention = lma.encoder(shifted.flatten(0, 1))
         target, target_attention = lma.encoder(targets.flatten(0, 1))
-        actions = lma.action_network(source * source_attention, target * target_attention)
+        actions = lma.action_network(source_features, target * target_attention)
         return actions.choice_logits.unflatten(0, (2, 3))
 
+    source_features_per_window = source_features.unflatten(0, (2, 3))
     real = logits(next_foregrounds)
-    assert float(lma.action_matching_loss(shifted, real, next_foregrounds)) == pytest.approx(0.0, abs=1e-6)
+    assert float(lma.action_matching_loss(source_features_per_window, real, next_foregrounds)) == pytest.approx(
+        0.0, abs=1e-6)
     other = next_foregrounds.flip(1) * 0.5
     by_hand = (real.softmax(-1) * (real.log_softmax(-1) - logits(other).log_softmax(-1))).sum(-1).mean()
-    matching = lma.action_matching_loss(shifted, real, other)
+    matching = lma.action_matching_loss(source_features_per_window, real, other)
     assert float(matching.detach()) > 1e-3
     assert float(matching.detach()) == pytest.approx(float(by_hand.detach()), rel=1e-4)
 
@@ -576,9 +580,11 @@ def test_action_matching_trains_the_drawing_only_and_keeps_the_statistics(small_
     assert all(float(gradient.abs().sum()) > 0
                for gradient in torch.autograd.grad(output.action_matching_loss, drawing))
 
+    source, source_attention = lma.encoder(output.shifted_foregrounds.flatten(0, 1))  # with gradient: cut inside
     statistics = {name: buffer.clone() for name, buffer in lma.named_buffers()}
     generated = output.generated_foregrounds[0].detach().requires_grad_(True)
-    matching = lma.action_matching_loss(output.shifted_foregrounds, torch.randn(4, 1, 3), generated)
+    matching = lma.action_matching_loss((source * source_attention).unflatten(0, (4, 1)), torch.randn(4, 1, 3),
+                                        generated)
     assert all(torch.equal(statistics[name], buffer) for name, buffer in lma.named_buffers())
     readers = list(lma.encoder.parameters()) + list(lma.action_network.parameters())
     gradients = torch.autograd.grad(matching, [generated] + readers, allow_unused=True)
