@@ -4,6 +4,8 @@
     python benchmarks/lma_alone.py --config configs/wsprites-tiny.yaml --steps 600 --ground-truth-steps 1 \
         --out runs-experiments/lma-alone-tf1 model.lma.decoder_channels=[64,32,16]
     python benchmarks/lma_alone.py --steps 400 --eval-every 100 --eval-windows 64 --oracle --out runs-experiments/oracle
+    python benchmarks/lma_alone.py --steps 6000 --eval-every 1000 --eval-windows 240 --length 3 --crop 64 48 --oracle \
+        --out runs-experiments/oracle-crop
 
 Not a test and not the training of GLASS: the GMA is replaced by the truth, so that a question
 about the local half is not confounded with the global half. Foregrounds are fₜ = mₜ·Iₜ with
@@ -11,7 +13,9 @@ the dataset's true masks (W-Sprites writes them), f̃ₜ is fₜ moved by the tr
 (converted to `affine_grid` units) and the LMA's six loss terms of `model.losses.GlassLoss`
 (with the config's weights; the perceptual one needs VGG19 weights or `--random-vgg-weights`)
 train the LMA's parameters with Adam at `training.learning_rate`. T is `--length`, T_f
-`--ground-truth-steps` (default T − 1, the one-step protocol).
+`--ground-truth-steps` (default T − 1, the one-step protocol). Training draws a new random window of every
+video each epoch; the evaluation windows are the split's non-overlapping windows (`--eval-windows` of them).
+`--crop H W` trains and evaluates on an H × W box around the character instead of the whole frame.
 
 Every `--eval-every` steps, on a fixed set of validation windows: the PSNR of f̂ₜ₊₁ against
 fₜ₊₁ at full size (one_step, T_f = T − 1, and single_image, T_f = 1) in eval mode and in
@@ -27,9 +31,10 @@ transitions where the true local action changes) and the PSNR on the pixels that
 as a cross-entropy term; `--oracle` draws with the true local-action label as the code (a fixed embedding per
 label) instead of the action network's, and `--switch-weight W` multiplies the local reconstruction loss of switch
 transitions by W (both read the labels: experiments only; docs/local-actions.md).
-Writes OUT/curves.json (one record per evaluation) and OUT/step_N.png (per window: the true
+Writes OUT/curves.json (one record per evaluation), OUT/step_N.png (per window: the true
 foregrounds, the eval-mode and the train-mode one-step generations, the eval-mode
-single-image generation).
+single-image generation), OUT/switches_step_N.png (switch transitions: fₜ, fₜ₊₁ and the next frame drawn with
+each code, or with each label under `--oracle`) and, at the end, the LMA's weights OUT/lma.pt.
 """
 from __future__ import annotations
 
@@ -87,6 +92,30 @@ def true_inputs(batch: Dict[str, Any], input_size, shift_noise: float = 0.0,
     sources = foregrounds[:, :-1].flatten(0, 1)
     shifted = shift_images(sources, shifts.flatten(0, 1), FOREGROUND_PADDING).unflatten(0, shifts.shape[:2])
     return SimpleNamespace(masks=masks, foregrounds=foregrounds, shifted_foregrounds=shifted, foreground_shifts=shifts)
+
+
+def crop_windows(batch: Dict[str, Any], size) -> Dict[str, Any]:
+    """`--crop H W`: every window's frames and masks cut to an H × W box (the same box for all its frames) centred on
+    the bounding box of the true masks over the window and kept inside the frame; the other entries as they are.
+    Returns the cropped batch and the share of mask pixels the boxes cut off."""
+    height, width = size
+    frames, masks = batch["observations"], batch["masks"]
+    frame_height, frame_width = frames.shape[-2:]
+    if height > frame_height or width > frame_width:
+        raise ValueError(f"--crop {height} {width} is larger than the frames ({frame_height} × {frame_width})")
+    cropped_frames, cropped_masks = [], []
+    for window_frames, window_masks in zip(frames, masks):
+        union = (window_masks > 0.5).any(dim=0)[0]
+        rows, columns = torch.where(union.any(dim=1))[0], torch.where(union.any(dim=0))[0]
+        centre_y = (int(rows[0]) + int(rows[-1]) + 1) // 2 if len(rows) else frame_height // 2
+        centre_x = (int(columns[0]) + int(columns[-1]) + 1) // 2 if len(columns) else frame_width // 2
+        top = min(max(centre_y - height // 2, 0), frame_height - height)
+        left = min(max(centre_x - width // 2, 0), frame_width - width)
+        cropped_frames.append(window_frames[..., top:top + height, left:left + width])
+        cropped_masks.append(window_masks[..., top:top + height, left:left + width])
+    cropped = dict(batch, observations=torch.stack(cropped_frames), masks=torch.stack(cropped_masks))
+    kept = float(cropped["masks"].sum() / masks.sum().clamp_min(1))
+    return cropped, 1.0 - kept
 
 
 class OracleCodes(torch.nn.Module):
@@ -212,6 +241,14 @@ def evaluate(lma: LocalMotionAnalysis, gma: SimpleNamespace, batch: Dict[str, An
     recovered, _ = recover_codes(lma, gma, one_step, random_ids)
     record["code_recovery"] = float((recovered.argmax(dim=1) == random_ids.flatten()).float().mean())
     lma.train()
+    if oracle is not None:
+        # short column names ("spell-l" for spellcast-left): the sheet's cells are as narrow as the frames
+        code_names = [f"{name.split('-')[0][:5]}-{name.split('-')[1][0]}" for name in LOCAL_ACTION_NAMES]
+        code_rows = oracle.table
+    else:
+        code_rows, code_names = lma.action_network.codebook, [f"code {k}" for k in range(num_actions)]
+    record["_switch_sheet"] = switch_sheet(lma, gma, batch, one_step, code_rows, code_names)
+    lma.train()
     record["_images"] = (targets, one_step.generated_foregrounds[0], one_step_train.generated_foregrounds[0],
                          single.generated_foregrounds[0])
     return record
@@ -232,6 +269,34 @@ def recover_codes(lma: LocalMotionAnalysis, gma: SimpleNamespace, output, ids: t
     vectors = lma.action_network.vectors(source_states * source_attention, target_states * target_attention)
     logits = -torch.cdist(vectors, codebook.detach()).pow(2)
     return logits, generated
+
+
+@torch.no_grad()
+def switch_sheet(lma: LocalMotionAnalysis, gma: SimpleNamespace, batch: Dict[str, Any], one_step: LMAOutput,
+                 code_rows: torch.Tensor, code_names: List[str], max_rows: int = 8) -> np.ndarray:
+    """What each code draws where the code is needed: for up to `max_rows` switch transitions t → t+1 (the true
+    local action changes) of the windows, a row with fₜ, the real fₜ₊₁, and the one-step f̂ₜ₊₁ (eval mode, the
+    real states) drawn with each row of `code_rows` (K, D) given to every transition: the oracle's label
+    embeddings or the codebook. A uint8 grid (labelled rows and columns)."""
+    switches = switch_transitions(batch["local_actions"])
+    places = torch.nonzero(switches)[:max_rows]
+    if len(places) == 0:
+        return None
+    steps = switches.shape[1]
+    drawn = []
+    for row in code_rows:
+        codes = row.expand(*one_step.action_codes.shape[:2], -1)
+        generated, _ = lma.unroll(one_step.states[:, :steps], one_step.foreground_shifts, codes,
+                                  ground_truth_foregrounds=gma.foregrounds[:, :steps],
+                                  ground_truth_masks=gma.masks[:, :steps])
+        drawn.append(generated[0][places[:, 0], places[:, 1]])
+    windows, times = places[:, 0], places[:, 1]
+    columns = [gma.foregrounds[windows, times], gma.foregrounds[windows, times + 1], *drawn]
+    cells = np.stack([to_uint8_images(column) for column in columns], axis=1)
+    labels = batch["local_actions"]
+    row_labels = [f"{LOCAL_ACTION_NAMES[int(labels[b, t])]} > {LOCAL_ACTION_NAMES[int(labels[b, t + 1])]}"
+                  for b, t in places.tolist()]
+    return image_grid(cells, row_labels=row_labels, column_labels=["f_t", "f_t+1", *code_names])
 
 
 def write_sheet(images, path: str, num_windows: int = 4) -> None:
@@ -271,6 +336,10 @@ def main(argv: List[str] = None) -> int:
                         help="experiment (uses the labels): the local reconstruction loss of switch transitions (the "
                              "true local action changes) weighs W times more; with --oracle it asks whether the "
                              "decoder can draw the labelled change when the transitions that need the code dominate")
+    parser.add_argument("--crop", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help="experiment (uses the true masks): the LMA works on an H × W box around the character, "
+                             "one box per window (centred on the masks' bounding box over the window), instead of the "
+                             "whole frame: fewer pixels per step, so more steps in the same time")
     parser.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -281,18 +350,25 @@ def main(argv: List[str] = None) -> int:
     ground_truth_steps = args.ground_truth_steps or args.length - 1
 
     train_set = VideoDataset(config.data, "train", observations_count=args.length)
-    val_set = VideoDataset(config.data, args.eval_split, observations_count=args.length)
+    # Every non-overlapping window of the split (more transitions, and switches, than one window per video)
+    val_set = VideoDataset(config.data, args.eval_split, sampling="all", observations_count=args.length)
     generator = torch.Generator().manual_seed(args.seed)
     val_items = torch.randperm(len(val_set), generator=generator)[:args.eval_windows].tolist()
     val_batch = collate_videos([val_set[i] for i in val_items])
+    input_size = config.data.input_size  # (width, height)
+    if args.crop:
+        input_size = (args.crop[1], args.crop[0])
+        val_batch, cut = crop_windows(val_batch, args.crop)
+        print(f"--crop {args.crop[0]} {args.crop[1]}: the validation boxes cut off {100 * cut:.2f} % of the mask "
+              "pixels", flush=True)
     noise_generator = torch.Generator().manual_seed(args.seed + 2)  # apart from the loader's: the same batches
-    val_gma = true_inputs(val_batch, config.data.input_size, args.shift_noise,
+    val_gma = true_inputs(val_batch, input_size, args.shift_noise,
                           torch.Generator().manual_seed(args.seed + 1))
     loader = torch.utils.data.DataLoader(train_set, batch_size=config.training.batch_size, shuffle=True, drop_last=True,
                                          collate_fn=collate_videos, num_workers=min(config.data.num_workers, 1),
-                                         generator=generator, persistent_workers=config.data.num_workers > 0)
+                                         generator=generator)  # not persistent: the workers see set_epoch
 
-    lma = LocalMotionAnalysis(config.model.lma, config.model.state_resolution(config.data.input_size))
+    lma = LocalMotionAnalysis(config.model.lma, config.model.state_resolution(input_size))
     vgg = (build_vgg_features(config.loss, random_weights=args.random_vgg_weights)
            if GlassLoss.needs_vgg(config.loss) else None)
     loss = GlassLoss(config.loss, vgg)
@@ -307,7 +383,9 @@ def main(argv: List[str] = None) -> int:
 
     def log_evaluation() -> None:
         record = evaluate(lma, val_gma, val_batch, num_actions, oracle)
-        images = record.pop("_images")
+        images, sheet = record.pop("_images"), record.pop("_switch_sheet")
+        if sheet is not None:
+            save_png(sheet, os.path.join(args.out, f"switches_step_{step:06d}.png"))
         record.update(step=step, seconds=round(time.time() - started, 1), codes_restarted=restarted,
                       train_seconds_per_step=round(train_seconds / max(step, 1), 3))
         if train_ids:
@@ -323,9 +401,14 @@ def main(argv: List[str] = None) -> int:
         print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in record.items()}), flush=True)
 
     log_evaluation()
+    epoch = 0
     while step < args.steps:
+        train_set.set_epoch(epoch)  # a new random window of every video each epoch
+        epoch += 1
         for batch in loader:
-            gma = true_inputs(batch, config.data.input_size, args.shift_noise, noise_generator)
+            if args.crop:
+                batch, _ = crop_windows(batch, args.crop)
+            gma = true_inputs(batch, input_size, args.shift_noise, noise_generator)
             step_started = time.perf_counter()
             if oracle is not None:
                 output = oracle_forward(lma, gma, oracle(batch["local_actions"]), ground_truth_steps)
@@ -382,6 +465,8 @@ def main(argv: List[str] = None) -> int:
                 log_evaluation()
             if step >= args.steps:
                 break
+    torch.save({"lma": lma.state_dict(), "oracle": None if oracle is None else oracle.state_dict(),
+                "args": vars(args)}, os.path.join(args.out, "lma.pt"))
     return 0
 
 

@@ -10,6 +10,7 @@ of longer runs and what the options change there are in the README's experiment 
 import json
 import os
 
+import numpy as np
 import pytest
 
 from benchmarks import lma_alone
@@ -94,3 +95,83 @@ def test_the_action_recovery_term_trains(dataset_root, tmp_path):
         curves = json.load(handle)["curves"]
     assert [record["step"] for record in curves] == [0, 2]
     assert curves[-1]["step"] == 2 and 0.0 <= curves[-1]["code_recovery"] <= 1.0
+
+
+def test_crop_windows_centres_one_box_per_window_on_its_masks():
+    import torch
+
+    frames = torch.rand(2, 3, 3, 20, 30)
+    masks = torch.zeros(2, 3, 1, 20, 30)
+    masks[0, 0, :, 6:10, 10:14] = 1  # window 0: the character moves right; union rows 6–9, columns 10–17
+    masks[0, 2, :, 6:10, 14:18] = 1
+    masks[1, 1, :, 15:20, 25:30] = 1  # window 1: at the bottom-right corner; the box must stay inside the frame
+    cropped, cut = lma_alone.crop_windows({"observations": frames, "masks": masks, "sprite_id": torch.arange(2)},
+                                          (8, 10))
+    assert cropped["observations"].shape == (2, 3, 3, 8, 10) and cropped["masks"].shape == (2, 3, 1, 8, 10)
+    # window 0: union centre (8, 14) → rows 4–11, columns 9–18
+    assert torch.equal(cropped["observations"][0], frames[0, ..., 4:12, 9:19])
+    assert torch.equal(cropped["masks"][0], masks[0, ..., 4:12, 9:19])
+    # window 1: clamped to the last 8 rows and 10 columns
+    assert torch.equal(cropped["observations"][1], frames[1, ..., 12:20, 20:30])
+    assert cut == 0.0 and torch.equal(cropped["sprite_id"], torch.arange(2))
+    # a union wider than the box: the cut share of the mask pixels is reported
+    masks[0, 1, :, 6:10, 0:4] = 1
+    _, cut = lma_alone.crop_windows({"observations": frames, "masks": masks}, (8, 10))
+    assert cut > 0.0
+    with pytest.raises(ValueError, match="larger than the frames"):
+        lma_alone.crop_windows({"observations": frames, "masks": masks}, (24, 10))
+
+
+def test_the_oracle_trains_on_crops(dataset_root, tmp_path):
+    from PIL import Image
+
+    from utils.media import GRID_PADDING
+
+    out = str(tmp_path / "crop")
+    assert lma_alone.main(["--config", os.path.join(os.path.dirname(lma_alone.__file__), "..", "configs",
+                                                    "wsprites-tiny.yaml"),
+                           "--out", out, "--steps", "2", "--eval-every", "2", "--eval-windows", "4", "--eval-split",
+                           "train", "--length", "3", "--oracle", "--crop", "32", "32", f"data.root={dataset_root}",
+                           "data.num_workers=0", "training.batch_size=2", "data.input_size=[64, 48]", "data.crop=null",
+                           *[override for override in SMALL_MODEL if override.startswith("model.lma.")],
+                           "model.lma.decoder_skip=true", "model.lma.decoder_skip_mask=true"]) == 0
+    with open(os.path.join(out, "curves.json"), encoding="utf-8") as handle:
+        curves = json.load(handle)["curves"]
+    assert [record["step"] for record in curves] == [0, 2]
+    with Image.open(os.path.join(out, "step_000002.png")) as sheet:  # two columns (T − 1 = 2) of 32 × 32 boxes
+        assert (sheet.width, sheet.height) == (2 * 32 + 3 * GRID_PADDING, 4 * 4 * 32 + 17 * GRID_PADDING)
+
+
+def test_the_switch_sheet_draws_each_code_at_the_switch_transitions(dataset_root):
+    import torch
+
+    lma, inputs, batch = _small_lma_and_inputs(dataset_root)  # 4 windows, T 6, 64 × 48 frames
+    lma.eval()
+    labels = torch.zeros(4, 6, dtype=torch.int64)
+    labels[0, 3:] = 4  # one switch: window 0, transition 2 → 3
+    labels[2, 1:] = 7  # one switch: window 2, transition 0 → 1
+    batch = dict(batch, local_actions=labels)
+    with torch.no_grad():
+        one_step = lma(inputs.foregrounds, inputs.shifted_foregrounds, inputs.foreground_shifts, 5, masks=inputs.masks)
+    rows = torch.randn(3, lma.action_network.codebook.shape[1])
+    sheet = lma_alone.switch_sheet(lma, inputs, batch, one_step, rows, ["a", "b", "c"])
+    # two rows (the two switches, in window order) and 2 + 3 columns of 64 × 48 cells, a header and a label column
+    from utils.media import GRID_PADDING as pad
+    from utils.media import to_uint8_images
+
+    header, label_width = sheet.shape[0] - (2 * 48 + 3 * pad), sheet.shape[1] - (5 * 64 + 6 * pad)
+    assert sheet.dtype == np.uint8 and header > 0 and label_width > 0
+
+    def cell(row, column):
+        top, left = header + pad + row * (48 + pad), label_width + pad + column * (64 + pad)
+        return sheet[top:top + 48, left:left + 64]
+
+    assert np.array_equal(cell(0, 0), to_uint8_images(inputs.foregrounds[0, 2]))  # f_t of window 0's switch
+    assert np.array_equal(cell(1, 1), to_uint8_images(inputs.foregrounds[2, 1]))  # f_t+1 of window 2's switch
+    with torch.no_grad():
+        drawn, _ = lma.unroll(one_step.states[:, :5], one_step.foreground_shifts, rows[2].expand(4, 5, -1),
+                              ground_truth_foregrounds=inputs.foregrounds[:, :5],
+                              ground_truth_masks=inputs.masks[:, :5])
+    assert np.array_equal(cell(1, 4), to_uint8_images(drawn[0][2, 0]))  # window 2's switch drawn with code "c"
+    assert lma_alone.switch_sheet(lma, inputs, dict(batch, local_actions=torch.zeros(4, 6, dtype=torch.int64)),
+                                  one_step, rows, ["a", "b", "c"]) is None
