@@ -137,9 +137,8 @@ def oracle_forward(lma: LocalMotionAnalysis, gma: SimpleNamespace, codes: torch.
                    ground_truth_steps: int) -> LMAOutput:
     """The LMA's forward with the given codes (B, T−1, D) instead of the inferred ones (no quantiser loss)."""
     motion = lma.infer_motion(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts)
-    generated, masks = lma.unroll(motion.states[:, :ground_truth_steps], motion.foreground_shifts, codes,
-                                  ground_truth_foregrounds=gma.foregrounds[:, :ground_truth_steps],
-                                  ground_truth_masks=gma.masks[:, :ground_truth_steps])
+    generated, masks = lma.unroll_batch(motion.states, motion.foreground_shifts, codes, ground_truth_steps,
+                                        foregrounds=gma.foregrounds, masks=gma.masks)
     return LMAOutput(states=motion.states, action_codes=codes, action_ids=motion.actions.ids, action_vq_loss=None,
                      generated_foregrounds=generated, generated_masks=masks,
                      reencoded_states=lma.encode(generated[0])[0], num_ground_truth_steps=ground_truth_steps,

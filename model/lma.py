@@ -402,7 +402,7 @@ class LMAOutput:
     generated_foregrounds: List[torch.Tensor]  # full size first: (B, T−1, 3, H/2^k, W/2^k)
     generated_masks: torch.Tensor  # (B, T−1, 1, H, W)
     reencoded_states: torch.Tensor  # (B, T−1, 64, h, w)
-    num_ground_truth_steps: int  # T_f used for the unrolling
+    num_ground_truth_steps: int  # T_f used for the unrolling (with autoregressive_share: of the windows not chosen)
     action_vectors: Optional[torch.Tensor] = None  # (B, T−1, D) z before quantisation (Gumbel: logits), detached
     # f̃ₜ and Δ_F the LMA used: the GMA's, or refined with `shift_refinement` (B, T−1, 3, H, W), (B, T−1, 2)
     shifted_foregrounds: Optional[torch.Tensor] = None
@@ -460,6 +460,8 @@ class LocalMotionAnalysis(nn.Module):
         self.winner_take_all = config.winner_take_all
         self.winner_take_all_balanced = config.winner_take_all_balanced
         self.action_matching = config.action_matching
+        self.autoregressive_share = config.autoregressive_share
+        self.autoregressive_ground_truth_steps = config.autoregressive_ground_truth_steps
         self.encoder = Encoder(config)
         self.compressor = Conv2d(config.encoder_state_channels, config.state_size, 1)
         self.action_network = ActionNetwork(config)
@@ -636,6 +638,36 @@ class LocalMotionAnalysis(nn.Module):
         foregrounds, masks = split_full_output(full.flatten(0, 1))
         return [foregrounds.unflatten(0, (batch_size, steps))] + smaller, masks.unflatten(0, (batch_size, steps))
 
+    def autoregressive_windows(self, batch_size: int, num_ground_truth_steps: int) -> Tuple[int, int]:
+        """(n, T_f') for `autoregressive_share`: in training the first n windows of a batch of `batch_size` unroll
+        with T_f' = min(autoregressive_ground_truth_steps, T_f) ground-truth steps; n = 0 when off, in eval mode, or
+        when T_f' would be T_f."""
+        count = round(self.autoregressive_share * batch_size) if self.training else 0
+        steps = min(self.autoregressive_ground_truth_steps, num_ground_truth_steps)
+        return (count, steps) if count and steps < num_ground_truth_steps else (0, num_ground_truth_steps)
+
+    def unroll_batch(self, states: torch.Tensor, foreground_shifts: torch.Tensor, action_codes: torch.Tensor,
+                     num_ground_truth_steps: int, sample_noise: bool = False,
+                     foregrounds: Optional[torch.Tensor] = None,
+                     masks: Optional[torch.Tensor] = None) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        """`unroll` with T_f = `num_ground_truth_steps` from the states φ (B, T, 64, h, w) of a whole window, its
+        foregrounds f and masks m (B, T, ·, H, W; needed as `unroll` says), as training and evaluation run it. With
+        `autoregressive_share` in training, the batch's first n windows (`autoregressive_windows`) are unrolled on
+        their own with fewer ground-truth steps, and the outputs are joined back in batch order."""
+        def window(rows: slice, steps: int) -> Tuple[List[torch.Tensor], torch.Tensor]:
+            def ground_truth(tensor: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+                return None if tensor is None else tensor[rows, :steps]
+            return self.unroll(ground_truth(states), foreground_shifts[rows], action_codes[rows], sample_noise,
+                               ground_truth(foregrounds), ground_truth(masks))
+
+        batch_size = states.shape[0]
+        count, steps = self.autoregressive_windows(batch_size, num_ground_truth_steps)
+        if count in (0, batch_size):
+            return window(slice(None), steps)
+        (scales_a, masks_a), (scales_b, masks_b) = (window(slice(0, count), steps),
+                                                    window(slice(count, None), num_ground_truth_steps))
+        return [torch.cat(pair) for pair in zip(scales_a, scales_b)], torch.cat([masks_a, masks_b])
+
     def forward(self, foregrounds: torch.Tensor, shifted_foregrounds: torch.Tensor, foreground_shifts: torch.Tensor,
                 num_ground_truth_steps: int, gumbel_temperature: Optional[float] = None,
                 sample_noise: bool = False, masks: Optional[torch.Tensor] = None) -> LMAOutput:
@@ -643,7 +675,8 @@ class LocalMotionAnalysis(nn.Module):
         `masks` m (B, T, 1, H, W), the foregrounds' masks, are needed with `decoder_skip_mask` only.
 
         The caller detaches these inputs (no gradient reaches the GMA). With `shift_refinement` f̃ and Δ_F
-        are first refined (`infer_motion`).
+        are first refined (`infer_motion`). With `autoregressive_share` part of a training batch unrolls with fewer
+        ground-truth steps (`unroll_batch`); `LMAOutput.num_ground_truth_steps` stays T_f.
         """
         motion = self.infer_motion(foregrounds, shifted_foregrounds, foreground_shifts, gumbel_temperature)
         states, actions = motion.states, motion.actions
@@ -656,9 +689,9 @@ class LocalMotionAnalysis(nn.Module):
                 None if masks is None else masks[:, 1:], sample_noise, ground_truth_foregrounds, ground_truth_masks)
             choice_loss = F.cross_entropy(actions.choice_logits.flatten(0, 1).float(), winner_ids.flatten())
         else:
-            generated_foregrounds, generated_masks = self.unroll(
-                states[:, :num_ground_truth_steps], motion.foreground_shifts, actions.codes, sample_noise,
-                ground_truth_foregrounds, ground_truth_masks)
+            generated_foregrounds, generated_masks = self.unroll_batch(
+                states, motion.foreground_shifts, actions.codes, num_ground_truth_steps, sample_noise, foregrounds,
+                masks)
         reencoded_states, _ = self.encode(generated_foregrounds[0])
         matching = None
         if self.action_matching and self.training:

@@ -209,6 +209,12 @@ class LMAConfig:
     # trained to draw what the action network reads as the inferred action. One more encoder pass and one more
     # action-network pass per training step.
     action_matching: bool = False
+    # Ours, opt-in: in training, this share of every batch (its first round(share·B) windows) unrolls with at most
+    # autoregressive_ground_truth_steps ground-truth steps instead of the schedule's T_f, the rest with T_f; every
+    # code is still read from the real pair. In those windows the later steps start from the model's own previous
+    # frame, so the pose of fₜ₊₁ can come from the code rather than from a real fₜ. 0 = off.
+    autoregressive_share: float = 0.0
+    autoregressive_ground_truth_steps: int = 1
     # decoder: one Up(×2) per entry; Res + Final(→3) after all but the last, Final(→4, k7) after the last
     decoder_channels: List[int] = field(default_factory=lambda: [128, 64, 32])
 
@@ -249,6 +255,12 @@ class LMAConfig:
                  "chooses among codebook rows: not with use_gumbel")
         _require(not (self.action_matching and self.use_gumbel), prefix + "action_matching",
                  "compares distances to codebook rows: not with use_gumbel")
+        _require(0 <= self.autoregressive_share <= 1, prefix + "autoregressive_share",
+                 f"must be in [0, 1], got {self.autoregressive_share}")
+        _require(self.autoregressive_ground_truth_steps >= 1, prefix + "autoregressive_ground_truth_steps",
+                 f"must be >= 1, got {self.autoregressive_ground_truth_steps}")
+        _require(not (self.autoregressive_share and self.winner_take_all), prefix + "autoregressive_share",
+                 "not with winner_take_all (its unrolling takes one T_f for the whole batch)")
         _require(self.decoder_warp >= 0, prefix + "decoder_warp", f"must be >= 0 pixels, got {self.decoder_warp}")
         _require(self.decoder_skip or not self.decoder_warp, prefix + "decoder_warp",
                  "needs decoder_skip: true (the warp moves the skip's current foreground)")

@@ -192,6 +192,88 @@ def test_ground_truth_steps_are_decoded_in_one_batch_and_later_steps_one_by_one(
         assert torch.allclose(batched[0][0], torch.stack(stepwise, dim=1), atol=1e-6)
 
 
+def _window_inputs(lma: LocalMotionAnalysis, batch_size: int, seed: int):
+    """A whole window of T 4 for `unroll_batch`: states (B, 4, 8, 2, 4), shifts (B, 3, 2), codes (B, 3, 4),
+    foregrounds (B, 4, 3, 16, 32) and masks (B, 4, 1, 16, 32)."""
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch_size, 4, 8, 2, 4, generator=generator),
+            torch.randn(batch_size, 3, 2, generator=generator) * 0.1,
+            lma.action_network.codebook[torch.randint(0, 3, (batch_size, 3), generator=generator)].detach(),
+            torch.rand(batch_size, 4, 3, 16, 32, generator=generator) * 2 - 1,
+            torch.rand(batch_size, 4, 1, 16, 32, generator=generator))
+
+
+def test_autoregressive_share_unrolls_the_first_windows_from_their_own_frames(small_model_config):
+    torch.manual_seed(0)
+    lma = LocalMotionAnalysis(small_model_config(decoder_skip=True, decoder_skip_mask=True,
+                                                 autoregressive_share=0.5).lma, (2, 4))
+    states, shifts, codes, foregrounds, masks = _window_inputs(lma, 4, seed=1)
+    assert lma.autoregressive_windows(4, 3) == (2, 1)
+    with torch.no_grad():
+        mixed, mixed_masks = lma.unroll_batch(states, shifts, codes, 3, foregrounds=foregrounds, masks=masks)
+        # Windows 0-1 alone with T_f 1, windows 2-3 alone with T_f 3 (each its own BatchNorm batch): the same.
+        first = lma.unroll(states[:2, :1], shifts[:2], codes[:2], ground_truth_foregrounds=foregrounds[:2, :1],
+                           ground_truth_masks=masks[:2, :1])
+        rest = lma.unroll(states[2:, :3], shifts[2:], codes[2:], ground_truth_foregrounds=foregrounds[2:, :3],
+                          ground_truth_masks=masks[2:, :3])
+        for scale, one, other in zip(mixed, first[0], rest[0]):
+            assert torch.equal(scale, torch.cat([one, other]))
+        assert torch.equal(mixed_masks, torch.cat([first[1], rest[1]]))
+        # The first windows never read a real frame after f₀; the others do.
+        later = [tensor.clone() for tensor in (states, foregrounds, masks)]
+        for tensor in later:
+            tensor[:, 1:] += 1
+        moved, _ = lma.unroll_batch(later[0], shifts, codes, 3, foregrounds=later[1], masks=later[2])
+        assert torch.equal(moved[0][:2], mixed[0][:2])
+        assert not torch.allclose(moved[0][2:, 1:], mixed[0][2:, 1:])
+        # In eval mode the whole batch has T_f 3, as without the option.
+        lma.eval()
+        assert lma.autoregressive_windows(4, 3) == (0, 3)
+        evaluated = lma.unroll_batch(states, shifts, codes, 3, foregrounds=foregrounds, masks=masks)[0][0]
+        plain = lma.unroll(states[:, :3], shifts, codes, ground_truth_foregrounds=foregrounds[:, :3],
+                           ground_truth_masks=masks[:, :3])[0][0]
+        assert torch.equal(evaluated, plain)
+
+
+@pytest.mark.parametrize("share, batch_size, ground_truth_steps, expected",
+                         [(0.0, 4, 3, (0, 3)), (0.25, 4, 3, (1, 1)), (1.0, 4, 3, (4, 1)), (0.5, 4, 1, (0, 1)),
+                          (0.1, 4, 3, (0, 3))])
+def test_autoregressive_windows_counts_the_share_of_the_batch(small_model_config, share, batch_size,
+                                                              ground_truth_steps, expected):
+    lma = LocalMotionAnalysis(small_model_config(autoregressive_share=share).lma, (2, 4))
+    assert lma.autoregressive_windows(batch_size, ground_truth_steps) == expected
+
+
+def test_the_lma_trains_with_an_autoregressive_share(small_model_config):
+    torch.manual_seed(0)
+    lma = LocalMotionAnalysis(small_model_config(autoregressive_share=0.5,
+                                                 autoregressive_ground_truth_steps=2).lma, (2, 4))
+    batch_sizes = []
+    lma.decoder.register_forward_pre_hook(lambda module, inputs: batch_sizes.append(inputs[0].shape[0]))
+    _, shifts, _, foregrounds, _ = _window_inputs(lma, 4, seed=2)
+    output = lma(foregrounds, foregrounds[:, :-1], shifts, 3)
+    # Windows 0-1: T_f 2 (one call of 2·2, then one autoregressive step of 2); windows 2-3: T_f 3 (2·3).
+    assert batch_sizes == [2 * 2, 2, 2 * 3]
+    assert output.generated_foregrounds[0].shape == (4, 3, 3, 16, 32)
+    assert output.generated_masks.shape == (4, 3, 1, 16, 32)
+    output.generated_foregrounds[0].sum().backward()
+    assert lma.decoder.finals[-1][0].weight.grad.abs().sum() > 0
+    assert lma.action_network.mlp[-1].weight.grad.abs().sum() > 0  # the codes of every window still learn
+
+
+@pytest.mark.parametrize("overrides, key", [({"autoregressive_share": 1.5}, "autoregressive_share"),
+                                            ({"autoregressive_share": -0.1}, "autoregressive_share"),
+                                            ({"autoregressive_ground_truth_steps": 0},
+                                             "autoregressive_ground_truth_steps"),
+                                            ({"autoregressive_share": 0.5, "winner_take_all": True},
+                                             "autoregressive_share")])
+def test_autoregressive_share_refuses_bad_values(small_model_config, overrides, key):
+    from utils.errors import GlassError
+
+    with pytest.raises((GlassError, ValueError), match=key):
+        small_model_config(**overrides)
+
+
 def test_bilinear_matches_torch_bilinear_values_and_gradients():
     from model.lma import bilinear
 
