@@ -136,7 +136,7 @@ class OracleCodes(torch.nn.Module):
 def oracle_forward(lma: LocalMotionAnalysis, gma: SimpleNamespace, codes: torch.Tensor,
                    ground_truth_steps: int) -> LMAOutput:
     """The LMA's forward with the given codes (B, T−1, D) instead of the inferred ones (no quantiser loss)."""
-    motion = lma.infer_motion(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts)
+    motion = lma.infer_motion(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts, masks=gma.masks)
     generated, masks = lma.unroll_batch(motion.states, motion.foreground_shifts, codes, ground_truth_steps,
                                         foregrounds=gma.foregrounds, masks=gma.masks)
     return LMAOutput(states=motion.states, action_codes=codes, action_ids=motion.actions.ids, action_vq_loss=None,

@@ -99,7 +99,7 @@ def _render(model: Glass, protocol: str, driving_video: torch.Tensor, target_fir
     """Infer motion from `driving_video` (B, T, 3, H, W) and generate with T_f = `ground_truth_steps`
     from its own frames, or (T_f = 1) from `target_first_frames` (B, 3, H, W) when given."""
     gma = model.gma(driving_video)
-    motion = model.lma.infer_motion(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts)
+    motion = model.lma.infer_motion(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts, masks=gma.masks)
     states, actions = motion.states, motion.actions
     if target_first_frames is None:
         first_frames, first_masks, ground_truth_states = (driving_video[:, 0], gma.masks[:, 0],
@@ -284,11 +284,11 @@ def code_effect_errors(lma: torch.nn.Module, foregrounds: torch.Tensor, shifted_
                        foreground_shifts: torch.Tensor, masks: Optional[torch.Tensor],
                        generator: torch.Generator) -> CodeEffectErrors:
     """Does the LMA's decoder read the code? From the real foregrounds f (B, T, 3, H, W), f̃ (B, T−1, 3, H, W),
-    Δ_F (B, T−1, 2) and masks m (B, T, 1, H, W; None unless `decoder_skip_mask`), draw every f̂ₜ₊₁ from the real
-    fₜ (T_f = T−1) once with the inferred codes and once with codebook rows drawn uniformly with `generator`
-    (a CPU generator), in eval mode without gradients; the errors are against fₜ₊₁."""
+    Δ_F (B, T−1, 2) and masks m (B, T, 1, H, W; may be None without `decoder_skip_mask` and `action_from_masks`),
+    draw every f̂ₜ₊₁ from the real fₜ (T_f = T−1) once with the inferred codes and once with codebook rows drawn
+    uniformly with `generator` (a CPU generator), in eval mode without gradients; the errors are against fₜ₊₁."""
     with _generating(lma):
-        motion = lma.infer_motion(foregrounds, shifted_foregrounds, foreground_shifts)
+        motion = lma.infer_motion(foregrounds, shifted_foregrounds, foreground_shifts, masks=masks)
         steps = motion.foreground_shifts.shape[1]
         codebook = lma.action_network.codebook
         random_ids = torch.randint(0, codebook.shape[0], (foregrounds.shape[0], steps), generator=generator)

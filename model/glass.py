@@ -65,7 +65,8 @@ class Glass(nn.Module):
             return GlassOutput(gma=gma, lma=None)
         lma = self.lma(gma.foregrounds.detach(), gma.shifted_foregrounds.detach(), gma.foreground_shifts.detach(),
                        num_ground_truth_steps, gumbel_temperature, sample_noise,
-                       gma.masks.detach() if self.config.lma.decoder_skip_mask else None)
+                       gma.masks.detach() if self.config.lma.decoder_skip_mask or self.config.lma.action_from_masks
+                       else None)
         return GlassOutput(gma=gma, lma=lma)
 
     @property

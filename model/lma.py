@@ -463,6 +463,8 @@ class LocalMotionAnalysis(nn.Module):
         self.autoregressive_share = config.autoregressive_share
         self.autoregressive_ground_truth_steps = config.autoregressive_ground_truth_steps
         self.encoder = Encoder(config)
+        # `action_from_masks`: the action network's own encoder of silhouettes
+        self.action_encoder = Encoder(config) if config.action_from_masks else None
         self.compressor = Conv2d(config.encoder_state_channels, config.state_size, 1)
         self.action_network = ActionNetwork(config)
         self.dynamics = DynamicsNetwork(config, state_resolution)
@@ -519,17 +521,27 @@ class LocalMotionAnalysis(nn.Module):
         return states.unflatten(0, frames.shape[:2]), attention.unflatten(0, frames.shape[:2])
 
     def infer_actions(self, shifted_foregrounds: torch.Tensor, states: torch.Tensor, attention: torch.Tensor,
-                      gumbel_temperature: Optional[float] = None) -> ActionOutput:
+                      gumbel_temperature: Optional[float] = None,
+                      silhouettes: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> ActionOutput:
         """Local actions aₜ = A(E(f̃ₜ), φₜ₊₁), each state multiplied by its own attention channel.
 
         shifted_foregrounds f̃ (B, T−1, 3, H, W); states φ (B, T, 64, h, w) and attention
         (B, T, 1, h, w) of the real foregrounds → codes (B, T−1, D), ids (B, T−1), loss.
+        With `action_from_masks`, `silhouettes` = (m̃ₜ, mₜ₊₁), each (B, T−1, 1, H, W), are read instead:
+        aₜ = A(E_A(2m̃ₜ − 1), E_A(2mₜ₊₁ − 1)) with the action encoder E_A (f̃ and φ are then not read).
         """
         batch_size, steps = shifted_foregrounds.shape[:2]
         assert_shape(states, (batch_size, steps + 1, None, *self.state_resolution), "LMA states")
-        shifted_states, shifted_attention = self.encoder(shifted_foregrounds.flatten(0, 1))
-        source_features = shifted_states * shifted_attention
-        target_states = (states[:, 1:] * attention[:, 1:]).flatten(0, 1)
+        if self.action_encoder is not None:
+            if silhouettes is None:
+                raise ValueError("model.lma.action_from_masks needs the masks of every frame")
+            source, target = [self.action_encoder(mask.flatten(0, 1).expand(-1, 3, -1, -1) * 2 - 1)
+                              for mask in silhouettes]
+            source_features, target_states = source[0] * source[1], target[0] * target[1]
+        else:
+            shifted_states, shifted_attention = self.encoder(shifted_foregrounds.flatten(0, 1))
+            source_features = shifted_states * shifted_attention
+            target_states = (states[:, 1:] * attention[:, 1:]).flatten(0, 1)
         actions = self.action_network(source_features, target_states, gumbel_temperature)
         return ActionOutput(codes=actions.codes.unflatten(0, (batch_size, steps)),
                             ids=actions.ids.unflatten(0, (batch_size, steps)), vq_loss=actions.vq_loss,
@@ -538,13 +550,20 @@ class LocalMotionAnalysis(nn.Module):
                             source_features=source_features.detach().unflatten(0, (batch_size, steps)))
 
     def infer_motion(self, foregrounds: torch.Tensor, shifted_foregrounds: torch.Tensor,
-                     foreground_shifts: torch.Tensor,
-                     gumbel_temperature: Optional[float] = None) -> InferredMotion:
+                     foreground_shifts: torch.Tensor, gumbel_temperature: Optional[float] = None,
+                     masks: Optional[torch.Tensor] = None) -> InferredMotion:
         """Refine the GMA's f̃ and Δ_F (`refine_shifts`), encode the foregrounds f (B, T, 3, H, W) and infer the local
-        actions: what training, reconstruction and evaluation all read from a real sequence."""
+        actions: what training, reconstruction and evaluation all read from a real sequence. `masks` m
+        (B, T, 1, H, W), the foregrounds' masks, are read with `action_from_masks` only (mₜ moved by the refined Δ_F
+        and mₜ₊₁)."""
         shifted_foregrounds, foreground_shifts = self.refine_shifts(foregrounds, shifted_foregrounds, foreground_shifts)
         states, attention = self.encode(foregrounds)
-        actions = self.infer_actions(shifted_foregrounds, states, attention, gumbel_temperature)
+        silhouettes = None
+        if self.action_encoder is not None and masks is not None:
+            shifted_masks = shift_images(masks[:, :-1].flatten(0, 1), foreground_shifts.flatten(0, 1),
+                                         FOREGROUND_PADDING).unflatten(0, foreground_shifts.shape[:2])
+            silhouettes = (shifted_masks, masks[:, 1:])
+        actions = self.infer_actions(shifted_foregrounds, states, attention, gumbel_temperature, silhouettes)
         return InferredMotion(shifted_foregrounds, foreground_shifts, states, actions)
 
     def noise(self, batch_size: int, sample: bool, like: torch.Tensor) -> Optional[torch.Tensor]:
@@ -672,13 +691,14 @@ class LocalMotionAnalysis(nn.Module):
                 num_ground_truth_steps: int, gumbel_temperature: Optional[float] = None,
                 sample_noise: bool = False, masks: Optional[torch.Tensor] = None) -> LMAOutput:
         """foregrounds f (B, T, 3, H, W), f̃ (B, T−1, 3, H, W), Δ_F (B, T−1, 2), T_f → `LMAOutput`.
-        `masks` m (B, T, 1, H, W), the foregrounds' masks, are needed with `decoder_skip_mask` only.
+        `masks` m (B, T, 1, H, W), the foregrounds' masks, are needed with `decoder_skip_mask` or `action_from_masks`
+        only.
 
         The caller detaches these inputs (no gradient reaches the GMA). With `shift_refinement` f̃ and Δ_F
         are first refined (`infer_motion`). With `autoregressive_share` part of a training batch unrolls with fewer
         ground-truth steps (`unroll_batch`); `LMAOutput.num_ground_truth_steps` stays T_f.
         """
-        motion = self.infer_motion(foregrounds, shifted_foregrounds, foreground_shifts, gumbel_temperature)
+        motion = self.infer_motion(foregrounds, shifted_foregrounds, foreground_shifts, gumbel_temperature, masks)
         states, actions = motion.states, motion.actions
         ground_truth_foregrounds = foregrounds[:, :num_ground_truth_steps]
         ground_truth_masks = None if masks is None else masks[:, :num_ground_truth_steps]

@@ -213,6 +213,10 @@ class LMAConfig:
     # autoregressive_ground_truth_steps ground-truth steps instead of the schedule's T_f, the rest with T_f; every
     # code is still read from the real pair. In those windows the later steps start from the model's own previous
     # frame, so the pose of fₜ₊₁ can come from the code rather than from a real fₜ. 0 = off.
+    # Ours, opt-in: the action network reads silhouettes instead of foregrounds — the shifted current mask m̃ₜ and the
+    # next mask mₜ₊₁ as grey images (2m − 1), through an encoder of its own (the encoder's width, its own weights and
+    # BatchNorm statistics): a code can tell how the outline changes, never what colours the character wears.
+    action_from_masks: bool = False
     autoregressive_share: float = 0.0
     autoregressive_ground_truth_steps: int = 1
     # decoder: one Up(×2) per entry; Res + Final(→3) after all but the last, Final(→4, k7) after the last
@@ -261,6 +265,8 @@ class LMAConfig:
                  f"must be >= 1, got {self.autoregressive_ground_truth_steps}")
         _require(not (self.autoregressive_share and self.winner_take_all), prefix + "autoregressive_share",
                  "not with winner_take_all (its unrolling takes one T_f for the whole batch)")
+        _require(not (self.action_from_masks and self.action_matching), prefix + "action_from_masks",
+                 "not with action_matching (the matching reads generated foregrounds, not silhouettes)")
         _require(self.decoder_warp >= 0, prefix + "decoder_warp", f"must be >= 0 pixels, got {self.decoder_warp}")
         _require(self.decoder_skip or not self.decoder_warp, prefix + "decoder_warp",
                  "needs decoder_skip: true (the warp moves the skip's current foreground)")

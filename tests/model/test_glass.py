@@ -25,6 +25,8 @@ ABLATIONS = {
     "action_state_difference": {"action_state_difference": True},  # ours, opt-in
     "decoder_warp": {"decoder_skip": True, "decoder_skip_mask": True, "decoder_warp": 2.0},  # ours, opt-in
     "action_matching": {"action_matching": True},  # ours, opt-in
+    "action_from_masks": {"action_from_masks": True},  # ours, opt-in
+    "autoregressive_share": {"autoregressive_share": 0.5},  # ours, opt-in
 }
 
 

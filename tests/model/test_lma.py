@@ -274,6 +274,42 @@ def test_autoregressive_share_refuses_bad_values(small_model_config, overrides, 
         small_model_config(**overrides)
 
 
+def test_action_from_masks_reads_the_moved_current_mask_and_the_next_one(small_model_config):
+    from model.gma import shift_images
+
+    torch.manual_seed(0)
+    lma = LocalMotionAnalysis(small_model_config(action_from_masks=True).lma, (2, 4))  # training mode
+    _, shifts, _, foregrounds, masks = _window_inputs(lma, 4, seed=3)
+    masks = (masks > 0.5).float()
+    read = []
+    lma.action_encoder.register_forward_pre_hook(lambda module, inputs: read.append(inputs[0]))
+    motion = lma.infer_motion(foregrounds, foregrounds[:, :-1], shifts, masks=masks)
+    moved = shift_images(masks[:, :-1].flatten(0, 1), shifts.flatten(0, 1), "zeros")
+    assert len(read) == 2
+    assert torch.allclose(read[0], (moved * 2 - 1).expand(-1, 3, -1, -1))
+    assert torch.equal(read[1], (masks[:, 1:].flatten(0, 1) * 2 - 1).expand(-1, 3, -1, -1))
+    with torch.no_grad():
+        # The colours never reach the codes; the outline does.
+        recoloured = lma.infer_motion(-foregrounds, -foregrounds[:, :-1], shifts, masks=masks).actions.vectors
+        assert torch.equal(recoloured, motion.actions.vectors)
+        other = masks.clone()
+        other[:, 2:, :, :8] = 1 - other[:, 2:, :, :8]
+        reshaped = lma.infer_motion(foregrounds, foregrounds[:, :-1], shifts, masks=other).actions.vectors
+        assert not torch.allclose(reshaped[:, 1:], motion.actions.vectors[:, 1:], atol=1e-4)
+    (motion.actions.codes.sum() + motion.actions.vq_loss).backward()
+    assert lma.action_encoder.layers[0][0].weight.grad.abs().sum() > 0
+    assert lma.encoder.layers[0][0].weight.grad is None  # the foreground encoder does not serve the actions
+    with pytest.raises(ValueError, match="action_from_masks"):
+        lma.infer_motion(foregrounds, foregrounds[:, :-1], shifts)
+
+
+def test_action_from_masks_is_refused_with_action_matching(small_model_config):
+    from utils.errors import GlassError
+
+    with pytest.raises((GlassError, ValueError), match="action_from_masks"):
+        small_model_config(action_from_masks=True, action_matching=True)
+
+
 def test_bilinear_matches_torch_bilinear_values_and_gradients():
     from model.lma import bilinear
 

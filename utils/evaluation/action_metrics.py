@@ -130,7 +130,8 @@ def analyse_motion(model: torch.nn.Module, video: torch.Tensor) -> MotionAnalysi
     try:
         with torch.no_grad():
             gma = model.gma(video)
-            actions = model.lma.infer_motion(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts).actions
+            actions = model.lma.infer_motion(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts,
+                                             masks=gma.masks).actions
     finally:
         model.train(was_training)
     return MotionAnalysis(masks=gma.masks, foreground_shifts=gma.foreground_shifts,
