@@ -90,7 +90,8 @@ def test_motion_transfer_moves_another_image_with_the_source_actions(calibrated_
 
 @pytest.mark.parametrize("options", [{}, {"decoder_skip": True},
                                      {"decoder_skip": True, "decoder_skip_mask": True, "decoder_action": True},
-                                     {"decoder_skip": True, "decoder_skip_mask": True, "decoder_warp": 2.0}])
+                                     {"decoder_skip": True, "decoder_skip_mask": True, "decoder_warp": 2.0},
+                                     {"action_from_masks": True}])
 def test_playing_the_inferred_actions_replays_the_single_image_reconstruction(calibrated_model, small_video, options,
                                                                               device):
     model = calibrated_model(**options).to(device)
