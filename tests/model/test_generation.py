@@ -160,7 +160,8 @@ def _code_effect_inputs(lma, batch_size: int = 4):
         lma.action_network.codebook.copy_(torch.randn(lma.action_network.codebook.shape, generator=generator))
     ids = torch.arange(batch_size)[:, None] % lma.action_network.codebook.shape[0]
 
-    def fixed_actions(shifted_foregrounds, states, attention, gumbel_temperature=None):  # window b: code b mod K
+    # window b: code b mod K
+    def fixed_actions(shifted_foregrounds, states, attention, gumbel_temperature=None, silhouettes=None):
         codes = lma.action_network.codebook[ids]
         return ActionOutput(codes=codes, ids=ids, vq_loss=codes.sum() * 0, vectors=codes)
 
