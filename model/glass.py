@@ -82,7 +82,8 @@ class Glass(nn.Module):
             "inpainter": [self.gma.inpainter],
             "encoder": [self.lma.encoder],
             "compressor": [self.lma.compressor],
-            "action network": [self.lma.action_network],
+            "action network": [self.lma.action_network] + ([self.lma.action_encoder]  # action_from_masks
+                                                           if self.lma.action_encoder is not None else []),
             "dynamics": [self.lma.dynamics],
             "decoder": [self.lma.decoder],
         }

@@ -209,14 +209,14 @@ class LMAConfig:
     # trained to draw what the action network reads as the inferred action. One more encoder pass and one more
     # action-network pass per training step.
     action_matching: bool = False
-    # Ours, opt-in: in training, this share of every batch (its first round(share·B) windows) unrolls with at most
-    # autoregressive_ground_truth_steps ground-truth steps instead of the schedule's T_f, the rest with T_f; every
-    # code is still read from the real pair. In those windows the later steps start from the model's own previous
-    # frame, so the pose of fₜ₊₁ can come from the code rather than from a real fₜ. 0 = off.
     # Ours, opt-in: the action network reads silhouettes instead of foregrounds — the shifted current mask m̃ₜ and the
     # next mask mₜ₊₁ as grey images (2m − 1), through an encoder of its own (the encoder's width, its own weights and
     # BatchNorm statistics): a code can tell how the outline changes, never what colours the character wears.
     action_from_masks: bool = False
+    # Ours, opt-in: in training, this share of every batch (its first round(share·B) windows) unrolls with at most
+    # autoregressive_ground_truth_steps ground-truth steps instead of the schedule's T_f, the rest with T_f; every
+    # code is still read from the real pair. In those windows the later steps start from the model's own previous
+    # frame, so the pose of fₜ₊₁ can come from the code rather than from a real fₜ. 0 = off.
     autoregressive_share: float = 0.0
     autoregressive_ground_truth_steps: int = 1
     # decoder: one Up(×2) per entry; Res + Final(→3) after all but the last, Final(→4, k7) after the last

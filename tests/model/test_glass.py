@@ -127,3 +127,9 @@ def test_autocast_runs_the_convolutions_in_half_precision_with_finite_outputs_an
     loss.backward()
     gradients = [p.grad for p in model.parameters() if p.grad is not None]
     assert len(gradients) > 0 and all(torch.isfinite(g).all() for g in gradients)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"action_from_masks": True}])
+def test_parameter_counts_add_up_to_the_total(make_small_model, overrides):
+    counts = make_small_model(**overrides).parameter_counts()
+    assert sum(count for name, count in counts.items() if name != "total") == counts["total"]
