@@ -700,13 +700,12 @@ class LocalMotionAnalysis(nn.Module):
         """
         motion = self.infer_motion(foregrounds, shifted_foregrounds, foreground_shifts, gumbel_temperature, masks)
         states, actions = motion.states, motion.actions
-        ground_truth_foregrounds = foregrounds[:, :num_ground_truth_steps]
-        ground_truth_masks = None if masks is None else masks[:, :num_ground_truth_steps]
         winner_ids = choice_loss = None
         if self.winner_take_all and self.training:
             generated_foregrounds, generated_masks, winner_ids = self.unroll_winner_take_all(
                 states[:, :num_ground_truth_steps], motion.foreground_shifts, foregrounds[:, 1:],
-                None if masks is None else masks[:, 1:], sample_noise, ground_truth_foregrounds, ground_truth_masks)
+                None if masks is None else masks[:, 1:], sample_noise, foregrounds[:, :num_ground_truth_steps],
+                None if masks is None else masks[:, :num_ground_truth_steps])
             choice_loss = F.cross_entropy(actions.choice_logits.flatten(0, 1).float(), winner_ids.flatten())
         else:
             generated_foregrounds, generated_masks = self.unroll_batch(
