@@ -27,10 +27,13 @@ another window, and the share of random codebook rows the action network recover
 decoder drew with them (`code_recovery`, chance 1/K); the code effect (`code_effect_db`: one-step PSNR with
 the inferred codes minus with uniformly random codebook rows; `code_effect_switch_db`: the same over the
 transitions where the true local action changes) and the PSNR on the pixels that change beyond the shift
-(`psnr_changed_pixels`, with random codes, and of the copy f̃ₜ). `--action-cycle W` trains with the recovery
+(`psnr_changed_pixels`, with random codes, and of the copy f̃ₜ), and how well a change of code marks a true switch
+on the transitions t ≥ 1 (`code_switch_precision`, `code_switch_recall`, `code_switch_share`: what
+`loss.code_switch_weight` weighs). `--action-cycle W` trains with the recovery
 as a cross-entropy term; `--oracle` draws with the true local-action label as the code (a fixed embedding per
-label) instead of the action network's, and `--switch-weight W` multiplies the local reconstruction loss of switch
-transitions by W (both read the labels: experiments only; docs/local-actions.md).
+label, N(0, S²/D) rows with `--oracle-scale S`) instead of the action network's, and `--switch-weight W`
+multiplies the local reconstruction loss of switch transitions by W (both read the labels: experiments only;
+docs/local-actions.md).
 Writes OUT/curves.json (one record per evaluation), OUT/step_N.png (per window: the true
 foregrounds, the eval-mode and the train-mode one-step generations, the eval-mode
 single-image generation), OUT/switches_step_N.png (switch transitions: fₜ, fₜ₊₁ and the next frame drawn with
@@ -57,7 +60,7 @@ from data.wsprites.walk import LOCAL_ACTION_NAMES  # noqa: E402
 from model.codebook import kmeans_codebook, restart_dead_codes  # noqa: E402
 from model.gma import FOREGROUND_PADDING, shift_images  # noqa: E402
 from model.lma import LMAOutput, LocalMotionAnalysis  # noqa: E402
-from model.losses import CHANGED_PIXEL_THRESHOLD, LMA_LOSS_NAMES, GlassLoss  # noqa: E402
+from model.losses import CHANGED_PIXEL_THRESHOLD, LMA_LOSS_NAMES, GlassLoss, code_switches  # noqa: E402
 from model.vgg import build_vgg_features  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.config import load_config  # noqa: E402
@@ -123,10 +126,10 @@ class OracleCodes(torch.nn.Module):
     embedding per label, N(0, 1/D) rows, fed where the quantised code goes (dynamics, and the decoder with
     `decoder_action`). Asks whether the decoder can draw the labelled pose change when it is told it."""
 
-    def __init__(self, num_labels: int, code_dim: int, seed: int):
+    def __init__(self, num_labels: int, code_dim: int, seed: int, scale: float = 1.0):
         super().__init__()
         generator = torch.Generator().manual_seed(seed + 7)
-        self.register_buffer("table", torch.randn(num_labels, code_dim, generator=generator) / code_dim ** 0.5)
+        self.register_buffer("table", torch.randn(num_labels, code_dim, generator=generator) * scale / code_dim ** 0.5)
 
     def forward(self, local_actions: torch.Tensor) -> torch.Tensor:
         """Labels per frame (B, T) → the codes of the transitions t → t+1, those of frame t+1: (B, T−1, D)."""
@@ -173,6 +176,18 @@ def code_effect_record(lma: LocalMotionAnalysis, gma: SimpleNamespace, batch: Di
             "switch_transitions": int(switches.sum()),
             "psnr_changed_pixels": changed_psnr(drawn[0]), "psnr_changed_pixels_random_codes": changed_psnr(drawn[1]),
             "psnr_changed_pixels_copy": changed_psnr(copy)}
+
+
+def code_switch_record(ids: torch.Tensor, local_actions: torch.Tensor) -> Dict[str, float]:
+    """How well a change of code (`model.losses.code_switches`, what `loss.code_switch_weight` weighs) marks a true
+    switch (`switch_transitions`): code ids (B, T−1) and labels per frame (B, T), on the transitions t ≥ 1 (the
+    first of a window is never marked) → precision (share of the marked that are switches; 0 when none is marked),
+    recall (share of the switches marked; 0 when there is none) and the share of transitions marked."""
+    marked, true = code_switches(ids)[:, 1:], switch_transitions(local_actions)[:, 1:]
+    hits = float((marked & true).sum())
+    return {"code_switch_precision": hits / max(int(marked.sum()), 1),
+            "code_switch_recall": hits / max(int(true.sum()), 1),
+            "code_switch_share": float(marked.float().mean()) if marked.numel() else 0.0}
 
 
 @torch.no_grad()
@@ -229,6 +244,7 @@ def evaluate(lma: LocalMotionAnalysis, gma: SimpleNamespace, batch: Dict[str, An
     random_ids = torch.randint(0, num_actions, tuple(labels.shape), generator=torch.Generator().manual_seed(0))
     record["nmi_floor"] = normalized_mutual_information(random_ids.flatten(), labels.flatten())
     record["nmi_per_character_floor"] = mean_nmi_per_group(random_ids.flatten(), labels.flatten(), characters.flatten())
+    record.update(code_switch_record(ids, batch["local_actions"]))
     lma.eval()
     # Does the decoder read the code? One-step PSNR with every window's codes taken from another window, and the
     # share of random codes that the action network recovers from what the decoder drew with them (chance 1/K).
@@ -331,6 +347,8 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("--oracle", action="store_true",
                         help="experiment: the true local-action label of each transition as its code (a fixed "
                              "embedding per label, see OracleCodes) instead of the action network's")
+    parser.add_argument("--oracle-scale", type=float, default=1.0, metavar="S",
+                        help="experiment: the oracle's embedding rows are N(0, S²/D) (default 1: unit-length rows)")
     parser.add_argument("--switch-weight", type=float, default=1.0, metavar="W",
                         help="experiment (uses the labels): the local reconstruction loss of switch transitions (the "
                              "true local action changes) weighs W times more; with --oracle it asks whether the "
@@ -376,7 +394,8 @@ def main(argv: List[str] = None) -> int:
     num_actions = config.model.lma.num_actions
     curves: List[Dict[str, Any]] = []
     step, started, train_ids, train_seconds = 0, time.time(), [], 0.0
-    oracle = OracleCodes(len(LOCAL_ACTION_NAMES), config.model.lma.action_dim, args.seed) if args.oracle else None
+    oracle = OracleCodes(len(LOCAL_ACTION_NAMES), config.model.lma.action_dim, args.seed,
+                          args.oracle_scale) if args.oracle else None
     usage, restarted, every = torch.zeros(num_actions), 0, config.training.codebook_restart_every
     lma.train()
 

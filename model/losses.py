@@ -42,6 +42,17 @@ CHANGED_PIXEL_THRESHOLD = 0.1
 RESIZE_MODE = "bilinear"  # targets and weights at the decoder's 1/2, 1/4 scales (align_corners=False), the authors'
 
 
+def code_switches(action_ids: torch.Tensor) -> torch.Tensor:
+    """The transitions where the inferred local action changes: code ids (B, T−1) → (B, T−1) bool, True at
+    transition t ≥ 1 when its id differs from transition t − 1's (the first transition of a window has no previous
+    one: False). The label-free counterpart of `utils.metrics.switch_transitions` (`loss.code_switch_weight`)."""
+    if action_ids.dim() != 2:
+        raise ValueError(f"action ids must be (B, T-1), got {tuple(action_ids.shape)}")
+    switches = torch.zeros_like(action_ids, dtype=torch.bool)
+    switches[:, 1:] = action_ids[:, 1:] != action_ids[:, :-1]
+    return switches
+
+
 @dataclass
 class LossResult:
     """The weighted objective and its parts."""
@@ -204,7 +215,8 @@ class GlassLoss(nn.Module):
                                              transition_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
         """As the global one, with w = Σ_c(|fₜ₊₁ − f̃ₜ| + |fₜ₊₁ − f̂ₜ₊₁|); with `loss.local_change_weight` α > 0
         (ours) plus α where Σ_c |fₜ₊₁ − f̃ₜ| > CHANGED_PIXEL_THRESHOLD (the local change). `transition_weights`
-        (B, T−1), experiments only (benchmarks/lma_alone.py `--switch-weight`): w multiplied per transition."""
+        (B, T−1), experiments only (benchmarks/lma_alone.py `--switch-weight`): w multiplied per transition. With
+        `loss.code_switch_weight` β ≠ 1 (ours) w is multiplied by β on the transitions `code_switches` marks."""
         targets = gma.foregrounds[:, 1:].detach()
         # f̃ the LMA used
         shifted = gma.shifted_foregrounds if lma.shifted_foregrounds is None else lma.shifted_foregrounds
@@ -212,6 +224,9 @@ class GlassLoss(nn.Module):
         weights = change + (targets - lma.generated_foregrounds[0]).abs().sum(dim=2, keepdim=True)
         if self.config.local_change_weight > 0:  # ours, opt-in: the pixels that change beyond the shift weigh more
             weights = weights + self.config.local_change_weight * (change > CHANGED_PIXEL_THRESHOLD).to(weights.dtype)
+        if self.config.code_switch_weight != 1.0:  # ours, opt-in: where the inferred code changes weighs more
+            switches = code_switches(lma.action_ids).to(weights.dtype)
+            weights = weights * (1.0 + (self.config.code_switch_weight - 1.0) * switches)[:, :, None, None, None]
         if transition_weights is not None:
             weights = weights * transition_weights[:, :, None, None, None].to(weights.dtype)
         return self._multiscale_weighted_l1(targets, lma.generated_foregrounds, weights.detach())

@@ -361,11 +361,17 @@ class LossConfig:
     # Ours, opt-in: added to the motion weights of multiscale_local_reconstruction_loss where the next foreground
     # differs from the shifted current one (Σ_c |fₜ₊₁ − f̃ₜ| > 0.1): the local change weighs more; 0 = the authors'
     local_change_weight: float = 0.0
+    # Ours, opt-in: multiplies the motion weights of multiscale_local_reconstruction_loss on the transitions whose
+    # inferred code differs from the previous transition's in the window (a switch as the action network sees it; the
+    # labels are not read); 1 = the authors'
+    code_switch_weight: float = 1.0
 
     def check(self, prefix: str) -> None:
         _require(0.0 <= self.mask_size <= 1.0, prefix + "mask_size", f"must be in [0, 1], got {self.mask_size}")
         _require(self.local_change_weight >= 0, prefix + "local_change_weight",
                  f"must be >= 0, got {self.local_change_weight}")
+        _require(self.code_switch_weight > 0, prefix + "code_switch_weight",
+                 f"must be > 0, got {self.code_switch_weight}")
         _require(self.action_matching_weight >= 0, prefix + "action_matching_weight",
                  f"must be >= 0, got {self.action_matching_weight}")
         _require(self.action_choice_weight >= 0, prefix + "action_choice_weight",

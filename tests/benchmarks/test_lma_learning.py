@@ -123,6 +123,19 @@ def test_crop_windows_centres_one_box_per_window_on_its_masks():
         lma_alone.crop_windows({"observations": frames, "masks": masks}, (24, 10))
 
 
+def test_code_switch_record_counts_the_marked_transitions_that_are_true_switches():
+    import torch
+
+    # window 0: labels 0 0 1 1 → switch at transition 1; codes 2 5 5 → marked at 1 (hit)
+    # window 1: labels 3 3 3 4 → switch at transition 2; codes 1 0 0 → marked at 1 (miss), 2 not marked
+    labels = torch.tensor([[0, 0, 1, 1], [3, 3, 3, 4]])
+    ids = torch.tensor([[2, 5, 5], [1, 0, 0]])
+    record = lma_alone.code_switch_record(ids, labels)
+    assert record == {"code_switch_precision": 0.5, "code_switch_recall": 0.5, "code_switch_share": 0.5}
+    nothing = lma_alone.code_switch_record(torch.zeros(2, 3, dtype=torch.long), labels)
+    assert nothing == {"code_switch_precision": 0.0, "code_switch_recall": 0.0, "code_switch_share": 0.0}
+
+
 def test_the_oracle_trains_on_crops(dataset_root, tmp_path):
     from PIL import Image
 

@@ -13,7 +13,7 @@ from torch import nn
 from model.glass import Glass, GlassOutput
 from model.gma import GMAOutput
 from model.lma import LMAOutput
-from model.losses import GlassLoss, LossResult
+from model.losses import GlassLoss, LossResult, code_switches
 from model.vgg import VGGFeatures, build_vgg_features
 from utils.config import GMA_LOSS_NAMES, LOSS_NAMES, LossConfig, LossWeightsConfig
 
@@ -288,6 +288,33 @@ def test_transition_weights_multiply_the_local_weights_of_their_transition():
     parts = [loss.multiscale_local_reconstruction_loss(output.gma, output.lma, part).item() for part in (first, second)]
     assert parts[0] > 0 and parts[1] > 0
     assert sum(parts) == pytest.approx(plain.item())
+
+
+def test_code_switches_are_where_the_inferred_id_changes_from_the_previous_transition():
+    ids = torch.tensor([[0, 0, 3, 3, 1], [2, 5, 5, 2, 2]])
+    expected = torch.tensor([[False, False, True, False, True], [False, True, False, True, False]])
+    assert torch.equal(code_switches(ids), expected)
+    assert not code_switches(torch.tensor([[4], [1]])).any()  # one transition: nothing to compare with
+    with pytest.raises(ValueError, match="action ids must be"):
+        code_switches(torch.zeros(2, 3, 1, dtype=torch.long))
+
+
+def test_code_switch_weight_multiplies_the_transitions_whose_code_changed():
+    """loss.code_switch_weight 4: with ids [[0, 1], [2, 2]] only the second transition of the first window has a
+    new code, so the local term equals the plain one with transition weights [[1, 4], [1, 1]]; 1 is the authors'."""
+    observations, output = random_example(batch=2, length=3)
+    lma = dataclasses.replace(output.lma, action_ids=torch.tensor([[0, 1], [2, 2]]))
+    config = only("multiscale_local_reconstruction_loss")
+    plain = GlassLoss(config, None)
+    heavier = GlassLoss(dataclasses.replace(config, code_switch_weight=4.0), None)
+    expected = plain.multiscale_local_reconstruction_loss(
+        output.gma, lma, torch.tensor([[1.0, 4.0], [1.0, 1.0]], dtype=torch.float64))
+    value = heavier.multiscale_local_reconstruction_loss(output.gma, lma)
+    assert value.item() == pytest.approx(expected.item())
+    assert value.item() > plain.multiscale_local_reconstruction_loss(output.gma, lma).item()
+    same = dataclasses.replace(output.lma, action_ids=torch.tensor([[1, 1], [2, 2]]))  # no code changes
+    assert heavier.multiscale_local_reconstruction_loss(output.gma, same).item() == pytest.approx(
+        plain.multiscale_local_reconstruction_loss(output.gma, same).item())
 
 
 def test_action_matching_enters_the_total_with_its_weight_and_is_logged():

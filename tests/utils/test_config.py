@@ -81,6 +81,7 @@ def test_overrides_are_typed_yaml_values(tmp_path):
     (["data.observations_count=0"], "data.observations_count: must be >= 1"),
     (["data.crop=[10, 0, 5, 5]"], "data.crop: must be"),
     (["data.num_workers=-1"], "data.num_workers: must be >= 0"),
+    (["loss.code_switch_weight=0"], "loss.code_switch_weight: must be > 0"),
     (["data=3"], "data: expected a mapping"),
     (["data.root"], "must look like key.subkey=value"),
     (["=3"], "override '=3': the key before '=' has an empty part"),
