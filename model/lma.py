@@ -318,7 +318,9 @@ class Decoder(nn.Module):
     With `decoder_skip` (ours, opt-in) the full-size Final takes 3 more input channels, `skip`
     (N, 3, H, W): the current foreground moved by Δ_F; with `decoder_skip_mask` as well 4, `skip`
     (N, 4, H, W): that foreground and the current mask moved alike. With `decoder_action` (ours,
-    opt-in) every Up stage's input has the action code `action` (N, D) tiled and concatenated. With `decoder_warp`
+    opt-in) every Up stage's input has the action code `action` (N, D) tiled and concatenated; with
+    `decoder_action_film` as well, every Up stage's input and the full-size features x become x·(1 + γ) + β, (γ, β)
+    a linear map of the code (zero at the start: the identity). With `decoder_warp`
     r > 0 (ours, opt-in) the full-size Final gives 3 more channels, a flow (r·tanh, pixels) and a blend weight b
     ((tanh + 1)/2): the full-size output becomes b·warp(skip) + (1 − b)·drawn (`warp_skip`), the skip's mask read
     as the logit 2m − 1; the flow channels start at zero (the warp starts as the copy). With `decoder_warp_draw`
@@ -334,6 +336,12 @@ class Decoder(nn.Module):
         self.warp_draw = config.decoder_warp_draw
         self.stages = nn.ModuleList()
         self.finals = nn.ModuleList()
+        # `decoder_action_film`: one (γ, β) map per stage input (widths[:-1]) and one for the full-size features
+        self.films = nn.ModuleList([nn.Linear(config.action_dim, 2 * width) for width in widths]
+                                   if config.decoder_action and config.decoder_action_film else [])
+        for film in self.films:
+            nn.init.zeros_(film.weight)
+            nn.init.zeros_(film.bias)
         for i in range(1, len(widths)):
             last = i == len(widths) - 1
             up = Up(widths[i - 1] + self.action_channels, widths[i], mode="bilinear")
@@ -354,16 +362,25 @@ class Decoder(nn.Module):
         outputs = []
         features = hidden
         for index, (stage, final) in enumerate(zip(self.stages, self.finals)):
+            if self.films:
+                features = self._film(index, features, action)
             if action is not None:
                 # tiled before the stage: interpolating a constant map leaves it unchanged
                 features = tile_and_concatenate(features, action.to(features.dtype))
             features = stage(features)
+            if self.films and index == len(self.stages) - 1:
+                features = self._film(index + 1, features, action)
             if skip is not None and index == len(self.stages) - 1:
                 features = torch.cat([features, skip.to(features.dtype)], dim=1)
             outputs.append(final(features))
         if self.warp_pixels:
             outputs[-1] = self.warp_skip(outputs[-1], skip.to(outputs[-1].dtype))
         return outputs[::-1]
+
+    def _film(self, index: int, features: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """`decoder_action_film`: features (N, C, h, w) → features·(1 + γ) + β, (γ, β) = films[index](action)."""
+        scale, shift = self.films[index](action.to(features.dtype)).chunk(2, dim=1)
+        return features * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
 
     def warp_skip(self, output: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         """`decoder_warp`: the Final's 7 channels (drawn f̂ 3, mask logit 1, flow 2, blend 1) (N, 7, H, W) and the

@@ -187,6 +187,10 @@ class LMAConfig:
     # Ours, opt-in: the action code aₜ (D) is tiled and concatenated to the input of every decoder Up stage
     # (as p_l is to the dynamics' Up), so the code reaches the pixels through a short path.
     decoder_action: bool = False
+    # Ours, opt-in, with decoder_action: the code also scales and shifts the channels of every Up stage's input and of
+    # the full-size features (FiLM, Perez et al. 2018): x·(1 + γ(aₜ)) + β(aₜ), γ and β linear in the code and zero at
+    # the start. A tiled code only adds a constant per channel; FiLM lets it choose which features are drawn.
+    decoder_action_film: bool = False
     # Ours, opt-in, with decoder_skip (CDNA/DNA of Finn et al. 2016, Deep Voxel Flow): the full-size output also
     # gives a flow field, at most this many pixels per axis (tanh-bounded), and a blend weight; f̂ₜ₊₁ (and m̂ₜ₊₁
     # with decoder_skip_mask) = blend · (the skip warped by the flow) + (1 − blend) · what the decoder drew. A pose
@@ -270,6 +274,8 @@ class LMAConfig:
         _require(self.decoder_warp >= 0, prefix + "decoder_warp", f"must be >= 0 pixels, got {self.decoder_warp}")
         _require(self.decoder_skip or not self.decoder_warp, prefix + "decoder_warp",
                  "needs decoder_skip: true (the warp moves the skip's current foreground)")
+        _require(self.decoder_action or not self.decoder_action_film, prefix + "decoder_action_film",
+                 "needs model.lma.decoder_action: true")
         _require(self.decoder_warp_draw or self.decoder_warp > 0, prefix + "decoder_warp_draw",
                  "false needs decoder_warp > 0 (without the warp the decoder only draws)")
         _require(self.decoder_skip or not self.decoder_skip_mask, prefix + "decoder_skip_mask",

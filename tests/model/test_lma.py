@@ -421,6 +421,36 @@ def test_decoder_action_makes_the_output_depend_on_the_code_through_the_decoder(
         decoder(hidden)
 
 
+def test_decoder_action_film_starts_as_the_identity_and_scales_and_shifts_by_the_code(small_model_config):
+    """decoder_action_film: with its maps at zero the decoder is the plain decoder_action one (same weights, same
+    outputs); with (γ, β) set, the full-size features are x·(1 + γ) + β of the code — checked on the last map
+    through a hook on the input of the full-size Final."""
+    torch.manual_seed(0)
+    config = small_model_config(decoder_action=True, decoder_action_film=True).lma
+    film = Decoder(config).eval()
+    plain = Decoder(small_model_config(decoder_action=True).lma).eval()
+    widths = [config.hidden_size] + list(config.decoder_channels)
+    assert [m.out_features for m in film.films] == [2 * w for w in widths] and not plain.films
+    plain.load_state_dict({k: v for k, v in film.state_dict().items() if not k.startswith("films.")})
+    hidden, code = torch.randn(2, config.hidden_size, 2, 4), torch.randn(2, config.action_dim)
+    with torch.no_grad():
+        for a, b in zip(film(hidden, action=code), plain(hidden, action=code)):
+            assert torch.equal(a, b)
+        seen = {}
+        film.finals[-1].register_forward_pre_hook(lambda module, inputs: seen.setdefault("x", inputs[0]))
+        plain.finals[-1].register_forward_pre_hook(lambda module, inputs: seen.setdefault("plain", inputs[0]))
+        film.films[-1].weight.normal_()
+        film.films[-1].bias.normal_()
+        film(hidden, action=code)
+        plain(hidden, action=code)
+        scale, shift = film.films[-1](code).chunk(2, dim=1)
+        expected = seen["plain"] * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+        torch.testing.assert_close(seen["x"], expected)
+    from utils.config import ConfigError
+    with pytest.raises(ConfigError, match="decoder_action_film"):
+        small_model_config(decoder_action_film=True).lma.check("model.lma.")
+
+
 def test_action_state_difference_reads_only_the_change_of_the_states(small_model_config):
     torch.manual_seed(0)
     config = small_model_config(action_state_difference=True).lma
