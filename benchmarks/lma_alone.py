@@ -353,12 +353,18 @@ def main(argv: List[str] = None) -> int:
                         help="experiment (uses the labels): the local reconstruction loss of switch transitions (the "
                              "true local action changes) weighs W times more; with --oracle it asks whether the "
                              "decoder can draw the labelled change when the transitions that need the code dominate")
+    parser.add_argument("--random-switches", type=float, default=None, metavar="P",
+                        help="experiment, with --switch-weight: the weighted transitions are drawn at random instead "
+                             "(each transition t ≥ 1 with probability P; the first never), the control for "
+                             "loss.code_switch_weight's marks (a heavier local loss in general, not at the switches)")
     parser.add_argument("--crop", type=int, nargs=2, default=None, metavar=("H", "W"),
                         help="experiment (uses the true masks): the LMA works on an H × W box around the character, "
                              "one box per window (centred on the masks' bounding box over the window), instead of the "
                              "whole frame: fewer pixels per step, so more steps in the same time")
     parser.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
     args = parser.parse_args(argv)
+    if args.random_switches is not None and (args.switch_weight == 1.0 or not 0.0 <= args.random_switches <= 1.0):
+        parser.error("--random-switches P needs --switch-weight W (W != 1) and P in [0, 1]")
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     torch.manual_seed(args.seed)
@@ -394,6 +400,7 @@ def main(argv: List[str] = None) -> int:
     num_actions = config.model.lma.num_actions
     curves: List[Dict[str, Any]] = []
     step, started, train_ids, train_seconds = 0, time.time(), [], 0.0
+    control_generator = torch.Generator().manual_seed(args.seed + 11)  # --random-switches
     oracle = OracleCodes(len(LOCAL_ACTION_NAMES), config.model.lma.action_dim, args.seed,
                           args.oracle_scale) if args.oracle else None
     usage, restarted, every = torch.zeros(num_actions), 0, config.training.codebook_restart_every
@@ -446,6 +453,10 @@ def main(argv: List[str] = None) -> int:
                                                         torch.ones_like(gma.foregrounds[:, 1:, :1]))
                 elif name == "multiscale_local_reconstruction_loss" and args.switch_weight != 1.0:
                     switches = switch_transitions(batch["local_actions"]).float()
+                    if args.random_switches is not None:  # the control: as many marks, at random places (t ≥ 1)
+                        switches = (torch.rand(switches.shape, generator=control_generator)
+                                    < args.random_switches).float()
+                        switches[:, 0] = 0
                     term = loss.multiscale_local_reconstruction_loss(gma, output,
                                                                      1.0 + (args.switch_weight - 1.0) * switches)
                 elif name in ("local_state_reconstruction_loss",):
