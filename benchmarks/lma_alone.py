@@ -48,7 +48,7 @@ import os
 import sys
 import time
 from types import SimpleNamespace
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -188,6 +188,14 @@ def code_switch_record(ids: torch.Tensor, local_actions: torch.Tensor) -> Dict[s
     return {"code_switch_precision": hits / max(int(marked.sum()), 1),
             "code_switch_recall": hits / max(int(true.sum()), 1),
             "code_switch_share": float(marked.float().mean()) if marked.numel() else 0.0}
+
+
+def random_switches(shape: Tuple[int, int], share: float, generator: torch.Generator) -> torch.Tensor:
+    """`--random-switches P`, the control for `loss.code_switch_weight`: (B, T−1) bool marks, each transition t ≥ 1
+    marked with probability P, the first of a window never (as `code_switches` never marks it)."""
+    marks = torch.rand(shape, generator=generator) < share
+    marks[:, 0] = False
+    return marks
 
 
 @torch.no_grad()
@@ -453,10 +461,9 @@ def main(argv: List[str] = None) -> int:
                                                         torch.ones_like(gma.foregrounds[:, 1:, :1]))
                 elif name == "multiscale_local_reconstruction_loss" and args.switch_weight != 1.0:
                     switches = switch_transitions(batch["local_actions"]).float()
-                    if args.random_switches is not None:  # the control: as many marks, at random places (t ≥ 1)
-                        switches = (torch.rand(switches.shape, generator=control_generator)
-                                    < args.random_switches).float()
-                        switches[:, 0] = 0
+                    if args.random_switches is not None:  # the control: as many marks, at random places
+                        switches = random_switches(tuple(switches.shape), args.random_switches,
+                                                   control_generator).float()
                     term = loss.multiscale_local_reconstruction_loss(gma, output,
                                                                      1.0 + (args.switch_weight - 1.0) * switches)
                 elif name in ("local_state_reconstruction_loss",):

@@ -136,6 +136,17 @@ def test_code_switch_record_counts_the_marked_transitions_that_are_true_switches
     assert nothing == {"code_switch_precision": 0.0, "code_switch_recall": 0.0, "code_switch_share": 0.0}
 
 
+def test_random_switches_never_mark_the_first_transition_and_mark_about_the_share():
+    import torch
+
+    marks = lma_alone.random_switches((2000, 3), 0.3, torch.Generator().manual_seed(0))
+    assert marks.dtype == torch.bool and not marks[:, 0].any()
+    assert 0.27 < marks[:, 1:].float().mean().item() < 0.33
+    assert not lma_alone.random_switches((5, 4), 0.0, torch.Generator().manual_seed(0)).any()
+    with pytest.raises(SystemExit):
+        lma_alone.main(["--out", "unused", "--random-switches", "0.5"])  # needs --switch-weight
+
+
 def test_the_oracle_trains_on_crops(dataset_root, tmp_path):
     from PIL import Image
 
