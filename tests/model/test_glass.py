@@ -27,6 +27,7 @@ ABLATIONS = {
     "action_matching": {"action_matching": True},  # ours, opt-in
     "action_from_masks": {"action_from_masks": True},  # ours, opt-in
     "autoregressive_share": {"autoregressive_share": 0.5},  # ours, opt-in
+    "decoder_action_film": {"decoder_action": True, "decoder_action_film": True},  # ours, opt-in
 }
 
 
@@ -74,6 +75,9 @@ def test_every_ablation_trains_with_the_expected_shapes(make_small_model, small_
     loss.backward()
     assert all(final[0].weight.grad.abs().sum() > 0 for final in model.lma.decoder.finals)
     assert model.lma.action_network.codebook.grad.abs().sum() > 0
+    # decoder_action_film: every (γ, β) map starts at zero and is trained
+    assert len(model.lma.decoder.films) == (4 if overrides.get("decoder_action_film") else 0)
+    assert all(film.weight.grad.abs().sum() > 0 for film in model.lma.decoder.films)
 
 
 def test_lma_losses_send_no_gradient_into_the_gma(make_small_model, small_video, device):
