@@ -368,10 +368,11 @@ class Decoder(nn.Module):
                 # tiled before the stage: interpolating a constant map leaves it unchanged
                 features = tile_and_concatenate(features, action.to(features.dtype))
             features = stage(features)
-            if self.films and index == len(self.stages) - 1:
-                features = self._film(index + 1, features, action)
-            if skip is not None and index == len(self.stages) - 1:
-                features = torch.cat([features, skip.to(features.dtype)], dim=1)
+            if index == len(self.stages) - 1:  # the full-size features
+                if self.films:
+                    features = self._film(index + 1, features, action)
+                if skip is not None:
+                    features = torch.cat([features, skip.to(features.dtype)], dim=1)
             outputs.append(final(features))
         if self.warp_pixels:
             outputs[-1] = self.warp_skip(outputs[-1], skip.to(outputs[-1].dtype))

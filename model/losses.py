@@ -33,6 +33,7 @@ from model.gma import GMAOutput
 from model.lma import LMAOutput
 from model.vgg import VGGFeatures, perceptual_distance
 from utils.config import GMA_LOSS_NAMES, LOSS_NAMES, LossConfig
+from utils.metrics import switch_transitions
 
 PERCEPTUAL_LOSS_NAMES = tuple(name for name in LOSS_NAMES if "perceptual" in name)  # the terms that need VGG19
 LMA_LOSS_NAMES = tuple(name for name in LOSS_NAMES if name not in GMA_LOSS_NAMES)
@@ -49,7 +50,8 @@ def code_switches(action_ids: torch.Tensor) -> torch.Tensor:
     if action_ids.dim() != 2:
         raise ValueError(f"action ids must be (B, T-1), got {tuple(action_ids.shape)}")
     switches = torch.zeros_like(action_ids, dtype=torch.bool)
-    switches[:, 1:] = action_ids[:, 1:] != action_ids[:, :-1]
+    if action_ids.shape[1] > 1:  # the same comparison as the labels', shifted by one transition
+        switches[:, 1:] = switch_transitions(action_ids)
     return switches
 
 
@@ -225,8 +227,8 @@ class GlassLoss(nn.Module):
         if self.config.local_change_weight > 0:  # ours, opt-in: the pixels that change beyond the shift weigh more
             weights = weights + self.config.local_change_weight * (change > CHANGED_PIXEL_THRESHOLD).to(weights.dtype)
         if self.config.code_switch_weight != 1.0:  # ours, opt-in: where the inferred code changes weighs more
-            switches = code_switches(lma.action_ids).to(weights.dtype)
-            weights = weights * (1.0 + (self.config.code_switch_weight - 1.0) * switches)[:, :, None, None, None]
+            factors = 1.0 + (self.config.code_switch_weight - 1.0) * code_switches(lma.action_ids).to(weights.dtype)
+            transition_weights = factors if transition_weights is None else transition_weights * factors
         if transition_weights is not None:
             weights = weights * transition_weights[:, :, None, None, None].to(weights.dtype)
         return self._multiscale_weighted_l1(targets, lma.generated_foregrounds, weights.detach())
