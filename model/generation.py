@@ -24,9 +24,10 @@ from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
 import torch
 
 from model.blocks import assert_shape
-from model.glass import Glass
-from model.gma import BACKGROUND_PADDING, shift_images
-from model.lma import DynamicsState, split_full_output
+from model.glass import Glass, LMAInputs
+from model.glimpse import GlimpseBoxes, crop, paste, translate_states
+from model.gma import BACKGROUND_PADDING, FOREGROUND_PADDING, GMAOutput, shift_images
+from model.lma import DynamicsState, InferredMotion, split_full_output
 from utils.config import RECONSTRUCTION_PROTOCOLS  # name → description; num_ground_truth_steps gives their T_f
 
 # Global shifts (dx, dy) in affine_grid units used in the paper's figures (SPEC §3.3).
@@ -94,24 +95,118 @@ class Reconstruction:
     action_codes: torch.Tensor
 
 
+@dataclass
+class TransitionMotion:
+    """`model.lma.glimpse`: the motion of a sequence read transition by transition, each t → t+1 inside a box of its
+    own around mₜ ∪ mₜ₊₁ (the GMA's masks). `inputs` and `inferred` are those of the B·S two-frame windows (window
+    b·S + t is transition t of sequence b; `model.glass.LMAInputs`, `model.lma.InferredMotion`); ids (B, S) and
+    codes (B, S, D) are the local actions per sequence."""
+
+    inputs: LMAInputs
+    inferred: InferredMotion
+    ids: torch.Tensor
+    codes: torch.Tensor
+
+    @property
+    def steps(self) -> int:
+        return self.ids.shape[1]
+
+
+def transition_motion(model: Glass, gma: GMAOutput) -> TransitionMotion:
+    """Read the local actions of a sequence (the GMA's output on it) with `model.lma.glimpse`, one box per transition
+    (a sequence longer than the training windows need not fit one box)."""
+    batch_size, steps = gma.foreground_shifts.shape[:2]
+
+    def pairs(tensor: torch.Tensor) -> torch.Tensor:  # (B, T, …) → (B·S, 2, …): frames t and t + 1
+        return torch.stack([tensor[:, :-1], tensor[:, 1:]], dim=2).flatten(0, 1)
+
+    inputs = model.lma_inputs(pairs(gma.foregrounds), gma.shifted_foregrounds.flatten(0, 1)[:, None],
+                              gma.foreground_shifts.flatten(0, 1)[:, None], pairs(gma.masks))
+    inferred = model.lma.infer_motion(inputs.foregrounds, inputs.shifted_foregrounds, inputs.foreground_shifts,
+                                      masks=inputs.masks)
+    return TransitionMotion(inputs, inferred, inferred.actions.ids.view(batch_size, steps),
+                            inferred.actions.codes.view(batch_size, steps, -1))
+
+
+def _box_around(model: Glass, mask: torch.Tensor, shift: torch.Tensor) -> GlimpseBoxes:
+    """The glimpse box of one step: around the current mask (B, 1, H, W) and where Δ_F (B, 2, frame units) moves it."""
+    return model.boxes(torch.stack([mask, shift_images(mask, shift, FOREGROUND_PADDING)], dim=1))
+
+
+def _step_in_box(model: Glass, boxes: GlimpseBoxes, previous_boxes: Optional[GlimpseBoxes], states: torch.Tensor,
+                 foreground: torch.Tensor, mask: torch.Tensor, box_shift: torch.Tensor, code: torch.Tensor,
+                 dynamics_state: DynamicsState, sample_noise: bool) -> Tuple[torch.Tensor, torch.Tensor, DynamicsState]:
+    """One LMA step inside `boxes` from the box's states φ, foreground and mask, Δ_F in box units and the code; the
+    memory first moves from `previous_boxes` to `boxes` (`model.glimpse.translate_states`). Returns f̂, m̂ pasted
+    into frames and the new memory."""
+    if previous_boxes is not None:
+        dynamics_state = translate_states(dynamics_state, model.lma.dynamics.initial_state(states.shape[0]),
+                                          previous_boxes, boxes)
+    decoded, dynamics_state = model.lma.step(states, box_shift, code, dynamics_state, sample_noise, foreground, mask)
+    foreground, mask = split_full_output(decoded[0])
+    return paste(foreground, boxes), paste(mask, boxes), dynamics_state
+
+
+def glimpse_unroll(model: Glass, motion: TransitionMotion, codes: torch.Tensor, ground_truth_steps: int,
+                   first: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+                   sample_noise: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """`model.lma.glimpse`: the S steps of `motion` drawn one by one with `codes` (B, S, D), each in a box: step
+    t < T_f from the real fₜ in its transition's box, a later step from the previous f̂ in a box around it
+    (`_box_around`); with `first` = (f, m) (B, ·, H, W) every step is of the latter kind, from that start (motion
+    transfer). Δ_F is the refined one the transition was read with. Returns f̂ (B, S, 3, H, W) and m̂ (B, S, 1, H, W)
+    in frame coordinates."""
+    batch_size, steps = motion.ids.shape
+    box_shifts = motion.inferred.foreground_shifts.view(batch_size, steps, 2)  # every box has the same size
+    dynamics_state = model.lma.dynamics.initial_state(batch_size)
+    foreground, mask = first if first is not None else (None, None)
+    boxes = None
+    outputs = []
+    for t in range(steps):
+        rows = [b * steps + t for b in range(batch_size)]
+        previous_boxes = boxes
+        if first is None and t < ground_truth_steps:
+            boxes = motion.inputs.boxes.select(rows)
+            box_foreground, box_mask = motion.inputs.foregrounds[rows, 0], motion.inputs.masks[rows, 0]
+            states = motion.inferred.states[rows, 0]
+        else:
+            boxes = _box_around(model, mask, motion.inputs.boxes.to_frame_shifts(box_shifts[:, t]))
+            box_foreground, box_mask = crop(foreground, boxes), crop(mask, boxes)
+            states = model.lma.encoder(box_foreground)[0]
+        foreground, mask, dynamics_state = _step_in_box(model, boxes, previous_boxes, states, box_foreground,
+                                                        box_mask, box_shifts[:, t], codes[:, t], dynamics_state,
+                                                        sample_noise)
+        outputs.append((foreground, mask))
+    return torch.stack([f for f, _ in outputs], dim=1), torch.stack([m for _, m in outputs], dim=1)
+
+
 def _render(model: Glass, protocol: str, driving_video: torch.Tensor, target_first_frames: Optional[torch.Tensor],
             ground_truth_steps: int, sample_noise: bool) -> Reconstruction:
     """Infer motion from `driving_video` (B, T, 3, H, W) and generate with T_f = `ground_truth_steps`
     from its own frames, or (T_f = 1) from `target_first_frames` (B, 3, H, W) when given."""
     gma = model.gma(driving_video)
-    motion = model.lma.infer_motion(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts, masks=gma.masks)
-    states, actions = motion.states, motion.actions
-    if target_first_frames is None:
-        first_frames, first_masks, ground_truth_states = (driving_video[:, 0], gma.masks[:, 0],
-                                                          states[:, :ground_truth_steps])
-        ground_truth_foregrounds, ground_truth_masks = (gma.foregrounds[:, :ground_truth_steps],
-                                                        gma.masks[:, :ground_truth_steps])
+    if model.glimpse is not None:  # `model.lma.glimpse`: every step in a box of its own, pasted back
+        motion = transition_motion(model, gma)
+        first_frames = driving_video[:, 0] if target_first_frames is None else target_first_frames
+        first_masks = gma.masks[:, 0] if target_first_frames is None else model.gma.masking_network(first_frames)
+        first = None if target_first_frames is None else (first_masks * first_frames, first_masks)
+        foregrounds, masks = glimpse_unroll(model, motion, motion.codes, ground_truth_steps, first, sample_noise)
+        foregrounds, action_ids, action_codes = [foregrounds], motion.ids, motion.codes
     else:
-        first_frames, first_masks = target_first_frames, model.gma.masking_network(target_first_frames)
-        ground_truth_foregrounds, ground_truth_masks = (first_masks * first_frames)[:, None], first_masks[:, None]
-        ground_truth_states = model.lma.encode(ground_truth_foregrounds)[0]
-    foregrounds, masks = model.lma.unroll(ground_truth_states, motion.foreground_shifts, actions.codes, sample_noise,
-                                          ground_truth_foregrounds, ground_truth_masks)
+        inferred = model.lma.infer_motion(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts,
+                                          masks=gma.masks)
+        states, actions = inferred.states, inferred.actions
+        action_ids, action_codes = actions.ids, actions.codes
+        if target_first_frames is None:
+            first_frames, first_masks, ground_truth_states = (driving_video[:, 0], gma.masks[:, 0],
+                                                              states[:, :ground_truth_steps])
+            ground_truth_foregrounds, ground_truth_masks = (gma.foregrounds[:, :ground_truth_steps],
+                                                            gma.masks[:, :ground_truth_steps])
+        else:
+            first_frames, first_masks = target_first_frames, model.gma.masking_network(target_first_frames)
+            ground_truth_foregrounds, ground_truth_masks = (first_masks * first_frames)[:, None], first_masks[:, None]
+            ground_truth_states = model.lma.encode(ground_truth_foregrounds)[0]
+        foregrounds, masks = model.lma.unroll(ground_truth_states, inferred.foreground_shifts, actions.codes,
+                                              sample_noise, ground_truth_foregrounds, ground_truth_masks)
     background = model.gma.generation_background(first_frames, first_masks)
     steps = gma.foreground_shifts.shape[1]
     cumulative_shifts = gma.background_shifts.cumsum(dim=1).flatten(0, 1)  # (B·(T−1), 2)
@@ -127,8 +222,8 @@ def _render(model: Glass, protocol: str, driving_video: torch.Tensor, target_fir
         masks=gma.masks,
         foreground_shifts=gma.foreground_shifts,
         background_shifts=gma.background_shifts,
-        action_ids=actions.ids,
-        action_codes=actions.codes,
+        action_ids=action_ids,
+        action_codes=action_codes,
     )
 
 
@@ -165,7 +260,8 @@ class PlayState:
     (real at step 0, f̂ afterwards), whose encoding is the next dynamics input; mask (B, 1, H, W):
     its mask (the GMA's at step 0, m̂ afterwards);
     dynamics_state: the ConvLSTM memory; background (B, 3, H, W): the first frame's inpainted
-    background; cumulative_background_shift (B, 2): the sum of the background shifts so far.
+    background; cumulative_background_shift (B, 2): the sum of the background shifts so far; boxes: with
+    `model.lma.glimpse`, the boxes the last step was drawn in (None before the first step and without a glimpse).
     """
 
     frame: torch.Tensor
@@ -175,6 +271,7 @@ class PlayState:
     background: torch.Tensor
     cumulative_background_shift: torch.Tensor
     step: int
+    boxes: Optional[GlimpseBoxes] = None
 
 
 def start_play(model: Glass, first_frames: torch.Tensor) -> PlayState:
@@ -209,15 +306,24 @@ def play_step(model: Glass, state: PlayState, global_shift: ShiftLike, local_act
     if action_ids.min() < 0 or action_ids.max() >= num_actions:
         raise ValueError(f"local action ids must be in [0, {num_actions}), got {action_ids.tolist()}")
     with _generating(model):
-        states, _ = model.lma.encoder(state.foreground)
-        decoded, dynamics_state = model.lma.step(states, _per_sample_shifts(global_shift, batch_size, state.frame),
-                                                 model.lma.action_network.codebook[action_ids], state.dynamics_state,
-                                                 sample_noise, state.foreground, state.mask)
-        foreground, mask = split_full_output(decoded[0])
+        shifts = _per_sample_shifts(global_shift, batch_size, state.frame)
+        code = model.lma.action_network.codebook[action_ids]
+        boxes = None
+        if model.glimpse is not None:  # `model.lma.glimpse`: in a box around the character and where Δ_F moves it
+            boxes = _box_around(model, state.mask, shifts)
+            box_foreground, box_mask = crop(state.foreground, boxes), crop(state.mask, boxes)
+            foreground, mask, dynamics_state = _step_in_box(
+                model, boxes, state.boxes, model.lma.encoder(box_foreground)[0], box_foreground, box_mask,
+                boxes.to_box_shifts(shifts), code, state.dynamics_state, sample_noise)
+        else:
+            states, _ = model.lma.encoder(state.foreground)
+            decoded, dynamics_state = model.lma.step(states, shifts, code, state.dynamics_state, sample_noise,
+                                                     state.foreground, state.mask)
+            foreground, mask = split_full_output(decoded[0])
         cumulative = state.cumulative_background_shift + _per_sample_shifts(background_shift, batch_size, state.frame)
         frame, _ = _composite(foreground, mask, state.background, cumulative)
     return replace(state, frame=frame, foreground=foreground, mask=mask, dynamics_state=dynamics_state,
-                   cumulative_background_shift=cumulative, step=state.step + 1)
+                   cumulative_background_shift=cumulative, step=state.step + 1, boxes=boxes)
 
 
 def _action_matrix(model: Glass, start_frames: torch.Tensor, num_frames: int, global_shifts: torch.Tensor,
@@ -307,5 +413,16 @@ def video_code_effect_errors(model: Glass, video: torch.Tensor, generator: torch
     mode without gradients (the model's mode restored after)."""
     with _generating(model):
         gma = model.gma(video)
-        return code_effect_errors(model.lma, gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts,
-                                  gma.masks, generator)
+        if model.glimpse is None:
+            return code_effect_errors(model.lma, gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts,
+                                      gma.masks, generator)
+        # `model.lma.glimpse`: the same draws, each step in its transition's box (`glimpse_unroll`), in frames
+        motion = transition_motion(model, gma)
+        codebook = model.lma.action_network.codebook
+        random_ids = torch.randint(0, codebook.shape[0], tuple(motion.ids.shape), generator=generator)
+        targets = gma.foregrounds[:, 1:].float()
+        errors = []
+        for codes in (motion.codes, codebook[random_ids.to(codebook.device)]):
+            generated, _ = glimpse_unroll(model, motion, codes, motion.steps)
+            errors.append((generated.float() - targets).pow(2).sum(dim=(2, 3, 4)))
+        return CodeEffectErrors(inferred=errors[0], random=errors[1], action_ids=motion.ids)

@@ -8,13 +8,14 @@ foregrounds, shifts and actions.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, Optional, Sequence
 
 import torch
 from torch import nn
 
 from model.blocks import assert_shape
+from model.glimpse import GlimpseBoxes, crop, paste, window_boxes
 from model.gma import GlobalMotionAnalysis, GMAOutput
 from model.lma import LMAOutput, LocalMotionAnalysis
 from utils.config import Config, ModelConfig
@@ -35,6 +36,19 @@ class GlassOutput:
     lma: Optional[LMAOutput]
 
 
+@dataclass
+class LMAInputs:
+    """What the LMA reads of a sequence: foregrounds f (B, T, 3, ·, ·), f̃ (B, T−1, 3, ·, ·), Δ_F (B, T−1, 2) and
+    masks m (B, T, 1, ·, ·) — the whole frame, or with `model.lma.glimpse` each window's box (`boxes`; Δ_F in box
+    units)."""
+
+    foregrounds: torch.Tensor
+    shifted_foregrounds: torch.Tensor
+    foreground_shifts: torch.Tensor
+    masks: torch.Tensor
+    boxes: Optional[GlimpseBoxes] = None
+
+
 class Glass(nn.Module):
     """GLASS: global motion analysis (`gma`) and local motion analysis (`lma`).
 
@@ -48,6 +62,24 @@ class Glass(nn.Module):
         self.frame_size = (int(input_size[1]), int(input_size[0]))  # (H, W)
         self.gma = GlobalMotionAnalysis(config.gma)
         self.lma = LocalMotionAnalysis(config.lma, config.state_resolution(input_size))
+        # `glimpse` (h, w) of the LMA's box, None without one; box corners on a grid of two state cells
+        self.glimpse = None if config.lma.glimpse is None else (int(config.lma.glimpse[1]), int(config.lma.glimpse[0]))
+        self.glimpse_grid = 2 * config.lma.encoder_downsampling()
+
+    def boxes(self, masks: torch.Tensor) -> Optional[GlimpseBoxes]:
+        """With `model.lma.glimpse`, one box per window around its masks (B, T, 1, H, W) or (B, 1, H, W)
+        (`model.glimpse.window_boxes`); None without a glimpse."""
+        return None if self.glimpse is None else window_boxes(masks, self.glimpse, self.glimpse_grid)
+
+    def lma_inputs(self, foregrounds: torch.Tensor, shifted_foregrounds: torch.Tensor,
+                   foreground_shifts: torch.Tensor, masks: torch.Tensor) -> LMAInputs:
+        """The GMA's f, f̃, Δ_F and m of a sequence as the LMA reads them: unchanged without a glimpse; with one, cut to
+        each window's box around `masks`, with Δ_F in box units."""
+        if self.glimpse is None:
+            return LMAInputs(foregrounds, shifted_foregrounds, foreground_shifts, masks)
+        boxes = self.boxes(masks)
+        return LMAInputs(crop(foregrounds, boxes), crop(shifted_foregrounds, boxes),
+                         boxes.to_box_shifts(foreground_shifts), crop(masks, boxes), boxes)
 
     def forward(self, observations: torch.Tensor, num_ground_truth_steps: int, run_lma: bool = True,
                 gumbel_temperature: Optional[float] = None, sample_noise: bool = False) -> GlassOutput:
@@ -63,10 +95,14 @@ class Glass(nn.Module):
         gma = self.gma(observations)
         if not run_lma:
             return GlassOutput(gma=gma, lma=None)
-        lma = self.lma(gma.foregrounds.detach(), gma.shifted_foregrounds.detach(), gma.foreground_shifts.detach(),
+        inputs = self.lma_inputs(gma.foregrounds.detach(), gma.shifted_foregrounds.detach(),
+                                 gma.foreground_shifts.detach(), gma.masks.detach())
+        lma = self.lma(inputs.foregrounds, inputs.shifted_foregrounds, inputs.foreground_shifts,
                        num_ground_truth_steps, gumbel_temperature, sample_noise,
-                       gma.masks.detach() if self.config.lma.decoder_skip_mask or self.config.lma.action_from_masks
+                       inputs.masks if self.config.lma.decoder_skip_mask or self.config.lma.action_from_masks
                        else None)
+        if inputs.boxes is not None:
+            lma = paste_output(lma, inputs.boxes)
         return GlassOutput(gma=gma, lma=lma)
 
     @property
@@ -91,6 +127,20 @@ class Glass(nn.Module):
                   for name, parts in modules.items()}
         counts["total"] = sum(p.numel() for p in self.parameters() if p.requires_grad)
         return counts
+
+
+def paste_output(lma: LMAOutput, boxes: GlimpseBoxes) -> LMAOutput:
+    """An LMA output computed on glimpse boxes, in frame coordinates: f̂ (every scale), m̂ and f̃ pasted in place (zeros
+    around), Δ_F in frame units, `glimpse` = the boxes; the states stay the box's (the losses cut the rest back)."""
+    def pasted(tensor: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        return None if tensor is None else paste(tensor, boxes)
+
+    return replace(lma, generated_foregrounds=[paste(scale, boxes) for scale in lma.generated_foregrounds],
+                   generated_masks=paste(lma.generated_masks, boxes),
+                   shifted_foregrounds=pasted(lma.shifted_foregrounds),
+                   foreground_shifts=None if lma.foreground_shifts is None else boxes.to_frame_shifts(
+                       lma.foreground_shifts),
+                   glimpse=boxes)
 
 
 def build_model(config: Config) -> Glass:

@@ -27,6 +27,7 @@ from model.blocks import (
     assert_shape,
     tile_and_concatenate,
 )
+from model.glimpse import GlimpseBoxes
 from model.gma import FOREGROUND_PADDING, shift_images
 from utils.config import LMAConfig
 
@@ -431,6 +432,9 @@ class LMAOutput:
     action_choice_loss: Optional[torch.Tensor] = None
     # `action_matching` in training only: KL(q(f̃ₜ, fₜ₊₁) ‖ q(f̃ₜ, f̂ₜ₊₁)) (scalar); None otherwise.
     action_matching_loss: Optional[torch.Tensor] = None
+    # `model.lma.glimpse`: the windows' boxes (`model.glimpse.GlimpseBoxes`) when `model.glass.paste_output` has put
+    # the box's outputs back into frames (the losses cut them out again); None otherwise.
+    glimpse: Optional[GlimpseBoxes] = None
 
 
 @dataclass

@@ -16,12 +16,14 @@ Choices where SPEC leaves room (each documented at its function):
   code does: at 1/2 the mean of each 2×2 block, at 1/4 the mean of the central 2×2 of each 4×4 block;
 - the motion weights of the two multiscale reconstruction terms have no ε (SPEC §4.1 adds
   0.001 only to those of `reconstruction_loss`);
-- every GMA tensor used by an LMA term is detached, so the LMA terms train the LMA only.
+- every GMA tensor used by an LMA term is detached, so the LMA terms train the LMA only;
+- with `model.lma.glimpse` (ours) the LMA terms are taken inside each window's box (`box_view`): the means run over
+  the box's pixels, as if the box were the frame.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from dataclasses import dataclass, replace
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +31,7 @@ from torch import nn
 
 from model.blocks import assert_shape
 from model.glass import GlassOutput
+from model.glimpse import crop
 from model.gma import GMAOutput
 from model.lma import LMAOutput
 from model.vgg import VGGFeatures, perceptual_distance
@@ -53,6 +56,22 @@ def code_switches(action_ids: torch.Tensor) -> torch.Tensor:
     if action_ids.shape[1] > 1:  # the same comparison as the labels', shifted by one transition
         switches[:, 1:] = switch_transitions(action_ids)
     return switches
+
+
+def box_view(gma: GMAOutput, lma: LMAOutput) -> Tuple[GMAOutput, LMAOutput]:
+    """What the LMA terms read, inside each window's glimpse box when the LMA worked on one (`lma.glimpse`): the
+    GMA's f, m and f̃ and the LMA's f̂ (every scale), m̂ and f̃ cut to the box; unchanged without a glimpse."""
+    boxes = lma.glimpse
+    if boxes is None:
+        return gma, lma
+
+    def cut(tensor: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        return None if tensor is None else crop(tensor, boxes)
+
+    return (replace(gma, foregrounds=cut(gma.foregrounds), masks=cut(gma.masks),
+                    shifted_foregrounds=cut(gma.shifted_foregrounds)),
+            replace(lma, generated_foregrounds=[cut(scale) for scale in lma.generated_foregrounds],
+                    generated_masks=cut(lma.generated_masks), shifted_foregrounds=cut(lma.shifted_foregrounds)))
 
 
 @dataclass
@@ -125,14 +144,14 @@ class GlassLoss(nn.Module):
         gma_total = self._weighted_sum(gma_terms, terms)
         total = gma_total
         if output.lma is not None:
-            lma = output.lma
+            seen, lma = box_view(gma, output.lma)  # the GMA tensors the LMA terms read (with a glimpse: boxes)
             lma_terms: Dict[str, Callable[[], Optional[torch.Tensor]]] = {
-                "multiscale_global_reconstruction_loss": lambda: self.multiscale_global_reconstruction_loss(gma, lma),
-                "multiscale_local_reconstruction_loss": lambda: self.multiscale_local_reconstruction_loss(gma, lma),
-                "multiscale_local_perceptual_loss": lambda: self.multiscale_local_perceptual_loss(gma, lma),
+                "multiscale_global_reconstruction_loss": lambda: self.multiscale_global_reconstruction_loss(seen, lma),
+                "multiscale_local_reconstruction_loss": lambda: self.multiscale_local_reconstruction_loss(seen, lma),
+                "multiscale_local_perceptual_loss": lambda: self.multiscale_local_perceptual_loss(seen, lma),
                 "local_state_reconstruction_loss": lambda: self.local_state_reconstruction_loss(lma),
                 "local_action_vq_loss": lambda: lma.action_vq_loss,  # None for the Gumbel ablation: no term
-                "mask_reconstruction_loss": lambda: self.mask_reconstruction_loss(gma, lma),
+                "mask_reconstruction_loss": lambda: self.mask_reconstruction_loss(seen, lma),
             }
             lma_total = self._weighted_sum(lma_terms, terms)
             if lma.action_choice_loss is not None:  # model.lma.winner_take_all (ours): not one of the twelve

@@ -223,6 +223,11 @@ class LMAConfig:
     # frame, so the pose of fₜ₊₁ can come from the code rather than from a real fₜ. 0 = off.
     autoregressive_share: float = 0.0
     autoregressive_ground_truth_steps: int = 1
+    # Ours, opt-in: [W, H] of a box the LMA works on instead of the whole frame (model.glimpse): one box per window
+    # around the union of its (detached) GMA masks, corners on a grid of twice the encoder downsampling; the LMA's
+    # outputs are pasted back in place (zeros around), its losses are taken inside the box. The W-Sprites
+    # character (about 50 px tall) fills a 48 × 80 box where it is a third of the 128 × 96 frame. null = off.
+    glimpse: Optional[List[int]] = None
     # decoder: one Up(×2) per entry; Res + Final(→3) after all but the last, Final(→4, k7) after the last
     decoder_channels: List[int] = field(default_factory=lambda: [128, 64, 32])
 
@@ -280,6 +285,8 @@ class LMAConfig:
                  "false needs decoder_warp > 0 (without the warp the decoder only draws)")
         _require(self.decoder_skip or not self.decoder_skip_mask, prefix + "decoder_skip_mask",
                  "needs decoder_skip: true (the mask travels with the skip's foreground)")
+        _require(self.glimpse is None or (len(self.glimpse) == 2 and min(self.glimpse) > 0), prefix + "glimpse",
+                 f"must be null or [W, H] with positive sizes, got {self.glimpse}")
         _require(2 ** len(self.decoder_channels) == self.encoder_downsampling(), prefix + "decoder_channels",
                  f"must have one entry per ×2 up to full size ({self.encoder_downsampling()}× from the state), "
                  f"got {self.decoder_channels}")
@@ -315,6 +322,14 @@ class ModelConfig:
             _require(height % divisor == 0 and width % divisor == 0, "data.input_size",
                      f"frames of {width}×{height} do not fit {network}: both sizes must be divisible by {divisor}")
         down = self.lma.encoder_downsampling()
+        if self.lma.glimpse is not None:  # the LMA works on the box
+            glimpse_width, glimpse_height = self.lma.glimpse
+            _require(glimpse_width <= width and glimpse_height <= height, "model.lma.glimpse",
+                     f"a box of {glimpse_width}×{glimpse_height} does not fit frames of {width}×{height}")
+            _require(glimpse_height % (2 * down) == 0 and glimpse_width % (2 * down) == 0, "model.lma.glimpse",
+                     f"both sizes must be divisible by {2 * down} (twice the encoder downsampling), "
+                     f"got {glimpse_width}×{glimpse_height}")
+            return glimpse_height // down, glimpse_width // down
         return height // down, width // down
 
 

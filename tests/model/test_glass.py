@@ -28,6 +28,7 @@ ABLATIONS = {
     "action_from_masks": {"action_from_masks": True},  # ours, opt-in
     "autoregressive_share": {"autoregressive_share": 0.5},  # ours, opt-in
     "decoder_action_film": {"decoder_action": True, "decoder_action_film": True},  # ours, opt-in
+    "glimpse": {"glimpse": [16, 16], "decoder_skip": True, "action_from_masks": True},  # ours, opt-in
 }
 
 

@@ -51,7 +51,7 @@ from torch.utils.data import DataLoader, Subset
 
 from data.video_dataset import VideoDataset, collate_videos
 from data.wsprites.walk import LOCAL_ACTION_NAMES
-from model.generation import num_ground_truth_steps, reconstruct, video_code_effect_errors
+from model.generation import num_ground_truth_steps, reconstruct, transition_motion, video_code_effect_errors
 from model.trained import TrainedModel, load_trained_model
 from utils.checkpoint import CONFIG_FILE
 from utils.config import Config, load_config
@@ -130,12 +130,15 @@ def analyse_motion(model: torch.nn.Module, video: torch.Tensor) -> MotionAnalysi
     try:
         with torch.no_grad():
             gma = model.gma(video)
-            actions = model.lma.infer_motion(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts,
-                                             masks=gma.masks).actions
+            if model.glimpse is not None:  # `model.lma.glimpse`: each transition in its own box
+                action_ids = transition_motion(model, gma).ids
+            else:
+                action_ids = model.lma.infer_motion(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts,
+                                                    masks=gma.masks).actions.ids
     finally:
         model.train(was_training)
     return MotionAnalysis(masks=gma.masks, foreground_shifts=gma.foreground_shifts,
-                          background_shifts=gma.background_shifts, action_ids=actions.ids)
+                          background_shifts=gma.background_shifts, action_ids=action_ids)
 
 
 def window_records(model: torch.nn.Module, batch: Dict[str, Any], protocol: str, input_size: Sequence[int],
