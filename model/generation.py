@@ -187,7 +187,7 @@ def _render(model: Glass, protocol: str, driving_video: torch.Tensor, target_fir
     if model.glimpse is not None:  # `model.lma.glimpse`: every step in a box of its own, pasted back
         motion = transition_motion(model, gma)
         first_frames = driving_video[:, 0] if target_first_frames is None else target_first_frames
-        first_masks = gma.masks[:, 0] if target_first_frames is None else model.gma.masking_network(first_frames)
+        first_masks = gma.masks[:, 0] if target_first_frames is None else model.gma.masks(first_frames)
         first = None if target_first_frames is None else (first_masks * first_frames, first_masks)
         foregrounds, masks = glimpse_unroll(model, motion, motion.codes, ground_truth_steps, first, sample_noise)
         foregrounds, action_ids, action_codes = [foregrounds], motion.ids, motion.codes
@@ -202,7 +202,7 @@ def _render(model: Glass, protocol: str, driving_video: torch.Tensor, target_fir
             ground_truth_foregrounds, ground_truth_masks = (gma.foregrounds[:, :ground_truth_steps],
                                                             gma.masks[:, :ground_truth_steps])
         else:
-            first_frames, first_masks = target_first_frames, model.gma.masking_network(target_first_frames)
+            first_frames, first_masks = target_first_frames, model.gma.masks(target_first_frames)
             ground_truth_foregrounds, ground_truth_masks = (first_masks * first_frames)[:, None], first_masks[:, None]
             ground_truth_states = model.lma.encode(ground_truth_foregrounds)[0]
         foregrounds, masks = model.lma.unroll(ground_truth_states, inferred.foreground_shifts, actions.codes,
@@ -278,7 +278,7 @@ def start_play(model: Glass, first_frames: torch.Tensor) -> PlayState:
     """Begin playing from images (B, 3, H, W): their mask, foreground, background and a fresh memory."""
     assert_shape(first_frames, (None, 3, *model.frame_size), "first frames")
     with _generating(model):
-        masks = model.gma.masking_network(first_frames)
+        masks = model.gma.masks(first_frames)
         return PlayState(frame=first_frames, foreground=masks * first_frames, mask=masks,
                          dynamics_state=model.lma.dynamics.initial_state(first_frames.shape[0]),
                          background=model.gma.generation_background(first_frames, masks),

@@ -169,6 +169,22 @@ class GlobalMotionAnalysis(nn.Module):
         self.background_shift_predictor = ShiftPredictor(config)
         self.inpainter = Inpainter(config)
         self.generation_mask_dilation = config.generation_mask_dilation
+        self.input_scale = config.input_scale
+
+    def shrink(self, images: torch.Tensor) -> torch.Tensor:
+        """`input_scale` s > 1 (ours): images (N, C, H, W) → (N, C, H/s, W/s), the mean of each s × s block; s = 1
+        returns them as they are."""
+        return images if self.input_scale == 1 else F.avg_pool2d(images, self.input_scale)
+
+    def enlarge(self, images: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The inverse resize, bilinear (align_corners=False), to the size of `like`; s = 1 returns them as they are."""
+        if self.input_scale == 1:
+            return images
+        return F.interpolate(images, size=like.shape[-2:], mode="bilinear", align_corners=False)
+
+    def masks(self, frames: torch.Tensor) -> torch.Tensor:
+        """The masking network's masks of frames (N, 3, H, W) → (N, 1, H, W), read at `input_scale`."""
+        return self.enlarge(self.masking_network(self.shrink(frames)), frames)
 
     def forward(self, observations: torch.Tensor) -> GMAOutput:
         """observations (B, T, 3, H, W) in [−1, 1], T ≥ 2 → `GMAOutput`."""
@@ -177,10 +193,13 @@ class GlobalMotionAnalysis(nn.Module):
         if length < 2:
             raise ValueError(f"the GMA needs at least 2 frames per sequence, got T = {length}")
         frames = observations.flatten(0, 1)  # (B·T, 3, H, W)
-        masks = self.masking_network(frames)
+        # `input_scale` (ours): the networks read smaller frames; what they return is resized back to full size
+        small_frames = self.shrink(frames)
+        small_masks = self.masking_network(small_frames)
+        masks = self.enlarge(small_masks, frames)
         foregrounds = masks * frames
         backgrounds = (1 - masks) * frames
-        inpainted = self.inpainter(frames, masks)
+        inpainted = self.enlarge(self.inpainter(small_frames, small_masks), frames)
 
         def unfold(tensor: torch.Tensor) -> torch.Tensor:  # (B·T', ...) → (B, T', ...)
             return tensor.unflatten(0, (batch_size, -1))
@@ -191,8 +210,11 @@ class GlobalMotionAnalysis(nn.Module):
 
         foreground_sources, foreground_targets = pairs(foregrounds)
         background_sources, background_targets = pairs(inpainted)
-        foreground_shifts = self.foreground_shift_predictor(foreground_sources, foreground_targets)  # (B·(T−1), 2)
-        background_shifts = self.background_shift_predictor(background_sources, background_targets)
+        # (B·(T−1), 2), in affine_grid units: the same at every frame size
+        foreground_shifts = self.foreground_shift_predictor(*[self.shrink(x) for x in (foreground_sources,
+                                                                                        foreground_targets)])
+        background_shifts = self.background_shift_predictor(*[self.shrink(x) for x in (background_sources,
+                                                                                        background_targets)])
         mask_sources = unfold(masks)[:, :-1].flatten(0, 1)
         shifted_foregrounds = shift_images(foreground_sources, foreground_shifts, FOREGROUND_PADDING)
         shifted_masks = shift_images(mask_sources, foreground_shifts, FOREGROUND_PADDING)
@@ -215,4 +237,5 @@ class GlobalMotionAnalysis(nn.Module):
         """The background shown at generation: the frame inpainted under its mask dilated by a
         max-pool (`generation_mask_dilation`, 3×3). frames (N, 3, H, W), masks (N, 1, H, W) → (N, 3, H, W).
         """
-        return self.inpainter(frames, dilate_masks(masks, self.generation_mask_dilation))
+        inpainted = self.inpainter(self.shrink(frames), self.shrink(dilate_masks(masks, self.generation_mask_dilation)))
+        return self.enlarge(inpainted, frames)

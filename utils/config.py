@@ -107,8 +107,13 @@ class GMAConfig:
     inpainter_decoder_channels: List[int] = field(default_factory=lambda: [64, 32, 32, 16])
     inpainter_fill_value: float = -1.1  # value written into the masked region before inpainting (outside [-1, 1])
     generation_mask_dilation: int = 3  # max-pool kernel dilating the mask before inpainting at generation (1 = none)
+    # Ours, opt-in: the GMA's networks (masking network, shift predictors, inpainter) read the frames shrunk by this
+    # factor (area averaging); masks and inpainted backgrounds are resized back (bilinear), so fₜ = mₜ·Iₜ, every GMA
+    # output and loss stay at full size. 1 = the authors' model.
+    input_scale: int = 1
 
     def check(self, prefix: str) -> None:
+        _require(self.input_scale in (1, 2, 4), prefix + "input_scale", f"must be 1, 2 or 4, got {self.input_scale}")
         for name in ("mask_first_channels", "mask_middle_channels", "mask_up_channels"):
             _require(getattr(self, name) >= 1, prefix + name, f"must be >= 1, got {getattr(self, name)}")
         _require(self.mask_middle_blocks >= 0, prefix + "mask_middle_blocks",
@@ -314,10 +319,11 @@ class ModelConfig:
         inpainter must divide the frame size, and the dynamics halve the state, so it must be even.
         """
         width, height = input_size
+        scale = self.gma.input_scale  # the GMA's networks see frames of (W, H) / scale
         required_divisors = {"the dynamics network (twice the encoder downsampling)":
                                  2 * self.lma.encoder_downsampling(),
-                             "the masking network": 4,
-                             "the inpainter": 2 ** sum(f == 2 for f in self.gma.inpainter_encoder_downsampling)}
+                             "the masking network": 4 * scale,
+                             "the inpainter": scale * 2 ** sum(f == 2 for f in self.gma.inpainter_encoder_downsampling)}
         for network, divisor in required_divisors.items():
             _require(height % divisor == 0 and width % divisor == 0, "data.input_size",
                      f"frames of {width}×{height} do not fit {network}: both sizes must be divisible by {divisor}")

@@ -1,7 +1,10 @@
 """The GMA of SPEC §3.1: shifting, mask dilation, shift predictor initialisation, inpainter, composition.
 Tests taking `device` run where `pytest --device` says (tests/conftest.py)."""
+import dataclasses
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from model.gma import (
     BACKGROUND_PADDING,
@@ -12,7 +15,7 @@ from model.gma import (
     dilate_masks,
     shift_images,
 )
-from utils.config import GMAConfig
+from utils.config import ConfigError, GMAConfig, load_config
 
 torch.set_num_threads(1)
 
@@ -112,3 +115,48 @@ def test_gma_rejects_single_frames_and_wrong_channels(small_model_config):
         gma(torch.zeros(1, 1, 3, 16, 32))
     with pytest.raises(ValueError, match="observations"):
         gma(torch.zeros(1, 2, 6, 16, 32))
+
+
+def test_an_input_scale_runs_the_networks_on_smaller_frames_and_returns_full_size(small_model_config, small_video):
+    """`model.gma.input_scale` (ours): the masking network, inpainter and shift predictors read frames shrunk by the
+    scale; masks and inpainted backgrounds come back at full size, so fₜ = mₜ·Iₜ keeps the frame's pixels."""
+    torch.manual_seed(0)
+    gma = GlobalMotionAnalysis(dataclasses.replace(small_model_config().gma, input_scale=2))
+    seen = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            seen.setdefault(name, tuple(inputs[0].shape[-2:]))
+        return hook
+
+    for name in ("masking_network", "inpainter", "foreground_shift_predictor", "background_shift_predictor"):
+        getattr(gma, name).register_forward_hook(record(name))
+    output = gma(small_video)
+    assert set(seen.values()) == {(8, 16)} and len(seen) == 4  # 32×16 frames read at 16×8
+    batch, length = small_video.shape[:2]
+    assert output.masks.shape == (batch, length, 1, 16, 32)
+    assert output.inpainted_backgrounds.shape == (batch, length, 3, 16, 32)
+    assert output.reconstructed_frames.shape == (batch, length - 1, 3, 16, 32)
+    frames = small_video.flatten(0, 1)
+    expected = F.interpolate(gma.masking_network(F.avg_pool2d(frames, 2)), size=(16, 32), mode="bilinear",
+                             align_corners=False)
+    assert torch.allclose(output.masks.flatten(0, 1), expected, atol=1e-6)
+    assert torch.allclose(output.foregrounds, output.masks * small_video)
+    output.reconstructed_frames.abs().mean().backward()
+    assert next(gma.masking_network.parameters()).grad.abs().sum() > 0
+    gma.eval()
+    with torch.no_grad():
+        assert gma.masks(frames[:2]).shape == (2, 1, 16, 32)
+        assert gma.generation_background(frames[:2], output.masks.flatten(0, 1)[:2].detach()).shape == (2, 3, 16, 32)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.gma.input_scale=3"], r"model\.gma\.input_scale: must be 1, 2 or 4"),
+    (["data.input_size=[80, 48]", "model.gma.input_scale=4"], r"data\.input_size: .*the inpainter")])
+def test_a_bad_input_scale_is_refused_naming_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        config = load_config("configs/wsprites-tiny.yaml", overrides=overrides)
+        config.model.state_resolution(config.data.input_size)
+    config = load_config("configs/wsprites-tiny.yaml",
+                         overrides=["data.input_size=[80, 48]", "model.gma.input_scale=2"])
+    assert config.model.state_resolution(config.data.input_size) == (6, 10)
