@@ -377,6 +377,10 @@ def main(argv: List[str] = None) -> int:
     torch.set_flush_denormal(True)
     torch.manual_seed(args.seed)
     config = load_config(args.config, args.overrides)
+    if config.model.lma.glimpse is not None:  # the LMA alone is given the whole frame or its --crop, not boxes
+        print(f"model.lma.glimpse {config.model.lma.glimpse} is not used here: the LMA alone works on the whole frame "
+              "(or on --crop boxes around the true masks)", flush=True)
+        config.model.lma.glimpse = None
     os.makedirs(args.out, exist_ok=True)
     ground_truth_steps = args.ground_truth_steps or args.length - 1
 

@@ -313,10 +313,12 @@ class ModelConfig:
 
     def state_resolution(self, input_size: Sequence[int]) -> Tuple[int, int]:
         """(H, W) of φ and of the dynamics state for frames of `input_size` = [W, H]: the frame size
-        divided by the encoder downsampling (12×16 W-Sprites, 32×32 BAIR, 12×32 Tennis).
+        divided by the encoder downsampling (12×16 W-Sprites, 32×32 BAIR, 12×32 Tennis); with `lma.glimpse`
+        the box's size divided by it.
 
         Raises `ConfigError` when the frames do not fit the networks: the encoder, masking network and
-        inpainter must divide the frame size, and the dynamics halve the state, so it must be even.
+        inpainter must divide the frame size (the GMA's networks the frame shrunk by `gma.input_scale`), and the
+        dynamics halve the state, so it must be even; a glimpse must fit the frame and the state grid.
         """
         width, height = input_size
         scale = self.gma.input_scale  # the GMA's networks see frames of (W, H) / scale

@@ -159,7 +159,8 @@ def test_the_oracle_trains_on_crops(dataset_root, tmp_path):
                            "train", "--length", "3", "--oracle", "--crop", "32", "32", f"data.root={dataset_root}",
                            "data.num_workers=0", "training.batch_size=2", "data.input_size=[64, 48]", "data.crop=null",
                            *[override for override in SMALL_MODEL if override.startswith("model.lma.")],
-                           "model.lma.decoder_skip=true", "model.lma.decoder_skip_mask=true"]) == 0
+                           "model.lma.decoder_skip=true", "model.lma.decoder_skip_mask=true",
+                           "model.lma.glimpse=[64, 80]"]) == 0  # a whole-model glimpse is set aside: the crop is used
     with open(os.path.join(out, "curves.json"), encoding="utf-8") as handle:
         curves = json.load(handle)["curves"]
     assert [record["step"] for record in curves] == [0, 2]
