@@ -128,9 +128,13 @@ def transition_motion(model: Glass, gma: GMAOutput) -> TransitionMotion:
                             inferred.actions.codes.view(batch_size, steps, -1))
 
 
-def _box_around(model: Glass, mask: torch.Tensor, shift: torch.Tensor) -> GlimpseBoxes:
-    """The glimpse box of one step: around the current mask (B, 1, H, W) and where Δ_F (B, 2, frame units) moves it."""
-    return model.boxes(torch.stack([mask, shift_images(mask, shift, FOREGROUND_PADDING)], dim=1))
+def _box_inputs(model: Glass, foreground: torch.Tensor, mask: torch.Tensor,
+                shift: torch.Tensor) -> Tuple[GlimpseBoxes, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A step from the current foreground and mask (B, ·, H, W) without a transition box: the glimpse box around the
+    mask and where Δ_F (B, 2, frame units) moves it, the foreground and mask cut to it and the box's states φ."""
+    boxes = model.boxes(torch.stack([mask, shift_images(mask, shift, FOREGROUND_PADDING)], dim=1))
+    box_foreground = crop(foreground, boxes)
+    return boxes, box_foreground, crop(mask, boxes), model.lma.encoder(box_foreground)[0]
 
 
 def _step_in_box(model: Glass, boxes: GlimpseBoxes, previous_boxes: Optional[GlimpseBoxes], states: torch.Tensor,
@@ -152,7 +156,7 @@ def glimpse_unroll(model: Glass, motion: TransitionMotion, codes: torch.Tensor, 
                    sample_noise: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """`model.lma.glimpse`: the S steps of `motion` drawn one by one with `codes` (B, S, D), each in a box: step
     t < T_f from the real fₜ in its transition's box, a later step from the previous f̂ in a box around it
-    (`_box_around`); with `first` = (f, m) (B, ·, H, W) every step is of the latter kind, from that start (motion
+    (`_box_inputs`); with `first` = (f, m) (B, ·, H, W) every step is of the latter kind, from that start (motion
     transfer). Δ_F is the refined one the transition was read with. Returns f̂ (B, S, 3, H, W) and m̂ (B, S, 1, H, W)
     in frame coordinates."""
     batch_size, steps = motion.ids.shape
@@ -169,9 +173,8 @@ def glimpse_unroll(model: Glass, motion: TransitionMotion, codes: torch.Tensor, 
             box_foreground, box_mask = motion.inputs.foregrounds[rows, 0], motion.inputs.masks[rows, 0]
             states = motion.inferred.states[rows, 0]
         else:
-            boxes = _box_around(model, mask, motion.inputs.boxes.to_frame_shifts(box_shifts[:, t]))
-            box_foreground, box_mask = crop(foreground, boxes), crop(mask, boxes)
-            states = model.lma.encoder(box_foreground)[0]
+            boxes, box_foreground, box_mask, states = _box_inputs(
+                model, foreground, mask, motion.inputs.boxes.to_frame_shifts(box_shifts[:, t]))
         foreground, mask, dynamics_state = _step_in_box(model, boxes, previous_boxes, states, box_foreground,
                                                         box_mask, box_shifts[:, t], codes[:, t], dynamics_state,
                                                         sample_noise)
@@ -310,11 +313,10 @@ def play_step(model: Glass, state: PlayState, global_shift: ShiftLike, local_act
         code = model.lma.action_network.codebook[action_ids]
         boxes = None
         if model.glimpse is not None:  # `model.lma.glimpse`: in a box around the character and where Δ_F moves it
-            boxes = _box_around(model, state.mask, shifts)
-            box_foreground, box_mask = crop(state.foreground, boxes), crop(state.mask, boxes)
-            foreground, mask, dynamics_state = _step_in_box(
-                model, boxes, state.boxes, model.lma.encoder(box_foreground)[0], box_foreground, box_mask,
-                boxes.to_box_shifts(shifts), code, state.dynamics_state, sample_noise)
+            boxes, box_foreground, box_mask, states = _box_inputs(model, state.foreground, state.mask, shifts)
+            foreground, mask, dynamics_state = _step_in_box(model, boxes, state.boxes, states, box_foreground,
+                                                            box_mask, boxes.to_box_shifts(shifts), code,
+                                                            state.dynamics_state, sample_noise)
         else:
             states, _ = model.lma.encoder(state.foreground)
             decoded, dynamics_state = model.lma.step(states, shifts, code, state.dynamics_state, sample_noise,

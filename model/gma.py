@@ -210,11 +210,10 @@ class GlobalMotionAnalysis(nn.Module):
 
         foreground_sources, foreground_targets = pairs(foregrounds)
         background_sources, background_targets = pairs(inpainted)
-        # (B·(T−1), 2), in affine_grid units: the same at every frame size
-        foreground_shifts = self.foreground_shift_predictor(*[self.shrink(x) for x in (foreground_sources,
-                                                                                        foreground_targets)])
-        background_shifts = self.background_shift_predictor(*[self.shrink(x) for x in (background_sources,
-                                                                                        background_targets)])
+        # The shift predictors read the frames at `input_scale` (each frame shrunk once); (B·(T−1), 2) in affine_grid
+        # units, the same at every frame size
+        foreground_shifts = self.foreground_shift_predictor(*pairs(self.shrink(foregrounds)))
+        background_shifts = self.background_shift_predictor(*pairs(self.shrink(inpainted)))
         mask_sources = unfold(masks)[:, :-1].flatten(0, 1)
         shifted_foregrounds = shift_images(foreground_sources, foreground_shifts, FOREGROUND_PADDING)
         shifted_masks = shift_images(mask_sources, foreground_shifts, FOREGROUND_PADDING)

@@ -230,8 +230,8 @@ class LMAConfig:
     autoregressive_ground_truth_steps: int = 1
     # Ours, opt-in: [W, H] of a box the LMA works on instead of the whole frame (model.glimpse): one box per window
     # around the union of its (detached) GMA masks, corners on a grid of twice the encoder downsampling; the LMA's
-    # outputs are pasted back in place (zeros around), its losses are taken inside the box. The W-Sprites
-    # character (about 50 px tall) fills a 48 × 80 box where it is a third of the 128 × 96 frame. null = off.
+    # outputs are pasted back in place (zeros around), its losses are taken inside the box. [64, 80] holds a 6-frame
+    # W-Sprites window (the character is about 50 px tall) in 42 % of the 128 × 96 frame. null = off.
     glimpse: Optional[List[int]] = None
     # decoder: one Up(×2) per entry; Res + Final(→3) after all but the last, Final(→4, k7) after the last
     decoder_channels: List[int] = field(default_factory=lambda: [128, 64, 32])
