@@ -60,7 +60,13 @@ from data.wsprites.walk import LOCAL_ACTION_NAMES  # noqa: E402
 from model.codebook import kmeans_codebook, restart_dead_codes  # noqa: E402
 from model.gma import FOREGROUND_PADDING, shift_images  # noqa: E402
 from model.lma import LMAOutput, LocalMotionAnalysis  # noqa: E402
-from model.losses import CHANGED_PIXEL_THRESHOLD, LMA_LOSS_NAMES, GlassLoss, code_switches  # noqa: E402
+from model.losses import (  # noqa: E402
+    CHANGED_PIXEL_THRESHOLD,
+    LMA_LOSS_NAMES,
+    GlassLoss,
+    action_slowness,
+    code_switches,
+)
 from model.vgg import build_vgg_features  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.config import load_config  # noqa: E402
@@ -480,6 +486,10 @@ def main(argv: List[str] = None) -> int:
                 total = total + config.loss.action_choice_weight * output.action_choice_loss
             if output.action_matching_loss is not None:  # model.lma.action_matching
                 total = total + config.loss.action_matching_weight * output.action_matching_loss
+            if config.loss.action_slowness_weight > 0 and oracle is None:  # loss.action_slowness_weight
+                slowness = action_slowness(output.action_codes, output.action_vectors)
+                if slowness is not None:
+                    total = total + config.loss.action_slowness_weight * slowness
             if args.action_cycle > 0:
                 random_ids = torch.randint(0, num_actions, tuple(output.action_ids.shape), generator=noise_generator)
                 logits, _ = recover_codes(lma, gma, output, random_ids)

@@ -58,6 +58,24 @@ def code_switches(action_ids: torch.Tensor) -> torch.Tensor:
     return switches
 
 
+def action_slowness(codes: torch.Tensor, vectors: torch.Tensor) -> Optional[torch.Tensor]:
+    """`loss.action_slowness_weight` (ours, opt-in; slow feature analysis): E‖zₜ₊₁ − zₜ‖² / (2·E‖z − z̄‖²), the
+    squared change of the action vectors z between consecutive transitions of a window over twice their spread in
+    the batch: about 1 when z is drawn independently per transition, 0 when z is constant in each window. The ratio
+    does not change with z's scale, so it cannot be lowered by shrinking the vectors together. `codes` (B, T−1, D)
+    are the VQ's straight-through codes (value eₖ, gradient to z), `vectors` the same transitions' z, detached:
+    z = codes − sg[codes − z] carries the gradient. None with fewer than two transitions per window."""
+    if codes.dim() != 3 or vectors.shape != codes.shape:
+        raise ValueError(f"action codes and vectors must both be (B, T-1, D), got {tuple(codes.shape)} and "
+                         f"{tuple(vectors.shape)}")
+    if codes.shape[1] < 2:
+        return None
+    z = (codes - (codes.detach() - vectors)).float()  # the value of z, the gradient of the codes
+    change = (z[:, 1:] - z[:, :-1]).pow(2).sum(dim=2).mean()
+    spread = (z - z.flatten(0, 1).mean(dim=0)).pow(2).sum(dim=2).mean()
+    return change / (2 * spread + 1e-8)
+
+
 def box_view(gma: GMAOutput, lma: LMAOutput) -> Tuple[GMAOutput, LMAOutput]:
     """What the LMA terms read, inside each window's glimpse box when the LMA worked on one (`lma.glimpse`): the
     GMA's f, m and f̃ and the LMA's f̂ (every scale), m̂ and f̃ cut to the box; unchanged without a glimpse."""
@@ -162,6 +180,12 @@ class GlassLoss(nn.Module):
                 terms["action_matching_loss"] = lma.action_matching_loss.detach()
                 matching = self.config.action_matching_weight * lma.action_matching_loss
                 lma_total = matching if lma_total is None else lma_total + matching
+            if self.config.action_slowness_weight > 0:  # ours, opt-in: not one of the twelve
+                slowness = action_slowness(lma.action_codes, lma.action_vectors)
+                if slowness is not None:
+                    terms["action_slowness_loss"] = slowness.detach()
+                    slowness = self.config.action_slowness_weight * slowness
+                    lma_total = slowness if lma_total is None else lma_total + slowness
             # Added even when the scale is 0, so the LMA parameters stay in the graph (zero gradients, as the authors').
             if lma_total is not None:
                 total = lma_loss_scale * lma_total if total is None else total + lma_loss_scale * lma_total

@@ -105,7 +105,7 @@ AUTHORS_VALUES = {"model.lma.decoder_skip": False, "model.lma.decoder_skip_mask"
                   "model.lma.decoder_action_film": False, "model.lma.glimpse": None,
                   "model.gma.input_scale": 1,
                   "loss.local_change_weight": 0.0,
-                  "loss.code_switch_weight": 1.0,
+                  "loss.code_switch_weight": 1.0, "loss.action_slowness_weight": 0.0,
                   "loss.action_choice_weight": 1.0, "training.codebook_kmeans_init": False,
                   "training.codebook_restart_every": 0}
 

@@ -297,17 +297,18 @@ def test_a_few_dozen_steps_lower_the_gma_loss(dataset_root, tmp_path):
 def test_a_glimpse_run_trains_logs_the_code_effect_and_draws_its_media(dataset_root, tmp_path):
     """`model.lma.glimpse` with `model.gma.input_scale` 2 through train.py: the LMA steps on boxes, the training-batch
     code effect (generation in a box per step), and the media (the reconstruction grid from pasted outputs, the
-    action sheets through play), the GMA on half-size frames."""
+    action sheets through play), the GMA on half-size frames; `loss.action_slowness_weight` logs its term."""
     runs = str(tmp_path / "runs")
     assert train.main(arguments(dataset_root, runs, "glimpse", "training.num_steps=3", "training.gma_warmup_steps=1",
                                 "training.media_every=3", "training.checkpoint_every=3", "model.lma.glimpse=[64, 80]",
-                                "model.gma.input_scale=2",
+                                "model.gma.input_scale=2", "loss.action_slowness_weight=1",
                                 "model.lma.decoder_skip=true", "model.lma.decoder_skip_mask=true",
                                 "training.observations_count={start: 4, end: 4}",
                                 "training.ground_truth_steps={start: 3, end: 3}")) == 0
     rows = metrics(runs, "glimpse")
     lma_rows = [row for row in rows if "multiscale_local_reconstruction_loss" in row]
     assert len(lma_rows) == 2 and all(math.isfinite(row["multiscale_local_reconstruction_loss"]) for row in lma_rows)
+    assert all(0 <= row["action_slowness_loss"] < 10 for row in lma_rows)
     assert any("lma_code_effect_db" in row for row in rows)
     media = os.listdir(os.path.join(runs, "glimpse", "media"))
     assert {"step_000003_reconstruction_grid.png", "step_000003_local_actions_sheet.png"} <= set(media)

@@ -394,8 +394,16 @@ class LossConfig:
     # inferred code differs from the previous transition's in the window (a switch as the action network sees it; the
     # labels are not read); 1 = the authors'
     code_switch_weight: float = 1.0
+    # Ours, opt-in (slow feature analysis, Wiskott & Sejnowski 2002): weight of the slowness of the action vectors
+    # z within each window, E‖zₜ₊₁ − zₜ‖² / (2·E‖z − z̄‖²) over the batch's transitions (an LMA term, scaled like
+    # the others during the warm-up): 1 for z drawn independently per transition, 0 for z constant in each window.
+    # A W-Sprites action lasts 8 frames while the pose changes every frame: a slow code follows the action, not the
+    # pose. Needs the VQ (not model.lma.use_gumbel). 0 = off.
+    action_slowness_weight: float = 0.0
 
     def check(self, prefix: str) -> None:
+        _require(self.action_slowness_weight >= 0, prefix + "action_slowness_weight",
+                 f"must be >= 0, got {self.action_slowness_weight}")
         _require(0.0 <= self.mask_size <= 1.0, prefix + "mask_size", f"must be in [0, 1], got {self.mask_size}")
         _require(self.local_change_weight >= 0, prefix + "local_change_weight",
                  f"must be >= 0, got {self.local_change_weight}")
@@ -565,7 +573,9 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def check(self, prefix: str) -> None:
-        pass
+        _require(not (self.loss.action_slowness_weight > 0 and self.model.lma.use_gumbel),
+                 prefix + "loss.action_slowness_weight", "is taken on the VQ's action vectors: not with "
+                 "model.lma.use_gumbel")
 
     def evaluation_data(self) -> DataConfig:
         """The data section as evaluation reads it: `evaluation.skip_frames` instead of the training spacing."""

@@ -13,7 +13,7 @@ from torch import nn
 from model.glass import Glass, GlassOutput
 from model.gma import GMAOutput
 from model.lma import LMAOutput
-from model.losses import GlassLoss, LossResult, code_switches
+from model.losses import GlassLoss, LossResult, action_slowness, code_switches
 from model.vgg import VGGFeatures, build_vgg_features
 from utils.config import GMA_LOSS_NAMES, LOSS_NAMES, LossConfig, LossWeightsConfig
 
@@ -328,6 +328,62 @@ def test_action_matching_enters_the_total_with_its_weight_and_is_logged():
     assert "action_matching_loss" not in plain.terms
     assert with_term.terms["action_matching_loss"].item() == pytest.approx(0.3)
     assert (with_term.total - plain.total).item() == pytest.approx(0.5 * 0.3)
+
+def straight_through(vectors: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """The VQ's codes for `vectors` z (…, D): the nearest row of `codebook` (K, D) in value, z's gradient."""
+    nearest = codebook[torch.cdist(vectors.flatten(0, -2), codebook).argmin(dim=1)].view_as(vectors)
+    return vectors + (nearest - vectors).detach()
+
+
+def test_action_slowness_by_hand_and_its_extremes():
+    """loss.action_slowness_weight: E‖zₜ₊₁ − zₜ‖² / (2·E‖z − z̄‖²) on z itself, not on the quantised codes; 0 for
+    z constant in each window, about 1 for z drawn independently, the same for z scaled; None for one transition."""
+    codebook = torch.randn(6, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    z = torch.tensor([[[0.0, 0, 0, 0], [1, 0, 0, 0], [1, 2, 0, 0]],
+                      [[0.0, 0, 0, 3], [0, 0, 0, 3], [0, 0, 0, 0]]], dtype=torch.float64)
+    change = (1 + 4 + 0 + 9) / 4
+    spread = ((z - z.flatten(0, 1).mean(0)) ** 2).sum(2).mean()
+    value = action_slowness(straight_through(z, codebook), z)
+    assert value.item() == pytest.approx(change / (2 * spread.item()))
+    constant = torch.randn(8, 1, 4, dtype=torch.float64).expand(8, 5, 4)
+    assert action_slowness(straight_through(constant, codebook), constant).item() == pytest.approx(0.0, abs=1e-12)
+    independent = torch.randn(256, 5, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    assert action_slowness(independent, independent).item() == pytest.approx(1.0, abs=0.05)
+    assert action_slowness(10 * independent, 10 * independent).item() == pytest.approx(
+        action_slowness(independent, independent).item())
+    assert action_slowness(z[:, :1], z[:, :1]) is None
+    with pytest.raises(ValueError, match="action codes and vectors"):
+        action_slowness(z, z[:, :2])
+
+
+def test_action_slowness_trains_z_through_the_straight_through_codes():
+    """The gradient reaches z as if the term were taken on z directly (the codes' value is the codebook rows), and
+    following it makes z slower within the windows."""
+    generator = torch.Generator().manual_seed(3)
+    codebook = torch.randn(6, 4, generator=generator, dtype=torch.float64)
+    z = torch.randn(4, 5, 4, generator=generator, dtype=torch.float64, requires_grad=True)
+    action_slowness(straight_through(z, codebook), z.detach()).backward()
+    direct = z.detach().clone().requires_grad_(True)
+    action_slowness(direct, direct.detach()).backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+    assert torch.allclose(z.grad, direct.grad)
+    before = action_slowness(z, z).item()
+    with torch.no_grad():
+        z -= 0.1 * z.grad
+    assert action_slowness(z, z).item() < before
+
+
+def test_action_slowness_enters_the_total_with_its_weight_and_is_logged():
+    observations, output = random_example(batch=3, length=4)
+    z = torch.randn(3, 3, 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    lma = dataclasses.replace(output.lma, action_codes=z, action_vectors=z)
+    config = only("mask_reconstruction_loss")
+    plain = GlassLoss(config, None)(observations, GlassOutput(gma=output.gma, lma=lma))
+    slow = GlassLoss(dataclasses.replace(config, action_slowness_weight=0.5), None)(
+        observations, GlassOutput(gma=output.gma, lma=lma))
+    assert "action_slowness_loss" not in plain.terms
+    assert slow.terms["action_slowness_loss"].item() == pytest.approx(action_slowness(z, z).item())
+    assert (slow.total - plain.total).item() == pytest.approx(0.5 * action_slowness(z, z).item())
 
 # --------------------------------------------------------------------------- random examples against loops
 
