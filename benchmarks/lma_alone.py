@@ -453,6 +453,10 @@ def main(argv: List[str] = None) -> int:
                 batch, _ = crop_windows(batch, args.crop)
             gma = true_inputs(batch, input_size, args.shift_noise, noise_generator)
             step_started = time.perf_counter()
+            # training.action_freeze_step (as utils.training.trainer.Trainer.action_modules_frozen)
+            frozen = lma.action_readers() if 0 < config.training.action_freeze_step <= step else []
+            for module in frozen:
+                module.eval()
             if oracle is not None:
                 output = oracle_forward(lma, gma, oracle(batch["local_actions"]), ground_truth_steps)
             else:
@@ -497,6 +501,9 @@ def main(argv: List[str] = None) -> int:
                 total = total + args.action_cycle * cycle
             optimizer.zero_grad(set_to_none=True)
             total.backward()
+            for module in frozen:
+                for parameter in module.parameters():
+                    parameter.grad = None
             optimizer.step()
             train_seconds += time.perf_counter() - step_started
             train_ids.append(output.action_ids.flatten())
@@ -504,7 +511,9 @@ def main(argv: List[str] = None) -> int:
             usage += code_histogram(output.action_ids, num_actions).float()
             codebook, vectors = lma.action_network.codebook, output.action_vectors.flatten(0, 1)
             codebook_generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-            if config.training.codebook_kmeans_init and step == 0:
+            if frozen:
+                pass  # the codebook stays as it is
+            elif config.training.codebook_kmeans_init and step == 0:
                 kmeans_codebook(codebook, vectors, codebook_generator, optimizer=optimizer)
                 usage.zero_()
             elif every and (step + 1) % every == 0:

@@ -542,6 +542,11 @@ class LocalMotionAnalysis(nn.Module):
         states, attention = self.encoder(frames.flatten(0, 1))
         return states.unflatten(0, frames.shape[:2]), attention.unflatten(0, frames.shape[:2])
 
+    def action_readers(self) -> List[nn.Module]:
+        """The modules that read the local actions from a transition: the action network (with its codebook), and the
+        action encoder where `action_from_masks` gives it one (what `training.action_freeze_step` holds fixed)."""
+        return [module for module in (self.action_encoder, self.action_network) if module is not None]
+
     def infer_actions(self, shifted_foregrounds: torch.Tensor, states: torch.Tensor, attention: torch.Tensor,
                       gumbel_temperature: Optional[float] = None,
                       silhouettes: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> ActionOutput:

@@ -462,6 +462,11 @@ class TrainingConfig:
     codebook_restart_every: int = 0
     # ... and the codebook set to the k-means centres of z after the first step that trains the LMA.
     codebook_kmeans_init: bool = False
+    # Ours, opt-in: from this 0-based step on, what reads the local actions stops learning — the LMA's action
+    # network with its codebook, and its own encoder with model.lma.action_from_masks: no optimiser step for their
+    # parameters, BatchNorm on their running statistics (eval mode), no codebook restarts. The codes found by then
+    # stay a fixed function of (f̃ₜ, fₜ₊₁) while the dynamics and decoder go on learning to draw them. 0 = off.
+    action_freeze_step: int = 0
     nan_gradient_value: float = 0.0  # non-finite gradients are replaced before each step: NaN → this
     inf_gradient_value: float = 1e5  # ±∞ → ±this
     log_every: int = 100  # steps between status lines and metrics.jsonl rows
@@ -511,6 +516,8 @@ class TrainingConfig:
         _require(self.gma_warmup_steps >= 0, prefix + "gma_warmup_steps", f"must be >= 0, got {self.gma_warmup_steps}")
         _require(self.warmup_mode in WARMUP_MODES, prefix + "warmup_mode",
                  f"must be one of {WARMUP_MODES}, got {self.warmup_mode!r}")
+        _require(self.action_freeze_step >= 0, prefix + "action_freeze_step",
+                 f"must be >= 0 (0 = off), got {self.action_freeze_step}")
         _require(self.codebook_restart_every >= 0, prefix + "codebook_restart_every",
                  f"must be >= 0 (0 = off), got {self.codebook_restart_every}")
         _require(self.precision in PRECISIONS, prefix + "precision",

@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 from benchmarks import lma_alone
 from tests.small_model import SMALL_MODEL
@@ -96,6 +97,30 @@ def test_the_action_recovery_term_trains(dataset_root, tmp_path):
         curves = json.load(handle)["curves"]
     assert [record["step"] for record in curves] == [0, 2]
     assert curves[-1]["step"] == 2 and 0.0 <= curves[-1]["code_recovery"] <= 1.0
+
+
+def test_lma_alone_freezes_the_action_readers_and_adds_the_slowness_term(dataset_root, tmp_path):
+    """training.action_freeze_step 1 in lma_alone: after 3 steps the action encoder and network are the ones of a
+    1-step run from the same seed (no update, no BatchNorm statistics moved), the decoder is not; with
+    loss.action_slowness_weight the runs train (the term enters the total)."""
+    def run(name, steps, *extra):
+        out = str(tmp_path / name)
+        assert lma_alone.main(["--config", os.path.join(os.path.dirname(lma_alone.__file__), "..", "configs",
+                                                        "wsprites-tiny.yaml"),
+                               "--out", out, "--steps", str(steps), "--eval-every", str(steps), "--eval-windows", "2",
+                               "--eval-split", "train", f"data.root={dataset_root}", "data.num_workers=0",
+                               "training.batch_size=2", "data.input_size=[64, 48]", "data.crop=null",
+                               "model.lma.action_from_masks=true", "loss.action_slowness_weight=1", *extra,
+                               *[override for override in SMALL_MODEL if override.startswith("model.lma.")]]) == 0
+        return torch.load(os.path.join(out, "lma.pt"), weights_only=False)["lma"]
+
+    one = run("one", 1)
+    frozen = run("frozen", 3, "training.action_freeze_step=1")
+    free = run("free", 3)
+    readers = [name for name in one if name.startswith(("action_encoder.", "action_network."))]
+    assert readers and all(torch.equal(one[name], frozen[name]) for name in readers)
+    assert any(not torch.equal(one[name], free[name]) for name in readers)
+    assert any(not torch.equal(one[name], frozen[name]) for name in one if name.startswith("decoder."))
 
 
 def test_crop_windows_centres_one_box_per_window_on_its_masks():

@@ -180,6 +180,9 @@ class Trainer:
                                f"{observations_count_at(self.training, step)}")
         plan = self.curriculum(step, observations_count)
         self.model.train()
+        frozen = self.action_modules_frozen(step)
+        for module in frozen:  # training.action_freeze_step: a fixed function, BatchNorm on running statistics
+            module.eval()
         self._enter_phase(observations, plan)
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
@@ -192,6 +195,9 @@ class Trainer:
         self.grad_scaler.scale(total).backward()
         for parameter in self._idle_parameters:  # no Adam step, so no weight decay either: they stay as they are
             parameter.grad = None
+        for module in frozen:
+            for parameter in module.parameters():
+                parameter.grad = None
         self.grad_scaler.unscale_(self.optimizer)
         for parameter in self.model.parameters():
             if parameter.grad is not None:
@@ -210,6 +216,12 @@ class Trainer:
                           observations_count=observations_count, ground_truth_steps=plan["ground_truth_steps"],
                           ran_lma=plan["run_lma"], learning_rate=learning_rate, lma_statistics=statistics)
 
+    def action_modules_frozen(self, step: int) -> List[nn.Module]:
+        """`training.action_freeze_step` S > 0: from 0-based step S on, the modules that read the local actions (the
+        LMA's action network with its codebook, and its action encoder where `action_from_masks` gives it one), which
+        then get no optimiser step and run in eval mode; [] before S or when off."""
+        return self.model.lma.action_readers() if 0 < self.training.action_freeze_step <= step else []
+
     def maintain_codebook(self, step: int, code_counts: torch.Tensor, vectors: torch.Tensor) -> int:
         """The opt-in codebook options (`model.codebook`) after the optimiser step of 0-based `step`, one that
         trained the LMA: k-means of z after the first such step (`codebook_kmeans_init`), and every
@@ -218,6 +230,8 @@ class Trainer:
         replica makes the same change. Returns the number of codes restarted (k-means counts all)."""
         training = self.training
         if self.config.model.lma.use_gumbel or not (training.codebook_kmeans_init or training.codebook_restart_every):
+            return 0
+        if self.action_modules_frozen(step):  # training.action_freeze_step: the codebook stays as it is
             return 0
         lma_step = step - training.gma_warmup_steps  # 0 for the first step that trains the LMA
         self.code_usage += code_counts.to(self.code_usage)

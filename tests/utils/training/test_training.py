@@ -166,3 +166,46 @@ def test_the_trainer_state_round_trips_through_a_weights_only_file(tmp_path, one
     fresh = Trainer(config, initialize("cpu"))
     fresh.load_state_dict(without_usage)
     assert not fresh.code_usage.any()
+
+
+def test_action_freeze_step_holds_what_reads_the_actions_while_the_rest_learns(one_torch_thread):
+    """training.action_freeze_step 1: step 0 trains the action encoder, network and codebook; from step 1 on they and
+    their BatchNorm statistics stay bit-identical (eval mode), no codebook restart happens although one is due at
+    every step, and the dynamics and decoder still learn."""
+    from tests.small_model import NO_PERCEPTUAL_LOSSES, SMALL_MODEL
+    from utils.distributed import initialize
+    from utils.training.trainer import Trainer
+
+    config = load_config(os.path.join(REPOSITORY, "configs", "wsprites.yaml"),
+                         [*SMALL_MODEL, *NO_PERCEPTUAL_LOSSES, "training.gma_warmup_steps=0",
+                          "training.observations_count={start: 3, end: 3}",
+                          "training.ground_truth_steps={start: 2, end: 2}", "model.lma.action_from_masks=true",
+                          "training.codebook_restart_every=1", "training.action_freeze_step=1"])
+    batches = [{"observations": torch.rand(2, 3, 3, 96, 128, generator=torch.Generator().manual_seed(seed)) * 2 - 1}
+               for seed in range(3)]
+    torch.manual_seed(0)
+    trainer = Trainer(config, initialize("cpu"))
+    lma = trainer.model.lma
+
+    def snapshot(module):
+        return {name: value.detach().clone() for name, value in [*module.named_parameters(), *module.named_buffers()]}
+
+    def changed(before, module):
+        now = snapshot(module)
+        return [name for name in before if not torch.equal(before[name], now[name])]
+
+    readers = {"encoder": lma.action_encoder, "network": lma.action_network}
+    before = {key: snapshot(module) for key, module in readers.items()}
+    decoder_before = snapshot(lma.decoder)
+    trainer.training_step(batches[0], 0)
+    assert all(changed(before[key], module) for key, module in readers.items())  # they learn before the step
+    assert trainer.action_modules_frozen(0) == []
+    for step in (1, 2):
+        before = {key: snapshot(module) for key, module in readers.items()}
+        decoder_before = snapshot(lma.decoder)
+        result = trainer.training_step(batches[step], step)
+        assert all(changed(before[key], module) == [] for key, module in readers.items()), step
+        assert changed(decoder_before, lma.decoder), step
+        assert float(result.lma_statistics["codes_restarted"]) == 0
+        assert not lma.action_network.training and not lma.action_encoder.training and lma.decoder.training
+    assert trainer.action_modules_frozen(5) == [lma.action_encoder, lma.action_network]
