@@ -5,6 +5,9 @@
 #   # proving the script on the CPU first (a few steps of each run, everything written the same way):
 #   OUT=/tmp/gpu-learning-dry TRAIN_SECONDS=60 DEVICE=cpu EVAL_SECONDS=600 RUNS_DIR=/tmp/runs-gpu-dry \
 #     EXTRA="training.gma_warmup_steps=2 training.log_every=2" bash benchmarks/gpu_learning.sh
+#   # other runs, another data folder (tests/benchmarks/test_gpu_learning.py runs it so at minimal size):
+#   RUN_LIST="a|--random-seed 0;b|--random-seed 1 loss.code_switch_weight=10" DATA_ROOT=/data/ws GENERATE_ARGS=... \
+#     OUT=/tmp/gpu-learning bash benchmarks/gpu_learning.sh
 #
 # Generates the first run's W-Sprites set, starts every run of RUNS below at once (train.py, the embedded default
 # config with the run's overrides, checkpoints and media every 1,000 steps), and on the CUDA device the
@@ -21,6 +24,9 @@ EVAL_SECONDS=${EVAL_SECONDS:-120}
 DEVICE=${DEVICE:-cuda}
 PYTHON=${PYTHON:-python3}
 EXTRA=${EXTRA:-}  # overrides for every run (the dry run: training.gma_warmup_steps=2 training.log_every=2)
+DATA_ROOT=${DATA_ROOT:-datasets/wsprites-tiny}
+GENERATE_ARGS=${GENERATE_ARGS:---num-characters 60 --videos-per-character 4 --frames 30}
+RUN_LIST=${RUN_LIST:-}  # "name|train.py options" entries separated by ';' instead of the five runs below
 RUNS_DIR=${RUNS_DIR:-runs-gpu}
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 mkdir -p "$OUT" "$RUNS_DIR"
@@ -31,8 +37,9 @@ say "device $DEVICE, training $TRAIN_SECONDS s"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
   "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"; } >>"$log" 2>&1
 
-"$PYTHON" -m data.wsprites.generate --out datasets/wsprites-tiny --num-characters 60 --videos-per-character 4 \
-  --frames 30 --workers 8 >>"$log" 2>&1 || { say "data generation failed"; exit 1; }
+# shellcheck disable=SC2086  # the arguments are words
+"$PYTHON" -m data.wsprites.generate --out "$DATA_ROOT" $GENERATE_ARGS --workers 8 >>"$log" 2>&1 \
+  || { say "data generation failed"; exit 1; }
 say "data ready"
 
 MDC="model.lma.action_from_masks=true model.lma.decoder_action=true loss.code_switch_weight=10"
@@ -44,12 +51,13 @@ RUNS=(
   "mdc-s0|--random-seed 0 $MDC"
   "default-s0|--random-seed 0"
 )
+[ -n "$RUN_LIST" ] && IFS=';' read -r -a RUNS <<<"$RUN_LIST"
 declare -A PIDS
 for entry in "${RUNS[@]}"; do
   name=${entry%%|*}; options=${entry#*|}
   # shellcheck disable=SC2086  # the options are words
   "$PYTHON" train.py --config configs/wsprites-tiny.yaml --run-name "$name" --runs-dir "$RUNS_DIR" \
-    --device "$DEVICE" --no-progress $options training.num_steps=100000 training.checkpoint_every=1000 \
+    --device "$DEVICE" --no-progress $options "data.root=$DATA_ROOT" training.num_steps=100000 training.checkpoint_every=1000 \
     training.media_every=1000 $EXTRA >"$RUNS_DIR/$name.log" 2>&1 &
   PIDS[$name]=$!
 done
@@ -113,6 +121,7 @@ names=($(printf '%s\n' "${!PIDS[@]}" | sort))
 pack() {
   local archive=$1; shift
   local paths=() name last
+  [ $# -gt 0 ] || return 0
   for name in "$@"; do
     paths+=("$RUNS_DIR/$name.log" "$RUNS_DIR/$name/config.yaml" "$RUNS_DIR/$name/metrics.jsonl"
             "$RUNS_DIR/$name/metrics" "$RUNS_DIR/$name/evaluate.log")

@@ -1,0 +1,36 @@
+"""benchmarks/gpu_learning.sh, proved on the CPU at minimal size: what a lent GPU's one command does must work before
+the GPU sees it (data, side-by-side runs stopped by SIGTERM, evaluation, the float16 weights and the archive)."""
+import os
+import subprocess
+import sys
+import tarfile
+
+import torch
+
+from tests.small_model import SMALL_MODEL
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_the_gpu_learning_script_trains_stops_evaluates_and_packs_on_the_cpu(tmp_path):
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    small_model = " ".join(override.replace(", ", ",") for override in SMALL_MODEL)  # the script splits on spaces
+    environment = {**os.environ, "OUT": str(out), "TRAIN_SECONDS": "25", "EVAL_SECONDS": "240", "DEVICE": "cpu",
+                   "PYTHON": sys.executable, "RUNS_DIR": str(runs), "DATA_ROOT": str(tmp_path / "data"),
+                   "GENERATE_ARGS": "--num-characters 10 --videos-per-character 2 --frames 12",
+                   "RUN_LIST": "small|--random-seed 0 model.lma.action_from_masks=true",
+                   "EXTRA": f"{small_model} training.gma_warmup_steps=2 training.log_every=2 training.batch_size=2"}
+    finished = subprocess.run(["bash", os.path.join(REPOSITORY, "benchmarks", "gpu_learning.sh")], cwd=REPOSITORY,
+                              env=environment, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    log = (out / "driver.log").read_text()
+    assert "small: exit 143" in log and "done" in log  # stopped by SIGTERM, then everything after it ran
+    assert sorted(os.listdir(out)) == ["driver.log", "runs-1.tgz", "small.pt"]
+    state = torch.load(out / "small.pt", weights_only=True)
+    assert state["step"] > 2 and state["optimizer"] == {}
+    assert all(value.dtype == torch.float16 for value in state["model"].values() if value.is_floating_point())
+    with tarfile.open(out / "runs-1.tgz") as archive:
+        names = archive.getnames()
+    for expected in ("small.log", "small/config.yaml", "small/metrics.jsonl",
+                     "small/metrics/evaluate-val-one_step.jsonl", "small/metrics/evaluate-val-single_image.jsonl"):
+        assert any(name.endswith(expected) for name in names), expected
