@@ -580,7 +580,6 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def check(self, prefix: str) -> None:
-        self.model.state_resolution(self.data.input_size)  # the frames fit the networks (and a glimpse the frames)
         _require(not (self.loss.action_slowness_weight > 0 and self.model.lma.use_gumbel),
                  prefix + "loss.action_slowness_weight", "is taken on the VQ's action vectors: not with "
                  "model.lma.use_gumbel")
