@@ -41,6 +41,7 @@ def test_the_dry_run_passes_every_step_and_writes_the_report_and_summary(tmp_pat
     resume = steps["resume"]["figures"]  # 4 steps, SIGTERM after the first: stopped at 1, 2 or 3, resumed to 4
     assert resume["bit_identical"] and resume["max_abs_difference"] == 0.0 and 1 <= resume["stopped_at_step"] < 4
     assert resume["max_weight_change_after_stop"] > 0
+    assert resume["control_bit_identical"] and resume["control_max_abs_difference"] == 0.0
     rows = steps["training-step-fp32"]["figures"]["rows"]
     assert {(row["case"], row["channels_last"]) for row in rows} == {("warmup", True), ("warmup", False)}
     assert all(row["seconds_per_step"] > 0 and row["peak_memory_gib"] > 0 for row in rows)
@@ -76,3 +77,22 @@ def test_a_second_check_empties_only_a_folder_a_check_wrote(tmp_path):
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
         f"error: --out {foreign}: a non-empty folder that no gpu_check wrote; choose another folder"]
     assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_the_resume_verdict_on_cuda_is_measured_against_a_second_uninterrupted_run():
+    """On the H200 two uninterrupted runs already differed before the stop; the resumed run is judged against that
+    spread: 22 % passes when the control differs by 15 % (allowed 30 %), fails when it differs by 2 % (allowed 10 %);
+    on the CPU both must be bit-identical."""
+    from benchmarks.gpu_check import resume_failure
+
+    base = {"bit_identical": False, "max_abs_difference": 25.0, "max_abs_difference_tensor": "w",
+            "difference_over_change": 0.22, "control_bit_identical": False, "control_max_abs_difference": 17.0}
+    assert resume_failure({**base, "control_difference_over_change": 0.15}, "cuda") is None
+    failure = resume_failure({**base, "control_difference_over_change": 0.02}, "cuda")
+    assert "22 %" in failure and "> 10 %" in failure and "differs by 2 %" in failure
+    small = {**base, "difference_over_change": 0.05, "control_difference_over_change": None}
+    assert resume_failure(small, "cuda") is None
+    assert "not bit-identical" in resume_failure(base, "cpu")
+    identical = {**base, "bit_identical": True}
+    assert "two uninterrupted runs" in resume_failure(identical, "cpu")
+    assert resume_failure({**identical, "control_bit_identical": True}, "cpu") is None
