@@ -58,7 +58,7 @@ from utils.checkpoint import (
     save_checkpoint,
 )
 from utils.cli import run_main
-from utils.config import Config, config_to_dict, dump_config, load_config
+from utils.config import Config, check_frames_fit, config_to_dict, dump_config, load_config
 from utils.distributed import (
     DEVICE_CHOICES,
     DistributedContext,
@@ -134,10 +134,10 @@ def resolve_configuration(arguments: argparse.Namespace, run_folder: str) -> Con
         if arguments.config:
             raise GlassError("--config: a resumed run uses the config.yaml of its folder; give changes as key=value "
                              "overrides instead")
-        return read_run_config(run_folder, overrides)
+        return read_run_config(run_folder, overrides)  # checks that the frames fit the model, naming the file
     if not arguments.config:
         raise GlassError("--config is required to start a run (or continue one with --resume-step)")
-    return load_config(arguments.config, overrides)
+    return check_frames_fit(load_config(arguments.config, overrides), arguments.config)
 
 
 def print_summary(config: Config) -> None:

@@ -75,6 +75,10 @@ def test_dry_run_prints_the_config_and_the_summary_and_writes_nothing(tmp_path, 
     (["--config", WSPRITES, "--run-name", "a/b"], "--run-name: expected a folder name"),
     (["--config", WSPRITES, "--run-name", "bad", "training.cpu_kernels=fast"],
      "training.cpu_kernels: must be one of ('plain', 'torch', 'native'), got 'fast'"),
+    (["--config", WSPRITES, "--run-name", "bad", "model.lma.glimpse=[60, 80]"],
+     f"{WSPRITES}: model.lma.glimpse: both sizes must be divisible by 16"),
+    (["--config", WSPRITES, "--run-name", "bad", "data.input_size=[100, 96]"],
+     f"{WSPRITES}: data.input_size: frames of 100×96 do not fit"),
 ])
 def test_bad_input_is_one_line_and_exit_status_2(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from utils.config import Config, dump_config, load_config
+from utils.config import Config, check_frames_fit, dump_config, load_config
 from utils.errors import GlassError
 from utils.files import write_atomically
 
@@ -140,7 +140,7 @@ def read_run_config(run_folder: str, overrides: List[str]) -> Config:
     path = os.path.join(run_folder, CONFIG_FILE)
     if not os.path.isfile(path):
         raise GlassError(f"{path}: missing; a run folder keeps the configuration it was started with")
-    return load_config(path, overrides)
+    return check_frames_fit(load_config(path, overrides), path)
 
 
 def save_checkpoint(run_folder: str, state: Dict[str, Any]) -> str:

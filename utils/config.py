@@ -752,6 +752,18 @@ def _read_config_values(path: str, visited: Tuple[str, ...] = ()) -> Dict[str, A
     return _merge_values(_read_config_values(base_path, visited + (os.path.realpath(path),)), values)
 
 
+def check_frames_fit(config: Config, path: str) -> Config:
+    """`ModelConfig.state_resolution`'s checks — the frames fit the networks, a glimpse fits the frames — as a
+    `ConfigError` naming the config file `path`; returns `config`. For the scripts that build the model of a config
+    (train.py, and every script that reads a run's config.yaml), not for those that read a config for its data
+    settings alone (evaluate_dataset.py, lma_alone.py --crop), whose model need not fit the frames."""
+    try:
+        config.model.state_resolution(config.data.input_size)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+    return config
+
+
 def load_config(path: str, overrides: Sequence[str] = ()) -> Config:
     """Read a YAML config file (and its `base:` chain), apply dotted overrides, check everything, return the
     `Config`."""

@@ -1,6 +1,7 @@
 """The run folder: atomic checkpoints readable with weights_only=True, resume paths, metrics rows."""
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -111,6 +112,8 @@ def test_run_folder_config_and_metrics(tmp_path):
     with open(os.path.join(run, "config.yaml"), encoding="utf-8") as handle:
         assert handle.readline() == "# comparable: false\n"
     assert read_run_config(run, ["training.log_every=7"]).training.num_steps == 123
+    with pytest.raises(GlassError, match=re.escape(os.path.join(run, "config.yaml")) + ": model.lma.glimpse: a box"):
+        read_run_config(run, ["model.lma.glimpse=[256, 80]"])  # the model of a run must fit its frames
     metrics = os.path.join(run, "metrics.jsonl")
     with open(metrics, "w", encoding="utf-8") as handle:
         handle.writelines(json.dumps({"step": step}) + "\n" for step in (1, 2, 3, 4))
