@@ -82,6 +82,7 @@ from utils.metrics import (  # noqa: E402
     soft_iou,
     switch_transitions,
 )
+from utils.schedules import action_readers_frozen  # noqa: E402
 from utils.training.state import preserved_buffers  # noqa: E402
 
 
@@ -453,8 +454,7 @@ def main(argv: List[str] = None) -> int:
                 batch, _ = crop_windows(batch, args.crop)
             gma = true_inputs(batch, input_size, args.shift_noise, noise_generator)
             step_started = time.perf_counter()
-            # training.action_freeze_step (as utils.training.trainer.Trainer.action_modules_frozen)
-            frozen = lma.action_readers() if 0 < config.training.action_freeze_step <= step else []
+            frozen = lma.action_readers() if action_readers_frozen(config.training, step) else []
             for module in frozen:
                 module.eval()
             if oracle is not None:

@@ -76,3 +76,9 @@ def gumbel_temperature_at(training: TrainingConfig, step: int) -> float:
 def in_gma_warmup(training: TrainingConfig, step: int) -> bool:
     """True for the first `gma_warmup_steps` steps (0 … gma_warmup_steps − 1), which train the GMA only."""
     return step < training.gma_warmup_steps
+
+
+def action_readers_frozen(training: TrainingConfig, step: int) -> bool:
+    """True from 0-based step `action_freeze_step` on when it is set (> 0): the LMA's action readers
+    (`LocalMotionAnalysis.action_readers`) no longer learn."""
+    return 0 < training.action_freeze_step <= step

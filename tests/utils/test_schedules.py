@@ -5,6 +5,7 @@ import pytest
 
 from utils.config import LinearScheduleConfig, TrainingConfig
 from utils.schedules import (
+    action_readers_frozen,
     ground_truth_steps_at,
     gumbel_temperature_at,
     in_gma_warmup,
@@ -99,3 +100,10 @@ def test_gma_warmup_boundary():
     assert in_gma_warmup(training, 2_999)
     assert not in_gma_warmup(training, 3_000)
     assert not in_gma_warmup(dataclasses.replace(training, gma_warmup_steps=0), 0)
+
+
+def test_the_action_readers_freeze_from_their_step_on_and_never_when_off():
+    training = dataclasses.replace(TrainingConfig(), action_freeze_step=750)
+    assert not action_readers_frozen(training, 749)
+    assert action_readers_frozen(training, 750) and action_readers_frozen(training, 10_000)
+    assert not any(action_readers_frozen(TrainingConfig(), step) for step in (0, 1, 10_000))  # 0 = off

@@ -22,7 +22,13 @@ from utils.errors import GlassError
 from utils.metrics import code_effect_db, switch_transitions
 from utils.pretrained import MissingWeightsError
 from utils.run_logger import lma_step_statistics
-from utils.schedules import ground_truth_steps_at, gumbel_temperature_at, in_gma_warmup, observations_count_at
+from utils.schedules import (
+    action_readers_frozen,
+    ground_truth_steps_at,
+    gumbel_temperature_at,
+    in_gma_warmup,
+    observations_count_at,
+)
 from utils.training.media import write_training_media
 from utils.training.state import preserved_buffers, preserved_random_state
 
@@ -193,11 +199,9 @@ class Trainer:
         if self.context.is_distributed and self._idle_parameters:
             total = total + 0.0 * sum(parameter.sum() for parameter in self._idle_parameters)
         self.grad_scaler.scale(total).backward()
-        for parameter in self._idle_parameters:  # no Adam step, so no weight decay either: they stay as they are
+        # No Adam step, so no weight decay either: idle parameters and frozen action readers stay as they are
+        for parameter in [*self._idle_parameters, *(p for module in frozen for p in module.parameters())]:
             parameter.grad = None
-        for module in frozen:
-            for parameter in module.parameters():
-                parameter.grad = None
         self.grad_scaler.unscale_(self.optimizer)
         for parameter in self.model.parameters():
             if parameter.grad is not None:
@@ -220,7 +224,7 @@ class Trainer:
         """`training.action_freeze_step` S > 0: from 0-based step S on, the modules that read the local actions (the
         LMA's action network with its codebook, and its action encoder where `action_from_masks` gives it one), which
         then get no optimiser step and run in eval mode; [] before S or when off."""
-        return self.model.lma.action_readers() if 0 < self.training.action_freeze_step <= step else []
+        return self.model.lma.action_readers() if action_readers_frozen(self.training, step) else []
 
     def maintain_codebook(self, step: int, code_counts: torch.Tensor, vectors: torch.Tensor) -> int:
         """The opt-in codebook options (`model.codebook`) after the optimiser step of 0-based `step`, one that
