@@ -54,6 +54,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from data.video_dataset import VideoDataset, collate_videos  # noqa: E402
 from data.wsprites.walk import LOCAL_ACTION_NAMES  # noqa: E402
@@ -86,13 +87,27 @@ from utils.schedules import action_readers_frozen  # noqa: E402
 from utils.training.state import preserved_buffers  # noqa: E402
 
 
+def blob_masks(masks: torch.Tensor, radius: int) -> torch.Tensor:
+    """`--blob-masks R`: masks (B, T, 1, H, W) made like the tiny GMA's — dilated by R pixels (a (2R+1)² maximum) and
+    then blurred by a (2R+1)² mean: a smooth capsule that holds the character and some background around it, with the
+    gaps between legs and arms filled. Every pixel of the true mask stays 1."""
+    size = 2 * radius + 1
+    flat = masks.flatten(0, 1)
+    dilated = F.max_pool2d(flat, size, stride=1, padding=radius)
+    blurred = F.avg_pool2d(dilated, size, stride=1, padding=radius, count_include_pad=False)
+    return blurred.unflatten(0, masks.shape[:2])
+
+
 def true_inputs(batch: Dict[str, Any], input_size, shift_noise: float = 0.0,
-                generator: torch.Generator = None) -> SimpleNamespace:
+                generator: torch.Generator = None, blob_radius: int = 0) -> SimpleNamespace:
     """The GMA's outputs replaced by the truth: masks, foregrounds, shifted foregrounds, shifts (affine units).
 
     `shift_noise` (pixels): the standard deviation of Gaussian noise added to each true sprite shift, for Δ_F and
-    f̃ₜ alike, to mimic a GMA whose shifts are off by a few pixels."""
+    f̃ₜ alike, to mimic a GMA whose shifts are off by a few pixels. `blob_radius` > 0: the masks are `blob_masks`
+    first, and the foregrounds cut with them, to mimic the tiny GMA's masks."""
     frames, masks = batch["observations"], batch["masks"]
+    if blob_radius > 0:
+        masks = blob_masks(masks, blob_radius)
     foregrounds = masks * frames
     width, height = input_size
     pixel_shifts = batch["global_shifts"][:, 1:]
@@ -354,6 +369,9 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("--shift-noise", type=float, default=0.0, metavar="PX",
                         help="experiment: Gaussian noise (std in pixels) on the true sprite shifts, in training and "
                              "evaluation (a GMA whose shifts are off)")
+    parser.add_argument("--blob-masks", type=int, default=0, metavar="R",
+                        help="experiment: the true masks dilated by R pixels and blurred as much (smooth capsules "
+                             "with some background, like the tiny GMA's masks), in training and evaluation")
     parser.add_argument("--unweighted", action="store_true",
                         help="experiment: the two multiscale reconstruction terms without motion weights (plain L1)")
     parser.add_argument("--action-cycle", type=float, default=0.0, metavar="WEIGHT",
@@ -405,7 +423,7 @@ def main(argv: List[str] = None) -> int:
               "pixels", flush=True)
     noise_generator = torch.Generator().manual_seed(args.seed + 2)  # apart from the loader's: the same batches
     val_gma = true_inputs(val_batch, input_size, args.shift_noise,
-                          torch.Generator().manual_seed(args.seed + 1))
+                          torch.Generator().manual_seed(args.seed + 1), args.blob_masks)
     loader = torch.utils.data.DataLoader(train_set, batch_size=config.training.batch_size, shuffle=True, drop_last=True,
                                          collate_fn=collate_videos, num_workers=min(config.data.num_workers, 1),
                                          generator=generator)  # not persistent: the workers see set_epoch
@@ -452,7 +470,7 @@ def main(argv: List[str] = None) -> int:
         for batch in loader:
             if args.crop:
                 batch, _ = crop_windows(batch, args.crop)
-            gma = true_inputs(batch, input_size, args.shift_noise, noise_generator)
+            gma = true_inputs(batch, input_size, args.shift_noise, noise_generator, args.blob_masks)
             step_started = time.perf_counter()
             frozen = lma.action_readers() if action_readers_frozen(config.training, step) else []
             for module in frozen:

@@ -100,7 +100,7 @@ class Glass(nn.Module):
         lma = self.lma(inputs.foregrounds, inputs.shifted_foregrounds, inputs.foreground_shifts,
                        num_ground_truth_steps, gumbel_temperature, sample_noise,
                        inputs.masks if self.config.lma.decoder_skip_mask or self.config.lma.action_from_masks
-                       else None)
+                       or self.config.lma.action_from_changes else None)
         if inputs.boxes is not None:
             lma = paste_output(lma, inputs.boxes)
         return GlassOutput(gma=gma, lma=lma)
@@ -118,7 +118,7 @@ class Glass(nn.Module):
             "inpainter": [self.gma.inpainter],
             "encoder": [self.lma.encoder],
             "compressor": [self.lma.compressor],
-            "action network": [self.lma.action_network] + ([self.lma.action_encoder]  # action_from_masks
+            "action network": [self.lma.action_network] + ([self.lma.action_encoder]  # its own encoder
                                                            if self.lma.action_encoder is not None else []),
             "dynamics": [self.lma.dynamics],
             "decoder": [self.lma.decoder],

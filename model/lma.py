@@ -454,6 +454,25 @@ def split_full_output(full_output: torch.Tensor) -> Tuple[torch.Tensor, torch.Te
     return full_output[:, :3], (full_output[:, 3:] + 1) / 2
 
 
+def colour_jitter(source: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One random colour transform per pair (sₜ, tₜ) of images (B, T−1, 3, H, W) in [−1, 1], the same for both images of
+    a pair (`model.lma.action_colour_jitter`): the channels permuted, each then negated with probability 1/2 and
+    multiplied by a gain drawn uniformly from [0.5, 1.5]. Zero (a foreground's empty surround) stays zero, shapes and
+    their motion stay, absolute colours do not. Draws from torch's global generator."""
+    assert_shape(target, tuple(source.shape), "colour_jitter target")
+    pairs, channels = source.shape[0] * source.shape[1], source.shape[2]
+    order = torch.argsort(torch.rand(pairs, channels, device=source.device), dim=1)
+    signs = torch.where(torch.rand(pairs, channels, device=source.device) < 0.5, -1.0, 1.0)
+    factors = (signs * (0.5 + torch.rand(pairs, channels, device=source.device))).to(source.dtype)
+
+    def transform(images: torch.Tensor) -> torch.Tensor:
+        flat = images.flatten(0, 1)
+        permuted = torch.gather(flat, 1, order[:, :, None, None].expand_as(flat))
+        return (permuted * factors[:, :, None, None]).unflatten(0, images.shape[:2])
+
+    return transform(source), transform(target)
+
+
 def balanced_assignment(errors: torch.Tensor) -> torch.Tensor:
     """`winner_take_all_balanced`: each of N items gets one of K codes, each code at most ⌈N/K⌉ items, greedily
     by the least error first (errors (N, K) → codes (N,)): within a batch no code can win everything, so every
@@ -485,8 +504,12 @@ class LocalMotionAnalysis(nn.Module):
         self.autoregressive_share = config.autoregressive_share
         self.autoregressive_ground_truth_steps = config.autoregressive_ground_truth_steps
         self.encoder = Encoder(config)
-        # `action_from_masks`: the action network's own encoder of silhouettes
-        self.action_encoder = Encoder(config) if config.action_from_masks else None
+        # `action_from_masks` / `action_from_changes` / `action_colour_jitter`: the action network's own encoder (of
+        # silhouettes / of the moved mask and the change map / of colour-jittered foregrounds; `infer_motion`)
+        self.action_colour_jitter = config.action_colour_jitter
+        self.action_from_changes = config.action_from_changes
+        self.action_encoder = (Encoder(config) if config.action_from_masks or config.action_colour_jitter
+                               or config.action_from_changes else None)
         self.compressor = Conv2d(config.encoder_state_channels, config.state_size, 1)
         self.action_network = ActionNetwork(config)
         self.dynamics = DynamicsNetwork(config, state_resolution)
@@ -544,26 +567,29 @@ class LocalMotionAnalysis(nn.Module):
 
     def action_readers(self) -> List[nn.Module]:
         """The modules that read the local actions from a transition: the action network (with its codebook), and the
-        action encoder where `action_from_masks` gives it one (what `training.action_freeze_step` holds fixed)."""
+        action encoder where `action_from_masks`, `action_from_changes` or `action_colour_jitter` gives it one (what
+        `training.action_freeze_step` holds fixed)."""
         return [module for module in (self.action_encoder, self.action_network) if module is not None]
 
     def infer_actions(self, shifted_foregrounds: torch.Tensor, states: torch.Tensor, attention: torch.Tensor,
                       gumbel_temperature: Optional[float] = None,
-                      silhouettes: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> ActionOutput:
+                      reader_images: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> ActionOutput:
         """Local actions aₜ = A(E(f̃ₜ), φₜ₊₁), each state multiplied by its own attention channel.
 
         shifted_foregrounds f̃ (B, T−1, 3, H, W); states φ (B, T, 64, h, w) and attention
         (B, T, 1, h, w) of the real foregrounds → codes (B, T−1, D), ids (B, T−1), loss.
-        With `action_from_masks`, `silhouettes` = (m̃ₜ, mₜ₊₁), each (B, T−1, 1, H, W), are read instead:
-        aₜ = A(E_A(2m̃ₜ − 1), E_A(2mₜ₊₁ − 1)) with the action encoder E_A (f̃ and φ are then not read).
+        With an action encoder E_A (`action_from_masks`, `action_from_changes`, `action_colour_jitter`),
+        `reader_images` = (sₜ, tₜ), each
+        (B, T−1, C, H, W) in [−1, 1] with C = 1 or 3, are read instead: aₜ = A(E_A(sₜ), E_A(tₜ)) (f̃ and φ are then
+        not read); `infer_motion` makes them.
         """
         batch_size, steps = shifted_foregrounds.shape[:2]
         assert_shape(states, (batch_size, steps + 1, None, *self.state_resolution), "LMA states")
         if self.action_encoder is not None:
-            if silhouettes is None:
-                raise ValueError("model.lma.action_from_masks needs the masks of every frame")
-            source, target = [self.action_encoder(mask.flatten(0, 1).expand(-1, 3, -1, -1) * 2 - 1)
-                              for mask in silhouettes]
+            if reader_images is None:
+                raise ValueError("model.lma.action_from_masks and action_from_changes need the masks of every frame")
+            source, target = [self.action_encoder(images.flatten(0, 1).expand(-1, 3, -1, -1))
+                              for images in reader_images]
             source_features, target_states = source[0] * source[1], target[0] * target[1]
         else:
             shifted_states, shifted_attention = self.encoder(shifted_foregrounds.flatten(0, 1))
@@ -581,16 +607,25 @@ class LocalMotionAnalysis(nn.Module):
                      masks: Optional[torch.Tensor] = None) -> InferredMotion:
         """Refine the GMA's f̃ and Δ_F (`refine_shifts`), encode the foregrounds f (B, T, 3, H, W) and infer the local
         actions: what training, reconstruction and evaluation all read from a real sequence. `masks` m
-        (B, T, 1, H, W), the foregrounds' masks, are read with `action_from_masks` only (mₜ moved by the refined Δ_F
-        and mₜ₊₁)."""
+        (B, T, 1, H, W), the foregrounds' masks, are read with `action_from_masks` (2m̃ₜ − 1 and 2mₜ₊₁ − 1, m̃ₜ = mₜ
+        moved by the refined Δ_F) and `action_from_changes` (2m̃ₜ − 1 and 2·min(Σ_c |fₜ₊₁ − f̃ₜ|, 1) − 1). With
+        `action_colour_jitter` the action encoder reads (f̃ₜ, fₜ₊₁), in training through `colour_jitter`."""
         shifted_foregrounds, foreground_shifts = self.refine_shifts(foregrounds, shifted_foregrounds, foreground_shifts)
         states, attention = self.encode(foregrounds)
-        silhouettes = None
-        if self.action_encoder is not None and masks is not None:
+        reader_images = None
+        if self.action_colour_jitter:
+            reader_images = (shifted_foregrounds, foregrounds[:, 1:])
+            if self.training:
+                reader_images = colour_jitter(*reader_images)
+        elif self.action_encoder is not None and masks is not None:
             shifted_masks = shift_images(masks[:, :-1].flatten(0, 1), foreground_shifts.flatten(0, 1),
                                          FOREGROUND_PADDING).unflatten(0, foreground_shifts.shape[:2])
-            silhouettes = (shifted_masks, masks[:, 1:])
-        actions = self.infer_actions(shifted_foregrounds, states, attention, gumbel_temperature, silhouettes)
+            if self.action_from_changes:
+                changes = (foregrounds[:, 1:] - shifted_foregrounds).abs().sum(dim=2, keepdim=True).clamp(max=1)
+                reader_images = (shifted_masks * 2 - 1, changes * 2 - 1)
+            else:
+                reader_images = (shifted_masks * 2 - 1, masks[:, 1:] * 2 - 1)
+        actions = self.infer_actions(shifted_foregrounds, states, attention, gumbel_temperature, reader_images)
         return InferredMotion(shifted_foregrounds, foreground_shifts, states, actions)
 
     def noise(self, batch_size: int, sample: bool, like: torch.Tensor) -> Optional[torch.Tensor]:

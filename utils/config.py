@@ -222,6 +222,17 @@ class LMAConfig:
     # next mask mₜ₊₁ as grey images (2m − 1), through an encoder of its own (the encoder's width, its own weights and
     # BatchNorm statistics): a code can tell how the outline changes, never what colours the character wears.
     action_from_masks: bool = False
+    # Ours, opt-in: the action network reads the foregrounds f̃ₜ and fₜ₊₁ through an encoder of its own (as with
+    # action_from_masks), and in training each transition's pair gets one random colour transform — its channels
+    # permuted, each negated with probability 1/2 and scaled by a gain in [0.5, 1.5]: a code can tell how the
+    # character's shape moves but cannot keep to what colours it wears (the codes otherwise follow the character).
+    # Evaluation reads the colours as they are. Not with action_from_masks or action_matching.
+    action_colour_jitter: bool = False
+    # Ours, opt-in: the action network reads where the frame changes beyond the shift, through an encoder of its own:
+    # the shifted current mask (2m̃ₜ − 1, where the character is) and the change map min(Σ_c |fₜ₊₁ − f̃ₜ|, 1)·2 − 1 (the
+    # pixels that the global motion does not explain: a moving limb, a turn). What stays still — the character's
+    # clothes and colours — cancels out of the change map. Not with action_from_masks or action_colour_jitter.
+    action_from_changes: bool = False
     # Ours, opt-in: in training, this share of every batch (its first round(share·B) windows) unrolls with at most
     # autoregressive_ground_truth_steps ground-truth steps instead of the schedule's T_f, the rest with T_f; every
     # code is still read from the real pair. In those windows the later steps start from the model's own previous
@@ -281,6 +292,15 @@ class LMAConfig:
                  "not with winner_take_all (its unrolling takes one T_f for the whole batch)")
         _require(not (self.action_from_masks and self.action_matching), prefix + "action_from_masks",
                  "not with action_matching (the matching reads generated foregrounds, not silhouettes)")
+        _require(not (self.action_colour_jitter and self.action_from_masks), prefix + "action_colour_jitter",
+                 "not with action_from_masks (one or the other is what the action encoder reads)")
+        _require(not (self.action_colour_jitter and self.action_matching), prefix + "action_colour_jitter",
+                 "not with action_matching (the matching reads the generated frames through the shared encoder)")
+        _require(not (self.action_from_changes and (self.action_from_masks or self.action_colour_jitter)),
+                 prefix + "action_from_changes", "not with action_from_masks or action_colour_jitter (one of them is "
+                 "what the action encoder reads)")
+        _require(not (self.action_from_changes and self.action_matching), prefix + "action_from_changes",
+                 "not with action_matching (the matching reads the generated frames through the shared encoder)")
         _require(self.decoder_warp >= 0, prefix + "decoder_warp", f"must be >= 0 pixels, got {self.decoder_warp}")
         _require(self.decoder_skip or not self.decoder_warp, prefix + "decoder_warp",
                  "needs decoder_skip: true (the warp moves the skip's current foreground)")
@@ -463,8 +483,8 @@ class TrainingConfig:
     # ... and the codebook set to the k-means centres of z after the first step that trains the LMA.
     codebook_kmeans_init: bool = False
     # Ours, opt-in: from this 0-based step on, what reads the local actions stops learning — the LMA's action
-    # network with its codebook, and its own encoder with model.lma.action_from_masks: no optimiser step for their
-    # parameters, BatchNorm on their running statistics (eval mode), no codebook restarts. The codes found by then
+    # network with its codebook, and its own encoder (action_from_masks, action_colour_jitter): no optimiser step for
+    # their parameters, BatchNorm on their running statistics (eval mode), no codebook restarts. The codes found by then
     # stay a fixed function of (f̃ₜ, fₜ₊₁) while the dynamics and decoder go on learning to draw them. 0 = off.
     action_freeze_step: int = 0
     nan_gradient_value: float = 0.0  # non-finite gradients are replaced before each step: NaN → this

@@ -69,7 +69,7 @@ def test_the_code_measures_tell_a_decoder_that_ignores_the_code(dataset_root):
         lma.action_network.codebook.normal_(generator=torch.Generator().manual_seed(0))
 
     # window b: code b
-    def distinct_actions(shifted_foregrounds, states, attention, gumbel_temperature=None, silhouettes=None):
+    def distinct_actions(shifted_foregrounds, states, attention, gumbel_temperature=None, reader_images=None):
         ids = torch.arange(shifted_foregrounds.shape[0])[:, None].expand(shifted_foregrounds.shape[:2]) % 6
         codes = lma.action_network.codebook[ids]
         return ActionOutput(codes=codes, ids=ids, vq_loss=codes.sum() * 0, vectors=codes)
@@ -146,6 +146,24 @@ def test_crop_windows_centres_one_box_per_window_on_its_masks():
     assert cut > 0.0
     with pytest.raises(ValueError, match="larger than the frames"):
         lma_alone.crop_windows({"observations": frames, "masks": masks}, (24, 10))
+
+
+def test_blob_masks_fill_the_gaps_keep_the_mask_and_cut_foregrounds_with_the_blob():
+    import torch
+
+    masks = torch.zeros(1, 2, 1, 20, 20)
+    masks[..., 5:15, 6:8] = 1  # two legs, three pixels apart
+    masks[..., 5:15, 11:13] = 1
+    blobs = lma_alone.blob_masks(masks, 3)
+    assert blobs.shape == masks.shape and (blobs >= masks).all() and blobs.max() == 1
+    assert (blobs[..., 10, 8:11] == 1).all()  # the gap between the legs filled
+    assert 0 < blobs[..., 10, 3].min() < 1 and blobs[..., 19, 19].max() == 0  # a soft rim, nothing far away
+    assert torch.equal(lma_alone.blob_masks(masks, 0), masks)
+    frames = torch.rand(1, 2, 3, 20, 20)
+    batch = {"observations": frames, "masks": masks, "global_shifts": torch.zeros(1, 2, 2)}
+    inputs = lma_alone.true_inputs(batch, (20, 20), blob_radius=3)
+    assert torch.equal(inputs.masks, blobs) and torch.allclose(inputs.foregrounds, blobs * frames)
+    assert torch.equal(lma_alone.true_inputs(batch, (20, 20)).masks, masks)
 
 
 def test_code_switch_record_counts_the_marked_transitions_that_are_true_switches():

@@ -26,9 +26,12 @@ ABLATIONS = {
     "decoder_warp": {"decoder_skip": True, "decoder_skip_mask": True, "decoder_warp": 2.0},  # ours, opt-in
     "action_matching": {"action_matching": True},  # ours, opt-in
     "action_from_masks": {"action_from_masks": True},  # ours, opt-in
+    "action_from_changes": {"action_from_changes": True},  # ours, opt-in
+    "action_colour_jitter": {"action_colour_jitter": True},  # ours, opt-in
     "autoregressive_share": {"autoregressive_share": 0.5},  # ours, opt-in
     "decoder_action_film": {"decoder_action": True, "decoder_action_film": True},  # ours, opt-in
     "glimpse": {"glimpse": [16, 16], "decoder_skip": True, "action_from_masks": True},  # ours, opt-in
+    "glimpse_changes": {"glimpse": [16, 16], "decoder_skip": True, "action_from_changes": True},  # ours, opt-in
 }
 
 
@@ -134,7 +137,7 @@ def test_autocast_runs_the_convolutions_in_half_precision_with_finite_outputs_an
     assert len(gradients) > 0 and all(torch.isfinite(g).all() for g in gradients)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"action_from_masks": True}])
+@pytest.mark.parametrize("overrides", [{}, {"action_from_masks": True}, {"action_from_changes": True}])
 def test_parameter_counts_add_up_to_the_total(make_small_model, overrides):
     counts = make_small_model(**overrides).parameter_counts()
     assert sum(count for name, count in counts.items() if name != "total") == counts["total"]

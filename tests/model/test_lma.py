@@ -303,6 +303,102 @@ def test_action_from_masks_reads_the_moved_current_mask_and_the_next_one(small_m
         lma.infer_motion(foregrounds, foregrounds[:, :-1], shifts)
 
 
+def test_colour_jitter_gives_both_images_of_a_pair_one_colour_transform():
+    from model.lma import colour_jitter
+
+    torch.manual_seed(0)
+    source = torch.rand(3, 4, 3, 8, 6) * 2 - 1
+    source[..., :2] = 0  # an empty surround
+    target = torch.roll(source, 1, dims=-1)
+    jittered_source, jittered_target = colour_jitter(source, target)
+    assert jittered_source.shape == source.shape
+    # The same transform for both images of a pair: it commutes with the roll that made the target.
+    assert torch.allclose(torch.roll(jittered_source, 1, dims=-1), jittered_target)
+    assert torch.equal(jittered_source[..., :2], torch.zeros_like(source[..., :2]))
+    # Each output channel is ± a gain in [0.5, 1.5] times one input channel, the channels permuted.
+    flat_in, flat_out = source.flatten(0, 1), jittered_source.flatten(0, 1)
+    permutations = set()
+    for pair in range(flat_in.shape[0]):
+        chosen = []
+        for channel in range(3):
+            ratios = [flat_out[pair, channel, :, 2:].flatten() / flat_in[pair, other, :, 2:].flatten()
+                      for other in range(3)]
+            matches = [other for other in range(3)
+                       if torch.allclose(ratios[other], ratios[other][:1].expand_as(ratios[other]))]
+            assert len(matches) == 1
+            gain = ratios[matches[0]][0].abs().item()
+            assert 0.5 <= gain <= 1.5
+            chosen.append(matches[0])
+        assert sorted(chosen) == [0, 1, 2]
+        permutations.add(tuple(chosen))
+    assert len(permutations) > 1  # pairs get different transforms
+
+
+def test_action_colour_jitter_reads_jittered_foregrounds_in_training_and_plain_ones_in_eval(small_model_config):
+    torch.manual_seed(0)
+    lma = LocalMotionAnalysis(small_model_config(action_colour_jitter=True).lma, (2, 4))  # training mode
+    _, shifts, _, foregrounds, _ = _window_inputs(lma, 4, seed=3)
+    read = []
+    lma.action_encoder.register_forward_pre_hook(lambda module, inputs: read.append(inputs[0]))
+    motion = lma.infer_motion(foregrounds, foregrounds[:, :-1], shifts)
+    shifted = motion.shifted_foregrounds.flatten(0, 1)
+    assert len(read) == 2
+    assert not torch.allclose(read[0], shifted) and not torch.allclose(read[1], foregrounds[:, 1:].flatten(0, 1))
+    # |jittered| has the magnitudes of the plain images' channels, up to gains in [0.5, 1.5].
+    assert (read[0].abs().sum() / shifted.abs().sum()).item() == pytest.approx(1.0, abs=0.5)
+    (motion.actions.codes.sum() + motion.actions.vq_loss).backward()
+    assert lma.action_encoder.layers[0][0].weight.grad.abs().sum() > 0
+    assert lma.encoder.layers[0][0].weight.grad is None  # the LMA's encoder does not serve the actions
+    lma.eval()
+    read.clear()
+    with torch.no_grad():
+        plain = lma.infer_motion(foregrounds, foregrounds[:, :-1], shifts)
+    assert torch.equal(read[0], plain.shifted_foregrounds.flatten(0, 1))
+    assert torch.equal(read[1], foregrounds[:, 1:].flatten(0, 1))
+
+
+def test_action_from_changes_reads_the_moved_mask_and_where_the_frame_changes(small_model_config):
+    torch.manual_seed(0)
+    lma = LocalMotionAnalysis(small_model_config(action_from_changes=True).lma, (2, 4))  # training mode
+    assert lma.shift_refinement == 0
+    _, _, _, foregrounds, masks = _window_inputs(lma, 4, seed=3)
+    shifts = torch.zeros(4, 3, 2)  # f̃ₜ = fₜ
+    still = foregrounds[:, :1].expand(-1, 4, -1, -1, -1).clone()  # a character that does not move ...
+    still[:, 2:, :, 4:8, 10:20] += 0.3  # ... but for one patch, changed from frame 2 on (transition 1 → 2)
+    read = []
+    lma.action_encoder.register_forward_pre_hook(lambda module, inputs: read.append(inputs[0]))
+    motion = lma.infer_motion(still, still[:, :-1], shifts, masks=masks)
+    assert len(read) == 2
+    assert torch.allclose(read[0], (masks[:, :-1].flatten(0, 1) * 2 - 1).expand(-1, 3, -1, -1), atol=1e-6)
+    expected = -torch.ones(4, 3, 1, 16, 32)
+    expected[:, 1, :, 4:8, 10:20] = 0.8  # Σ_c |0.3| = 0.9 → min(0.9, 1)·2 − 1
+    assert torch.allclose(read[1], expected.flatten(0, 1).expand(-1, 3, -1, -1), atol=1e-6)
+    with torch.no_grad():
+        # What stays still cancels: another character, as still, with the same change, gives the same codes.
+        other = (-foregrounds[:, 1:2]).expand(-1, 4, -1, -1, -1).clone()
+        other[:, 2:, :, 4:8, 10:20] += 0.3
+        assert torch.allclose(lma.infer_motion(other, other[:, :-1], shifts, masks=masks).actions.vectors,
+                              motion.actions.vectors, atol=1e-5)
+    (motion.actions.codes.sum() + motion.actions.vq_loss).backward()
+    assert lma.action_encoder.layers[0][0].weight.grad.abs().sum() > 0
+    assert lma.encoder.layers[0][0].weight.grad is None
+    with pytest.raises(ValueError, match="action_from_changes"):
+        lma.infer_motion(still, still[:, :-1], shifts)
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"action_colour_jitter": True, "action_from_masks": True}, "action_colour_jitter"),
+    ({"action_colour_jitter": True, "action_matching": True}, "action_colour_jitter"),
+    ({"action_from_changes": True, "action_from_masks": True}, "action_from_changes"),
+    ({"action_from_changes": True, "action_colour_jitter": True}, "action_from_changes"),
+    ({"action_from_changes": True, "action_matching": True}, "action_from_changes")])
+def test_action_readers_of_their_own_are_refused_together(small_model_config, overrides, key):
+    from utils.errors import GlassError
+
+    with pytest.raises((GlassError, ValueError), match=key):
+        small_model_config(**overrides)
+
+
 def test_action_from_masks_is_refused_with_action_matching(small_model_config):
     from utils.errors import GlassError
 

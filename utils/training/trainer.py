@@ -222,8 +222,8 @@ class Trainer:
 
     def action_modules_frozen(self, step: int) -> List[nn.Module]:
         """`training.action_freeze_step` S > 0: from 0-based step S on, the modules that read the local actions (the
-        LMA's action network with its codebook, and its action encoder where `action_from_masks` gives it one), which
-        then get no optimiser step and run in eval mode; [] before S or when off."""
+        LMA's action network with its codebook, and its own encoder where it has one), which then get no optimiser
+        step and run in eval mode; [] before S or when off."""
         return self.model.lma.action_readers() if action_readers_frozen(self.training, step) else []
 
     def maintain_codebook(self, step: int, code_counts: torch.Tensor, vectors: torch.Tensor) -> int:
