@@ -398,6 +398,8 @@ def main(argv: List[str] = None) -> int:
     args = parser.parse_args(argv)
     if args.random_switches is not None and (args.switch_weight == 1.0 or not 0.0 <= args.random_switches <= 1.0):
         parser.error("--random-switches P needs --switch-weight W (W != 1) and P in [0, 1]")
+    if args.blob_masks < 0:
+        parser.error(f"--blob-masks R: a radius in pixels >= 0 (0 = the true masks), got {args.blob_masks}")
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     torch.manual_seed(args.seed)

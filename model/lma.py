@@ -579,9 +579,8 @@ class LocalMotionAnalysis(nn.Module):
         shifted_foregrounds f̃ (B, T−1, 3, H, W); states φ (B, T, 64, h, w) and attention
         (B, T, 1, h, w) of the real foregrounds → codes (B, T−1, D), ids (B, T−1), loss.
         With an action encoder E_A (`action_from_masks`, `action_from_changes`, `action_colour_jitter`),
-        `reader_images` = (sₜ, tₜ), each
-        (B, T−1, C, H, W) in [−1, 1] with C = 1 or 3, are read instead: aₜ = A(E_A(sₜ), E_A(tₜ)) (f̃ and φ are then
-        not read); `infer_motion` makes them.
+        `reader_images` = (sₜ, tₜ), each (B, T−1, C, H, W) in [−1, 1] with C = 1 or 3, are read instead:
+        aₜ = A(E_A(sₜ), E_A(tₜ)) (f̃ and φ are then not read); `infer_motion` makes them.
         """
         batch_size, steps = shifted_foregrounds.shape[:2]
         assert_shape(states, (batch_size, steps + 1, None, *self.state_resolution), "LMA states")

@@ -231,7 +231,8 @@ class LMAConfig:
     # Ours, opt-in: the action network reads where the frame changes beyond the shift, through an encoder of its own:
     # the shifted current mask (2m̃ₜ − 1, where the character is) and the change map min(Σ_c |fₜ₊₁ − f̃ₜ|, 1)·2 − 1 (the
     # pixels that the global motion does not explain: a moving limb, a turn). What stays still — the character's
-    # clothes and colours — cancels out of the change map. Not with action_from_masks or action_colour_jitter.
+    # clothes and colours — cancels out of the change map. Not with action_from_masks, action_colour_jitter or
+    # action_matching.
     action_from_changes: bool = False
     # Ours, opt-in: in training, this share of every batch (its first round(share·B) windows) unrolls with at most
     # autoregressive_ground_truth_steps ground-truth steps instead of the schedule's T_f, the rest with T_f; every
@@ -483,9 +484,10 @@ class TrainingConfig:
     # ... and the codebook set to the k-means centres of z after the first step that trains the LMA.
     codebook_kmeans_init: bool = False
     # Ours, opt-in: from this 0-based step on, what reads the local actions stops learning — the LMA's action
-    # network with its codebook, and its own encoder (action_from_masks, action_colour_jitter): no optimiser step for
-    # their parameters, BatchNorm on their running statistics (eval mode), no codebook restarts. The codes found by then
-    # stay a fixed function of (f̃ₜ, fₜ₊₁) while the dynamics and decoder go on learning to draw them. 0 = off.
+    # network with its codebook, and its own encoder where it has one (action_from_masks, action_from_changes,
+    # action_colour_jitter): no optimiser step for their parameters, BatchNorm on their running statistics (eval
+    # mode), no codebook restarts. The codes found by then stay a fixed function of (f̃ₜ, fₜ₊₁) while the dynamics
+    # and decoder go on learning to draw them. 0 = off.
     action_freeze_step: int = 0
     nan_gradient_value: float = 0.0  # non-finite gradients are replaced before each step: NaN → this
     inf_gradient_value: float = 1e5  # ±∞ → ±this

@@ -164,6 +164,8 @@ def test_blob_masks_fill_the_gaps_keep_the_mask_and_cut_foregrounds_with_the_blo
     inputs = lma_alone.true_inputs(batch, (20, 20), blob_radius=3)
     assert torch.equal(inputs.masks, blobs) and torch.allclose(inputs.foregrounds, blobs * frames)
     assert torch.equal(lma_alone.true_inputs(batch, (20, 20)).masks, masks)
+    with pytest.raises(SystemExit):
+        lma_alone.main(["--out", "unused", "--blob-masks", "-1"])
 
 
 def test_code_switch_record_counts_the_marked_transitions_that_are_true_switches():
