@@ -8,6 +8,8 @@
 #   # other runs, another data folder (tests/benchmarks/test_gpu_learning.py runs it so at minimal size):
 #   RUN_LIST="a|--random-seed 0;b|--random-seed 1 loss.code_switch_weight=10" DATA_ROOT=/data/ws GENERATE_ARGS=... \
 #     OUT=/tmp/gpu-learning bash benchmarks/gpu_learning.sh
+#   # a run's own data.root=... (a set made beforehand) wins over DATA_ROOT; WEIGHTS="a b" brings back those runs'
+#   # weights only (each is ~8.5 MiB and a lent machine returns 8 files, 64 MiB); DEVICE_TESTS=0 skips the tests.
 #
 # Generates the first run's W-Sprites set, starts every run of RUNS below at once (train.py, the embedded default
 # config with the run's overrides, checkpoints and media every 1,000 steps), and on the CUDA device the
@@ -15,8 +17,8 @@
 # then evaluates each run's checkpoints (validation split: the last one with both protocols, every 2,000th one-step)
 # and writes to OUT: driver.log, pytest.log, NAME.pt per run (the last checkpoint's weights in float16, no
 # optimiser state: put it as runs/NAME/checkpoints/latest.pth beside the archive's config.yaml and evaluate.py,
-# play.py and build_evaluation_dataset.py read it; not for --resume-step) and runs-1.tgz / runs-2.tgz (each run's
-# log, config, metrics.jsonl, evaluation results and its last media PNGs). docs/local-actions.md has what came back.
+# play.py and build_evaluation_dataset.py read it; not for --resume-step) and runs-1.tgz, runs-2.tgz, ... (three runs' each:
+# logs, configs, metrics.jsonl, evaluation results and last media PNGs). docs/local-actions.md has what came back.
 set -u
 OUT=${OUT:?set OUT to the folder that comes back}
 TRAIN_SECONDS=${TRAIN_SECONDS:-360}
@@ -28,6 +30,8 @@ DATA_ROOT=${DATA_ROOT:-datasets/wsprites-tiny}
 GENERATE_ARGS=${GENERATE_ARGS:---num-characters 60 --videos-per-character 4 --frames 30}
 RUN_LIST=${RUN_LIST:-}  # "name|train.py options" entries separated by ';' instead of the five runs below
 RUNS_DIR=${RUNS_DIR:-runs-gpu}
+WEIGHTS=${WEIGHTS:-all}  # the runs whose float16 weights come back, or all
+DEVICE_TESTS=${DEVICE_TESTS:-1}  # 0: no device-parametrised tests beside the runs (their cores go to the runs)
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 mkdir -p "$OUT" "$RUNS_DIR"
 log="$OUT/driver.log"
@@ -57,14 +61,14 @@ for entry in "${RUNS[@]}"; do
   name=${entry%%|*}; options=${entry#*|}
   # shellcheck disable=SC2086  # the options are words
   "$PYTHON" train.py --config configs/wsprites-tiny.yaml --run-name "$name" --runs-dir "$RUNS_DIR" \
-    --device "$DEVICE" --no-progress $options "data.root=$DATA_ROOT" training.num_steps=100000 training.checkpoint_every=1000 \
+    --device "$DEVICE" --no-progress "data.root=$DATA_ROOT" $options training.num_steps=100000 training.checkpoint_every=1000 \
     training.media_every=1000 $EXTRA >"$RUNS_DIR/$name.log" 2>&1 &
   PIDS[$name]=$!
 done
 say "started ${!PIDS[*]}"
 
 TEST_PID=
-if [ "$DEVICE" = cuda ]; then
+if [ "$DEVICE" = cuda ] && [ "$DEVICE_TESTS" != 0 ]; then
   timeout $((TRAIN_SECONDS - 10)) "$PYTHON" -m pytest -q -p no:cacheprovider --device cuda -m "device or cuda" \
     tests/model/test_glass.py tests/model/test_gma.py tests/model/test_lma.py tests/model/test_losses.py \
     tests/model/test_generation.py tests/model/test_glimpse.py tests/utils/evaluation/test_action_metrics.py \
@@ -108,6 +112,7 @@ say "evaluation done or stopped"
 
 # what comes back: weights in float16 (8 files at most, 16 MiB each), two archives of the rest
 for name in "${!PIDS[@]}"; do
+  [ "$WEIGHTS" = all ] || [[ " $WEIGHTS " == *" $name "* ]] || continue
   "$PYTHON" - "$RUNS_DIR/$name/checkpoints/latest.pth" "$OUT/$name.pt" <<'EOF' >>"$log" 2>&1
 import sys, torch
 state = torch.load(sys.argv[1], map_location="cpu", weights_only=True)
@@ -130,7 +135,8 @@ pack() {
   done
   tar -czf "$OUT/$archive" --ignore-failed-read "${paths[@]}" 2>>"$log"
 }
-pack runs-1.tgz "${names[@]:0:3}"
-pack runs-2.tgz "${names[@]:3}"
+pack runs-1.tgz "${names[@]:0:3}"  # three runs' media and logs stay under the 16 MiB a returned file may have
+pack runs-2.tgz "${names[@]:3:3}"
+pack runs-3.tgz "${names[@]:6}"
 ls -la "$OUT" >>"$log"
 say "done"
