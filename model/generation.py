@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, replace
-from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -381,50 +381,93 @@ def local_action_matrix(model: Glass, start_frames: torch.Tensor, num_frames: in
 class CodeEffectErrors:
     """Per-transition sums of squared errors (B, T−1) of one-step foregrounds f̂ₜ₊₁ against fₜ₊₁, drawn with the
     codes inferred from the real transitions (`inferred`) and with uniformly random codebook rows (`random`);
-    `utils.metrics.code_effect_db` turns them into the code effect. `action_ids` (B, T−1): the inferred ids."""
+    `utils.metrics.code_effect_db` turns them into the code effect. `action_ids` (B, T−1): the inferred ids.
+
+    With `code_differences`, also per transition (B, T−1), over the character's region (the pixels where the
+    GMA's mask of fₜ or of fₜ₊₁ is above 0.5; `region`: how many): `code_difference`, the sum over the region
+    of |f̂ₜ₊₁ drawn with code k − the same with code l| (channel mean, images in [0, 1]) averaged over the pairs
+    k < l of codebook rows — how different choosing another code makes the next frame — and `real_change`, the
+    sum over the region of |fₜ₊₁ − f̃ₜ| on the same scale: how much the real video changes beyond the shift."""
 
     inferred: torch.Tensor
     random: torch.Tensor
     action_ids: torch.Tensor
+    code_difference: Optional[torch.Tensor] = None
+    real_change: Optional[torch.Tensor] = None
+    region: Optional[torch.Tensor] = None
+
+
+def _code_differences(draw: Callable[[torch.Tensor], torch.Tensor], codebook: torch.Tensor, batch_size: int,
+                      steps: int, foregrounds: torch.Tensor, shifted_foregrounds: torch.Tensor,
+                      masks: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """`CodeEffectErrors`' code_difference, real_change and region: `draw(codes (B, S, D))` → f̂ (B, S, 3, H, W)
+    is called once per codebook row, that row at every step."""
+    region = (torch.maximum(masks[:, :steps], masks[:, 1:steps + 1]) > 0.5).float()  # (B, S, 1, H, W)
+
+    def region_sum(difference: torch.Tensor) -> torch.Tensor:  # images in [−1, 1]: |a − b| / 2 is in [0, 1]
+        return (difference.abs().mean(dim=2, keepdim=True) / 2 * region).sum(dim=(2, 3, 4))
+
+    drawings = [draw(row.expand(batch_size, steps, -1)).float() for row in codebook]
+    pairs = [(k, j) for k in range(len(drawings)) for j in range(k + 1, len(drawings))]
+    code_difference = torch.zeros(batch_size, steps, device=region.device)
+    for k, j in pairs:
+        code_difference = code_difference + region_sum(drawings[k] - drawings[j])
+    return {"code_difference": code_difference / max(len(pairs), 1),
+            "real_change": region_sum(foregrounds[:, 1:steps + 1].float() - shifted_foregrounds[:, :steps].float()),
+            "region": region.sum(dim=(2, 3, 4))}
 
 
 def code_effect_errors(lma: torch.nn.Module, foregrounds: torch.Tensor, shifted_foregrounds: torch.Tensor,
                        foreground_shifts: torch.Tensor, masks: Optional[torch.Tensor],
-                       generator: torch.Generator) -> CodeEffectErrors:
+                       generator: torch.Generator, code_differences: bool = False) -> CodeEffectErrors:
     """Does the LMA's decoder read the code? From the real foregrounds f (B, T, 3, H, W), f̃ (B, T−1, 3, H, W),
     Δ_F (B, T−1, 2) and masks m (B, T, 1, H, W; may be None without `decoder_skip_mask` and `action_from_masks`),
     draw every f̂ₜ₊₁ from the real fₜ (T_f = T−1) once with the inferred codes and once with codebook rows drawn
-    uniformly with `generator` (a CPU generator), in eval mode without gradients; the errors are against fₜ₊₁."""
+    uniformly with `generator` (a CPU generator), in eval mode without gradients; the errors are against fₜ₊₁.
+    `code_differences` (needs the masks): also once with each codebook row (`CodeEffectErrors`)."""
+    if code_differences and masks is None:
+        raise ValueError("code_differences needs the masks (the character's region)")
     with _generating(lma):
         motion = lma.infer_motion(foregrounds, shifted_foregrounds, foreground_shifts, masks=masks)
         steps = motion.foreground_shifts.shape[1]
         codebook = lma.action_network.codebook
         random_ids = torch.randint(0, codebook.shape[0], (foregrounds.shape[0], steps), generator=generator)
         targets = foregrounds[:, 1:].float()
-        errors = []
-        for codes in (motion.actions.codes, codebook[random_ids.to(codebook.device)]):
+
+        def draw(codes: torch.Tensor) -> torch.Tensor:
             generated, _ = lma.unroll(motion.states[:, :steps], motion.foreground_shifts, codes,
                                       ground_truth_foregrounds=foregrounds[:, :steps],
                                       ground_truth_masks=None if masks is None else masks[:, :steps])
-            errors.append((generated[0].float() - targets).pow(2).sum(dim=(2, 3, 4)))
-    return CodeEffectErrors(inferred=errors[0], random=errors[1], action_ids=motion.actions.ids)
+            return generated[0]
+
+        errors = [(draw(codes).float() - targets).pow(2).sum(dim=(2, 3, 4))
+                  for codes in (motion.actions.codes, codebook[random_ids.to(codebook.device)])]
+        differences = (_code_differences(draw, codebook, foregrounds.shape[0], steps, foregrounds,
+                                         shifted_foregrounds, masks) if code_differences else {})
+    return CodeEffectErrors(inferred=errors[0], random=errors[1], action_ids=motion.actions.ids, **differences)
 
 
-def video_code_effect_errors(model: Glass, video: torch.Tensor, generator: torch.Generator) -> CodeEffectErrors:
+def video_code_effect_errors(model: Glass, video: torch.Tensor, generator: torch.Generator,
+                             code_differences: bool = False) -> CodeEffectErrors:
     """`code_effect_errors` of a real video (B, T, 3, H, W): the GMA's foregrounds, shifts and masks of it, in eval
     mode without gradients (the model's mode restored after)."""
     with _generating(model):
         gma = model.gma(video)
         if model.glimpse is None:
             return code_effect_errors(model.lma, gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts,
-                                      gma.masks, generator)
+                                      gma.masks, generator, code_differences)
         # `model.lma.glimpse`: the same draws, each step in its transition's box (`glimpse_unroll`), in frames
         motion = transition_motion(model, gma)
         codebook = model.lma.action_network.codebook
         random_ids = torch.randint(0, codebook.shape[0], tuple(motion.ids.shape), generator=generator)
         targets = gma.foregrounds[:, 1:].float()
-        errors = []
-        for codes in (motion.codes, codebook[random_ids.to(codebook.device)]):
-            generated, _ = glimpse_unroll(model, motion, codes, motion.steps)
-            errors.append((generated.float() - targets).pow(2).sum(dim=(2, 3, 4)))
-        return CodeEffectErrors(inferred=errors[0], random=errors[1], action_ids=motion.ids)
+
+        def draw(codes: torch.Tensor) -> torch.Tensor:
+            return glimpse_unroll(model, motion, codes, motion.steps)[0]
+
+        errors = [(draw(codes).float() - targets).pow(2).sum(dim=(2, 3, 4))
+                  for codes in (motion.codes, codebook[random_ids.to(codebook.device)])]
+        batch_size, steps = motion.ids.shape
+        differences = (_code_differences(draw, codebook, batch_size, steps, gma.foregrounds,
+                                         gma.shifted_foregrounds, gma.masks) if code_differences else {})
+        return CodeEffectErrors(inferred=errors[0], random=errors[1], action_ids=motion.ids, **differences)

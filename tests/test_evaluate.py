@@ -59,6 +59,10 @@ def test_prints_the_table_and_appends_one_line_per_run(run_copy, capsys):
     assert math.isfinite(results["gt/code_effect_db"])
     if first["counts"]["switch_transitions"]:
         assert math.isfinite(results["gt/code_effect_switch_db"])
+    # how different two codes' next frames are, against the real change, in the character's region
+    assert "two codes' next frames differ by" in printed and "ratio (codes / real)" in printed
+    assert results["gt/code_difference"] >= 0 and results["gt/real_change"] > 0
+    assert results["gt/code_difference_ratio"] == results["gt/code_difference"] / results["gt/real_change"]
     confusion = first["local_action_confusion"]
     assert sum(map(sum, confusion)) == first["counts"]["transitions"] and all(len(row) == 3 for row in confusion)
     picture = os.path.join(run_copy["run_folder"], "metrics", "evaluate-val-one_step-step_000004-confusion.png")

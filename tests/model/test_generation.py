@@ -199,3 +199,55 @@ def test_code_effect_is_positive_for_a_decoder_that_draws_the_inferred_code(make
     assert float(effect.inferred.max()) < 1e-8 and float(effect.random.sum()) > 0
     assert code_effect_db(effect.inferred, effect.random) > 20
     assert lma.training is False and effect.action_ids.tolist() == [[0], [1], [2], [0]]
+
+
+def test_code_differences_are_zero_for_a_decoder_that_ignores_the_code_and_the_real_change_is_by_hand(
+        make_small_model):
+    """Masks one in the left half of f₀ and the right half of f₁, zero elsewhere: the region is both halves where
+    a mask is above 0.5 (here everything); the real change is Σ over it of |f₁ − f̃₀| (channel mean) / 2."""
+    from model.generation import code_effect_errors
+
+    lma = make_small_model().lma
+    foregrounds, shifted, shifts, masks = _code_effect_inputs(lma)
+    masks = torch.zeros_like(masks)
+    masks[:, 0, :, :, :16], masks[:, 1, :, :, 16:] = 1.0, 0.6
+    with torch.no_grad():
+        lma.dynamics.local_projection.weight.zero_()
+    effect = code_effect_errors(lma, foregrounds, shifted, shifts, masks, torch.Generator().manual_seed(0),
+                                code_differences=True)
+    assert effect.code_difference.shape == effect.real_change.shape == effect.region.shape == (4, 1)
+    assert float(effect.code_difference.abs().max()) == 0.0
+    assert effect.region.tolist() == [[16.0 * 32]] * 4
+    by_hand = ((foregrounds[:, 1] - shifted[:, 0]).abs().mean(dim=1) / 2).sum(dim=(1, 2))
+    assert torch.allclose(effect.real_change[:, 0], by_hand, rtol=1e-5)
+    masks[:, 1, :, :, 16:] = 0.4  # at or below 0.5 the right half is not the character's
+    half = code_effect_errors(lma, foregrounds, shifted, shifts, masks, torch.Generator().manual_seed(0),
+                              code_differences=True)
+    assert half.region.tolist() == [[16.0 * 16]] * 4
+    left = ((foregrounds[:, 1] - shifted[:, 0]).abs().mean(dim=1) / 2)[:, :, :16].sum(dim=(1, 2))
+    assert torch.allclose(half.real_change[:, 0], left, rtol=1e-5)
+    assert torch.equal(half.inferred, effect.inferred)  # the code effect's draws are unchanged by the option
+    with pytest.raises(ValueError, match="needs the masks"):
+        code_effect_errors(lma, foregrounds, shifted, shifts, None, torch.Generator(), code_differences=True)
+
+
+def test_code_difference_is_the_mean_over_code_pairs_of_what_each_code_draws(make_small_model):
+    """A decoder that reads the code: the code difference is the mean over the K(K−1)/2 pairs of codebook rows of
+    Σ |f̂ with row k − f̂ with row j| / 2 (channel mean), each row drawn at every step — here by hand — and > 0."""
+    from model.generation import code_effect_errors
+
+    lma = make_small_model().lma
+    foregrounds, shifted, shifts, masks = _code_effect_inputs(lma)
+    lma.eval()
+    effect = code_effect_errors(lma, foregrounds, shifted, shifts, masks, torch.Generator().manual_seed(0),
+                                code_differences=True)
+    codebook = lma.action_network.codebook
+    with torch.no_grad():
+        motion = lma.infer_motion(foregrounds, shifted, shifts, masks=masks)
+        drawings = [lma.unroll(motion.states[:, :1], motion.foreground_shifts, row.expand(4, 1, -1),
+                               ground_truth_foregrounds=foregrounds[:, :1], ground_truth_masks=masks[:, :1])[0][0]
+                    for row in codebook]
+    pairs = [(k, j) for k in range(len(drawings)) for j in range(k + 1, len(drawings))]
+    by_hand = sum(((drawings[k] - drawings[j]).abs().mean(dim=2) / 2).sum(dim=(2, 3)) for k, j in pairs) / len(pairs)
+    assert len(pairs) == codebook.shape[0] * (codebook.shape[0] - 1) // 2 >= 1
+    assert torch.allclose(effect.code_difference, by_hand, rtol=1e-5) and float(by_hand.min()) > 0

@@ -201,16 +201,19 @@ def test_one_step_reconstruction_draws_each_step_in_its_transitions_box(eval_gli
     assert one_step.generated_masks[covered == 0].abs().max() == 0
 
 
-def test_the_code_effect_of_a_glimpse_model_is_zero_when_every_code_is_the_same(eval_glimpse_model):
+def test_the_code_effect_and_difference_of_a_glimpse_model_are_zero_when_every_code_is_the_same(eval_glimpse_model):
     model = eval_glimpse_model
     video = _video(seed=4)
-    effect = video_code_effect_errors(model, video, torch.Generator().manual_seed(0))
+    effect = video_code_effect_errors(model, video, torch.Generator().manual_seed(0), code_differences=True)
     assert effect.inferred.shape == (2, 3) and not torch.equal(effect.inferred, effect.random)
+    assert float(effect.code_difference.sum()) > 0  # distinct rows draw different boxes
     with torch.no_grad():
         model.lma.action_network.codebook.copy_(model.lma.action_network.codebook[:1].expand_as(
             model.lma.action_network.codebook))
-    same = video_code_effect_errors(model, video, torch.Generator().manual_seed(0))
+    same = video_code_effect_errors(model, video, torch.Generator().manual_seed(0), code_differences=True)
     assert torch.allclose(same.inferred, same.random, rtol=1e-6)  # straight-through codes: rows up to rounding
+    assert same.code_difference.shape == (2, 3) and float(same.code_difference.abs().max()) < 1e-5
+    assert float(same.real_change.min()) >= 0 and float(same.region.min()) >= 0
 
 
 def test_play_moves_the_box_with_the_character_and_its_memory_with_the_box(eval_glimpse_model):

@@ -150,7 +150,9 @@ def window_records(model: torch.nn.Module, batch: Dict[str, Any], protocol: str,
     `code_{inferred,random}_squared_error` (B, T−1): the one-step foregrounds drawn from the GMA's real
     foregrounds with the inferred codes and with codebook rows drawn uniformly (`seed`, the same draw for every
     batch) against fₜ₊₁ (`model.generation.video_code_effect_errors`); `switches`: the transitions where the true
-    local action changes.
+    local action changes; `code_difference`, `real_change`, `region` (B, T−1): how different the one-step
+    foregrounds drawn with two different codebook rows are, and how much fₜ₊₁ differs from f̃ₜ, summed over the
+    character's region, and its size (`model.generation.CodeEffectErrors`).
     """
     observations = batch["observations"].to(device)
     reconstructions = {"generated": reconstruct(model, observations, protocol),
@@ -168,9 +170,11 @@ def window_records(model: torch.nn.Module, batch: Dict[str, Any], protocol: str,
         "true_background_shifts": batch["background_shifts"][:, 1:],
         "image_elements": torch.full((observations.shape[0],), float(real_foregrounds[0].numel()), dtype=torch.float64),
     }
-    effect = video_code_effect_errors(model, observations, torch.Generator().manual_seed(seed))
+    effect = video_code_effect_errors(model, observations, torch.Generator().manual_seed(seed), code_differences=True)
     records["code_inferred_squared_error"] = effect.inferred.double().cpu()
     records["code_random_squared_error"] = effect.random.double().cpu()
+    for key in ("code_difference", "real_change", "region"):
+        records[key] = getattr(effect, key).double().cpu()
     records["switches"] = switch_transitions(batch["local_actions"])
     for name, made in reconstructions.items():
         records[f"{name}_foreground_squared_error"] = _squared_error_sums(made.generated_foregrounds, real_foregrounds)
@@ -324,6 +328,17 @@ def summarize(records: Dict[str, torch.Tensor], num_actions: int, seed: int,
                                                                      switches)
             else:
                 skipped["gt: code_effect_switch_db"] = "no labelled transition changes local action"
+    # Would a user see another code? How different the next frame is with two different codes, in the character's
+    # region, against how much the real video changes there (images in [0, 1]; issue 21 asks for a ratio ≥ 0.25).
+    if "code_difference" in records:
+        region = float(records["region"].sum())
+        if region > 0:
+            results["gt/code_difference"] = float(records["code_difference"].sum()) / region
+            results["gt/real_change"] = float(records["real_change"].sum()) / region
+            if results["gt/real_change"] > 0:
+                results["gt/code_difference_ratio"] = results["gt/code_difference"] / results["gt/real_change"]
+        else:
+            skipped["gt: code_difference"] = "no mask of the GMA is above 0.5 anywhere (no character region)"
     # Which code each true local action gets (W-Sprites: rows the 9 animations).
     if has_actions.any():
         confusion = local_action_confusion(records["true_local_actions"][has_actions],
@@ -438,6 +453,9 @@ _TABLE_ROWS = [
     ("code_character_nmi", "  NMI of the codes and the character"),
     ("code_effect_db", "code effect, all transitions (dB)"),
     ("code_effect_switch_db", "  on switch transitions (dB)"),
+    ("code_difference", "two codes' next frames differ by"),
+    ("real_change", "  the real next frame changes by"),
+    ("code_difference_ratio", "  ratio (codes / real)"),
     ("foreground_psnr", "generated foreground PSNR (dB)"),
     ("frame_psnr", "generated frame PSNR (dB)"),
 ]

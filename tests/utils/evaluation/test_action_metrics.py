@@ -169,6 +169,21 @@ def test_local_half_rows_codes_histograms_and_psnr_over_the_split():
     assert "RE 1-image" in table and "code histogram GT: 2 0 4" in table and "generated foreground PSNR" in table
 
 
+def test_code_difference_over_the_split_is_a_ratio_of_region_sums():
+    records = _records(predicted_ids=[[0, 1], [1, 0]], true_local=[[0, 1], [1, 1]],
+                       predicted_shifts=[[[1.0, 0.0]] * 2] * 2, true_shifts=[[[1.0, 0.0]] * 2] * 2, sprite_ids=[1, 2])
+    records.update({"code_difference": torch.tensor([[2.0, 0.0], [1.0, 1.0]], dtype=torch.float64),
+                    "real_change": torch.tensor([[4.0, 4.0], [8.0, 0.0]], dtype=torch.float64),
+                    "region": torch.tensor([[10.0, 10.0], [20.0, 0.0]], dtype=torch.float64)})
+    result = summarize(records, num_actions=2, seed=0)
+    assert result.results["gt/code_difference"] == pytest.approx(4.0 / 40.0)
+    assert result.results["gt/real_change"] == pytest.approx(16.0 / 40.0)
+    assert result.results["gt/code_difference_ratio"] == pytest.approx(0.25)
+    assert "two codes' next frames differ by" in format_table(result)
+    empty = summarize({**records, "region": torch.zeros(2, 2, dtype=torch.float64)}, num_actions=2, seed=0)
+    assert "gt/code_difference" not in empty.results and "no character region" in empty.skipped["gt: code_difference"]
+
+
 def test_local_action_confusion_counts_the_codes_of_every_true_action():
     from utils.evaluation.action_metrics import confusion_row_labels, local_action_confusion
 
