@@ -128,6 +128,27 @@ class Same(nn.Sequential):
         )
 
 
+def group_norm_groups(channels: int, most: int = 8) -> int:
+    """The largest divisor of `channels` that is at most `most`: the group count of `batch_norm_to_group_norm`."""
+    return max(g for g in range(1, min(most, channels) + 1) if channels % g == 0)
+
+
+def batch_norm_to_group_norm(module: nn.Module) -> int:
+    """Replace, in place, every BatchNorm1d/2d inside `module` by GroupNorm(`group_norm_groups`(C), C) with a fresh
+    affine (weight 1, bias 0, as a new BatchNorm starts): the layer then normalises each sample over its own channels
+    (and positions), the same in training and evaluation, whatever else is in the batch. Returns how many it replaced.
+    (B, C) inputs work as well as (B, C, H, W): GroupNorm reads dimension 1 as the channels."""
+    count = 0
+    for name, child in list(module.named_children()):
+        if isinstance(child, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            setattr(module, name, nn.GroupNorm(group_norm_groups(child.num_features), child.num_features,
+                                               eps=child.eps, affine=True))
+            count += 1
+        else:
+            count += batch_norm_to_group_norm(child)
+    return count
+
+
 class Interpolate(nn.Module):
     """Resize by `scale_factor` with `mode`; linear modes use align_corners=True (SPEC §2)."""
 

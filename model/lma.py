@@ -25,6 +25,7 @@ from model.blocks import (
     Same,
     Up,
     assert_shape,
+    batch_norm_to_group_norm,
     tile_and_concatenate,
 )
 from model.glimpse import GlimpseBoxes
@@ -512,6 +513,9 @@ class LocalMotionAnalysis(nn.Module):
                                or config.action_from_changes else None)
         self.compressor = Conv2d(config.encoder_state_channels, config.state_size, 1)
         self.action_network = ActionNetwork(config)
+        if config.action_reader_norm == "group":  # ours, opt-in: readers whose outputs do not depend on the batch
+            for reader in self.action_readers():
+                batch_norm_to_group_norm(reader)
         self.dynamics = DynamicsNetwork(config, state_resolution)
         self.decoder = Decoder(config)
 

@@ -72,6 +72,7 @@ class DataConfig:
 
 VQ_LOSS_FORMS = ("authors", "vqvae")
 GUMBEL_EVAL_MODES = ("argmax", "sample")
+ACTION_READER_NORMS = ("batch", "group")
 
 
 def _require_positive_list(values: List[int], key: str) -> None:
@@ -234,6 +235,12 @@ class LMAConfig:
     # clothes and colours — cancels out of the change map. Not with action_from_masks, action_colour_jitter or
     # action_matching.
     action_from_changes: bool = False
+    # Ours, opt-in: how the action readers normalise — the action network and, where one of the three keys above
+    # gives it one, the action encoder. 'batch' (the authors' model): BatchNorm, whose running statistics are what
+    # evaluation, play and training.action_freeze_step read, and which move between checkpoints. 'group': every one
+    # of their BatchNorm layers is a GroupNorm (up to 8 groups), each sample normalised on its own, the same in
+    # training and evaluation. The shared encoder keeps its BatchNorm (the dynamics and the decoder read it too).
+    action_reader_norm: str = "batch"
     # Ours, opt-in: in training, this share of every batch (its first round(share·B) windows) unrolls with at most
     # autoregressive_ground_truth_steps ground-truth steps instead of the schedule's T_f, the rest with T_f; every
     # code is still read from the real pair. In those windows the later steps start from the model's own previous
@@ -302,6 +309,8 @@ class LMAConfig:
                  "what the action encoder reads)")
         _require(not (self.action_from_changes and self.action_matching), prefix + "action_from_changes",
                  "not with action_matching (the matching reads the generated frames through the shared encoder)")
+        _require(self.action_reader_norm in ACTION_READER_NORMS, prefix + "action_reader_norm",
+                 f"must be one of {ACTION_READER_NORMS}, got {self.action_reader_norm!r}")
         _require(self.decoder_warp >= 0, prefix + "decoder_warp", f"must be >= 0 pixels, got {self.decoder_warp}")
         _require(self.decoder_skip or not self.decoder_warp, prefix + "decoder_warp",
                  "needs decoder_skip: true (the warp moves the skip's current foreground)")

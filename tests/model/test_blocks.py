@@ -13,6 +13,8 @@ from model.blocks import (
     Res,
     Same,
     Up,
+    batch_norm_to_group_norm,
+    group_norm_groups,
     modulated_weights,
     pooled_kernel,
     tile_and_concatenate,
@@ -151,3 +153,30 @@ def test_convlstm_rejects_inputs_at_another_resolution():
     cell = ConvLSTM(2, 3, (4, 5))
     with pytest.raises(ValueError, match="ConvLSTM inputs"):
         cell(torch.randn(1, 2, 4, 6), cell.initial_state(1))
+
+
+@pytest.mark.parametrize("channels, groups", [(1, 1), (3, 3), (16, 8), (24, 8), (65, 5), (7, 7), (11, 1), (128, 8)])
+def test_group_norm_groups_is_the_largest_divisor_up_to_eight(channels, groups):
+    assert group_norm_groups(channels) == groups
+
+
+def test_batch_norm_to_group_norm_replaces_every_batch_norm_and_makes_samples_independent():
+    torch.manual_seed(0)
+    module = nn.Sequential(Res(3, 16, down=2), nn.Flatten(), nn.Linear(16 * 4 * 4, 24), nn.BatchNorm1d(24))
+    assert batch_norm_to_group_norm(module) == 4  # Res: two in the residual, one in the skip; then the BN1d
+    assert not any(isinstance(layer, nn.modules.batchnorm._BatchNorm) for layer in module.modules())
+    norms = [layer for layer in module.modules() if isinstance(layer, nn.GroupNorm)]
+    assert [(n.num_groups, n.num_channels) for n in norms] == [(8, 16), (8, 16), (8, 16), (8, 24)]
+    assert all(torch.equal(n.weight, torch.ones_like(n.weight)) and not n.bias.any() for n in norms)
+    assert not list(module.buffers())  # no running statistics left
+    inputs = torch.randn(5, 3, 8, 8)
+    together = module(inputs)
+    alone = torch.cat([module(inputs[i:i + 1]) for i in range(5)])
+    assert torch.allclose(together, alone, atol=1e-5)  # a sample's output does not depend on the batch
+    module.eval()
+    assert torch.allclose(module(inputs), together, atol=1e-6)  # nor on training / evaluation mode
+    # The last GroupNorm by hand: (B, C) in groups of 3 features, each normalised to mean 0 and variance 1.
+    features = module[:3](inputs).view(5, 8, 3)
+    by_hand = (features - features.mean(dim=2, keepdim=True)) / (features.var(dim=2, unbiased=False,
+                                                                                keepdim=True) + 1e-5).sqrt()
+    assert torch.allclose(module(inputs), by_hand.view(5, 24), atol=1e-5)

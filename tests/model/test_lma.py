@@ -399,6 +399,44 @@ def test_action_readers_of_their_own_are_refused_together(small_model_config, ov
         small_model_config(**overrides)
 
 
+@pytest.mark.parametrize("reader", ["features", "masks"])
+def test_action_reader_norm_group_makes_a_transition_s_code_independent_of_the_batch(small_model_config, reader):
+    """model.lma.action_reader_norm 'group': the action network (and the action encoder, where it has one) has no
+    BatchNorm, so a transition's vector is the same read with other transitions or alone, in training and in
+    evaluation; the shared encoder, the dynamics and the decoder keep theirs. With 'batch' (the authors') it is not."""
+    from utils.errors import GlassError
+
+    def batch_norms(module):
+        return sum(isinstance(layer, torch.nn.modules.batchnorm._BatchNorm) for layer in module.modules())
+
+    overrides = {"action_from_masks": True} if reader == "masks" else {}
+    vectors = {}
+    for norm in ("batch", "group"):
+        torch.manual_seed(0)
+        lma = LocalMotionAnalysis(small_model_config(action_reader_norm=norm, **overrides).lma, (2, 4))
+        readers = lma.action_readers()
+        assert len(readers) == (2 if reader == "masks" else 1)
+        assert all((batch_norms(module) == 0) == (norm == "group") for module in readers)
+        assert batch_norms(lma.encoder) and batch_norms(lma.dynamics) and batch_norms(lma.decoder)
+        _, shifts, _, foregrounds, masks = _window_inputs(lma, 4, seed=3)
+        masks = (masks > 0.5).float()
+        with torch.no_grad():
+            def read(rows):
+                return lma.infer_motion(foregrounds[rows], foregrounds[rows, :-1], shifts[rows],
+                                        masks=masks[rows]).actions.vectors
+            together = read(slice(0, 4))
+            alone = torch.cat([read(slice(i, i + 1)) for i in range(4)])
+            lma.eval()
+            evaluated = read(slice(0, 4))
+        vectors[norm] = (together, alone, evaluated)
+    together, alone, evaluated = vectors["group"]
+    assert torch.allclose(together, alone, atol=1e-5) and torch.allclose(together, evaluated, atol=1e-5)
+    together, alone, evaluated = vectors["batch"]
+    assert not torch.allclose(together, alone, atol=1e-3) and not torch.allclose(together, evaluated, atol=1e-3)
+    with pytest.raises((GlassError, ValueError), match="action_reader_norm"):
+        small_model_config(action_reader_norm="layer")
+
+
 def test_action_from_masks_is_refused_with_action_matching(small_model_config):
     from utils.errors import GlassError
 
