@@ -12,8 +12,11 @@ reconstruction protocols), and writes RUNS_DIR/RUN/learning.json (one record per
 the evaluation's values and the training log's LMA rows of that interval) and
 RUNS_DIR/RUN/learning.png: one panel per curve — mask soft IoU (GT, RE one-step, RE single-image),
 sprite direction within 45°, local-action NMI (split and per character, with their random
-floors), codes used (GT, RE) and the training interval's, generated-foreground PSNR (RE one-step,
-RE single-image) and the training log's ground-truth and autoregressive PSNR. So one picture shows
+floors), codes used (GT, RE) and the training interval's, the code effect (all transitions,
+switches, and the training log's switches), the code difference ratio with the NMI of codes and
+character, generated-foreground PSNR (RE one-step, RE single-image) and the training log's
+ground-truth and autoregressive PSNR; grey dashed lines are issue 21's targets (mask IoU 0.7, RE
+0.5, 45° 0.9, NMI 0.15 / 0.35, 4 codes, 1 dB on switches, ratio 0.25). So one picture shows
 whether a change helps the local half learn. An existing run folder is continued: steps already
 trained and checkpoints already evaluated are not done again.
 """
@@ -36,23 +39,33 @@ from utils.cli import run_main  # noqa: E402
 from utils.errors import GlassError  # noqa: E402
 from utils.files import write_atomically, write_json_atomically  # noqa: E402
 
-# (panel title, [(label, source, key)]): source 'eval' is evaluate.py's results, 'train' the metrics.jsonl row
-PANELS: List[Tuple[str, List[Tuple[str, str, str]]]] = [
+# (panel title, [(label, source, key)], [(label, target)]): source 'eval' is evaluate.py's results, 'train' the
+# metrics.jsonl row; the targets (grey lines) are issue 21's for an embedded default that shows local actions.
+PANELS: List[Tuple[str, List[Tuple[str, str, str]], List[Tuple[str, float]]]] = [
     ("mask soft IoU", [("GT", "eval", "gt/mask_iou"), ("RE 1-step", "eval", "re/mask_iou"),
-                       ("RE 1-image", "eval", "re_single_image/mask_iou")]),
+                       ("RE 1-image", "eval", "re_single_image/mask_iou")], [("GT", 0.7), ("RE 1-step", 0.5)]),
     ("sprite direction within 45°", [("GT", "eval", "gt/sprite_shift_direction_match"),
-                                     ("RE 1-step", "eval", "re/sprite_shift_direction_match")]),
+                                     ("RE 1-step", "eval", "re/sprite_shift_direction_match")], [("GT", 0.9)]),
     ("local-action NMI", [("split", "eval", "gt/local_action_nmi"),
                           ("per character", "eval", "gt/local_action_nmi_per_character"),
                           ("floor", "eval", "random/local_action_nmi"),
-                          ("floor per char.", "eval", "random/local_action_nmi_per_character")]),
+                          ("floor per char.", "eval", "random/local_action_nmi_per_character")],
+     [("split", 0.15), ("per character", 0.35)]),
     ("codes used", [("GT (val)", "eval", "gt/codes_used"), ("RE 1-step", "eval", "re/codes_used"),
-                    ("training interval", "train", "lma_codes_used")]),
+                    ("training interval", "train", "lma_codes_used")], [("GT", 4.0)]),
+    ("code effect (dB): inferred minus random codes", [("all", "eval", "gt/code_effect_db"),
+                                                       ("switches", "eval", "gt/code_effect_switch_db"),
+                                                       ("train switches", "train", "lma_code_effect_switch_db")],
+     [("switches", 1.0)]),
+    ("two codes' difference / real change; codes-character NMI",
+     [("ratio", "eval", "gt/code_difference_ratio"), ("codes-character", "eval", "gt/code_character_nmi")],
+     [("ratio", 0.25)]),
     ("foreground PSNR (dB)", [("RE 1-step", "eval", "re/foreground_psnr"),
                               ("RE 1-image", "eval", "re_single_image/foreground_psnr"),
                               ("train GT steps", "train", "lma_foreground_psnr_gt"),
-                              ("train AR steps", "train", "lma_foreground_psnr_ar")]),
+                              ("train AR steps", "train", "lma_foreground_psnr_ar")], []),
 ]
+TARGET_COLOUR = (150, 150, 150)
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (148, 103, 189)]
 
 
@@ -92,11 +105,11 @@ def draw_curves(records: Sequence[Dict[str, Any]], path: str, title: str) -> Non
     draw = ImageDraw.Draw(image)
     draw.text((8, 6), title, fill="black")
     steps = [record["step"] for record in records]
-    for index, (panel, series) in enumerate(PANELS):
+    for index, (panel, series, targets) in enumerate(PANELS):
         left, top = (index % 2) * width, 24 + (index // 2) * height
         x0, y0, x1, y1 = left + margin, top + 22, left + width - 12, top + height - 30
         values = [_finite(record[source].get(key)) for record in records for _, source, key in series]
-        values = [value for value in values if value is not None]
+        values = [value for value in values if value is not None] + [target for _, target in targets]
         low, high = (min(values), max(values)) if values else (0.0, 1.0)
         if high - low < 1e-9:
             low, high = low - 0.5, high + 0.5
@@ -113,6 +126,11 @@ def draw_curves(records: Sequence[Dict[str, Any]], path: str, title: str) -> Non
         def point(step: int, value: float) -> Tuple[float, float]:
             return x0 + (step - first) / span * (x1 - x0), y1 - (value - low) / (high - low) * (y1 - y0)
 
+        for label, target in targets:  # dashed, labelled at the right end
+            y = point(first, target)[1]
+            for x in range(int(x0), int(x1), 8):
+                draw.line([(x, y), (min(x + 4, x1), y)], fill=TARGET_COLOUR, width=1)
+            draw.text((x1 - 6 * len(label) - 30, y - 12), f"{label} {target:g}", fill=TARGET_COLOUR)
         for number, (label, source, key) in enumerate(series):
             colour = COLOURS[number % len(COLOURS)]
             points = [point(record["step"], value) for record in records
@@ -177,7 +195,10 @@ def main(argv: Optional[List[str]] = None) -> int:
               f" per char {values.get('gt/local_action_nmi_per_character', float('nan')):.3f} codes "
               f"{values.get('gt/codes_used', float('nan')):.0f} fg PSNR "
               f"{values.get('re/foreground_psnr', float('nan')):.2f}"
-              f" / 1-image {values.get('re_single_image/foreground_psnr', float('nan')):.2f}")
+              f" / 1-image {values.get('re_single_image/foreground_psnr', float('nan')):.2f} code effect "
+              f"{values.get('gt/code_effect_db', float('nan')):.3f} / switches "
+              f"{values.get('gt/code_effect_switch_db', float('nan')):.3f} dB ratio "
+              f"{values.get('gt/code_difference_ratio', float('nan')):.2f}")
     print(f"wrote {os.path.join(run_folder, 'learning.json')} and learning.png")
     return 0
 

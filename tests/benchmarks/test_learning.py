@@ -1,0 +1,51 @@
+"""benchmarks/learning.py on a copy of the tiny trained run: it evaluates every checkpoint once, keeps the records
+with the code effect and the code difference, and draws every panel with issue 21's targets as grey lines."""
+import json
+import shutil
+
+import pytest
+from PIL import Image
+
+from benchmarks import learning
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_learning_evaluates_each_checkpoint_and_draws_the_code_effect(trained_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    runs = tmp_path / "runs"
+    shutil.copytree(trained_run["run_folder"], runs / "tiny")
+    steps = trained_run["steps"]  # 4, checkpoints at 2 and 4: nothing left to train
+    arguments = ["--run-name", "tiny", "--runs-dir", str(runs), "--steps", str(steps), "--eval-every", "2"]
+    assert learning.main(arguments) == 0
+    with open(runs / "tiny" / "learning.json", encoding="utf-8") as handle:
+        summary = json.load(handle)
+    assert [record["step"] for record in summary["records"]] == [2, 4]
+    last = summary["records"][-1]
+    for key in ("gt/mask_iou", "gt/local_action_nmi", "gt/code_effect_db", "gt/code_difference_ratio",
+                "gt/code_character_nmi"):
+        assert key in last["eval"], key
+    assert "lma_code_effect_db" in last["train"]
+    printed = capsys.readouterr().out
+    assert f"code effect {last['eval']['gt/code_effect_db']:.3f}" in printed
+    image = Image.open(runs / "tiny" / "learning.png")
+    assert image.size == (1040, 24 + 260 * 4)  # 7 panels, two per row
+    # The evaluations are not run again: a second call evaluates nothing (the JSON lines keep one line per step).
+    assert learning.main(arguments) == 0
+    with open(runs / "tiny" / "metrics" / "evaluate-val-one_step.jsonl", encoding="utf-8") as handle:
+        assert len(handle.readlines()) == 2
+    assert "evaluate.py" not in capsys.readouterr().out
+
+
+def test_targets_are_drawn_as_grey_lines_at_their_values(tmp_path):
+    """One panel's target line sits where its value falls between the panel's lowest and highest value."""
+    records = [{"step": step, "eval": {"gt/mask_iou": value}, "train": {}} for step, value in ((0, 0.5), (10, 0.9))]
+    path = str(tmp_path / "curves.png")
+    learning.draw_curves(records, path, "test")
+    image = Image.open(path).convert("RGB")
+    # Panel 0 (top left): y0 = 24 + 22, y1 = 24 + 260 − 30; values 0.5 … 0.9, so the 0.7 target is halfway up.
+    top, bottom = 24 + 22, 24 + 260 - 30
+    target_y = round(bottom - (0.7 - 0.5) / (0.9 - 0.5) * (bottom - top))
+    row = [image.getpixel((x, target_y)) for x in range(60, 400)]
+    assert row.count(learning.TARGET_COLOUR) > 100  # dashed: half of the pixels
+    assert learning.TARGET_COLOUR not in [image.getpixel((x, target_y - 20)) for x in range(60, 400)]
