@@ -99,8 +99,7 @@ class Glass(nn.Module):
                                  gma.foreground_shifts.detach(), gma.masks.detach())
         lma = self.lma(inputs.foregrounds, inputs.shifted_foregrounds, inputs.foreground_shifts,
                        num_ground_truth_steps, gumbel_temperature, sample_noise,
-                       inputs.masks if self.config.lma.decoder_skip_mask or self.config.lma.action_from_masks
-                       or self.config.lma.action_from_changes else None)
+                       inputs.masks if self.config.lma.needs_masks else None)
         if inputs.boxes is not None:
             lma = paste_output(lma, inputs.boxes)
         return GlassOutput(gma=gma, lma=lma)

@@ -509,8 +509,7 @@ class LocalMotionAnalysis(nn.Module):
         # silhouettes / of the moved mask and the change map / of colour-jittered foregrounds; `infer_motion`)
         self.action_colour_jitter = config.action_colour_jitter
         self.action_from_changes = config.action_from_changes
-        self.action_encoder = (Encoder(config) if config.action_from_masks or config.action_colour_jitter
-                               or config.action_from_changes else None)
+        self.action_encoder = Encoder(config) if config.action_reader != "features" else None
         self.compressor = Conv2d(config.encoder_state_channels, config.state_size, 1)
         self.action_network = ActionNetwork(config)
         if config.action_reader_norm == "group":  # ours, opt-in: readers whose outputs do not depend on the batch

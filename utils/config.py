@@ -73,6 +73,9 @@ class DataConfig:
 VQ_LOSS_FORMS = ("authors", "vqvae")
 GUMBEL_EVAL_MODES = ("argmax", "sample")
 ACTION_READER_NORMS = ("batch", "group")
+# model.lma.action_reader → the flag that chooses it (none set: 'features', the authors')
+ACTION_READER_KEYS = {"masks": "action_from_masks", "changes": "action_from_changes",
+                      "colour_jitter": "action_colour_jitter"}
 
 
 def _require_positive_list(values: List[int], key: str) -> None:
@@ -255,6 +258,19 @@ class LMAConfig:
     # decoder: one Up(×2) per entry; Res + Final(→3) after all but the last, Final(→4, k7) after the last
     decoder_channels: List[int] = field(default_factory=lambda: [128, 64, 32])
 
+    @property
+    def action_reader(self) -> str:
+        """What the action network reads: 'features' (the authors': the shared encoder's states of f̃ₜ and fₜ₊₁),
+        or, through an action encoder of its own, 'masks', 'changes' or 'colour_jitter' (the keys of
+        ACTION_READER_KEYS; `check` allows at most one of their flags)."""
+        return next((reader for reader, name in ACTION_READER_KEYS.items() if getattr(self, name)), "features")
+
+    @property
+    def needs_masks(self) -> bool:
+        """Whether the LMA reads the foregrounds' masks: the decoder's skip (`decoder_skip_mask`) or the readers of
+        silhouettes and of changes (both start from the moved current mask)."""
+        return self.decoder_skip_mask or self.action_reader in ("masks", "changes")
+
     def check(self, prefix: str) -> None:
         _require(self.encoder_stem_channels >= 1, prefix + "encoder_stem_channels",
                  f"must be >= 1, got {self.encoder_stem_channels}")
@@ -300,13 +316,12 @@ class LMAConfig:
                  "not with winner_take_all (its unrolling takes one T_f for the whole batch)")
         _require(not (self.action_from_masks and self.action_matching), prefix + "action_from_masks",
                  "not with action_matching (the matching reads generated foregrounds, not silhouettes)")
-        _require(not (self.action_colour_jitter and self.action_from_masks), prefix + "action_colour_jitter",
-                 "not with action_from_masks (one or the other is what the action encoder reads)")
+        chosen = [name for name in ACTION_READER_KEYS.values() if getattr(self, name)]
+        _require(len(chosen) <= 1, prefix + chosen[-1] if chosen else prefix,
+                 f"{' and '.join(chosen)} are set: at most one of {', '.join(ACTION_READER_KEYS.values())} (each is "
+                 "what the action encoder reads)")
         _require(not (self.action_colour_jitter and self.action_matching), prefix + "action_colour_jitter",
                  "not with action_matching (the matching reads the generated frames through the shared encoder)")
-        _require(not (self.action_from_changes and (self.action_from_masks or self.action_colour_jitter)),
-                 prefix + "action_from_changes", "not with action_from_masks or action_colour_jitter (one of them is "
-                 "what the action encoder reads)")
         _require(not (self.action_from_changes and self.action_matching), prefix + "action_from_changes",
                  "not with action_matching (the matching reads the generated frames through the shared encoder)")
         _require(self.action_reader_norm in ACTION_READER_NORMS, prefix + "action_reader_norm",

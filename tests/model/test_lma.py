@@ -437,6 +437,17 @@ def test_action_reader_norm_group_makes_a_transition_s_code_independent_of_the_b
         small_model_config(action_reader_norm="layer")
 
 
+@pytest.mark.parametrize("overrides, reader, needs_masks, own_encoder", [
+    ({}, "features", False, False), ({"decoder_skip": True, "decoder_skip_mask": True}, "features", True, False),
+    ({"action_from_masks": True}, "masks", True, True), ({"action_from_changes": True}, "changes", True, True),
+    ({"action_colour_jitter": True}, "colour_jitter", False, True)])
+def test_the_action_reader_decides_the_masks_and_the_action_encoder(small_model_config, overrides, reader, needs_masks,
+                                                                     own_encoder):
+    config = small_model_config(**overrides).lma
+    assert (config.action_reader, config.needs_masks) == (reader, needs_masks)
+    assert (LocalMotionAnalysis(config, (2, 4)).action_encoder is not None) == own_encoder
+
+
 def test_action_from_masks_is_refused_with_action_matching(small_model_config):
     from utils.errors import GlassError
 
