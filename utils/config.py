@@ -314,15 +314,11 @@ class LMAConfig:
                  f"must be >= 1, got {self.autoregressive_ground_truth_steps}")
         _require(not (self.autoregressive_share and self.winner_take_all), prefix + "autoregressive_share",
                  "not with winner_take_all (its unrolling takes one T_f for the whole batch)")
-        _require(not (self.action_from_masks and self.action_matching), prefix + "action_from_masks",
-                 "not with action_matching (the matching reads generated foregrounds, not silhouettes)")
         chosen = [name for name in ACTION_READER_KEYS.values() if getattr(self, name)]
         _require(len(chosen) <= 1, prefix + chosen[-1] if chosen else prefix,
                  f"{' and '.join(chosen)} are set: at most one of {', '.join(ACTION_READER_KEYS.values())} (each is "
                  "what the action encoder reads)")
-        _require(not (self.action_colour_jitter and self.action_matching), prefix + "action_colour_jitter",
-                 "not with action_matching (the matching reads the generated frames through the shared encoder)")
-        _require(not (self.action_from_changes and self.action_matching), prefix + "action_from_changes",
+        _require(not (self.action_matching and chosen), prefix + (chosen or ["action_matching"])[0],
                  "not with action_matching (the matching reads the generated frames through the shared encoder)")
         _require(self.action_reader_norm in ACTION_READER_NORMS, prefix + "action_reader_norm",
                  f"must be one of {ACTION_READER_NORMS}, got {self.action_reader_norm!r}")
