@@ -9,6 +9,8 @@ against the labels (GT), of those on their reconstructions (RE), and between the
     python evaluate.py --run-name wsprites --step 300000 --split test --protocol single_image
     # the dataset (data and evaluation settings) of another config file; the model is always the run's
     python evaluate.py --config configs/wsprites.yaml --run-name wsprites data.root=/data/wsprites
+    # the action readers' BatchNorm statistics recomputed from 50 training batches first (see --help)
+    python evaluate.py --run-name wsprites --refit-reader-norm 50
 
     # several GPUs of this machine, one process each (NCCL); or torchrun
     python evaluate.py --run-name wsprites --num-gpus 4
@@ -40,6 +42,7 @@ import torch
 from tqdm import tqdm
 
 from data.video_dataset import VideoDataset
+from model.glass import refit_action_reader_statistics
 from model.trained import TrainedModel
 from utils.cli import run_main
 from utils.config import RECONSTRUCTION_PROTOCOLS, SPLITS
@@ -51,6 +54,7 @@ from utils.distributed import (
     launches_single_process,
     resolve_device_kind,
 )
+from utils.errors import GlassError
 from utils.evaluation.action_metrics import (
     confusion_path,
     confusion_row_labels,
@@ -59,6 +63,7 @@ from utils.evaluation.action_metrics import (
     format_table,
     load_run_for_evaluation,
     metrics_path,
+    reader_refit_batches,
     result_record,
     shard_indices,
 )
@@ -78,6 +83,7 @@ class EvaluationPlan:
     overrides: List[str]
     device_kind: str
     show_progress: bool
+    refit_reader_norm: int = 0
 
 
 def parse_arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -99,6 +105,10 @@ def parse_arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--num-threads", type=int,
                         help="CPU threads of PyTorch on this machine, shared evenly by its processes (default: one "
                              "process keeps PyTorch's choice; several CPU processes share the CPUs it may use)")
+    parser.add_argument("--refit-reader-norm", type=int, default=0, metavar="N",
+                        help="first recompute the action readers' BatchNorm running statistics from N batches of the "
+                             "training split with the checkpoint's weights (their plain average; nothing is written "
+                             "to the checkpoint); 0 (default): the checkpoint's statistics")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="dotted config overrides, e.g. evaluation.batch_size=8 data.root=/data/wsprites")
@@ -118,6 +128,12 @@ def run_process(plan: EvaluationPlan, context: DistributedContext, loaded: Optio
         trained.model.to(context.device)
     evaluation = trained.config.evaluation
     protocol = evaluation.protocol
+    if plan.refit_reader_norm:
+        refitted = refit_action_reader_statistics(trained.model, reader_refit_batches(
+            trained.config, plan.refit_reader_norm, context.device))
+        if context.is_main:
+            print(f"the action readers' BatchNorm statistics refitted from {refitted} training batch(es)" if refitted
+                  else "no BatchNorm in the action readers: nothing to refit")
     if context.is_main:
         print(f"{trained.path} (step {trained.step}): split {evaluation.split}, windows of "
               f"{evaluation.observations_count} frames, protocol {protocol}, {context.world_size} process(es) on "
@@ -131,7 +147,9 @@ def run_process(plan: EvaluationPlan, context: DistributedContext, loaded: Optio
     if not comparable:
         print("comparable: false: the run trained with random VGG19 weights")
     path = metrics_path(plan.run_folder, evaluation.split, protocol)
-    append_json_line(path, result_record(result, trained, plan.run_folder, protocol, comparable, context.world_size))
+    record = result_record(result, trained, plan.run_folder, protocol, comparable, context.world_size)
+    record["reader_norm_refit_batches"] = plan.refit_reader_norm
+    append_json_line(path, record)
     print(f"appended to {path}")
     if result.confusion is not None:
         picture = save_png(confusion_image(np.array(result.confusion), confusion_row_labels(len(result.confusion)),
@@ -150,9 +168,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         overrides.append(f"evaluation.protocol={arguments.protocol}")
     device_kind = resolve_device_kind(arguments.device)
     check_launch(arguments.num_gpus, device_kind, arguments.num_threads)
+    if arguments.refit_reader_norm < 0:
+        raise GlassError(f"--refit-reader-norm: must be >= 0 batches, got {arguments.refit_reader_norm}")
     plan = EvaluationPlan(run_folder=os.path.join(arguments.runs_dir, arguments.run_name), step=arguments.step,
                           config_path=arguments.config, overrides=overrides, device_kind=device_kind,
-                          show_progress=not arguments.no_progress)
+                          show_progress=not arguments.no_progress, refit_reader_norm=arguments.refit_reader_norm)
     # Every bad input (run, checkpoint, config keys, data) fails here, once, before processes start; a single
     # process then uses what was read (the checkpoint is read and the windows are listed once).
     trained, comparable = load_run_for_evaluation(plan.run_folder, plan.step, torch.device("cpu"), plan.overrides,

@@ -8,8 +8,9 @@ foregrounds, shifts and actions.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, replace
-from typing import Dict, Optional, Sequence
+from typing import Dict, Iterable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -145,3 +146,45 @@ def paste_output(lma: LMAOutput, boxes: GlimpseBoxes) -> LMAOutput:
 def build_model(config: Config) -> Glass:
     """The model for a whole run's configuration (frames of `data.input_size`)."""
     return Glass(config.model, config.data.input_size)
+
+
+@torch.no_grad()
+def refit_action_reader_statistics(model: Glass, observation_batches: Iterable[torch.Tensor]) -> int:
+    """Recompute the BatchNorm running statistics of the LMA's action readers (`LocalMotionAnalysis.action_readers`)
+    from the current weights, as the plain average over `observation_batches` (each (B, T, 3, H, W) in [−1, 1]) of
+    the statistics each batch gives in training mode ("precise BatchNorm"). Training keeps running statistics as an
+    exponential average over the last few batches of weights that kept changing; evaluation, play and
+    `training.action_freeze_step` read them, and for the readers they move a lot between checkpoints. Everything
+    else runs in evaluation mode and is left as it was (the GMA makes the masks and shifts the readers read, as in
+    evaluation); only the readers' running statistics change. Returns the number of batches read (0 and nothing
+    changed when the readers have no BatchNorm, as with `model.lma.action_reader_norm: group`)."""
+    readers = model.lma.action_readers()
+    norms = [layer for reader in readers for layer in reader.modules()
+             if isinstance(layer, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return 0
+    batches = iter(observation_batches)
+    first = next(batches, None)
+    if first is None:
+        raise ValueError("refit_action_reader_statistics: no batch to read")
+    modes = {module: module.training for module in model.modules()}
+    momenta = {layer: layer.momentum for layer in norms}
+    count = 0
+    try:
+        model.eval()
+        for layer in norms:
+            layer.reset_running_stats()
+            layer.momentum = None  # cumulative average: every batch weighs the same
+            layer.train()
+        for observations in itertools.chain([first], batches):
+            gma = model.gma(observations)
+            inputs = model.lma_inputs(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts, gma.masks)
+            model.lma.infer_motion(inputs.foregrounds, inputs.shifted_foregrounds, inputs.foreground_shifts,
+                                   masks=inputs.masks if model.config.lma.needs_masks else None)
+            count += 1
+    finally:
+        for module, training in modes.items():
+            module.training = training
+        for layer, momentum in momenta.items():
+            layer.momentum = momentum
+    return count

@@ -92,12 +92,37 @@ def test_data_without_labels_reports_what_it_skipped(run_copy, tmp_path, capsys)
     assert record["data_root"] == str(flat) and len(record["skipped"]) >= 3
 
 
+def test_refit_reader_norm_evaluates_with_refitted_statistics_and_writes_nothing_back(run_copy, capsys):
+    """--refit-reader-norm 2: the readers' statistics from the training split's 6 videos (batches of 4 and 2), said
+    in the output and the record; the checkpoint is untouched, so a plain evaluation afterwards gives the plain
+    evaluation's values again."""
+    checkpoint = os.path.join(run_copy["run_folder"], "checkpoints", "latest.pth")
+    with open(checkpoint, "rb") as handle:
+        stored = handle.read()
+    assert evaluate.main(evaluate_arguments(run_copy)) == 0
+    assert evaluate.main(evaluate_arguments(run_copy, "--refit-reader-norm", "2")) == 0
+    assert evaluate.main(evaluate_arguments(run_copy)) == 0
+    assert "refitted from 2 training batch(es)" in capsys.readouterr().out
+    plain, refitted, again = lines(os.path.join(run_copy["run_folder"], "metrics", "evaluate-val-one_step.jsonl"))
+    assert (plain["reader_norm_refit_batches"], refitted["reader_norm_refit_batches"]) == (0, 2)
+    assert again["results"] == plain["results"]
+    # The readers' codes do change: after two LMA steps from the initial statistics (momentum 0.1) the checkpoint's
+    # running statistics put every validation transition on one code; refitted ones on two (measured: perplexity
+    # 1.0 against 1.75).
+    assert refitted["histograms"]["gt"] != plain["histograms"]["gt"]
+    # the GMA's half does not read the action readers: its numbers are the same with refitted statistics
+    assert refitted["results"]["gt/mask_iou"] == plain["results"]["gt/mask_iou"]
+    with open(checkpoint, "rb") as handle:
+        assert handle.read() == stored
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--step", "3"], "step_3.pth: no such checkpoint"),
     (["evaluation.observations_count=1"], "evaluation.observations_count"),
     (["evaluation.observations_count=50"], "no video has the 50 frames"),
     (["--num-gpus", "0"], "--num-gpus"),
     (["--num-threads", "0"], "--num-threads: must be >= 1"),
+    (["--refit-reader-norm", "-1"], "--refit-reader-norm: must be >= 0"),
 ])
 def test_bad_input_is_one_line(run_copy, capsys, extra, message):
     with pytest.raises(SystemExit) as exit_info:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.glass import Glass, build_model
+from model.glass import Glass, build_model, refit_action_reader_statistics
 from utils.config import load_config
 
 torch.set_num_threads(2)
@@ -141,3 +141,48 @@ def test_autocast_runs_the_convolutions_in_half_precision_with_finite_outputs_an
 def test_parameter_counts_add_up_to_the_total(make_small_model, overrides):
     counts = make_small_model(**overrides).parameter_counts()
     assert sum(count for name, count in counts.items() if name != "total") == counts["total"]
+
+
+@pytest.mark.parametrize("reader", [{}, {"action_from_masks": True}], ids=["features", "masks"])
+def test_refit_sets_the_readers_statistics_to_the_plain_average_over_the_batches(make_small_model, reader):
+    """The readers' running statistics become the mean of what each batch gives in training mode; nothing else
+    changes (the other BatchNorm buffers, every parameter, the modes, the momenta)."""
+    model = make_small_model(**reader)
+    model.train()
+    generator = torch.Generator().manual_seed(2)
+    batches = [torch.rand(2, 4, 3, 16, 32, generator=generator) * 2 - 1 for _ in range(3)]
+    for batch in batches[:2]:  # some training first, so the running statistics are not the initial ones
+        model(batch, num_ground_truth_steps=2)
+    readers = model.lma.action_readers()
+    norms = [layer for module in readers for layer in module.modules() if isinstance(layer, torch.nn.BatchNorm1d)]
+    first = norms[0]  # a BatchNorm1d of the action network: its input (N, C) is easy to catch
+    seen = []
+    handle = first.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].detach().clone()))
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    reader_names = {f"lma.{'action_encoder' if module is model.lma.action_encoder else 'action_network'}."
+                    for module in readers}
+    model.lma.decoder.eval()
+    assert refit_action_reader_statistics(model, iter(batches)) == 3
+    handle.remove()
+    assert len(seen) == 3
+    expected_mean = torch.stack([inputs.mean(dim=0) for inputs in seen]).mean(dim=0)
+    expected_var = torch.stack([inputs.var(dim=0, unbiased=True) for inputs in seen]).mean(dim=0)
+    assert torch.allclose(first.running_mean, expected_mean, atol=1e-6)
+    assert torch.allclose(first.running_var, expected_var, atol=1e-6)
+    after = model.state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(any(name.startswith(prefix) for prefix in reader_names) for name in changed)
+    assert all(name.endswith(("running_mean", "running_var", "num_batches_tracked")) for name in changed)
+    assert model.training and model.lma.action_network.training and not model.lma.decoder.training
+    assert all(layer.momentum == 0.1 for layer in norms)
+    refitted = first.running_mean.clone()
+    with pytest.raises(ValueError, match="no batch"):
+        refit_action_reader_statistics(model, [])
+    assert torch.equal(first.running_mean, refitted)  # an empty refit resets nothing
+
+
+def test_refit_leaves_group_norm_readers_alone(make_small_model, small_video):
+    model = make_small_model(action_reader_norm="group")
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    assert refit_action_reader_statistics(model, [small_video]) == 0
+    assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())

@@ -44,7 +44,7 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Subset
@@ -377,6 +377,24 @@ def evaluation_dataset(config: Config) -> VideoDataset:
         raise GlassError(f"{config.data.root}: no '{evaluation.split}' window of {evaluation.observations_count} "
                          f"frames (evaluation.observations_count)")
     return dataset
+
+
+def reader_refit_batches(config: Config, count: int, device: torch.device) -> Iterator[torch.Tensor]:
+    """Observations (B, T, 3, H, W) of `count` batches of the training split for `refit_action_reader_statistics`:
+    one random window of evaluation.observations_count frames from each of B·count videos (B =
+    evaluation.batch_size) of a permutation seeded by evaluation.seed, the same in every process; fewer batches
+    when the split has fewer videos. Raises a one-line error when the training split has no such window."""
+    evaluation = config.evaluation
+    dataset = VideoDataset(config.evaluation_data(), "train", sampling="random", seed=evaluation.seed,
+                           observations_count=evaluation.observations_count)
+    if len(dataset) == 0:
+        raise GlassError(f"{config.data.root}: no 'train' window of {evaluation.observations_count} frames to refit "
+                         f"the action readers' statistics from")
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(evaluation.seed)).tolist()
+    loader = DataLoader(Subset(dataset, order[:count * evaluation.batch_size]), batch_size=evaluation.batch_size,
+                        collate_fn=collate_videos, num_workers=min(config.data.num_workers, 2))
+    for batch in loader:
+        yield batch["observations"].to(device)
 
 
 def evaluate_run(trained: TrainedModel, protocol: str, context: DistributedContext,
