@@ -509,6 +509,11 @@ class TrainingConfig:
     # mode), no codebook restarts. The codes found by then stay a fixed function of (f̃ₜ, fₜ₊₁) while the dynamics
     # and decoder go on learning to draw them. 0 = off.
     action_freeze_step: int = 0
+    # Ours, opt-in, with action_freeze_step: at the freeze, the frozen readers' BatchNorm running statistics are first
+    # recomputed from this many batches of the training split (evaluation.batch_size windows of
+    # evaluation.observations_count frames, seeded by evaluation.seed; model.glass.refit_action_reader_statistics),
+    # so the fixed function is the one training used, not an exponential average of earlier weights. 0 = off.
+    action_freeze_refit_batches: int = 0
     nan_gradient_value: float = 0.0  # non-finite gradients are replaced before each step: NaN → this
     inf_gradient_value: float = 1e5  # ±∞ → ±this
     log_every: int = 100  # steps between status lines and metrics.jsonl rows
@@ -560,6 +565,11 @@ class TrainingConfig:
                  f"must be one of {WARMUP_MODES}, got {self.warmup_mode!r}")
         _require(self.action_freeze_step >= 0, prefix + "action_freeze_step",
                  f"must be >= 0 (0 = off), got {self.action_freeze_step}")
+        _require(self.action_freeze_refit_batches >= 0, prefix + "action_freeze_refit_batches",
+                 f"must be >= 0 (0 = off), got {self.action_freeze_refit_batches}")
+        _require(not self.action_freeze_refit_batches or self.action_freeze_step > 0,
+                 prefix + "action_freeze_refit_batches",
+                 "needs training.action_freeze_step > 0 (it refits at the freeze)")
         _require(self.codebook_restart_every >= 0, prefix + "codebook_restart_every",
                  f"must be >= 0 (0 = off), got {self.codebook_restart_every}")
         _require(self.precision in PRECISIONS, prefix + "precision",

@@ -12,13 +12,14 @@ from torch.nn.parallel import DistributedDataParallel
 from model.blocks import use_cpu_kernels
 from model.codebook import kmeans_codebook, restart_dead_codes
 from model.generation import video_code_effect_errors
-from model.glass import Glass, build_model
+from model.glass import Glass, build_model, refit_action_reader_statistics
 from model.losses import GlassLoss, LossResult
 from model.ops import native_transforms
 from model.vgg import build_vgg_features
 from utils.config import Config, TrainingConfig
 from utils.distributed import DistributedContext, all_gather_objects, average_over_processes
 from utils.errors import GlassError
+from utils.evaluation.action_metrics import reader_refit_batches
 from utils.metrics import code_effect_db, switch_transitions
 from utils.pretrained import MissingWeightsError
 from utils.run_logger import lma_step_statistics
@@ -186,6 +187,8 @@ class Trainer:
                                f"{observations_count_at(self.training, step)}")
         plan = self.curriculum(step, observations_count)
         self.model.train()
+        if self.training.action_freeze_refit_batches and step == self.training.action_freeze_step:
+            self.refit_frozen_readers()
         frozen = self.action_modules_frozen(step)
         for module in frozen:  # training.action_freeze_step: a fixed function, BatchNorm on running statistics
             module.eval()
@@ -219,6 +222,20 @@ class Trainer:
         return StepResult(loss=LossResult(total=result.total.detach(), terms=result.terms),
                           observations_count=observations_count, ground_truth_steps=plan["ground_truth_steps"],
                           ran_lma=plan["run_lma"], learning_rate=learning_rate, lma_statistics=statistics)
+
+    def refit_frozen_readers(self) -> int:
+        """`training.action_freeze_refit_batches` N: at the freeze step, the action readers' BatchNorm running
+        statistics recomputed from N batches of the training split (`reader_refit_batches`, the same in every
+        process) with the current weights; training's data order and random state are untouched. Returns the number
+        of batches read."""
+        batches = (self.prepare_observations(observations) for observations in
+                   reader_refit_batches(self.config, self.training.action_freeze_refit_batches, self.device))
+        with preserved_random_state(self.device), self._autocast():
+            count = refit_action_reader_statistics(self.model, batches)
+        if self.context.is_main:
+            print(f"step {self.training.action_freeze_step}: the action readers are frozen, their BatchNorm statistics "
+                  f"refitted from {count} training batch(es)", flush=True)
+        return count
 
     def action_modules_frozen(self, step: int) -> List[nn.Module]:
         """`training.action_freeze_step` S > 0: from 0-based step S on, the modules that read the local actions (the

@@ -209,3 +209,52 @@ def test_action_freeze_step_holds_what_reads_the_actions_while_the_rest_learns(o
         assert float(result.lma_statistics["codes_restarted"]) == 0
         assert not lma.action_network.training and not lma.action_encoder.training and lma.decoder.training
     assert trainer.action_modules_frozen(5) == [lma.action_encoder, lma.action_network]
+
+
+def test_the_freeze_refits_the_readers_statistics_first_when_asked(one_torch_thread, dataset_root, capsys):
+    """training.action_freeze_refit_batches 2: at the freeze step (1) the readers' running statistics become those
+    `refit_action_reader_statistics` gives with the weights after step 0 on two training batches; their parameters
+    stay as they were, and at step 2 nothing of them changes. A refit without a freeze is refused."""
+    import copy
+
+    from model.glass import refit_action_reader_statistics
+    from tests.small_model import NO_PERCEPTUAL_LOSSES, SMALL_MODEL
+    from utils.distributed import initialize
+    from utils.errors import ConfigError
+    from utils.evaluation.action_metrics import reader_refit_batches
+    from utils.training.trainer import Trainer
+
+    overrides = [*SMALL_MODEL, *NO_PERCEPTUAL_LOSSES, "training.gma_warmup_steps=0", f"data.root={dataset_root}",
+                 "training.observations_count={start: 3, end: 3}", "training.ground_truth_steps={start: 2, end: 2}",
+                 "model.lma.action_from_masks=true", "evaluation.observations_count=3", "evaluation.batch_size=2",
+                 "data.num_workers=0"]
+    with pytest.raises(ConfigError, match="action_freeze_refit_batches"):
+        load_config(os.path.join(REPOSITORY, "configs", "wsprites.yaml"),
+                    [*overrides, "training.action_freeze_refit_batches=2"])
+    config = load_config(os.path.join(REPOSITORY, "configs", "wsprites.yaml"),
+                         [*overrides, "training.action_freeze_step=1", "training.action_freeze_refit_batches=2"])
+    batches = [{"observations": torch.rand(2, 3, 3, 96, 128, generator=torch.Generator().manual_seed(seed)) * 2 - 1}
+               for seed in range(3)]
+    torch.manual_seed(0)
+    trainer = Trainer(config, initialize("cpu"))
+    lma = trainer.model.lma
+    trainer.training_step(batches[0], 0)
+    expected = copy.deepcopy(trainer.model)
+    assert refit_action_reader_statistics(expected, reader_refit_batches(config, 2, torch.device("cpu"))) == 2
+
+    def readers(model):
+        return {name: value.detach().clone() for name, value in model.state_dict().items()
+                if name.startswith(("lma.action_encoder.", "lma.action_network."))}
+
+    before = readers(trainer.model)
+    trainer.training_step(batches[1], 1)
+    after = readers(trainer.model)
+    statistics = [name for name in after if name.endswith(("running_mean", "running_var"))]
+    assert statistics and all(not torch.equal(before[name], after[name]) for name in statistics)
+    assert all(torch.equal(after[name], value) for name, value in readers(expected).items() if name in statistics)
+    assert all(torch.equal(before[name], after[name]) for name in after if name not in statistics
+               and not name.endswith("num_batches_tracked"))
+    assert "refitted from 2 training batch(es)" in capsys.readouterr().out
+    trainer.training_step(batches[2], 2)
+    assert all(torch.equal(after[name], value) for name, value in readers(trainer.model).items())
+    assert not lma.action_network.training and lma.decoder.training
