@@ -109,7 +109,8 @@ AUTHORS_VALUES = {"model.lma.decoder_skip": False, "model.lma.decoder_skip_mask"
                   "loss.local_change_weight": 0.0,
                   "loss.code_switch_weight": 1.0, "loss.action_slowness_weight": 0.0,
                   "loss.action_choice_weight": 1.0, "training.codebook_kmeans_init": False,
-                  "training.codebook_restart_every": 0, "training.action_freeze_step": 0}
+                  "training.codebook_restart_every": 0, "training.action_freeze_step": 0,
+                  "training.action_freeze_refit_batches": 0}
 
 
 @pytest.mark.parametrize("path", [path for path in CONFIG_FILES if not path.endswith("wsprites-tiny.yaml")],
