@@ -5,6 +5,10 @@
         --run-name learning-tiny
     # any change to compare against it: the same command with overrides
     python benchmarks/learning.py --run-name learning-tiny-lr --steps 2400 training.learning_rate=2e-3
+    # the c2 recipe of the README's *Local actions*, its action readers' statistics refitted for each evaluation
+    python benchmarks/learning.py --run-name learning-c2 --steps 2000 --eval-every 500 --refit-reader-norm 50 \
+        data.root=datasets/wsprites-c2 model.lma.action_from_masks=true model.lma.decoder_action=true \
+        loss.code_switch_weight=10
 
 It runs `train.py` (the schedules of the config, `training.num_steps` set to --steps and
 checkpoints every --eval-every steps), then `evaluate.py` on every checkpoint (its split, both
@@ -152,10 +156,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--steps", type=int, default=2400, help="training steps (training.num_steps)")
     parser.add_argument("--eval-every", type=int, default=200, help="checkpoint and evaluate every N steps")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    parser.add_argument("--refit-reader-norm", type=int, default=0, metavar="N",
+                        help="evaluate.py --refit-reader-norm N: the action readers' BatchNorm statistics recomputed "
+                             "from N training batches before each evaluation (default 0: the checkpoint's)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value config overrides for training")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.eval_every < 1:
         parser.error("--steps and --eval-every must be >= 1")
+    if args.refit_reader_norm < 0:
+        parser.error("--refit-reader-norm must be >= 0")
     run_folder = os.path.join(args.runs_dir, args.run_name)
     python = sys.executable
     latest = os.path.join(run_folder, "checkpoints", "latest.pth")
@@ -174,7 +183,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     for step in wanted:
         if step not in done and os.path.isfile(os.path.join(run_folder, "checkpoints", f"step_{step}.pth")):
             run([python, "evaluate.py", "--run-name", args.run_name, "--runs-dir", args.runs_dir, "--step", str(step),
-                 "--device", args.device, "--no-progress"])
+                 "--device", args.device, "--no-progress", "--refit-reader-norm", str(args.refit_reader_norm)])
     done = evaluated_steps(run_folder, split)
     rows = training_rows(run_folder)
     records = []

@@ -16,7 +16,8 @@ def test_learning_evaluates_each_checkpoint_and_draws_the_code_effect(trained_ru
     runs = tmp_path / "runs"
     shutil.copytree(trained_run["run_folder"], runs / "tiny")
     steps = trained_run["steps"]  # 4, checkpoints at 2 and 4: nothing left to train
-    arguments = ["--run-name", "tiny", "--runs-dir", str(runs), "--steps", str(steps), "--eval-every", "2"]
+    arguments = ["--run-name", "tiny", "--runs-dir", str(runs), "--steps", str(steps), "--eval-every", "2",
+                 "--refit-reader-norm", "1"]
     assert learning.main(arguments) == 0
     with open(runs / "tiny" / "learning.json", encoding="utf-8") as handle:
         summary = json.load(handle)
@@ -26,6 +27,8 @@ def test_learning_evaluates_each_checkpoint_and_draws_the_code_effect(trained_ru
                 "gt/code_character_nmi"):
         assert key in last["eval"], key
     assert "lma_code_effect_db" in last["train"]
+    with open(runs / "tiny" / "metrics" / "evaluate-val-one_step.jsonl", encoding="utf-8") as handle:
+        assert [json.loads(line)["reader_norm_refit_batches"] for line in handle] == [1, 1]
     printed = capsys.readouterr().out
     assert f"code effect {last['eval']['gt/code_effect_db']:.3f}" in printed
     image = Image.open(runs / "tiny" / "learning.png")
