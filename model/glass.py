@@ -155,8 +155,9 @@ def refit_action_reader_statistics(model: Glass, observation_batches: Iterable[t
     the statistics each batch gives in training mode ("precise BatchNorm"). Training keeps running statistics as an
     exponential average over the last few batches of weights that kept changing; evaluation, play and
     `training.action_freeze_step` read them, and for the readers they move a lot between checkpoints. Everything
-    else runs in evaluation mode and is left as it was (the GMA makes the masks and shifts the readers read, as in
-    evaluation); only the readers' running statistics change. Returns the number of batches read (0 and nothing
+    else runs in evaluation mode and is left as it was; the readers read what `Glass.forward` gives the LMA in
+    training (its `lma_inputs`: one glimpse box per window where there is a glimpse), from the GMA in evaluation
+    mode. Only the readers' running statistics change. Returns the number of batches read (0 and nothing
     changed when the readers have no BatchNorm, as with `model.lma.action_reader_norm: group`)."""
     readers = model.lma.action_readers()
     norms = [layer for reader in readers for layer in reader.modules()

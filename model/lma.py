@@ -505,11 +505,10 @@ class LocalMotionAnalysis(nn.Module):
         self.autoregressive_share = config.autoregressive_share
         self.autoregressive_ground_truth_steps = config.autoregressive_ground_truth_steps
         self.encoder = Encoder(config)
-        # `action_from_masks` / `action_from_changes` / `action_colour_jitter`: the action network's own encoder (of
-        # silhouettes / of the moved mask and the change map / of colour-jittered foregrounds; `infer_motion`)
-        self.action_colour_jitter = config.action_colour_jitter
-        self.action_from_changes = config.action_from_changes
-        self.action_encoder = Encoder(config) if config.action_reader != "features" else None
+        # `action_reader` 'masks' / 'changes' / 'colour_jitter': the action network's own encoder (of silhouettes / of
+        # the moved mask and the change map / of colour-jittered foregrounds; `infer_motion`)
+        self.action_reader = config.action_reader
+        self.action_encoder = Encoder(config) if self.action_reader != "features" else None
         self.compressor = Conv2d(config.encoder_state_channels, config.state_size, 1)
         self.action_network = ActionNetwork(config)
         if config.action_reader_norm == "group":  # ours, opt-in: readers whose outputs do not depend on the batch
@@ -615,14 +614,14 @@ class LocalMotionAnalysis(nn.Module):
         shifted_foregrounds, foreground_shifts = self.refine_shifts(foregrounds, shifted_foregrounds, foreground_shifts)
         states, attention = self.encode(foregrounds)
         reader_images = None
-        if self.action_colour_jitter:
+        if self.action_reader == "colour_jitter":
             reader_images = (shifted_foregrounds, foregrounds[:, 1:])
             if self.training:
                 reader_images = colour_jitter(*reader_images)
         elif self.action_encoder is not None and masks is not None:
             shifted_masks = shift_images(masks[:, :-1].flatten(0, 1), foreground_shifts.flatten(0, 1),
                                          FOREGROUND_PADDING).unflatten(0, foreground_shifts.shape[:2])
-            if self.action_from_changes:
+            if self.action_reader == "changes":
                 changes = (foregrounds[:, 1:] - shifted_foregrounds).abs().sum(dim=2, keepdim=True).clamp(max=1)
                 reader_images = (shifted_masks * 2 - 1, changes * 2 - 1)
             else:
