@@ -13,7 +13,7 @@
 It runs `train.py` (the schedules of the config, `training.num_steps` set to --steps and
 checkpoints every --eval-every steps), then `evaluate.py` on every checkpoint (its split, both
 reconstruction protocols), and writes RUNS_DIR/RUN/learning.json (one record per evaluated step:
-the evaluation's values and the training log's LMA rows of that interval) and
+the evaluation's values and the means of the training log's LMA values since the previous evaluated step) and
 RUNS_DIR/RUN/learning.png: one panel per curve — mask soft IoU (GT, RE one-step, RE single-image),
 sprite direction within 45°, local-action NMI (split and per character, with their random
 floors), codes used (GT, RE) and the training interval's, the code effect (all transitions,
@@ -22,7 +22,7 @@ character, generated-foreground PSNR (RE one-step, RE single-image) and the trai
 ground-truth and autoregressive PSNR; grey dashed lines are issue 21's targets (mask IoU 0.7, RE
 0.5, 45° 0.9, NMI 0.15 / 0.35, 4 codes, 1 dB on switches, ratio 0.25). So one picture shows
 whether a change helps the local half learn. An existing run folder is continued: steps already
-trained and checkpoints already evaluated are not done again.
+trained and checkpoints already evaluated (with the same --refit-reader-norm) are not done again.
 """
 from __future__ import annotations
 
@@ -90,8 +90,18 @@ def records_by_step(path: str) -> Dict[int, Dict[str, Any]]:
     return records
 
 
-def evaluated_steps(run_folder: str, split: str) -> Dict[int, Dict[str, Any]]:
-    return records_by_step(os.path.join(run_folder, "metrics", f"evaluate-{split}-one_step.jsonl"))
+def evaluated_steps(run_folder: str, split: str, refit_reader_norm: int) -> Dict[int, Dict[str, Any]]:
+    """The run's evaluations of `split` made with `refit_reader_norm` refit batches (0: the checkpoint's statistics;
+    records from before the option read as 0), keyed by step: an evaluation with other statistics is not reused."""
+    records: Dict[int, Dict[str, Any]] = {}
+    path = os.path.join(run_folder, "metrics", f"evaluate-{split}-one_step.jsonl")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                record = json.loads(line)
+                if int(record.get("reader_norm_refit_batches", 0)) == refit_reader_norm:
+                    records[int(record["step"])] = record
+    return records
 
 
 def training_rows(run_folder: str) -> Dict[int, Dict[str, Any]]:
@@ -100,6 +110,23 @@ def training_rows(run_folder: str) -> Dict[int, Dict[str, Any]]:
 
 def _finite(value: Any) -> Optional[float]:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(float(value)) else None
+
+
+def interval_means(rows: Dict[int, Dict[str, Any]], first: int, last: int) -> Dict[str, Any]:
+    """The training log's LMA values over the steps first < step <= last: each number averaged over the rows
+    where it is finite (a span without a switch logs no switch effect), anything else (flags, histograms) from
+    the interval's last row; {} when no row falls in it."""
+    steps = sorted(step for step in rows if first < step <= last)
+    if not steps:
+        return {}
+    means: Dict[str, Any] = {}
+    for key, value in rows[steps[-1]].items():
+        if not key.startswith("lma_"):
+            continue
+        numbers = [number for number in (_finite(rows[step].get(key)) for step in steps) if number is not None]
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        means[key] = sum(numbers) / len(numbers) if is_number and numbers else value
+    return means
 
 
 def draw_curves(records: Sequence[Dict[str, Any]], path: str, title: str) -> None:
@@ -176,7 +203,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         run([python, "train.py", "--config", args.config, *common, *settings])
 
     split = "val"
-    done = evaluated_steps(run_folder, split)
+    done = evaluated_steps(run_folder, split, args.refit_reader_norm)
     wanted = [step for step in range(args.eval_every, args.steps + 1, args.eval_every)]
     if args.steps not in wanted:
         wanted.append(args.steps)
@@ -184,14 +211,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         if step not in done and os.path.isfile(os.path.join(run_folder, "checkpoints", f"step_{step}.pth")):
             run([python, "evaluate.py", "--run-name", args.run_name, "--runs-dir", args.runs_dir, "--step", str(step),
                  "--device", args.device, "--no-progress", "--refit-reader-norm", str(args.refit_reader_norm)])
-    done = evaluated_steps(run_folder, split)
+    done = evaluated_steps(run_folder, split, args.refit_reader_norm)
     rows = training_rows(run_folder)
     records = []
+    previous = 0
     for step in sorted(done):
-        row_steps = [row_step for row_step in rows if row_step <= step]
-        train_row = rows[max(row_steps)] if row_steps else {}
         records.append({"step": step, "eval": done[step]["results"], "histograms": done[step].get("histograms", {}),
-                        "train": {key: value for key, value in train_row.items() if key.startswith("lma_")}})
+                        "train": interval_means(rows, previous, step)})
+        previous = step
     summary = {"config": args.config, "overrides": args.overrides, "steps": args.steps, "eval_every": args.eval_every,
                "split": split, "records": records}
     write_json_atomically(os.path.join(run_folder, "learning.json"), summary)

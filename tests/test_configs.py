@@ -75,6 +75,14 @@ def test_ablation_changes_exactly_its_value(name):
     assert differences == {"name", key}
 
 
+def test_c2_config_is_the_tiny_one_with_the_local_actions_recipe():
+    tiny = _flatten(config_to_dict(load_config(os.path.join(CONFIGS, "wsprites-tiny.yaml"))))
+    c2 = _flatten(config_to_dict(load_config(os.path.join(CONFIGS, "wsprites-c2.yaml"))))
+    assert {key: c2[key] for key in c2 if c2[key] != tiny[key]} == {
+        "name": "wsprites-c2", "data.root": "datasets/wsprites-c2", "model.lma.action_from_masks": True,
+        "model.lma.decoder_action": True, "loss.code_switch_weight": 10.0}
+
+
 def test_tiny_config_is_cpu_sized():
     config = load_config(os.path.join(CONFIGS, "wsprites-tiny.yaml"))
     training = config.training
@@ -113,7 +121,11 @@ AUTHORS_VALUES = {"model.lma.decoder_skip": False, "model.lma.decoder_skip_mask"
                   "training.action_freeze_refit_batches": 0}
 
 
-@pytest.mark.parametrize("path", [path for path in CONFIG_FILES if not path.endswith("wsprites-tiny.yaml")],
+# The CPU-sized configs turn some of those options on; every other config is a paper config.
+CPU_CONFIGS = ("wsprites-tiny.yaml", "wsprites-c2.yaml")
+
+
+@pytest.mark.parametrize("path", [path for path in CONFIG_FILES if os.path.basename(path) not in CPU_CONFIGS],
                          ids=lambda path: os.path.relpath(path, CONFIGS))
 def test_paper_configs_keep_the_authors_model(path):
     values = _flatten(config_to_dict(load_config(path)))

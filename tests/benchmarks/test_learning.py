@@ -1,6 +1,7 @@
 """benchmarks/learning.py on a copy of the tiny trained run: it evaluates every checkpoint once, keeps the records
 with the code effect and the code difference, and draws every panel with issue 21's targets as grey lines."""
 import json
+import math
 import shutil
 
 import pytest
@@ -38,6 +39,13 @@ def test_learning_evaluates_each_checkpoint_and_draws_the_code_effect(trained_ru
     with open(runs / "tiny" / "metrics" / "evaluate-val-one_step.jsonl", encoding="utf-8") as handle:
         assert len(handle.readlines()) == 2
     assert "evaluate.py" not in capsys.readouterr().out
+    # Evaluations made on other statistics are not reused: without the refit both checkpoints are evaluated again.
+    assert learning.main(arguments[:-2] + ["--refit-reader-norm", "0"]) == 0
+    with open(runs / "tiny" / "metrics" / "evaluate-val-one_step.jsonl", encoding="utf-8") as handle:
+        assert [json.loads(line)["reader_norm_refit_batches"] for line in handle] == [1, 1, 0, 0]
+    with open(runs / "tiny" / "learning.json", encoding="utf-8") as handle:
+        assert [record["eval"] for record in json.load(handle)["records"]] != [record["eval"] for record in
+                                                                               summary["records"]]
 
 
 def test_targets_are_drawn_as_grey_lines_at_their_values(tmp_path):
@@ -52,3 +60,17 @@ def test_targets_are_drawn_as_grey_lines_at_their_values(tmp_path):
     row = [image.getpixel((x, target_y)) for x in range(60, 400)]
     assert row.count(learning.TARGET_COLOUR) > 100  # dashed: half of the pixels
     assert learning.TARGET_COLOUR not in [image.getpixel((x, target_y - 20)) for x in range(60, 400)]
+
+
+def test_training_values_are_averaged_over_the_interval_since_the_previous_evaluation():
+    nan = float("nan")
+    rows = {25: {"lma_code_effect_switch_db": 1.0, "lma_trained": True, "lma_code_histogram": [1.0, 0.0], "loss": 9},
+            50: {"lma_code_effect_switch_db": nan, "lma_trained": True, "lma_code_histogram": [0.5, 0.5], "loss": 9},
+            75: {"lma_code_effect_switch_db": 3.0, "lma_trained": True, "lma_code_histogram": [0.0, 1.0], "loss": 9},
+            100: {"lma_code_effect_switch_db": 7.0, "lma_trained": True, "lma_code_histogram": [0.2, 0.8]}}
+    # 25 < step <= 75: the NaN span (no switch) is left out of the mean; flags and histograms from the last row
+    assert learning.interval_means(rows, 25, 75) == {"lma_code_effect_switch_db": 3.0, "lma_trained": True,
+                                                     "lma_code_histogram": [0.0, 1.0]}
+    assert learning.interval_means(rows, 0, 75)["lma_code_effect_switch_db"] == 2.0
+    assert learning.interval_means(rows, 100, 200) == {}
+    assert math.isnan(learning.interval_means(rows, 25, 50)["lma_code_effect_switch_db"])
