@@ -5,10 +5,11 @@
         --run-name learning-tiny
     # any change to compare against it: the same command with overrides
     python benchmarks/learning.py --run-name learning-tiny-lr --steps 2400 training.learning_rate=2e-3
-    # the c2 recipe of the README's *Local actions*, its action readers' statistics refitted for each evaluation
-    python benchmarks/learning.py --run-name learning-c2 --steps 2000 --eval-every 500 --refit-reader-norm 50 \
-        data.root=datasets/wsprites-c2 model.lma.action_from_masks=true model.lma.decoder_action=true \
-        loss.code_switch_weight=10
+    # the first run's config (the c2 recipe of the README's *Local actions*) for 2,000 steps, its action readers'
+    # statistics refitted for each evaluation (docs/local-actions.md, eleventh round: 71 min of training and
+    # 5–8 min per evaluation on one core of a 2-core AVX2 CPU)
+    python benchmarks/learning.py --config configs/wsprites-c2.yaml --run-name learning-c2 --steps 2000 \
+        --eval-every 250 --refit-reader-norm 50
 
 It runs `train.py` (the schedules of the config, `training.num_steps` set to --steps and
 checkpoints every --eval-every steps), then `evaluate.py` on every checkpoint (its split, both

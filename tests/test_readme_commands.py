@@ -28,7 +28,7 @@ def readme_train_commands():
 def test_the_readme_has_train_commands_with_overrides():
     commands = readme_train_commands()
     assert len(commands) >= 5
-    assert any("model.lma.action_from_masks=true" in words for words in commands)  # the GPU recipe of Local actions
+    assert any("configs/wsprites-c2.yaml" in words for words in commands)  # the first run and Local actions
 
 
 @pytest.mark.parametrize("words", readme_train_commands(), ids=lambda words: " ".join(words)[:60])
