@@ -33,7 +33,7 @@ import math
 import os
 import subprocess
 import sys
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -80,29 +80,25 @@ def run(command: List[str]) -> None:
         raise GlassError(f"{command[1]} failed (its message is above): {' '.join(command)}")
 
 
-def records_by_step(path: str) -> Dict[int, Dict[str, Any]]:
-    """The JSON lines of `path` keyed by their "step" (a later line of a step wins); {} without the file."""
+def records_by_step(path: str,
+                    keep: Callable[[Dict[str, Any]], bool] = lambda record: True) -> Dict[int, Dict[str, Any]]:
+    """The JSON lines of `path` that `keep` accepts, keyed by their "step" (a later line of a step wins); {} without
+    the file."""
     records: Dict[int, Dict[str, Any]] = {}
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as handle:
             for line in handle:
                 record = json.loads(line)
-                records[int(record["step"])] = record
+                if keep(record):
+                    records[int(record["step"])] = record
     return records
 
 
 def evaluated_steps(run_folder: str, split: str, refit_reader_norm: int) -> Dict[int, Dict[str, Any]]:
     """The run's evaluations of `split` made with `refit_reader_norm` refit batches (0: the checkpoint's statistics;
     records from before the option read as 0), keyed by step: an evaluation with other statistics is not reused."""
-    records: Dict[int, Dict[str, Any]] = {}
-    path = os.path.join(run_folder, "metrics", f"evaluate-{split}-one_step.jsonl")
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                record = json.loads(line)
-                if int(record.get("reader_norm_refit_batches", 0)) == refit_reader_norm:
-                    records[int(record["step"])] = record
-    return records
+    return records_by_step(os.path.join(run_folder, "metrics", f"evaluate-{split}-one_step.jsonl"),
+                           lambda record: int(record.get("reader_norm_refit_batches", 0)) == refit_reader_norm)
 
 
 def training_rows(run_folder: str) -> Dict[int, Dict[str, Any]]:
