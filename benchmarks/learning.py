@@ -83,12 +83,16 @@ def run(command: List[str]) -> None:
 def records_by_step(path: str,
                     keep: Callable[[Dict[str, Any]], bool] = lambda record: True) -> Dict[int, Dict[str, Any]]:
     """The JSON lines of `path` that `keep` accepts, keyed by their "step" (a later line of a step wins); {} without
-    the file."""
+    the file; a one-line GlassError naming the file and line for a line that is not a record with a step."""
     records: Dict[int, Dict[str, Any]] = {}
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                record = json.loads(line)
+            for number, line in enumerate(handle, 1):
+                try:
+                    record = json.loads(line)
+                    int(record["step"])
+                except (ValueError, TypeError, KeyError) as error:
+                    raise GlassError(f"{path}: line {number} is not a JSON record with a step ({error})") from None
                 if keep(record):
                     records[int(record["step"])] = record
     return records

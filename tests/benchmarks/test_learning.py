@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from benchmarks import learning
+from utils.errors import GlassError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -74,3 +75,13 @@ def test_training_values_are_averaged_over_the_interval_since_the_previous_evalu
     assert learning.interval_means(rows, 0, 75)["lma_code_effect_switch_db"] == 2.0
     assert learning.interval_means(rows, 100, 200) == {}
     assert math.isnan(learning.interval_means(rows, 25, 50)["lma_code_effect_switch_db"])
+
+
+def test_a_corrupt_log_line_is_a_one_line_error_naming_the_file(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 25, "lma_trained": true}\n{broken\n', encoding="utf-8")
+    with pytest.raises(GlassError, match=r"metrics\.jsonl: line 2 is not a JSON record with a step"):
+        learning.records_by_step(str(path))
+    path.write_text('{"lma_trained": true}\n', encoding="utf-8")
+    with pytest.raises(GlassError, match="line 1"):
+        learning.records_by_step(str(path))
