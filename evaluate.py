@@ -37,6 +37,10 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
+if __name__ == "__main__":  # before torch is imported: glibc reads its allocator settings at process start
+    from utils.allocator import restart_with_malloc_tuning
+    restart_with_malloc_tuning()  # on the CPU only, judged from --device (utils/allocator.py)
+
 import numpy as np
 import torch
 from tqdm import tqdm

@@ -182,11 +182,22 @@ def glimpse_unroll(model: Glass, motion: TransitionMotion, codes: torch.Tensor, 
     return torch.stack([f for f, _ in outputs], dim=1), torch.stack([m for _, m in outputs], dim=1)
 
 
+def video_gma(model: Glass, video: torch.Tensor) -> GMAOutput:
+    """The GMA's output on a real video (B, T, 3, H, W) in eval mode without gradients (the model's mode restored
+    after): what `reconstruct` and `video_code_effect_errors` infer first, for a caller that runs several of them on
+    one video (`utils.evaluation.action_metrics.window_records`) to pass as their `gma`."""
+    assert_shape(video, (None, None, 3, *model.frame_size), "video")
+    with _generating(model):
+        return model.gma(video)
+
+
 def _render(model: Glass, protocol: str, driving_video: torch.Tensor, target_first_frames: Optional[torch.Tensor],
-            ground_truth_steps: int, sample_noise: bool) -> Reconstruction:
+            ground_truth_steps: int, sample_noise: bool, gma: Optional[GMAOutput] = None) -> Reconstruction:
     """Infer motion from `driving_video` (B, T, 3, H, W) and generate with T_f = `ground_truth_steps`
-    from its own frames, or (T_f = 1) from `target_first_frames` (B, 3, H, W) when given."""
-    gma = model.gma(driving_video)
+    from its own frames, or (T_f = 1) from `target_first_frames` (B, 3, H, W) when given. `gma`: the GMA's output
+    on `driving_video` (`video_gma`) if the caller has it."""
+    if gma is None:
+        gma = model.gma(driving_video)
     if model.glimpse is not None:  # `model.lma.glimpse`: every step in a box of its own, pasted back
         motion = transition_motion(model, gma)
         first_frames = driving_video[:, 0] if target_first_frames is None else target_first_frames
@@ -231,13 +242,15 @@ def _render(model: Glass, protocol: str, driving_video: torch.Tensor, target_fir
 
 
 def reconstruct(model: Glass, video: torch.Tensor, protocol: str = "one_step",
-                sample_noise: bool = False) -> Reconstruction:
+                sample_noise: bool = False, gma: Optional[GMAOutput] = None) -> Reconstruction:
     """Reconstruct a real video (B, T, 3, H, W), T ≥ 2, from its first frame with the shifts and
     actions inferred from it. `protocol` 'one_step' (T_f = T−1, the authors' evaluation) or
-    'single_image' (T_f = 1); the result records which."""
+    'single_image' (T_f = 1); the result records which. `gma`: `video_gma(model, video)` if the caller has it
+    (the same result, without running the GMA again)."""
     assert_shape(video, (None, None, 3, *model.frame_size), "video")
     with _generating(model):
-        return _render(model, protocol, video, None, num_ground_truth_steps(protocol, video.shape[1]), sample_noise)
+        return _render(model, protocol, video, None, num_ground_truth_steps(protocol, video.shape[1]), sample_noise,
+                       gma)
 
 
 def transfer_motion(model: Glass, source_video: torch.Tensor, target_first_frames: torch.Tensor,
@@ -448,11 +461,12 @@ def code_effect_errors(lma: torch.nn.Module, foregrounds: torch.Tensor, shifted_
 
 
 def video_code_effect_errors(model: Glass, video: torch.Tensor, generator: torch.Generator,
-                             code_differences: bool = False) -> CodeEffectErrors:
+                             code_differences: bool = False, gma: Optional[GMAOutput] = None) -> CodeEffectErrors:
     """`code_effect_errors` of a real video (B, T, 3, H, W): the GMA's foregrounds, shifts and masks of it, in eval
-    mode without gradients (the model's mode restored after)."""
+    mode without gradients (the model's mode restored after). `gma`: `video_gma(model, video)` if the caller has it."""
     with _generating(model):
-        gma = model.gma(video)
+        if gma is None:
+            gma = model.gma(video)
         if model.glimpse is None:
             return code_effect_errors(model.lma, gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts,
                                       gma.masks, generator, code_differences)

@@ -10,7 +10,7 @@ resident memory stays near its peak instead of shrinking between steps).
 
 The settings are read by glibc when a process starts, so `restart_with_malloc_tuning()`
 re-executes the script with them in GLIBC_TUNABLES (same arguments, same process id, before
-torch is imported), and only for a CPU training process: since torch is not imported yet, the
+torch is imported), and only for a CPU process of train.py or evaluate.py: since torch is not imported yet, the
 device is read from the command line (`trains_on_the_cpu`): `--device cpu`, or `--device auto`
 (the default) where no NVIDIA GPU is visible — no /dev/nvidiaN device node, or CUDA_VISIBLE_DEVICES
 hiding them all (empty, or a first entry that is neither an index nor a GPU-/MIG- UUID, such as -1).
@@ -70,8 +70,8 @@ def nvidia_gpu_visible(environment: Mapping[str, str], device_nodes: Optional[Se
 
 def trains_on_the_cpu(arguments: Sequence[str], environment: Mapping[str, str],
                       device_nodes: Optional[Sequence[str]] = None) -> bool:
-    """Whether train.py with these arguments trains on the CPU: `--device cpu`, or `--device auto` (the default)
-    where `nvidia_gpu_visible` finds no GPU."""
+    """Whether train.py (or evaluate.py) with these arguments runs on the CPU: `--device cpu`, or `--device auto`
+    (the default) where `nvidia_gpu_visible` finds no GPU."""
     device = requested_device(arguments)
     return device == "cpu" or (device == "auto" and not nvidia_gpu_visible(environment, device_nodes))
 
@@ -101,7 +101,8 @@ def _command_line() -> List[str]:
 
 def restart_with_malloc_tuning() -> None:
     """Re-execute this process with `tuned_environment` where it applies and `trains_on_the_cpu` says so (call
-    first thing in a training script's `__main__`, before heavy imports); returns without doing anything otherwise."""
+    first thing in a training or evaluation script's `__main__`, before heavy imports); returns without doing
+    anything otherwise."""
     if not malloc_tuning_applies(os.environ) or not sys.executable or not trains_on_the_cpu(sys.argv[1:], os.environ):
         return
     sys.stdout.flush()

@@ -14,6 +14,8 @@ from model.generation import (
     reconstruct,
     start_play,
     transfer_motion,
+    video_code_effect_errors,
+    video_gma,
 )
 from model.gma import BACKGROUND_PADDING, shift_images
 
@@ -54,6 +56,25 @@ def test_reconstruction_is_deterministic_and_reports_its_protocol(calibrated_mod
     expected = (first.generated_masks * first.generated_foregrounds
                 + (1 - first.generated_masks) * first.backgrounds[:, 1:])
     assert torch.allclose(first.frames[:, 1:], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("options", [{}, {"action_from_masks": True, "decoder_skip": True, "decoder_skip_mask": True}])
+def test_a_given_gma_output_gives_what_the_gma_would(calibrated_model, small_video, options):
+    # evaluate.py runs the GMA once per batch for both protocols and the code effect (`video_gma`)
+    model = calibrated_model(**options)
+    model.train()
+    gma = video_gma(model, small_video)
+    assert model.training  # the mode is restored
+    for protocol in ("one_step", "single_image"):
+        given, own = reconstruct(model, small_video, protocol, gma=gma), reconstruct(model, small_video, protocol)
+        for name in ("frames", "generated_foregrounds", "masks", "foreground_shifts", "action_ids"):
+            assert torch.equal(getattr(given, name), getattr(own, name)), (protocol, name)
+    given, own = (video_code_effect_errors(model, small_video, torch.Generator().manual_seed(0), gma=gma),
+                  video_code_effect_errors(model, small_video, torch.Generator().manual_seed(0)))
+    assert torch.equal(given.inferred, own.inferred) and torch.equal(given.random, own.random)
+    # and it is what is used: another video's GMA output changes the reconstruction
+    other = video_gma(model, small_video.flip(1))
+    assert not torch.equal(reconstruct(model, small_video, gma=other).frames, reconstruct(model, small_video).frames)
 
 
 def test_the_protocols_agree_on_the_first_step_only(calibrated_model, small_video):

@@ -1,5 +1,5 @@
-"""glibc allocator settings: the environment they add, the restart that applies them to CPU training, and their
-reset in loader workers."""
+"""glibc allocator settings: the environment they add, the restart that applies them to CPU training and evaluation,
+and their reset in loader workers."""
 import os
 import subprocess
 import sys
@@ -88,6 +88,23 @@ def test_restart_re_executes_cpu_training_with_the_same_arguments_once():
     assert tunables == MALLOC_TUNABLES and arguments.strip() == "['--device', 'cpu', 'an argument']"
     _, tunables, _ = _run(dict(environment, **{OPT_OUT_VARIABLE: "0"}), "--device", "cpu")
     assert tunables == "None"
+
+
+@needs_glibc
+@pytest.mark.parametrize("script", ["train.py", "evaluate.py"])
+def test_the_cpu_entry_scripts_restart_with_the_settings_before_their_work(tmp_path, script):
+    # a sitecustomize module records each interpreter start's GLIBC_TUNABLES: two starts (the restart) on the CPU,
+    # one for --device cuda; --help ends both scripts once their arguments are read
+    log = tmp_path / "starts.txt"
+    (tmp_path / "sitecustomize.py").write_text(
+        f"import os\nwith open({str(log)!r}, 'a') as f:\n    f.write(repr(os.environ.get('GLIBC_TUNABLES')) + '\\n')\n")
+    environment = dict(_untuned_environment(), PYTHONPATH=str(tmp_path))
+    for device, expected in (("cpu", ["None", repr(MALLOC_TUNABLES)]), ("cuda", ["None"])):
+        log.write_text("")
+        completed = subprocess.run([sys.executable, script, "--device", device, "--help"], cwd=REPOSITORY,
+                                   env=environment, capture_output=True, text=True, timeout=120)
+        assert completed.returncode == 0 and "usage:" in completed.stdout, completed.stderr
+        assert log.read_text().split() == expected, device
 
 
 @needs_glibc

@@ -51,7 +51,13 @@ from torch.utils.data import DataLoader, Subset
 
 from data.video_dataset import VideoDataset, collate_videos
 from data.wsprites.walk import LOCAL_ACTION_NAMES
-from model.generation import num_ground_truth_steps, reconstruct, transition_motion, video_code_effect_errors
+from model.generation import (
+    num_ground_truth_steps,
+    reconstruct,
+    transition_motion,
+    video_code_effect_errors,
+    video_gma,
+)
 from model.trained import TrainedModel, load_trained_model
 from utils.checkpoint import CONFIG_FILE
 from utils.config import Config, load_config
@@ -71,6 +77,7 @@ from utils.metrics import (
     soft_iou_sums,
     switch_transitions,
 )
+from utils.training.batches import start_loader_worker
 
 METRIC_NAME = "glass_action_metrics"  # the "metric" field of every JSON line
 METRICS_FOLDER = "metrics"
@@ -155,8 +162,9 @@ def window_records(model: torch.nn.Module, batch: Dict[str, Any], protocol: str,
     character's region, and its size (`model.generation.CodeEffectErrors`).
     """
     observations = batch["observations"].to(device)
-    reconstructions = {"generated": reconstruct(model, observations, protocol),
-                       "other": reconstruct(model, observations, other_protocol(protocol))}
+    gma = video_gma(model, observations)  # once for the three inferences from the real video below
+    reconstructions = {"generated": reconstruct(model, observations, protocol, gma=gma),
+                       "other": reconstruct(model, observations, other_protocol(protocol), gma=gma)}
     reconstruction = reconstructions["generated"]
     real = MotionAnalysis(masks=reconstruction.masks, foreground_shifts=reconstruction.foreground_shifts,
                           background_shifts=reconstruction.background_shifts, action_ids=reconstruction.action_ids)
@@ -170,7 +178,8 @@ def window_records(model: torch.nn.Module, batch: Dict[str, Any], protocol: str,
         "true_background_shifts": batch["background_shifts"][:, 1:],
         "image_elements": torch.full((observations.shape[0],), float(real_foregrounds[0].numel()), dtype=torch.float64),
     }
-    effect = video_code_effect_errors(model, observations, torch.Generator().manual_seed(seed), code_differences=True)
+    effect = video_code_effect_errors(model, observations, torch.Generator().manual_seed(seed), code_differences=True,
+                                      gma=gma)
     records["code_inferred_squared_error"] = effect.inferred.double().cpu()
     records["code_random_squared_error"] = effect.random.double().cpu()
     for key in ("code_difference", "real_change", "region"):
@@ -392,7 +401,8 @@ def reader_refit_batches(config: Config, count: int, device: torch.device) -> It
                          f"the action readers' statistics from")
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(evaluation.seed)).tolist()
     loader = DataLoader(Subset(dataset, order[:count * evaluation.batch_size]), batch_size=evaluation.batch_size,
-                        collate_fn=collate_videos, num_workers=min(config.data.num_workers, 2))
+                        collate_fn=collate_videos, num_workers=min(config.data.num_workers, 2),
+                        worker_init_fn=start_loader_worker)
     for batch in loader:
         yield batch["observations"].to(device)
 
@@ -408,7 +418,8 @@ def evaluate_run(trained: TrainedModel, protocol: str, context: DistributedConte
     dataset = evaluation_dataset(config) if dataset is None else dataset
     indices = shard_indices(len(dataset), config.evaluation.batch_size, context.rank, context.world_size)
     loader = DataLoader(Subset(dataset, indices), batch_size=config.evaluation.batch_size, collate_fn=collate_videos,
-                        num_workers=min(config.data.num_workers, 2), pin_memory=context.device.type == "cuda")
+                        num_workers=min(config.data.num_workers, 2), pin_memory=context.device.type == "cuda",
+                        worker_init_fn=start_loader_worker)
     parts: List[Dict[str, torch.Tensor]] = []
     position = 0
     for batch in loader:

@@ -20,8 +20,9 @@ MEDIA_SEQUENCES = 4  # sequences in the fixed media batch
 
 
 def start_loader_worker(worker_id: int) -> None:
-    """DataLoader `worker_init_fn`: stop signals are left to the training process, and the allocator settings of
-    CPU training, which a forked worker inherits, give way to glibc's starting thresholds (utils/allocator.py)."""
+    """DataLoader `worker_init_fn` of training and evaluation: stop signals are left to the main process, and the
+    allocator settings of CPU training and evaluation, which a forked worker inherits, give way to glibc's starting
+    thresholds (utils/allocator.py)."""
     ignore_stop_signals(worker_id)
     reset_malloc_tuning()
 
