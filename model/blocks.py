@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.ops import CPU_KERNELS, FrozenKernelTiles, conv2d, pooled_kernel, winograd_eligible
+from model.ops import batch_norm as fast_batch_norm
 
 LEAKY_RELU_SLOPE = 0.2
 DEMODULATION_EPSILON = 1e-8  # StyleGAN2's ε in w / √(Σ w² + ε)
@@ -72,9 +73,35 @@ class Conv2d(nn.Conv2d):
                 + (f", kernels={self.kernels}" if self.kernels != "plain" else ""))
 
 
+class BatchNorm2d(nn.BatchNorm2d):
+    """nn.BatchNorm2d (same parameters, buffers and function) whose training-mode backward on narrow channels-last
+    CPU tensors is `model.ops.batch_norm` when `kernels` (set by `use_cpu_kernels`) is 'torch' or 'native';
+    'plain' (the default), evaluation mode and other inputs keep PyTorch's kernel."""
+
+    def __init__(self, num_features: int):
+        super().__init__(num_features)
+        self.kernels = "plain"
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if not (self.kernels != "plain" and self.training and fast_batch_norm.applies(inputs)):
+            return super().forward(inputs)
+        assert_shape(inputs, (None, self.num_features, None, None), "BatchNorm2d inputs")
+        factor = 0.0 if self.momentum is None else self.momentum  # as nn.BatchNorm2d: None = cumulative average
+        if self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                factor = 1.0 / float(self.num_batches_tracked)
+        return fast_batch_norm.batch_norm_channels_last(
+            inputs, self.weight, self.bias, self.running_mean if self.track_running_stats else None,
+            self.running_var if self.track_running_stats else None, factor, self.eps)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (f", kernels={self.kernels}" if self.kernels != "plain" else "")
+
+
 def use_cpu_kernels(module: nn.Module, kernels: str) -> int:
-    """Set `Conv2d.kernels` to `kernels` (one of CPU_KERNELS) on every Conv2d of `module`; returns how many of
-    them Winograd then runs on CPU float inputs (0 with 'plain'). Other devices keep PyTorch's kernels."""
+    """Set `kernels` (one of CPU_KERNELS) on every Conv2d and BatchNorm2d of `module`; returns how many of the
+    Conv2d Winograd then runs on CPU float inputs (0 with 'plain'). Other devices keep PyTorch's kernels."""
     if kernels not in CPU_KERNELS:
         raise ValueError(f"use_cpu_kernels: kernels must be one of {CPU_KERNELS}, got {kernels!r}")
     count = 0
@@ -82,6 +109,8 @@ def use_cpu_kernels(module: nn.Module, kernels: str) -> int:
         if isinstance(layer, Conv2d):
             layer.kernels = kernels
             count += kernels != "plain" and layer.winograd_eligible()
+        elif isinstance(layer, BatchNorm2d):
+            layer.kernels = kernels
     return count
 
 
@@ -97,16 +126,16 @@ class Res(nn.Module):
         self.residual = nn.Sequential(
             Conv2d(in_channels, out_channels, 3, padding=1, bias=False, down=down),
             nn.Identity(),  # the avgpool is inside Conv2d; kept as a slot so that parameter names stay
-            nn.BatchNorm2d(out_channels),
+            BatchNorm2d(out_channels),
             nn.LeakyReLU(LEAKY_RELU_SLOPE),
             Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
+            BatchNorm2d(out_channels),
         )
         if down != 1 or in_channels != out_channels:
             self.skip = nn.Sequential(
                 Conv2d(in_channels, out_channels, 1, bias=False, down=down),
                 nn.Identity(),  # the avgpool is inside Conv2d
-                nn.BatchNorm2d(out_channels),
+                BatchNorm2d(out_channels),
             )
         else:
             self.skip = nn.Identity()
@@ -123,7 +152,7 @@ class Same(nn.Sequential):
         super().__init__(
             Conv2d(in_channels, out_channels, 3, padding=1, bias=False, down=down),
             nn.Identity(),  # the avgpool is inside Conv2d
-            nn.BatchNorm2d(out_channels),
+            BatchNorm2d(out_channels),
             nn.LeakyReLU(LEAKY_RELU_SLOPE),
         )
 
@@ -175,7 +204,7 @@ class Up(nn.Sequential):
                  late: bool = False):
         layers = [
             Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
+            BatchNorm2d(out_channels),
             nn.LeakyReLU(LEAKY_RELU_SLOPE),
         ]
         interpolation = Interpolate(scale_factor, mode)
@@ -223,7 +252,7 @@ class ModConv(nn.Module):
         self.style_projection = nn.Linear(style_size, in_channels)
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 3, 3))
         self.down = down
-        self.norm = nn.BatchNorm2d(out_channels)
+        self.norm = BatchNorm2d(out_channels)
         self.activation = nn.LeakyReLU(LEAKY_RELU_SLOPE)
 
     def forward(self, inputs: torch.Tensor, style: torch.Tensor) -> torch.Tensor:

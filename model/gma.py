@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.blocks import LEAKY_RELU_SLOPE, Conv2d, Res, Same, Up, assert_shape
+from model.blocks import LEAKY_RELU_SLOPE, BatchNorm2d, Conv2d, Res, Same, Up, assert_shape
 from utils.config import GMAConfig
 
 FOREGROUND_PADDING = "zeros"  # foregrounds and masks: what enters from outside the frame is empty
@@ -53,7 +53,7 @@ class MaskingNetwork(nn.Module):
         first, middle, up = config.mask_first_channels, config.mask_middle_channels, config.mask_up_channels
         self.layers = nn.Sequential(
             Conv2d(3, first, 3, padding=1),
-            nn.BatchNorm2d(first),
+            BatchNorm2d(first),
             nn.LeakyReLU(LEAKY_RELU_SLOPE),
             Res(first, middle, down=2),
             Res(middle, middle, down=2),

@@ -16,6 +16,7 @@ from torch import nn
 
 from model.blocks import (
     LEAKY_RELU_SLOPE,
+    BatchNorm2d,
     Conv2d,
     ConvLSTM,
     ConvLSTMState,
@@ -266,12 +267,12 @@ class DynamicsNetwork(nn.Module):
         self.local_projection = nn.Linear(config.action_dim, s)
 
         self.lstm_1 = ConvLSTM(s + conditioning + noise, hidden, self.resolution)
-        self.norm_1 = nn.BatchNorm2d(hidden)
+        self.norm_1 = BatchNorm2d(hidden)
         self.lstm_2 = ConvLSTM(2 * hidden + conditioning + noise, 2 * hidden, half_resolution)
-        self.norm_2 = nn.BatchNorm2d(2 * hidden)
+        self.norm_2 = BatchNorm2d(2 * hidden)
         self.up_2 = Up(2 * hidden + conditioning + noise, hidden, mode="bilinear", late=True)
         self.lstm_3 = ConvLSTM(hidden + conditioning + noise, hidden, self.resolution)
-        self.norm_3 = nn.BatchNorm2d(hidden)
+        self.norm_3 = BatchNorm2d(hidden)
         if config.modulated_conv:  # the noise joins the modulated convolutions' input maps, as in the authors' code
             self.transform_1: nn.Module = ModConv(hidden + noise, 2 * hidden, conditioning, down=2)
             self.transform_3: nn.Module = ModConv(hidden + noise, hidden, conditioning)
