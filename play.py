@@ -3,22 +3,22 @@ motion of a real video onto it, reconstruct a real video, draw the action matric
 a web page.
 
     # play: per step a global shift and a local action (the action language: python play.py --help)
-    python play.py --run-name wsprites-tiny --image sprite.png --actions "right right 3 3 left stay 0"
-    python play.py --run-name wsprites-tiny --step 310 --image sprite.png --actions-file moves.yaml --out demo
+    python play.py --run-name wsprites-c2 --image sprite.png --actions "right right 3 3 left stay 0"
+    python play.py --run-name wsprites-c2 --step 310 --image sprite.png --actions-file moves.yaml --out demo
 
     # motion transfer: the shifts and local actions inferred from a real video, applied to the image
-    python play.py --run-name wsprites-tiny --image sprite.png \\
-        --transfer datasets/wsprites-tiny/test/sprite_0042_video_00
+    python play.py --run-name wsprites-c2 --image sprite.png \\
+        --transfer datasets/wsprites-c2/test/sprite_0011_video_00
 
     # reconstruction of a real video from its first frame (T_f = 1; --protocol one_step: T_f = T-1)
-    python play.py --run-name wsprites-tiny --reconstruct datasets/wsprites-tiny/test/sprite_0042_video_00
+    python play.py --run-name wsprites-c2 --reconstruct datasets/wsprites-c2/test/sprite_0011_video_00
 
     # the global- and local-action matrices of the paper's supplementary figures (GIF + PNG sheets)
-    python play.py --run-name wsprites-tiny --grid --image a.png --image b.png --grid-frames 8
-    python play.py --run-name wsprites-tiny --grid        # from first frames of the dataset's test videos
+    python play.py --run-name wsprites-c2 --grid --image a.png --image b.png --grid-frames 8
+    python play.py --run-name wsprites-c2 --grid        # from first frames of the dataset's test videos
 
     # a web page at http://127.0.0.1:8000/ (this machine only): arrow keys, space, 1..K, 0 = reset
-    python play.py --run-name wsprites-tiny --serve --port 8000
+    python play.py --run-name wsprites-c2 --serve --port 8000
 
     # the GPU is used when there is one (--device auto); --device cpu forces the CPU
     python play.py --run-name wsprites --device cpu --image sprite.png --actions "right*8"

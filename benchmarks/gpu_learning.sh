@@ -11,10 +11,12 @@
 #   # a run's own data.root=... (a set made beforehand) wins over DATA_ROOT; WEIGHTS="a b" brings back those runs'
 #   # weights only (each is ~8.5 MiB and a lent machine returns 8 files, 64 MiB); DEVICE_TESTS=0 skips the tests.
 #
-# Generates the first run's W-Sprites set, starts every run of RUNS below at once (train.py, the embedded default
-# config with the run's overrides, checkpoints and media every 1,000 steps), and on the CUDA device the
+# Generates the first run's W-Sprites set (the c2 set), starts every run of RUNS below at once (train.py, CONFIG —
+# the first run's configs/wsprites-c2.yaml — with the run's overrides, checkpoints and media every 1,000 steps), and
+# on the CUDA device the
 # device-parametrised tests beside them; after TRAIN_SECONDS sends SIGTERM (train.py finishes its step and saves),
-# then evaluates each run's checkpoints (validation split: the last one with both protocols, every 2,000th one-step)
+# then evaluates each run's checkpoints (validation split: the last one with both protocols, every 2,000th one-step;
+# EVAL_ARGS, by default --refit-reader-norm 50)
 # and writes to OUT: driver.log, pytest.log, NAME.pt per run (the last checkpoint's weights in float16, no
 # optimiser state: put it as runs/NAME/checkpoints/latest.pth beside the archive's config.yaml and evaluate.py,
 # play.py and build_evaluation_dataset.py read it; not for --resume-step) and runs-1.tgz, runs-2.tgz, ... (three runs' each:
@@ -26,8 +28,10 @@ EVAL_SECONDS=${EVAL_SECONDS:-120}
 DEVICE=${DEVICE:-cuda}
 PYTHON=${PYTHON:-python3}
 EXTRA=${EXTRA:-}  # overrides for every run (the dry run: training.gma_warmup_steps=2 training.log_every=2)
-DATA_ROOT=${DATA_ROOT:-datasets/wsprites-tiny}
-GENERATE_ARGS=${GENERATE_ARGS:---num-characters 60 --videos-per-character 4 --frames 30}
+CONFIG=${CONFIG:-configs/wsprites-c2.yaml}
+DATA_ROOT=${DATA_ROOT:-datasets/wsprites-c2}
+GENERATE_ARGS=${GENERATE_ARGS:---num-characters 16 --choices-per-layer 2 --videos-per-character 15 --frames 30}
+EVAL_ARGS=${EVAL_ARGS:---refit-reader-norm 50}  # evaluate.py options for every evaluation
 RUN_LIST=${RUN_LIST:-}  # "name|train.py options" entries separated by ';' instead of the five runs below
 RUNS_DIR=${RUNS_DIR:-runs-gpu}
 WEIGHTS=${WEIGHTS:-all}  # the runs whose float16 weights come back, or all
@@ -46,21 +50,23 @@ say "device $DEVICE, training $TRAIN_SECONDS s"
   || { say "data generation failed"; exit 1; }
 say "data ready"
 
-MDC="model.lma.action_from_masks=true model.lma.decoder_action=true loss.code_switch_weight=10"
-GLIMPSE="model.lma.glimpse=[64,80]"
+# issue 21's next GPU question (docs/local-actions.md, tenth to twelfth rounds): does the code effect on unseen
+# characters reach 1 dB over thousands of steps at batch 16, with the readers frozen (statistics refitted) or not?
+B16="training.batch_size=16"
+FREEZE="training.action_freeze_step=1000 training.action_freeze_refit_batches=50"
 RUNS=(
-  "mdc-glimpse-s0|--random-seed 0 $GLIMPSE $MDC"
-  "mdc-glimpse-s1|--random-seed 1 $GLIMPSE $MDC"
-  "mdc-glimpse-ar-s0|--random-seed 0 $GLIMPSE $MDC model.lma.autoregressive_share=0.5"
-  "mdc-s0|--random-seed 0 $MDC"
-  "default-s0|--random-seed 0"
+  "c2-b16-s0|--random-seed 0 $B16"
+  "c2-b16-s1|--random-seed 1 $B16"
+  "c2-b16-frz-s0|--random-seed 0 $B16 $FREEZE"
+  "c2-b16-frz-s1|--random-seed 1 $B16 $FREEZE"
+  "c2-s0|--random-seed 0"
 )
 [ -n "$RUN_LIST" ] && IFS=';' read -r -a RUNS <<<"$RUN_LIST"
 declare -A PIDS
 for entry in "${RUNS[@]}"; do
   name=${entry%%|*}; options=${entry#*|}
   # shellcheck disable=SC2086  # the options are words
-  "$PYTHON" train.py --config configs/wsprites-tiny.yaml --run-name "$name" --runs-dir "$RUNS_DIR" \
+  "$PYTHON" train.py --config "$CONFIG" --run-name "$name" --runs-dir "$RUNS_DIR" \
     --device "$DEVICE" --no-progress "data.root=$DATA_ROOT" $options training.num_steps=100000 training.checkpoint_every=1000 \
     training.media_every=1000 $EXTRA >"$RUNS_DIR/$name.log" 2>&1 &
   PIDS[$name]=$!
@@ -98,10 +104,12 @@ evaluate_run() {
   local last; last=$(echo "$steps" | tail -1)
   [ -z "$last" ] && return
   for step in $last $(echo "$steps" | awk '$1 % 2000 == 0' | sort -rn); do
+    # shellcheck disable=SC2086  # the options are words
     "$PYTHON" evaluate.py --run-name "$name" --runs-dir "$RUNS_DIR" --device "$DEVICE" --no-progress --step "$step" \
-      >>"$folder/evaluate.log" 2>&1
+      $EVAL_ARGS >>"$folder/evaluate.log" 2>&1
+    # shellcheck disable=SC2086
     [ "$step" = "$last" ] && "$PYTHON" evaluate.py --run-name "$name" --runs-dir "$RUNS_DIR" --device "$DEVICE" \
-      --no-progress --step "$step" --protocol single_image >>"$folder/evaluate.log" 2>&1
+      --no-progress --step "$step" --protocol single_image $EVAL_ARGS >>"$folder/evaluate.log" 2>&1
   done
 }
 for name in "${!PIDS[@]}"; do evaluate_run "$name" & done

@@ -524,7 +524,8 @@ class TrainingConfig:
     flush_denormal: bool = True  # CPU: flush denormal floats (< 1.2e-38) to zero, torch.set_flush_denormal (speed)
     # CPU convolutions (model/ops/; other devices always use PyTorch's): 'plain' PyTorch's kernels; 'torch' wide 3×3
     # layers (model and VGG19) by Winograd F(4×4, 3×3) with its tile transforms as PyTorch operations, and NCHW weight
-    # gradients for wide half-resolution layers; 'native' the same with the transforms compiled from C on first use
+    # gradients for wide half-resolution layers (and, on 2+ threads, the channels-last backward of BatchNorm layers of
+    # ≤ 8 channels: model/ops/batch_norm.py); 'native' the same with the transforms compiled from C on first use
     # ('torch', with one warning, where no C compiler is found). The same function: float32 results differ from the
     # plain kernels' at ~1e-5 relative. 'plain' by default: wsprites-tiny's step took 0.60 s with it and 0.75 s with
     # 'native' (2 threads, AVX-512; README "Benchmarks"); the paper configs set 'native'. Replaces `winograd: true /

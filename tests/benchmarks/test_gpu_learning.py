@@ -1,5 +1,6 @@
 """benchmarks/gpu_learning.sh, proved on the CPU at minimal size: what a lent GPU's one command does must work before
 the GPU sees it (data, side-by-side runs stopped by SIGTERM, evaluation, the float16 weights and the archive)."""
+import json
 import os
 import subprocess
 import sys
@@ -44,5 +45,10 @@ def test_the_gpu_learning_script_trains_stops_evaluates_and_packs_on_the_cpu(tmp
                 assert any(member.endswith(name + expected) for member in names), name + expected
         configs = {name: yaml.safe_load(archive.extractfile(member)) for member in names
                    for name in ("small", "other") if member.endswith(f"{name}/config.yaml")}
+        evaluations = [json.loads(line) for member in names if member.endswith("evaluate-val-one_step.jsonl")
+                       for line in archive.extractfile(member).read().decode().splitlines()]
+    # EVAL_ARGS' default: the action readers' statistics refitted before every evaluation
+    assert evaluations and all(record["reader_norm_refit_batches"] > 0 for record in evaluations)
+    assert all(config["name"] == "wsprites-c2" for config in configs.values())  # CONFIG's default
     roots = {name: config["data"]["root"] for name, config in configs.items()}
     assert roots == {"small": str(tmp_path / "data"), "other": str(other_data)}
