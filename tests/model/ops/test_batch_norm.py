@@ -11,14 +11,11 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture
-def calls(monkeypatch):
+def calls(monkeypatch, record_calls):
     """The calls of the channels-last path, with its size threshold lowered so that small test tensors take it."""
-    made = []
-    original = fast.BatchNormChannelsLast.apply
     monkeypatch.setattr(fast, "BATCH_NORM_MIN_POSITIONS", 1)
     monkeypatch.setattr(fast, "BATCH_NORM_MIN_THREADS", 1)  # these tests run on one thread
-    monkeypatch.setattr(fast.BatchNormChannelsLast, "apply", lambda *a: made.append(1) or original(*a))
-    return made
+    return record_calls(fast.BatchNormChannelsLast)
 
 
 def _pair(channels, momentum=0.1):

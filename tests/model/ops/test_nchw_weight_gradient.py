@@ -11,14 +11,11 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture
-def calls(monkeypatch):
+def calls(monkeypatch, record_calls):
     """The calls of the NCHW path, with its size thresholds lowered so that small test tensors take it."""
-    made = []
-    original = nchw.ChannelsLastConvolution.apply
     monkeypatch.setattr(nchw, "NCHW_WEIGHT_GRADIENT_MIN_PIXELS", 1)
     monkeypatch.setattr(nchw, "NCHW_WEIGHT_GRADIENT_MIN_CHANNELS", 1)
-    monkeypatch.setattr(nchw.ChannelsLastConvolution, "apply", lambda *a: made.append(1) or original(*a))
-    return made
+    return record_calls(nchw.ChannelsLastConvolution)
 
 
 @pytest.mark.parametrize("kernels", ["torch", "native"])
