@@ -510,6 +510,8 @@ def main(argv: List[str] = None) -> int:
                 total = total + config.loss.action_choice_weight * output.action_choice_loss
             if output.action_matching_loss is not None:  # model.lma.action_matching
                 total = total + config.loss.action_matching_weight * output.action_matching_loss
+            if output.mask_prediction_loss is not None:  # model.lma.action_mask_predictor
+                total = total + config.loss.action_mask_prediction_weight * output.mask_prediction_loss
             if config.loss.action_slowness_weight > 0 and oracle is None:  # loss.action_slowness_weight
                 slowness = action_slowness(output.action_codes, output.action_vectors)
                 if slowness is not None:

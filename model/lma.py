@@ -320,7 +320,8 @@ class Decoder(nn.Module):
     the full-size output's channels are f̂ (3) and the mask logit x, m̂ = (x + 1)/2.
     With `decoder_skip` (ours, opt-in) the full-size Final takes 3 more input channels, `skip`
     (N, 3, H, W): the current foreground moved by Δ_F; with `decoder_skip_mask` as well 4, `skip`
-    (N, 4, H, W): that foreground and the current mask moved alike. With `decoder_action` (ours,
+    (N, 4, H, W): that foreground and the current mask moved alike; with `decoder_mask_prediction` 5, the mask
+    predictor's next mask after them (`LocalMotionAnalysis.decoder_skip`). With `decoder_action` (ours,
     opt-in) every Up stage's input has the action code `action` (N, D) tiled and concatenated; with
     `decoder_action_film` as well, every Up stage's input and the full-size features x become x·(1 + γ) + β, (γ, β)
     a linear map of the code (zero at the start: the identity). With `decoder_warp`
@@ -334,7 +335,9 @@ class Decoder(nn.Module):
         super().__init__()
         widths = [config.hidden_size] + list(config.decoder_channels)
         self.action_channels = config.action_dim if config.decoder_action else 0
-        self.skip_channels = (4 if config.decoder_skip_mask else 3) if config.decoder_skip else 0
+        # f̃ₜ; m̃ₜ with decoder_skip_mask; the predicted next mask with decoder_mask_prediction
+        self.skip_channels = (3 + config.decoder_skip_mask + config.decoder_mask_prediction
+                              if config.decoder_skip else 0)
         self.warp_pixels = float(config.decoder_warp)
         self.warp_draw = config.decoder_warp_draw
         self.stages = nn.ModuleList()
@@ -406,6 +409,42 @@ class Decoder(nn.Module):
         return blend * warped + (1 - blend) * drawn
 
 
+MASK_PREDICTOR_SCALE = 4  # `action_mask_predictor`: the masks are compared at 1/4 of the LMA's frame size
+MASK_PREDICTOR_WIDTH = 32  # its hidden channels
+
+
+class MaskPredictor(nn.Module):
+    """`action_mask_predictor` (ours, opt-in): a small network that predicts the next mask from the shifted current
+    mask and the local action, P(m̃ₜ, aₜ) ≈ mₜ₊₁, both masks average-pooled to 1/MASK_PREDICTOR_SCALE of the frame.
+    The code is tiled over the positions and concatenated to the input of its first two 3×3 convolutions; no
+    normalisation (its output does not depend on the batch). What m̃ₜ does not tell about mₜ₊₁ — a limb that starts to
+    move, a turn — can only come from the code, so the code learns to carry the silhouette's change through a short
+    path, before the decoder has learned to draw it.
+
+    masks m̃ₜ (N, 1, H, W) and codes (N, D) → logits of mₜ₊₁ (N, 1, H/s, W/s)."""
+
+    def __init__(self, action_dim: int):
+        super().__init__()
+        width = MASK_PREDICTOR_WIDTH
+        self.first = nn.Conv2d(1 + action_dim, width, 3, padding=1)
+        self.second = nn.Conv2d(width + action_dim, width, 3, padding=1)
+        self.third = nn.Conv2d(width, width, 3, padding=1)
+        self.out = nn.Conv2d(width, 1, 3, padding=1)
+
+    def forward(self, masks: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        hidden = F.avg_pool2d(masks, MASK_PREDICTOR_SCALE) * 2 - 1
+        hidden = F.leaky_relu(self.first(tile_and_concatenate(hidden, codes)), LEAKY_RELU_SLOPE)
+        hidden = F.leaky_relu(self.second(tile_and_concatenate(hidden, codes)), LEAKY_RELU_SLOPE)
+        hidden = F.leaky_relu(self.third(hidden), LEAKY_RELU_SLOPE)
+        return self.out(hidden)
+
+    def loss(self, shifted_masks: torch.Tensor, next_masks: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Binary cross-entropy between P(m̃ₜ, aₜ) and mₜ₊₁ pooled alike (a soft target in [0, 1]), the mean over
+        positions and transitions: m̃ₜ, mₜ₊₁ (N, 1, H, W), codes (N, D) → scalar."""
+        target = F.avg_pool2d(next_masks, MASK_PREDICTOR_SCALE).clamp(0, 1)
+        return F.binary_cross_entropy_with_logits(self(shifted_masks, codes).float(), target.float())
+
+
 @dataclass
 class LMAOutput:
     """What the LMA computes on a sequence of T frames with T_f ground-truth steps.
@@ -434,6 +473,9 @@ class LMAOutput:
     action_choice_loss: Optional[torch.Tensor] = None
     # `action_matching` in training only: KL(q(f̃ₜ, fₜ₊₁) ‖ q(f̃ₜ, f̂ₜ₊₁)) (scalar); None otherwise.
     action_matching_loss: Optional[torch.Tensor] = None
+    # `action_mask_predictor` in training only: the mask predictor's cross-entropy (`MaskPredictor.loss`, scalar,
+    # its gradient reaching the action readers through the straight-through code); None otherwise.
+    mask_prediction_loss: Optional[torch.Tensor] = None
     # `model.lma.glimpse`: the windows' boxes (`model.glimpse.GlimpseBoxes`) when `model.glass.paste_output` has put
     # the box's outputs back into frames (the losses cut them out again); None otherwise.
     glimpse: Optional[GlimpseBoxes] = None
@@ -517,6 +559,7 @@ class LocalMotionAnalysis(nn.Module):
                 batch_norm_to_group_norm(reader)
         self.dynamics = DynamicsNetwork(config, state_resolution)
         self.decoder = Decoder(config)
+        self.mask_predictor = MaskPredictor(config.action_dim) if config.action_mask_predictor else None
 
     @torch.no_grad()
     def refine_shifts(self, foregrounds: torch.Tensor, shifted_foregrounds: torch.Tensor,
@@ -638,18 +681,28 @@ class LocalMotionAnalysis(nn.Module):
         return torch.randn(shape, dtype=like.dtype, device=like.device) if sample else like.new_zeros(shape)
 
     def decoder_skip(self, foregrounds: Optional[torch.Tensor], shifts: torch.Tensor,
-                     masks: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+                     masks: Optional[torch.Tensor] = None, codes: Optional[torch.Tensor] = None
+                     ) -> Optional[torch.Tensor]:
         """The decoder's skip input (`decoder_skip`): foregrounds (N, 3, H, W) moved by Δ_F (N, 2), and with
-        `decoder_skip_mask` the masks (N, 1, H, W) moved alike, concatenated after them; None without it."""
+        `decoder_skip_mask` the masks (N, 1, H, W) moved alike, concatenated after them; with
+        `decoder_mask_prediction` also the mask predictor's next mask σ(P(m̃ₜ, aₜ)) from those moved masks and the
+        codes (N, D), brought to full size (bilinear). None without `decoder_skip`."""
         if not self.decoder.skip_channels:
             return None
         if foregrounds is None:
             raise ValueError("model.lma.decoder_skip needs the current foreground of every step")
-        if self.decoder.skip_channels == 4:
+        if self.decoder.skip_channels >= 4:
             if masks is None:
                 raise ValueError("model.lma.decoder_skip_mask needs the current mask of every step")
             foregrounds = torch.cat([foregrounds, masks.to(foregrounds.dtype)], dim=1)
-        return shift_images(foregrounds, shifts, FOREGROUND_PADDING)
+        skip = shift_images(foregrounds, shifts, FOREGROUND_PADDING)
+        if self.decoder.skip_channels == 5:
+            if codes is None:
+                raise ValueError("model.lma.decoder_mask_prediction needs the action code of every step")
+            predicted = torch.sigmoid(self.mask_predictor(skip[:, 3:4], codes.to(skip.dtype)))
+            predicted = F.interpolate(predicted, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            skip = torch.cat([skip, predicted], dim=1)
+        return skip
 
     def decoder_action(self, codes: torch.Tensor) -> Optional[torch.Tensor]:
         """The decoder's action input (`decoder_action`): the codes (N, D) themselves; None without it."""
@@ -667,7 +720,7 @@ class LocalMotionAnalysis(nn.Module):
         noise = self.noise(states.shape[0], sample_noise, states)
         hidden, dynamics_state = self.dynamics(self.compressor(states), foreground_shift, action_code, dynamics_state,
                                                noise)
-        return (self.decoder(hidden, self.decoder_skip(foreground, foreground_shift, mask),
+        return (self.decoder(hidden, self.decoder_skip(foreground, foreground_shift, mask, action_code),
                              self.decoder_action(action_code)),
                 dynamics_state)
 
@@ -706,7 +759,8 @@ class LocalMotionAnalysis(nn.Module):
             hidden_states.append(hidden)
         skip = self.decoder_skip(None if ground_truth_foregrounds is None else ground_truth_foregrounds.flatten(0, 1),
                                  foreground_shifts[:, :num_ground_truth_steps].flatten(0, 1),
-                                 None if ground_truth_masks is None else ground_truth_masks.flatten(0, 1))
+                                 None if ground_truth_masks is None else ground_truth_masks.flatten(0, 1),
+                                 action_codes[:, :num_ground_truth_steps].flatten(0, 1))
         decoded = self.decoder(torch.stack(hidden_states, dim=1).flatten(0, 1), skip,
                                self.decoder_action(action_codes[:, :num_ground_truth_steps].flatten(0, 1)))
         # per chunk, per scale
@@ -780,12 +834,21 @@ class LocalMotionAnalysis(nn.Module):
         if self.action_matching and self.training:
             matching = self.action_matching_loss(actions.source_features, actions.choice_logits,
                                                  generated_foregrounds[0])
+        mask_prediction = None
+        if self.mask_predictor is not None and self.training:
+            if masks is None:
+                raise ValueError("model.lma.action_mask_predictor needs the masks of every frame")
+            shifted_masks = shift_images(masks[:, :-1].flatten(0, 1), motion.foreground_shifts.flatten(0, 1),
+                                         FOREGROUND_PADDING)
+            mask_prediction = self.mask_predictor.loss(shifted_masks, masks[:, 1:].flatten(0, 1),
+                                                       actions.codes.flatten(0, 1))
         return LMAOutput(states=states, action_codes=actions.codes, action_ids=actions.ids,
                          action_vq_loss=actions.vq_loss, generated_foregrounds=generated_foregrounds,
                          generated_masks=generated_masks, reencoded_states=reencoded_states,
                          num_ground_truth_steps=num_ground_truth_steps, action_vectors=actions.vectors,
                          shifted_foregrounds=motion.shifted_foregrounds, foreground_shifts=motion.foreground_shifts,
-                         winner_ids=winner_ids, action_choice_loss=choice_loss, action_matching_loss=matching)
+                         winner_ids=winner_ids, action_choice_loss=choice_loss, action_matching_loss=matching,
+                         mask_prediction_loss=mask_prediction)
 
     def action_matching_loss(self, source_features: torch.Tensor, real_choice_logits: torch.Tensor,
                              generated_foregrounds: torch.Tensor) -> torch.Tensor:
@@ -855,7 +918,7 @@ class LocalMotionAnalysis(nn.Module):
             noise = self.noise(batch_size * num_codes, sample_noise, states)
             hidden, candidate_state = self.dynamics(self.compressor(each_code(states)), shift, codes, dynamics_state,
                                                     noise)
-            decoded = self.decoder(hidden, self.decoder_skip(each_code(foreground), shift, each_code(mask)),
+            decoded = self.decoder(hidden, self.decoder_skip(each_code(foreground), shift, each_code(mask), codes),
                                    self.decoder_action(codes))
             with torch.no_grad():
                 drawn, drawn_mask = split_full_output(decoded[0].detach())

@@ -180,6 +180,10 @@ class GlassLoss(nn.Module):
                 terms["action_matching_loss"] = lma.action_matching_loss.detach()
                 matching = self.config.action_matching_weight * lma.action_matching_loss
                 lma_total = matching if lma_total is None else lma_total + matching
+            if lma.mask_prediction_loss is not None:  # model.lma.action_mask_predictor (ours): not one of the twelve
+                terms["mask_prediction_loss"] = lma.mask_prediction_loss.detach()
+                prediction = self.config.action_mask_prediction_weight * lma.mask_prediction_loss
+                lma_total = prediction if lma_total is None else lma_total + prediction
             if self.config.action_slowness_weight > 0:  # ours, opt-in: not one of the twelve
                 slowness = action_slowness(lma.action_codes, lma.action_vectors)
                 if slowness is not None:

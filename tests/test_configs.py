@@ -109,6 +109,7 @@ AUTHORS_VALUES = {"model.lma.decoder_skip": False, "model.lma.decoder_skip_mask"
                   "model.lma.action_state_difference": False, "model.lma.shift_refinement": 0,
                   "model.lma.vq_commitment": 1.0, "model.lma.winner_take_all": False,
                   "model.lma.winner_take_all_balanced": False, "model.lma.action_matching": False,
+                  "model.lma.action_mask_predictor": False, "model.lma.decoder_mask_prediction": False,
                   "model.lma.autoregressive_share": 0.0, "model.lma.action_from_masks": False,
                   "model.lma.action_from_changes": False, "model.lma.action_colour_jitter": False,
                   "model.lma.decoder_action_film": False, "model.lma.glimpse": None,
@@ -116,7 +117,8 @@ AUTHORS_VALUES = {"model.lma.decoder_skip": False, "model.lma.decoder_skip_mask"
                   "model.gma.input_scale": 1,
                   "loss.local_change_weight": 0.0,
                   "loss.code_switch_weight": 1.0, "loss.action_slowness_weight": 0.0,
-                  "loss.action_choice_weight": 1.0, "training.codebook_kmeans_init": False,
+                  "loss.action_choice_weight": 1.0,
+                  "loss.action_mask_prediction_weight": 1.0, "training.codebook_kmeans_init": False,
                   "training.codebook_restart_every": 0, "training.action_freeze_step": 0,
                   "training.action_freeze_refit_batches": 0}
 

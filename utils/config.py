@@ -222,6 +222,17 @@ class LMAConfig:
     # trained to draw what the action network reads as the inferred action. One more encoder pass and one more
     # action-network pass per training step.
     action_matching: bool = False
+    # Ours, opt-in: in training a small network (model.lma.MaskPredictor, no normalisation) predicts the next mask
+    # mₜ₊₁ from the shifted current mask m̃ₜ and the local action aₜ, both at a quarter of the frame size (binary
+    # cross-entropy, weight loss.action_mask_prediction_weight); its gradient reaches the action readers through the
+    # straight-through code, so the code learns to carry how the silhouette changes beyond the shift before the
+    # decoder has learned to draw it. Evaluation and play do not run it (unless decoder_mask_prediction).
+    action_mask_predictor: bool = False
+    # Ours, opt-in, with action_mask_predictor and decoder_skip_mask: the decoder's skip also carries the predictor's
+    # next mask σ(P(m̃ₜ, aₜ)), brought to full size — a map of where the silhouette will be that the code changes, one
+    # convolution from the output, instead of a 16-number code the decoder must learn to turn into a shape. The
+    # predictor then runs in evaluation and play as well (on the generated masks in autoregressive steps).
+    decoder_mask_prediction: bool = False
     # Ours, opt-in: the action network reads silhouettes instead of foregrounds — the shifted current mask m̃ₜ and the
     # next mask mₜ₊₁ as grey images (2m − 1), through an encoder of its own (the encoder's width, its own weights and
     # BatchNorm statistics): a code can tell how the outline changes, never what colours the character wears.
@@ -267,9 +278,9 @@ class LMAConfig:
 
     @property
     def needs_masks(self) -> bool:
-        """Whether the LMA reads the foregrounds' masks: the decoder's skip (`decoder_skip_mask`) or the readers of
-        silhouettes and of changes (both start from the moved current mask)."""
-        return self.decoder_skip_mask or self.action_reader in ("masks", "changes")
+        """Whether the LMA reads the foregrounds' masks: the decoder's skip (`decoder_skip_mask`), the readers of
+        silhouettes and of changes (both start from the moved current mask) or the mask predictor."""
+        return self.decoder_skip_mask or self.action_mask_predictor or self.action_reader in ("masks", "changes")
 
     def check(self, prefix: str) -> None:
         _require(self.encoder_stem_channels >= 1, prefix + "encoder_stem_channels",
@@ -329,6 +340,11 @@ class LMAConfig:
                  "needs model.lma.decoder_action: true")
         _require(self.decoder_warp_draw or self.decoder_warp > 0, prefix + "decoder_warp_draw",
                  "false needs decoder_warp > 0 (without the warp the decoder only draws)")
+        _require(not self.decoder_mask_prediction or (self.action_mask_predictor and self.decoder_skip_mask),
+                 prefix + "decoder_mask_prediction", "needs model.lma.action_mask_predictor: true and "
+                 "decoder_skip_mask: true (the predictor reads the skip's moved mask)")
+        _require(not (self.decoder_mask_prediction and self.decoder_warp), prefix + "decoder_mask_prediction",
+                 "not with decoder_warp (the warp moves a skip of the foreground and the mask only)")
         _require(self.decoder_skip or not self.decoder_skip_mask, prefix + "decoder_skip_mask",
                  "needs decoder_skip: true (the mask travels with the skip's foreground)")
         _require(self.glimpse is None or (len(self.glimpse) == 2 and min(self.glimpse) > 0), prefix + "glimpse",
@@ -441,8 +457,13 @@ class LossConfig:
     # A W-Sprites action lasts 8 frames while the pose changes every frame: a slow code follows the action, not the
     # pose. Needs the VQ (not model.lma.use_gumbel). 0 = off.
     action_slowness_weight: float = 0.0
+    # Ours, with model.lma.action_mask_predictor: weight of the mask predictor's cross-entropy (an LMA term, scaled like
+    # the others during the warm-up)
+    action_mask_prediction_weight: float = 1.0
 
     def check(self, prefix: str) -> None:
+        _require(self.action_mask_prediction_weight >= 0, prefix + "action_mask_prediction_weight",
+                 f"must be >= 0, got {self.action_mask_prediction_weight}")
         _require(self.action_slowness_weight >= 0, prefix + "action_slowness_weight",
                  f"must be >= 0, got {self.action_slowness_weight}")
         _require(0.0 <= self.mask_size <= 1.0, prefix + "mask_size", f"must be in [0, 1], got {self.mask_size}")

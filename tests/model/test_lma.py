@@ -6,7 +6,16 @@ import pytest
 import torch
 
 from model.blocks import Up
-from model.lma import ActionNetwork, Decoder, DynamicsNetwork, GumbelQuantizer, LocalMotionAnalysis, VectorQuantizer
+from model.gma import FOREGROUND_PADDING, shift_images
+from model.lma import (
+    ActionNetwork,
+    Decoder,
+    DynamicsNetwork,
+    GumbelQuantizer,
+    LocalMotionAnalysis,
+    MaskPredictor,
+    VectorQuantizer,
+)
 
 torch.set_num_threads(1)
 
@@ -523,7 +532,7 @@ def test_decoder_skip_mask_feeds_the_shifted_current_mask_and_later_steps_their_
         # With T_f = 1, steps 1 and 2 are autoregressive: each skip carries f̂ and m̂ of the step before.
         calls = []
         original = lma.decoder_skip
-        lma.decoder_skip = lambda f, d, m=None: calls.append((f, m)) or original(f, d, m)
+        lma.decoder_skip = lambda f, d, m=None, c=None: calls.append((f, m)) or original(f, d, m, c)
         generated, generated_masks = lma.unroll(states[:, :1], shifts, codes,
                                                 ground_truth_foregrounds=foregrounds[:, :1],
                                                 ground_truth_masks=masks[:, :1])
@@ -885,6 +894,88 @@ def test_action_matching_trains_the_drawing_only_and_keeps_the_statistics(small_
     assert all(gradient is None for gradient in gradients[1:])
     lma.eval()
     assert lma(foregrounds, foregrounds[:, :1], shifts, 1, masks=masks).action_matching_loss is None
+
+
+def test_the_mask_predictor_learns_what_only_the_code_tells():
+    """`action_mask_predictor`: on `_two_outcomes` (one square becomes a horizontal or a vertical bar, the current mask
+    the same for both) a predictor given the outcome as its code learns to draw the right bar: after training its
+    loss with the true codes is far below its loss with the codes swapped, and below what the best code-blind
+    prediction can reach (the cross-entropy of the mean of the two outcomes). The output is at a quarter of the size."""
+    torch.manual_seed(0)
+    _, masks, outcome = _two_outcomes(16, seed=5)
+    codes = torch.nn.functional.one_hot(outcome, 2).float()
+    predictor = MaskPredictor(action_dim=2)
+    assert predictor(masks[:, 0], codes).shape == (16, 1, 4, 8)
+    optimizer = torch.optim.Adam(predictor.parameters(), lr=1e-2)
+    for _ in range(150):
+        optimizer.zero_grad()
+        predictor.loss(masks[:, 0], masks[:, 1], codes).backward()
+        optimizer.step()
+    with torch.no_grad():
+        right = float(predictor.loss(masks[:, 0], masks[:, 1], codes))
+        swapped = float(predictor.loss(masks[:, 0], masks[:, 1], codes.flip(1)))
+        targets = torch.nn.functional.avg_pool2d(masks[:, 1], 4)
+        blind = float(torch.nn.functional.binary_cross_entropy(targets.mean(0, keepdim=True).expand_as(targets)
+                                                              .clamp(1e-6, 1 - 1e-6), targets))
+        floor = float(torch.nn.functional.binary_cross_entropy(targets.clamp(1e-6, 1 - 1e-6), targets))
+    assert right < floor + 0.25 * (blind - floor) and swapped > blind
+
+
+def test_the_mask_prediction_trains_the_action_readers_in_training_only(small_model_config):
+    """With `action_mask_predictor` the LMA's training output has the predictor's loss, whose gradient reaches the
+    action network and its mask encoder (through the straight-through code) and the predictor, not the decoder; in
+    eval mode there is none; without masks the LMA says what it needs."""
+    torch.manual_seed(0)
+    lma = LocalMotionAnalysis(small_model_config(num_actions=3, action_from_masks=True,
+                                                 action_mask_predictor=True).lma, (2, 4))
+    foregrounds, masks, _ = _two_outcomes(4, seed=0)
+    shifts = torch.zeros(4, 1, 2)
+    output = lma(foregrounds, foregrounds[:, :1], shifts, 1, masks=masks)
+    loss = output.mask_prediction_loss
+    assert loss.dim() == 0 and float(loss.detach()) > 0
+    groups = {"action network": list(lma.action_network.parameters()),
+              "action encoder": list(lma.action_encoder.parameters()),
+              "predictor": list(lma.mask_predictor.parameters()), "decoder": list(lma.decoder.parameters())}
+    names = [name for name, parameters in groups.items() for _ in parameters]
+    gradients = torch.autograd.grad(loss, [p for parameters in groups.values() for p in parameters],
+                                    allow_unused=True)
+    reached = {name: False for name in groups}
+    for name, gradient in zip(names, gradients):
+        reached[name] |= gradient is not None and float(gradient.abs().sum()) > 0
+    assert reached == {"action network": True, "action encoder": True, "predictor": True, "decoder": False}
+    assert LocalMotionAnalysis(small_model_config(num_actions=3).lma, (2, 4))(
+        foregrounds, foregrounds[:, :1], shifts, 1).mask_prediction_loss is None
+    lma.eval()
+    assert lma(foregrounds, foregrounds[:, :1], shifts, 1, masks=masks).mask_prediction_loss is None
+    plain_reader = LocalMotionAnalysis(small_model_config(num_actions=3, action_mask_predictor=True).lma, (2, 4))
+    with pytest.raises(ValueError, match="action_mask_predictor needs the masks"):
+        plain_reader(foregrounds, foregrounds[:, :1], shifts, 1)
+
+
+def test_decoder_mask_prediction_puts_the_predicted_next_mask_in_the_skip(small_model_config):
+    """`decoder_mask_prediction`: the skip is f̃ₜ, m̃ₜ (both moved by Δ_F) and σ(P(m̃ₜ, aₜ)) brought to full size;
+    the code alone (no `decoder_action`) then changes what the decoder draws; a skip without codes is refused."""
+    torch.manual_seed(0)
+    lma = LocalMotionAnalysis(small_model_config(num_actions=3, decoder_skip=True, decoder_skip_mask=True,
+                                                 action_mask_predictor=True, decoder_mask_prediction=True).lma,
+                              (2, 4)).eval()
+    foregrounds, masks, _ = _two_outcomes(2, seed=1)
+    shifts = torch.tensor([[0.25, 0.0], [0.0, -0.125]])
+    codes = torch.randn(2, 4, generator=torch.Generator().manual_seed(2))
+    skip = lma.decoder_skip(foregrounds[:, 0], shifts, masks[:, 0], codes)
+    moved = shift_images(torch.cat([foregrounds[:, 0], masks[:, 0]], dim=1), shifts, FOREGROUND_PADDING)
+    assert skip.shape == (2, 5, 16, 32) and torch.equal(skip[:, :4], moved)
+    predicted = torch.sigmoid(lma.mask_predictor(moved[:, 3:], codes))
+    assert torch.allclose(skip[:, 4:], torch.nn.functional.interpolate(predicted, size=(16, 32), mode="bilinear",
+                                                                       align_corners=False))
+    with torch.no_grad():
+        torch.nn.init.normal_(lma.mask_predictor.out.weight, std=0.5)
+        states = torch.randn(2, 1, 8, 2, 4, generator=torch.Generator().manual_seed(3))
+        drawn = [lma.unroll(states, shifts[:, None], code[:, None], ground_truth_foregrounds=foregrounds[:, :1],
+                            ground_truth_masks=masks[:, :1])[0][0] for code in (codes, -codes)]
+    assert float((drawn[0] - drawn[1]).abs().max()) > 1e-3
+    with pytest.raises(ValueError, match="decoder_mask_prediction needs the action code"):
+        lma.decoder_skip(foregrounds[:, 0], shifts, masks[:, 0])
 
 
 def test_decoder_warp_moves_the_skip_by_the_flow_and_blends_with_the_drawing(small_model_config):

@@ -329,6 +329,22 @@ def test_action_matching_enters_the_total_with_its_weight_and_is_logged():
     assert with_term.terms["action_matching_loss"].item() == pytest.approx(0.3)
     assert (with_term.total - plain.total).item() == pytest.approx(0.5 * 0.3)
 
+def test_mask_prediction_enters_the_total_with_its_weight_and_is_logged():
+    """model.lma.action_mask_predictor: the predictor's cross-entropy joins the LMA total times
+    loss.action_mask_prediction_weight (2 here) and is logged as `mask_prediction_loss`; absent when the LMA gives
+    none."""
+    observations, output = random_example()
+    config = dataclasses.replace(only("mask_reconstruction_loss"), action_mask_prediction_weight=2.0)
+    plain = GlassLoss(config, None)(observations, output)
+    predicted = dataclasses.replace(output.lma, mask_prediction_loss=torch.tensor(0.3, dtype=torch.float64))
+    with_term = GlassLoss(config, None)(observations, GlassOutput(gma=output.gma, lma=predicted))
+    assert "mask_prediction_loss" not in plain.terms
+    assert with_term.terms["mask_prediction_loss"].item() == pytest.approx(0.3)
+    assert (with_term.total - plain.total).item() == pytest.approx(2.0 * 0.3)
+    scaled = GlassLoss(config, None)(observations, GlassOutput(gma=output.gma, lma=predicted), lma_loss_scale=0.0)
+    assert (scaled.total - GlassLoss(config, None)(observations, output, lma_loss_scale=0.0).total).item() == 0.0
+
+
 def straight_through(vectors: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """The VQ's codes for `vectors` z (…, D): the nearest row of `codebook` (K, D) in value, z's gradient."""
     nearest = codebook[torch.cdist(vectors.flatten(0, -2), codebook).argmin(dim=1)].view_as(vectors)
