@@ -411,6 +411,7 @@ class Decoder(nn.Module):
 
 MASK_PREDICTOR_SCALE = 4  # `action_mask_predictor`: the masks are compared at 1/4 of the LMA's frame size
 MASK_PREDICTOR_WIDTH = 32  # its hidden channels
+MASK_CHANGE_THRESHOLD = 0.1  # `action_mask_predictor_change_weight`: a pooled position changes beyond this
 
 
 class MaskPredictor(nn.Module):
@@ -438,11 +439,19 @@ class MaskPredictor(nn.Module):
         hidden = F.leaky_relu(self.third(hidden), LEAKY_RELU_SLOPE)
         return self.out(hidden)
 
-    def loss(self, shifted_masks: torch.Tensor, next_masks: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    def loss(self, shifted_masks: torch.Tensor, next_masks: torch.Tensor, codes: torch.Tensor,
+             change_weight: float = 0.0) -> torch.Tensor:
         """Binary cross-entropy between P(m̃ₜ, aₜ) and mₜ₊₁ pooled alike (a soft target in [0, 1]), the mean over
-        positions and transitions: m̃ₜ, mₜ₊₁ (N, 1, H, W), codes (N, D) → scalar."""
-        target = F.avg_pool2d(next_masks, MASK_PREDICTOR_SCALE).clamp(0, 1)
-        return F.binary_cross_entropy_with_logits(self(shifted_masks, codes).float(), target.float())
+        positions and transitions: m̃ₜ, mₜ₊₁ (N, 1, H, W), codes (N, D) → scalar. With `change_weight` α > 0
+        (`action_mask_predictor_change_weight`) the mean is weighted, 1 + α where the pooled mₜ₊₁ and m̃ₜ differ by
+        more than MASK_CHANGE_THRESHOLD, 1 elsewhere."""
+        target = F.avg_pool2d(next_masks, MASK_PREDICTOR_SCALE).clamp(0, 1).float()
+        losses = F.binary_cross_entropy_with_logits(self(shifted_masks, codes).float(), target, reduction="none")
+        if not change_weight:
+            return losses.mean()
+        current = F.avg_pool2d(shifted_masks, MASK_PREDICTOR_SCALE).float()
+        weights = 1 + change_weight * ((target - current).abs() > MASK_CHANGE_THRESHOLD).float()
+        return (weights * losses).sum() / weights.sum()
 
 
 @dataclass
@@ -560,6 +569,7 @@ class LocalMotionAnalysis(nn.Module):
         self.dynamics = DynamicsNetwork(config, state_resolution)
         self.decoder = Decoder(config)
         self.mask_predictor = MaskPredictor(config.action_dim) if config.action_mask_predictor else None
+        self.mask_change_weight = config.action_mask_predictor_change_weight
 
     @torch.no_grad()
     def refine_shifts(self, foregrounds: torch.Tensor, shifted_foregrounds: torch.Tensor,
@@ -841,7 +851,7 @@ class LocalMotionAnalysis(nn.Module):
             shifted_masks = shift_images(masks[:, :-1].flatten(0, 1), motion.foreground_shifts.flatten(0, 1),
                                          FOREGROUND_PADDING)
             mask_prediction = self.mask_predictor.loss(shifted_masks, masks[:, 1:].flatten(0, 1),
-                                                       actions.codes.flatten(0, 1))
+                                                       actions.codes.flatten(0, 1), self.mask_change_weight)
         return LMAOutput(states=states, action_codes=actions.codes, action_ids=actions.ids,
                          action_vq_loss=actions.vq_loss, generated_foregrounds=generated_foregrounds,
                          generated_masks=generated_masks, reencoded_states=reencoded_states,

@@ -233,6 +233,10 @@ class LMAConfig:
     # convolution from the output, instead of a 16-number code the decoder must learn to turn into a shape. The
     # predictor then runs in evaluation and play as well (on the generated masks in autoregressive steps).
     decoder_mask_prediction: bool = False
+    # Ours, opt-in, with action_mask_predictor: the positions where the pooled next mask differs from the pooled
+    # shifted current one by more than 0.1 (a few per cent of them: what only the code can tell) weigh 1 + this in the
+    # predictor's cross-entropy (a mean weighted by these weights); 0: every position alike.
+    action_mask_predictor_change_weight: float = 0.0
     # Ours, opt-in: the action network reads silhouettes instead of foregrounds — the shifted current mask m̃ₜ and the
     # next mask mₜ₊₁ as grey images (2m − 1), through an encoder of its own (the encoder's width, its own weights and
     # BatchNorm statistics): a code can tell how the outline changes, never what colours the character wears.
@@ -343,6 +347,10 @@ class LMAConfig:
         _require(not self.decoder_mask_prediction or (self.action_mask_predictor and self.decoder_skip_mask),
                  prefix + "decoder_mask_prediction", "needs model.lma.action_mask_predictor: true and "
                  "decoder_skip_mask: true (the predictor reads the skip's moved mask)")
+        _require(self.action_mask_predictor_change_weight >= 0, prefix + "action_mask_predictor_change_weight",
+                 f"must be >= 0, got {self.action_mask_predictor_change_weight}")
+        _require(not self.action_mask_predictor_change_weight or self.action_mask_predictor,
+                 prefix + "action_mask_predictor_change_weight", "needs model.lma.action_mask_predictor: true")
         _require(not (self.decoder_mask_prediction and self.decoder_warp), prefix + "decoder_mask_prediction",
                  "not with decoder_warp (the warp moves a skip of the foreground and the mask only)")
         _require(self.decoder_skip or not self.decoder_skip_mask, prefix + "decoder_skip_mask",

@@ -25,7 +25,7 @@ ABLATIONS = {
     "action_state_difference": {"action_state_difference": True},  # ours, opt-in
     "decoder_warp": {"decoder_skip": True, "decoder_skip_mask": True, "decoder_warp": 2.0},  # ours, opt-in
     "action_matching": {"action_matching": True},  # ours, opt-in
-    "action_mask_predictor": {"action_mask_predictor": True},  # ours, opt-in
+    "action_mask_predictor": {"action_mask_predictor": True, "action_mask_predictor_change_weight": 10.0},  # ours
     "decoder_mask_prediction": {"action_mask_predictor": True, "decoder_skip": True, "decoder_skip_mask": True,
                                 "decoder_mask_prediction": True},  # ours, opt-in
     "action_from_masks": {"action_from_masks": True},  # ours, opt-in

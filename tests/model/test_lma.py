@@ -4,6 +4,7 @@ from typing import Tuple
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from model.blocks import Up
 from model.gma import FOREGROUND_PADDING, shift_images
@@ -919,6 +920,25 @@ def test_the_mask_predictor_learns_what_only_the_code_tells():
                                                               .clamp(1e-6, 1 - 1e-6), targets))
         floor = float(torch.nn.functional.binary_cross_entropy(targets.clamp(1e-6, 1 - 1e-6), targets))
     assert right < floor + 0.25 * (blind - floor) and swapped > blind
+
+
+def test_the_mask_predictor_change_weight_weighs_the_positions_that_change():
+    """`action_mask_predictor_change_weight` α: the pooled positions where mₜ₊₁ and m̃ₜ differ by more than 0.1 weigh
+    1 + α in the mean, the others 1; α = 0 is the plain mean. A predictor that always says 'empty' (logit −5) on a
+    current mask that is empty and a next mask with one filled 4 × 4 block (one of four pooled positions changes)."""
+    predictor = MaskPredictor(action_dim=2)
+    predictor.forward = lambda masks, codes: torch.full((1, 1, 2, 2), -5.0)
+    current = torch.zeros(1, 1, 8, 8)
+    following = current.clone()
+    following[..., :4, :4] = 1
+    codes = torch.zeros(1, 2)
+    unchanged, changed = float(F.softplus(torch.tensor(-5.0))), float(F.softplus(torch.tensor(5.0)))
+    assert float(predictor.loss(current, following, codes)) == pytest.approx((3 * unchanged + changed) / 4)
+    assert float(predictor.loss(current, following, codes, 0.0)) == pytest.approx((3 * unchanged + changed) / 4)
+    assert float(predictor.loss(current, following, codes, 10.0)) == pytest.approx((3 * unchanged + 11 * changed) / 14)
+    following[..., :4, :4] = 0.05  # a change under the threshold weighs 1
+    assert float(predictor.loss(current, following, codes, 10.0)) == pytest.approx(
+        float(predictor.loss(current, following, codes)))
 
 
 def test_the_mask_prediction_trains_the_action_readers_in_training_only(small_model_config):
