@@ -172,18 +172,14 @@ class GlassLoss(nn.Module):
                 "mask_reconstruction_loss": lambda: self.mask_reconstruction_loss(seen, lma),
             }
             lma_total = self._weighted_sum(lma_terms, terms)
-            if lma.action_choice_loss is not None:  # model.lma.winner_take_all (ours): not one of the twelve
-                terms["action_choice_loss"] = lma.action_choice_loss.detach()
-                choice = self.config.action_choice_weight * lma.action_choice_loss
-                lma_total = choice if lma_total is None else lma_total + choice
-            if lma.action_matching_loss is not None:  # model.lma.action_matching (ours): not one of the twelve
-                terms["action_matching_loss"] = lma.action_matching_loss.detach()
-                matching = self.config.action_matching_weight * lma.action_matching_loss
-                lma_total = matching if lma_total is None else lma_total + matching
-            if lma.mask_prediction_loss is not None:  # model.lma.action_mask_predictor (ours): not one of the twelve
-                terms["mask_prediction_loss"] = lma.mask_prediction_loss.detach()
-                prediction = self.config.action_mask_prediction_weight * lma.mask_prediction_loss
-                lma_total = prediction if lma_total is None else lma_total + prediction
+            # ours, opt-in, not one of the twelve: model.lma.winner_take_all, action_matching, action_mask_predictor
+            for name, weight in (("action_choice_loss", self.config.action_choice_weight),
+                                 ("action_matching_loss", self.config.action_matching_weight),
+                                 ("mask_prediction_loss", self.config.action_mask_prediction_weight)):
+                value = getattr(lma, name)
+                if value is not None:
+                    terms[name] = value.detach()
+                    lma_total = weight * value if lma_total is None else lma_total + weight * value
             if self.config.action_slowness_weight > 0:  # ours, opt-in: not one of the twelve
                 slowness = action_slowness(lma.action_codes, lma.action_vectors)
                 if slowness is not None:

@@ -317,31 +317,22 @@ def test_code_switch_weight_multiplies_the_transitions_whose_code_changed():
         plain.multiscale_local_reconstruction_loss(output.gma, same).item())
 
 
-def test_action_matching_enters_the_total_with_its_weight_and_is_logged():
-    """model.lma.action_matching: the LMA's KL term joins the LMA total times loss.action_matching_weight (0.5
-    here) and is logged as `action_matching_loss`; absent when the LMA gives none."""
+@pytest.mark.parametrize("name, weight_key", [("action_choice_loss", "action_choice_weight"),
+                                               ("action_matching_loss", "action_matching_weight"),
+                                               ("mask_prediction_loss", "action_mask_prediction_weight")])
+def test_an_opt_in_lma_term_enters_the_total_with_its_weight_and_is_logged(name, weight_key):
+    """model.lma.winner_take_all, action_matching and action_mask_predictor: the LMA's extra term joins the LMA total
+    times its loss weight (2 here), scaled with the LMA's terms, and is logged under its own name; absent when the
+    LMA gives none."""
     observations, output = random_example()
-    config = dataclasses.replace(only("mask_reconstruction_loss"), action_matching_weight=0.5)
+    config = dataclasses.replace(only("mask_reconstruction_loss"), **{weight_key: 2.0})
     plain = GlassLoss(config, None)(observations, output)
-    matching = dataclasses.replace(output.lma, action_matching_loss=torch.tensor(0.3, dtype=torch.float64))
-    with_term = GlassLoss(config, None)(observations, GlassOutput(gma=output.gma, lma=matching))
-    assert "action_matching_loss" not in plain.terms
-    assert with_term.terms["action_matching_loss"].item() == pytest.approx(0.3)
-    assert (with_term.total - plain.total).item() == pytest.approx(0.5 * 0.3)
-
-def test_mask_prediction_enters_the_total_with_its_weight_and_is_logged():
-    """model.lma.action_mask_predictor: the predictor's cross-entropy joins the LMA total times
-    loss.action_mask_prediction_weight (2 here) and is logged as `mask_prediction_loss`; absent when the LMA gives
-    none."""
-    observations, output = random_example()
-    config = dataclasses.replace(only("mask_reconstruction_loss"), action_mask_prediction_weight=2.0)
-    plain = GlassLoss(config, None)(observations, output)
-    predicted = dataclasses.replace(output.lma, mask_prediction_loss=torch.tensor(0.3, dtype=torch.float64))
-    with_term = GlassLoss(config, None)(observations, GlassOutput(gma=output.gma, lma=predicted))
-    assert "mask_prediction_loss" not in plain.terms
-    assert with_term.terms["mask_prediction_loss"].item() == pytest.approx(0.3)
+    extra = dataclasses.replace(output.lma, **{name: torch.tensor(0.3, dtype=torch.float64)})
+    with_term = GlassLoss(config, None)(observations, GlassOutput(gma=output.gma, lma=extra))
+    assert name not in plain.terms
+    assert with_term.terms[name].item() == pytest.approx(0.3)
     assert (with_term.total - plain.total).item() == pytest.approx(2.0 * 0.3)
-    scaled = GlassLoss(config, None)(observations, GlassOutput(gma=output.gma, lma=predicted), lma_loss_scale=0.0)
+    scaled = GlassLoss(config, None)(observations, GlassOutput(gma=output.gma, lma=extra), lma_loss_scale=0.0)
     assert (scaled.total - GlassLoss(config, None)(observations, output, lma_loss_scale=0.0).total).item() == 0.0
 
 
