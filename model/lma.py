@@ -409,14 +409,14 @@ class Decoder(nn.Module):
         return blend * warped + (1 - blend) * drawn
 
 
-MASK_PREDICTOR_SCALE = 4  # `action_mask_predictor`: the masks are compared at 1/4 of the LMA's frame size
 MASK_PREDICTOR_WIDTH = 32  # its hidden channels
 MASK_CHANGE_THRESHOLD = 0.1  # `action_mask_predictor_change_weight`: a pooled position changes beyond this
 
 
 class MaskPredictor(nn.Module):
     """`action_mask_predictor` (ours, opt-in): a small network that predicts the next mask from the shifted current
-    mask and the local action, P(m̃ₜ, aₜ) ≈ mₜ₊₁, both masks average-pooled to 1/MASK_PREDICTOR_SCALE of the frame.
+    mask and the local action, P(m̃ₜ, aₜ) ≈ mₜ₊₁, both masks average-pooled by `scale` (`action_mask_predictor_scale`,
+    4 by default).
     The code is tiled over the positions and concatenated to the input of its first two 3×3 convolutions; no
     normalisation (its output does not depend on the batch). What m̃ₜ does not tell about mₜ₊₁ — a limb that starts to
     move, a turn — can only come from the code, so the code learns to carry the silhouette's change through a short
@@ -424,8 +424,9 @@ class MaskPredictor(nn.Module):
 
     masks m̃ₜ (N, 1, H, W) and codes (N, D) → logits of mₜ₊₁ (N, 1, H/s, W/s)."""
 
-    def __init__(self, action_dim: int):
+    def __init__(self, action_dim: int, scale: int = 4):
         super().__init__()
+        self.scale = scale
         width = MASK_PREDICTOR_WIDTH
         self.first = nn.Conv2d(1 + action_dim, width, 3, padding=1)
         self.second = nn.Conv2d(width + action_dim, width, 3, padding=1)
@@ -433,7 +434,7 @@ class MaskPredictor(nn.Module):
         self.out = nn.Conv2d(width, 1, 3, padding=1)
 
     def forward(self, masks: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        hidden = F.avg_pool2d(masks, MASK_PREDICTOR_SCALE) * 2 - 1
+        hidden = F.avg_pool2d(masks, self.scale) * 2 - 1
         hidden = F.leaky_relu(self.first(tile_and_concatenate(hidden, codes)), LEAKY_RELU_SLOPE)
         hidden = F.leaky_relu(self.second(tile_and_concatenate(hidden, codes)), LEAKY_RELU_SLOPE)
         hidden = F.leaky_relu(self.third(hidden), LEAKY_RELU_SLOPE)
@@ -445,11 +446,11 @@ class MaskPredictor(nn.Module):
         positions and transitions: m̃ₜ, mₜ₊₁ (N, 1, H, W), codes (N, D) → scalar. With `change_weight` α > 0
         (`action_mask_predictor_change_weight`) the mean is weighted, 1 + α where the pooled mₜ₊₁ and m̃ₜ differ by
         more than MASK_CHANGE_THRESHOLD, 1 elsewhere."""
-        target = F.avg_pool2d(next_masks, MASK_PREDICTOR_SCALE).clamp(0, 1).float()
+        target = F.avg_pool2d(next_masks, self.scale).clamp(0, 1).float()
         losses = F.binary_cross_entropy_with_logits(self(shifted_masks, codes).float(), target, reduction="none")
         if not change_weight:
             return losses.mean()
-        current = F.avg_pool2d(shifted_masks, MASK_PREDICTOR_SCALE).float()
+        current = F.avg_pool2d(shifted_masks, self.scale).float()
         weights = 1 + change_weight * ((target - current).abs() > MASK_CHANGE_THRESHOLD).float()
         return (weights * losses).sum() / weights.sum()
 
@@ -568,7 +569,8 @@ class LocalMotionAnalysis(nn.Module):
                 batch_norm_to_group_norm(reader)
         self.dynamics = DynamicsNetwork(config, state_resolution)
         self.decoder = Decoder(config)
-        self.mask_predictor = MaskPredictor(config.action_dim) if config.action_mask_predictor else None
+        self.mask_predictor = (MaskPredictor(config.action_dim, config.action_mask_predictor_scale)
+                               if config.action_mask_predictor else None)
         self.mask_change_weight = config.action_mask_predictor_change_weight
 
     @torch.no_grad()

@@ -237,6 +237,9 @@ class LMAConfig:
     # shifted current one by more than 0.1 (a few per cent of them: what only the code can tell) weigh 1 + this in the
     # predictor's cross-entropy (a mean weighted by these weights); 0: every position alike.
     action_mask_predictor_change_weight: float = 0.0
+    # Ours, with action_mask_predictor: the predictor reads and predicts the masks average-pooled by this factor (4: a
+    # quarter of the frame size; 1: full size, where a limb is visible, at 16 times the predictor's cost).
+    action_mask_predictor_scale: int = 4
     # Ours, opt-in: the action network reads silhouettes instead of foregrounds — the shifted current mask m̃ₜ and the
     # next mask mₜ₊₁ as grey images (2m − 1), through an encoder of its own (the encoder's width, its own weights and
     # BatchNorm statistics): a code can tell how the outline changes, never what colours the character wears.
@@ -349,6 +352,8 @@ class LMAConfig:
                  "decoder_skip_mask: true (the predictor reads the skip's moved mask)")
         _require(self.action_mask_predictor_change_weight >= 0, prefix + "action_mask_predictor_change_weight",
                  f"must be >= 0, got {self.action_mask_predictor_change_weight}")
+        _require(self.action_mask_predictor_scale >= 1, prefix + "action_mask_predictor_scale",
+                 f"must be >= 1, got {self.action_mask_predictor_scale}")
         _require(not self.action_mask_predictor_change_weight or self.action_mask_predictor,
                  prefix + "action_mask_predictor_change_weight", "needs model.lma.action_mask_predictor: true")
         _require(not (self.decoder_mask_prediction and self.decoder_warp), prefix + "decoder_mask_prediction",
