@@ -110,7 +110,7 @@ AUTHORS_VALUES = {"model.lma.decoder_skip": False, "model.lma.decoder_skip_mask"
                   "model.lma.vq_commitment": 1.0, "model.lma.winner_take_all": False,
                   "model.lma.winner_take_all_balanced": False, "model.lma.action_matching": False,
                   "model.lma.action_mask_predictor": False, "model.lma.decoder_mask_prediction": False,
-                  "model.lma.action_mask_predictor_change_weight": 0.0,
+                  "model.lma.action_mask_predictor_change_weight": 0.0, "model.lma.action_mask_predictor_scale": 4,
                   "model.lma.autoregressive_share": 0.0, "model.lma.action_from_masks": False,
                   "model.lma.action_from_changes": False, "model.lma.action_colour_jitter": False,
                   "model.lma.decoder_action_film": False, "model.lma.glimpse": None,

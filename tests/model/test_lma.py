@@ -941,6 +941,23 @@ def test_the_mask_predictor_change_weight_weighs_the_positions_that_change():
         float(predictor.loss(current, following, codes)))
 
 
+def test_the_mask_predictor_scale_sets_the_size_it_predicts_at(small_model_config):
+    """`action_mask_predictor_scale`: the masks are pooled by it (1: full size), and the LMA builds its predictor with
+    the configured scale; with scale 1 the change weight sees each changed pixel."""
+    masks, codes = torch.rand(2, 1, 8, 16), torch.zeros(2, 3)
+    assert MaskPredictor(action_dim=3)(masks, codes).shape == (2, 1, 2, 4)
+    assert MaskPredictor(action_dim=3, scale=2)(masks, codes).shape == (2, 1, 4, 8)
+    full = MaskPredictor(action_dim=3, scale=1)
+    assert full(masks, codes).shape == (2, 1, 8, 16)
+    full.forward = lambda masks, codes: torch.full((1, 1, 2, 2), -5.0)
+    current, following = torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)
+    following[..., 0, 0] = 1  # one pixel of four changes
+    unchanged, changed = float(F.softplus(torch.tensor(-5.0))), float(F.softplus(torch.tensor(5.0)))
+    assert float(full.loss(current, following, codes[:1], 10.0)) == pytest.approx((3 * unchanged + 11 * changed) / 14)
+    lma = LocalMotionAnalysis(small_model_config(action_mask_predictor=True, action_mask_predictor_scale=2).lma, (2, 4))
+    assert lma.mask_predictor.scale == 2
+
+
 def test_the_mask_prediction_trains_the_action_readers_in_training_only(small_model_config):
     """With `action_mask_predictor` the LMA's training output has the predictor's loss, whose gradient reaches the
     action network and its mask encoder (through the straight-through code) and the predictor, not the decoder; in

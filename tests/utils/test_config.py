@@ -87,6 +87,8 @@ def test_overrides_are_typed_yaml_values(tmp_path):
      "model.lma.action_mask_predictor_change_weight: needs model.lma.action_mask_predictor"),
     (["model.lma.action_mask_predictor=true", "model.lma.action_mask_predictor_change_weight=-1"],
      "model.lma.action_mask_predictor_change_weight: must be >= 0"),
+    (["model.lma.action_mask_predictor=true", "model.lma.action_mask_predictor_scale=0"],
+     "model.lma.action_mask_predictor_scale: must be >= 1"),
     (["model.lma.decoder_skip=true", "model.lma.decoder_skip_mask=true", "model.lma.decoder_mask_prediction=true"],
      "model.lma.decoder_mask_prediction: needs model.lma.action_mask_predictor"),
     (["model.lma.action_mask_predictor=true", "model.lma.decoder_mask_prediction=true"],
