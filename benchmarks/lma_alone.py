@@ -67,6 +67,7 @@ from model.losses import (  # noqa: E402
     GlassLoss,
     action_slowness,
     code_switches,
+    extra_lma_terms,
 )
 from model.vgg import build_vgg_features  # noqa: E402
 from utils.cli import run_main  # noqa: E402
@@ -506,12 +507,8 @@ def main(argv: List[str] = None) -> int:
                     term = getattr(loss, name)(gma, output)
                 if term is not None:
                     total = total + weight * term
-            if output.action_choice_loss is not None:  # model.lma.winner_take_all
-                total = total + config.loss.action_choice_weight * output.action_choice_loss
-            if output.action_matching_loss is not None:  # model.lma.action_matching
-                total = total + config.loss.action_matching_weight * output.action_matching_loss
-            if output.mask_prediction_loss is not None:  # model.lma.action_mask_predictor
-                total = total + config.loss.action_mask_prediction_weight * output.mask_prediction_loss
+            for _, weight, term in extra_lma_terms(output, config.loss):  # winner-take-all, matching, mask prediction
+                total = total + weight * term
             if config.loss.action_slowness_weight > 0 and oracle is None:  # loss.action_slowness_weight
                 slowness = action_slowness(output.action_codes, output.action_vectors)
                 if slowness is not None:

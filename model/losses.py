@@ -76,6 +76,16 @@ def action_slowness(codes: torch.Tensor, vectors: torch.Tensor) -> Optional[torc
     return change / (2 * spread + 1e-8)
 
 
+def extra_lma_terms(lma: LMAOutput, config: LossConfig) -> List[Tuple[str, float, torch.Tensor]]:
+    """Our opt-in LMA terms, not among the twelve, that `lma` carries, each as (name, weight, value): the
+    winner-take-all choice (model.lma.winner_take_all), action matching (model.lma.action_matching) and mask
+    prediction (model.lma.action_mask_predictor). The name is both the LMAOutput field and the logged term."""
+    weights = (("action_choice_loss", config.action_choice_weight),
+               ("action_matching_loss", config.action_matching_weight),
+               ("mask_prediction_loss", config.action_mask_prediction_weight))
+    return [(name, weight, getattr(lma, name)) for name, weight in weights if getattr(lma, name) is not None]
+
+
 def box_view(gma: GMAOutput, lma: LMAOutput) -> Tuple[GMAOutput, LMAOutput]:
     """What the LMA terms read, inside each window's glimpse box when the LMA worked on one (`lma.glimpse`): the
     GMA's f, m and f̃ and the LMA's f̂ (every scale), m̂ and f̃ cut to the box; unchanged without a glimpse."""
@@ -172,14 +182,9 @@ class GlassLoss(nn.Module):
                 "mask_reconstruction_loss": lambda: self.mask_reconstruction_loss(seen, lma),
             }
             lma_total = self._weighted_sum(lma_terms, terms)
-            # ours, opt-in, not one of the twelve: model.lma.winner_take_all, action_matching, action_mask_predictor
-            for name, weight in (("action_choice_loss", self.config.action_choice_weight),
-                                 ("action_matching_loss", self.config.action_matching_weight),
-                                 ("mask_prediction_loss", self.config.action_mask_prediction_weight)):
-                value = getattr(lma, name)
-                if value is not None:
-                    terms[name] = value.detach()
-                    lma_total = weight * value if lma_total is None else lma_total + weight * value
+            for name, weight, value in extra_lma_terms(lma, self.config):
+                terms[name] = value.detach()
+                lma_total = weight * value if lma_total is None else lma_total + weight * value
             if self.config.action_slowness_weight > 0:  # ours, opt-in: not one of the twelve
                 slowness = action_slowness(lma.action_codes, lma.action_vectors)
                 if slowness is not None:

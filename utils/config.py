@@ -223,7 +223,7 @@ class LMAConfig:
     # action-network pass per training step.
     action_matching: bool = False
     # Ours, opt-in: in training a small network (model.lma.MaskPredictor, no normalisation) predicts the next mask
-    # mₜ₊₁ from the shifted current mask m̃ₜ and the local action aₜ, both at a quarter of the frame size (binary
+    # mₜ₊₁ from the shifted current mask m̃ₜ and the local action aₜ, both pooled by action_mask_predictor_scale (binary
     # cross-entropy, weight loss.action_mask_prediction_weight); its gradient reaches the action readers through the
     # straight-through code, so the code learns to carry how the silhouette changes beyond the shift before the
     # decoder has learned to draw it. Evaluation and play do not run it (unless decoder_mask_prediction).
