@@ -312,6 +312,10 @@ class DynamicsNetwork(nn.Module):
         return features, [state_1, state_2, state_3]
 
 
+PALETTE_SLOT_INIT_STD = 5.0  # `decoder_palette`: the slots' 1×1 weights at the start (colours in [−1, 1])
+PALETTE_EPSILON = 1e-3  # `decoder_palette`: added to each slot's total weight
+
+
 class Decoder(nn.Module):
     """D: Up(h→128) + Res(128→128) → Final(128→3, k3) at 1/4; Up(128→64) + Res(64→64) →
     Final(64→3, k3) at 1/2; Up(64→32) → Final(32→4, k7) at full size.
@@ -328,7 +332,11 @@ class Decoder(nn.Module):
     r > 0 (ours, opt-in) the full-size Final gives 3 more channels, a flow (r·tanh, pixels) and a blend weight b
     ((tanh + 1)/2): the full-size output becomes b·warp(skip) + (1 − b)·drawn (`warp_skip`), the skip's mask read
     as the logit 2m − 1; the flow channels start at zero (the warp starts as the copy). With `decoder_warp_draw`
-    false, b = 1: the warped skip alone (without a mask in the skip, the drawn mask logit).
+    false, b = 1: the warped skip alone (without a mask in the skip, the drawn mask logit). With `decoder_palette`
+    K > 0 (ours, opt-in) f̂ at full size is painted from the skip's colours (`paint`): `palette_slots` (1×1, 3 → K)
+    sorts the skip's pixels into K soft colour slots whose means are the palette, and `palette_choice` (3×3 on the
+    full-size features and skip → K + 1) chooses per pixel among the K colours and the drawn one (with
+    `decoder_warp` this painted f̂ is the drawing that the warped skip is blended with).
     """
 
     def __init__(self, config: LMAConfig):
@@ -358,6 +366,12 @@ class Decoder(nn.Module):
             with torch.no_grad():
                 self.finals[-1][0].weight[4:6].zero_()
                 self.finals[-1][0].bias[4:6].zero_()
+        self.palette_size = config.decoder_palette
+        if self.palette_size:
+            self.palette_slots = Conv2d(3, self.palette_size, 1)
+            with torch.no_grad():  # sharp slots from the start: random planes that cut the colour cube into cells
+                self.palette_slots.weight.normal_(0.0, PALETTE_SLOT_INIT_STD)
+            self.palette_choice = Conv2d(widths[-1] + self.skip_channels, self.palette_size + 1, 3, padding=1)
 
     def forward(self, hidden: torch.Tensor, skip: Optional[torch.Tensor] = None,
                 action: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
@@ -380,9 +394,30 @@ class Decoder(nn.Module):
                 if skip is not None:
                     features = torch.cat([features, skip.to(features.dtype)], dim=1)
             outputs.append(final(features))
+        if self.palette_size:  # paints the drawn colours, which the warp then blends with the warped skip
+            outputs[-1] = self.paint(outputs[-1], self.palette_choice(features), skip.to(outputs[-1].dtype))
         if self.warp_pixels:
             outputs[-1] = self.warp_skip(outputs[-1], skip.to(outputs[-1].dtype))
         return outputs[::-1]
+
+    def palette(self, skip: torch.Tensor) -> torch.Tensor:
+        """`decoder_palette`: the skip (N, 3+, H, W) → the K slot colours (N, K, 3): each slot's mean colour of f̃ₜ,
+        weighted by the slot's share of each pixel (softmax over the slots of `palette_slots`) and, where the skip
+        carries it, by the mask m̃ₜ (a slot without weight gets colour 0)."""
+        colours = skip[:, :3]
+        shares = torch.softmax(self.palette_slots(colours), dim=1)  # (N, K, H, W)
+        if skip.shape[1] > 3:  # decoder_skip_mask: the character's pixels only
+            shares = shares * skip[:, 3:4]
+        totals = torch.einsum("nkhw,nchw->nkc", shares, colours)
+        return totals / (shares.sum(dim=(2, 3))[:, :, None] + PALETTE_EPSILON)
+
+    def paint(self, output: torch.Tensor, choice_logits: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """`decoder_palette`: the Final's output (N, C ≥ 4, H, W), the choice logits (N, K + 1, H, W) and the skip →
+        (N, C, H, W): f̂ = Σₖ wₖ·paletteₖ + w_K·drawn f̂, w = softmax of the logits; the other channels (the mask
+        logit, and with `decoder_warp` the flow and blend) as drawn."""
+        choice = torch.softmax(choice_logits, dim=1)
+        painted = torch.einsum("nkhw,nkc->nchw", choice[:, :self.palette_size], self.palette(skip))
+        return torch.cat([painted + choice[:, self.palette_size:] * output[:, :3], output[:, 3:]], dim=1)
 
     def _film(self, index: int, features: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """`decoder_action_film`: features (N, C, h, w) → features·(1 + γ) + β, (γ, β) = films[index](action)."""

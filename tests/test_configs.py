@@ -113,7 +113,7 @@ AUTHORS_VALUES = {"model.lma.decoder_skip": False, "model.lma.decoder_skip_mask"
                   "model.lma.action_mask_predictor_change_weight": 0.0, "model.lma.action_mask_predictor_scale": 4,
                   "model.lma.autoregressive_share": 0.0, "model.lma.action_from_masks": False,
                   "model.lma.action_from_changes": False, "model.lma.action_colour_jitter": False,
-                  "model.lma.decoder_action_film": False, "model.lma.glimpse": None,
+                  "model.lma.decoder_action_film": False, "model.lma.decoder_palette": 0, "model.lma.glimpse": None,
                   "model.lma.action_reader_norm": "batch",
                   "model.gma.input_scale": 1,
                   "loss.local_change_weight": 0.0,

@@ -208,6 +208,14 @@ class LMAConfig:
     # Ours, with decoder_warp: false = f̂ₜ₊₁ (and m̂ₜ₊₁) is the warped skip alone, no drawing blended in: the code can
     # only move pixels, never tint them (the full-size drawing and blend channels are then unused).
     decoder_warp_draw: bool = True
+    # Ours, opt-in, with decoder_skip: the decoder paints with the current frame's colours. A 1×1 convolution sorts
+    # the pixels of f̃ₜ into this many soft colour slots (weighted by m̃ₜ with decoder_skip_mask) and each slot's colour
+    # is its pixels' weighted mean — the character's palette; a second head at the full-size stage chooses per pixel
+    # among the slots and the drawn colour (softmax over K + 1), and f̂ₜ₊₁ is that mixture. A turned pose is then a
+    # choice of which of the character's own colours goes where, the same choice for every character, instead of
+    # colours the decoder must learn per character. With decoder_warp the painted colours are the drawing that the
+    # warped skip is blended with. 0 = off (the decoder draws every colour).
+    decoder_palette: int = 0
     # Ours, opt-in (ILPO; multiple-choice learning): in training every step is drawn with each of the K codes and
     # only the one closest to fₜ₊₁ is kept and trained; the action network learns to choose it (cross-entropy,
     # weight loss.action_choice_weight). Evaluation and play use the inferred codes as usual. K times the dynamics
@@ -358,6 +366,10 @@ class LMAConfig:
                  prefix + "action_mask_predictor_change_weight", "needs model.lma.action_mask_predictor: true")
         _require(not (self.decoder_mask_prediction and self.decoder_warp), prefix + "decoder_mask_prediction",
                  "not with decoder_warp (the warp moves a skip of the foreground and the mask only)")
+        _require(self.decoder_palette >= 0, prefix + "decoder_palette",
+                 f"must be >= 0 slots, got {self.decoder_palette}")
+        _require(self.decoder_skip or not self.decoder_palette, prefix + "decoder_palette",
+                 "needs decoder_skip: true (the palette is taken from the skip's current foreground)")
         _require(self.decoder_skip or not self.decoder_skip_mask, prefix + "decoder_skip_mask",
                  "needs decoder_skip: true (the mask travels with the skip's foreground)")
         _require(self.glimpse is None or (len(self.glimpse) == 2 and min(self.glimpse) > 0), prefix + "glimpse",

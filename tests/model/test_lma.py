@@ -1077,3 +1077,53 @@ def test_decoder_warp_needs_decoder_skip(small_model_config):
 
     with pytest.raises((GlassError, ValueError), match="decoder_warp"):
         small_model_config(decoder_warp=2.0)
+
+
+def test_decoder_palette_takes_the_characters_colours_and_paints_with_them(small_model_config):
+    """`decoder_palette` K: the palette is each slot's mean colour of f̃ₜ over the mask (the background, whatever its
+    colour, takes no part); a pixel whose choice is one slot gets that slot's colour, one whose choice is the last
+    entry gets the drawn colour, and the mask logit stays the drawn one."""
+    torch.manual_seed(0)
+    decoder = Decoder(small_model_config(decoder_skip=True, decoder_skip_mask=True, decoder_palette=2).lma)
+    with torch.no_grad():  # slot 0: red above green, slot 1: the rest (sharp)
+        decoder.palette_slots.weight.zero_()
+        decoder.palette_slots.weight[0, 0, 0, 0], decoder.palette_slots.weight[0, 1, 0, 0] = 50.0, -50.0
+        decoder.palette_slots.bias.zero_()
+    skip = torch.zeros(1, 4, 8, 8)
+    skip[0, :3] = torch.tensor([0.2, 0.9, 0.1])[:, None, None]  # background, outside the mask: green
+    skip[0, :3, 2:4, 2:6] = torch.tensor([0.9, -0.5, 0.0])[:, None, None]  # the character: red...
+    skip[0, :3, 4:6, 2:6] = torch.tensor([-0.8, -0.6, 0.7])[:, None, None]  # ...and blue
+    skip[0, 3, 2:6, 2:6] = 1.0
+    palette = decoder.palette(skip)
+    assert torch.allclose(palette[0, 0], torch.tensor([0.9, -0.5, 0.0]), atol=1e-3)
+    assert torch.allclose(palette[0, 1], torch.tensor([-0.8, -0.6, 0.7]), atol=1e-3)
+    output = torch.rand(1, 4, 8, 8) * 2 - 1
+    logits = torch.zeros(1, 3, 8, 8)
+    logits[0, 1, :4] = 30.0  # the top half: slot 1 (blue)
+    logits[0, 2, 4:] = 30.0  # the bottom half: the drawn colour
+    painted = decoder.paint(output, logits, skip)
+    assert torch.allclose(painted[0, :3, :4], palette[0, 1][:, None, None].expand(3, 4, 8), atol=1e-3)
+    assert torch.allclose(painted[0, :3, 4:], output[0, :3, 4:], atol=1e-5)
+    assert torch.equal(painted[:, 3:], output[:, 3:])
+
+
+def test_decoder_palette_runs_in_the_decoder_and_its_key_is_checked(small_model_config):
+    """The full-size output of a palette decoder is `paint` of the Final's output with `palette_choice` of the
+    full-size features and skip; both palette layers get gradients; bad values name the key."""
+    torch.manual_seed(0)
+    decoder = Decoder(small_model_config(decoder_skip=True, decoder_palette=3).lma)
+    hidden = torch.randn(2, 4, 2, 4)
+    skip = torch.rand(2, 3, 16, 32) * 2 - 1
+    outputs = decoder(hidden, skip)
+    assert [tuple(o.shape) for o in outputs] == [(2, 4, 16, 32), (2, 3, 8, 16), (2, 3, 4, 8)]
+    outputs[0][:, :3].sum().backward()
+    assert decoder.palette_choice.weight.grad.abs().sum() > 0
+    assert decoder.palette_slots.weight.grad.abs().sum() > 0
+    from utils.errors import GlassError
+
+    with pytest.raises((GlassError, ValueError), match="decoder_palette: needs decoder_skip"):
+        small_model_config(decoder_palette=3)
+    with pytest.raises((GlassError, ValueError), match="decoder_palette: must be >= 0"):
+        small_model_config(decoder_skip=True, decoder_palette=-1)
+    warped = Decoder(small_model_config(decoder_skip=True, decoder_palette=3, decoder_warp=2.0).lma)
+    assert warped(hidden, skip)[0].shape == (2, 4, 16, 32)  # with the warp: the painted drawing, then the blend
