@@ -65,6 +65,10 @@ def test_prints_the_table_and_appends_one_line_per_run(run_copy, capsys):
     assert results["gt/code_difference_ratio"] == results["gt/code_difference"] / results["gt/real_change"]
     confusion = first["local_action_confusion"]
     assert sum(map(sum, confusion)) == first["counts"]["transitions"] and all(len(row) == 3 for row in confusion)
+    # the code effect per true local action: one entry per confusion row, its transitions those of the row
+    per_label = first["local_action_code_effect"]
+    assert [entry["transitions"] for entry in per_label] == [sum(row) for row in confusion]
+    assert "code effect per true local action" in printed
     picture = os.path.join(run_copy["run_folder"], "metrics", "evaluate-val-one_step-step_000004-confusion.png")
     assert os.path.getsize(picture) > 0
     # the test split and the single-image protocol go to their own file

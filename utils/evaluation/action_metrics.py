@@ -218,6 +218,9 @@ class EvaluationResult:
     histograms: Dict[str, List[int]] = dataclasses.field(default_factory=dict)  # variant → transitions per action id
     # gt: row = true local action, column = code: how many labelled transitions got it; None without labels
     confusion: Optional[List[List[int]]] = None
+    # gt: per true local action (rows as `confusion`), the code effect in dB over its labelled transitions and how
+    # many there are (NaN dB for a label without transitions); None without labels or without the code effect
+    label_code_effects: Optional[List[Tuple[float, int]]] = None
 
 
 def _shift_metrics(predicted: torch.Tensor, reference: torch.Tensor, prefix: str) -> Tuple[Dict[str, float], int]:
@@ -250,6 +253,7 @@ def summarize(records: Dict[str, torch.Tensor], num_actions: int, seed: int,
     skipped: Dict[str, str] = {}
     histograms: Dict[str, List[int]] = {}
     confusion: Optional[List[List[int]]] = None
+    label_code_effects: Optional[List[Tuple[float, int]]] = None
     reconstructions = [("re", "generated")]
     if "other_action_ids" in records:
         reconstructions.append((f"re_{other_protocol(protocol)}", "other"))
@@ -337,6 +341,14 @@ def summarize(records: Dict[str, torch.Tensor], num_actions: int, seed: int,
                                                                      switches)
             else:
                 skipped["gt: code_effect_switch_db"] = "no labelled transition changes local action"
+            if not switches.all():
+                results["gt/code_effect_non_switch_db"] = code_effect_db(inferred[has_actions], random[has_actions],
+                                                                         ~switches)
+            # Which animations the code pays on: a turn shows on the switches, a walk phase or a residual
+            # motion the code carries on every transition of an animation.
+            labels = records["true_local_actions"][has_actions]
+            label_code_effects = [(code_effect_db(inferred[has_actions], random[has_actions], labels == label),
+                                   int((labels == label).sum())) for label in range(int(labels.max()) + 1)]
     # Would a user see another code? How different the next frame is with two different codes, in the character's
     # region, against how much the real video changes there (images in [0, 1]; issue 21 asks for a ratio ≥ 0.25).
     if "code_difference" in records:
@@ -359,7 +371,7 @@ def summarize(records: Dict[str, torch.Tensor], num_actions: int, seed: int,
                 mse = float(records[key].sum() / records["image_elements"].sum())
                 results[f"{variant}/{image}_psnr"] = 10 * math.log10(4.0 / mse) if mse > 0 else math.inf
     return EvaluationResult(results=results, skipped=skipped, counts=counts, histograms=histograms,
-                            confusion=confusion)
+                            confusion=confusion, label_code_effects=label_code_effects)
 
 
 def local_action_confusion(true_labels: torch.Tensor, ids: torch.Tensor, num_actions: int) -> torch.Tensor:
@@ -462,7 +474,10 @@ def result_record(result: EvaluationResult, trained: TrainedModel, run_folder: s
             "skip_frames": config.evaluation.skip_frames, "data_root": os.path.abspath(config.data.root),
             "seed": config.evaluation.seed, "world_size": world_size, "comparable": comparable,
             "counts": result.counts, "results": result.results, "skipped": result.skipped,
-            "histograms": result.histograms, "local_action_confusion": result.confusion}
+            "histograms": result.histograms, "local_action_confusion": result.confusion,
+            "local_action_code_effect": (None if result.label_code_effects is None else
+                                         [{"code_effect_db": None if math.isnan(value) else value,
+                                           "transitions": count} for value, count in result.label_code_effects])}
 
 
 _TABLE_ROWS = [
@@ -482,6 +497,7 @@ _TABLE_ROWS = [
     ("code_character_nmi", "  NMI of the codes and the character"),
     ("code_effect_db", "code effect, all transitions (dB)"),
     ("code_effect_switch_db", "  on switch transitions (dB)"),
+    ("code_effect_non_switch_db", "  on the other transitions (dB)"),
     ("code_difference", "two codes' next frames differ by"),
     ("real_change", "  the real next frame changes by"),
     ("code_difference_ratio", "  ratio (codes / real)"),
@@ -515,6 +531,11 @@ def format_table(result: EvaluationResult, protocol: str = "one_step") -> str:
             str(code) for code in range(len(result.confusion[0]))) + "):")
         for name, row in zip(confusion_row_labels(len(result.confusion)), result.confusion):
             lines.append(f"  {name:<18}" + "".join(f"{count:>6}" for count in row))
+    if result.label_code_effects is not None:
+        lines.append("code effect per true local action (GT; dB over its labelled transitions, how many):")
+        for name, (value, count) in zip(confusion_row_labels(len(result.label_code_effects)),
+                                        result.label_code_effects):
+            lines.append(f"  {name:<18}{'—' if math.isnan(value) else f'{value:.3f}':>8}{count:>6}")
     for what, reason in result.skipped.items():
         lines.append(f"skipped {what}: {reason}")
     return "\n".join(lines)

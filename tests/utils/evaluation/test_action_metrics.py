@@ -192,3 +192,26 @@ def test_local_action_confusion_counts_the_codes_of_every_true_action():
     assert local_action_confusion(labels, ids, 3).tolist() == [[0, 2, 0], [0, 0, 2], [2, 0, 0]]
     assert confusion_row_labels(3) == ["walk-front", "walk-left", "walk-right"]
     assert confusion_row_labels(12)[11] == "label 11"
+
+
+def test_code_effect_over_switches_other_transitions_and_each_true_action():
+    """The code effect over all labelled transitions, the switches, the other transitions and each true local
+    action's transitions: 10·log10(Σ random / Σ inferred) over each selection; shown in the table."""
+    records = _records(predicted_ids=[[0, 1, 1], [1, 0, 0]], true_local=[[0, 0, 1], [1, 1, 1]],
+                       predicted_shifts=[[[1.0, 0.0]] * 3] * 2, true_shifts=[[[1.0, 0.0]] * 3] * 2, sprite_ids=[1, 2])
+    records.update({"code_inferred_squared_error": torch.tensor([[1.0, 1.0, 1.0], [2.0, 2.0, 2.0]]),
+                    "code_random_squared_error": torch.tensor([[10.0, 1.0, 4.0], [2.0, 2.0, 2.0]]),
+                    "switches": torch.tensor([[False, False, True], [False, False, False]])})
+    result = summarize(records, num_actions=2, seed=0)
+    values = result.results
+    assert values["gt/code_effect_db"] == pytest.approx(10 * math.log10(21 / 9))
+    assert values["gt/code_effect_switch_db"] == pytest.approx(10 * math.log10(4 / 1))
+    assert values["gt/code_effect_non_switch_db"] == pytest.approx(10 * math.log10(17 / 8))
+    (walk_front, front_count), (walk_left, left_count) = result.label_code_effects
+    assert walk_front == pytest.approx(10 * math.log10(11 / 2)) and front_count == 2
+    assert walk_left == pytest.approx(10 * math.log10(10 / 7)) and left_count == 4
+    table = format_table(result)
+    assert "on the other transitions (dB)" in table and "code effect per true local action" in table
+    assert f"  walk-front        {walk_front:>8.3f}     2" in table
+    unlabelled = summarize({**records, "has_actions": torch.tensor([False, False])}, num_actions=2, seed=0)
+    assert unlabelled.label_code_effects is None and "gt/code_effect_non_switch_db" not in unlabelled.results
