@@ -394,10 +394,12 @@ class Decoder(nn.Module):
                 if skip is not None:
                     features = torch.cat([features, skip.to(features.dtype)], dim=1)
             outputs.append(final(features))
+        if self.palette_size or self.warp_pixels:
+            skip = skip.to(outputs[-1].dtype)
         if self.palette_size:  # paints the drawn colours, which the warp then blends with the warped skip
-            outputs[-1] = self.paint(outputs[-1], self.palette_choice(features), skip.to(outputs[-1].dtype))
+            outputs[-1] = self.paint(outputs[-1], self.palette_choice(features), skip)
         if self.warp_pixels:
-            outputs[-1] = self.warp_skip(outputs[-1], skip.to(outputs[-1].dtype))
+            outputs[-1] = self.warp_skip(outputs[-1], skip)
         return outputs[::-1]
 
     def palette(self, skip: torch.Tensor) -> torch.Tensor:

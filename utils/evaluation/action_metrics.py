@@ -328,27 +328,28 @@ def summarize(records: Dict[str, torch.Tensor], num_actions: int, seed: int,
             groups = characters[:, None].expand_as(ids)[known]
             results[f"{variant}/code_character_nmi"] = normalized_mutual_information(ids[known].flatten(),
                                                                                      groups.flatten())
-    # Does the decoder read the code? The code effect over all transitions and over those where the true local
-    # action changes (labelled windows only; 0 dB when the decoder ignores the code).
+    # Does the decoder read the code? The code effect over all transitions, and on labelled windows over those where
+    # the true local action changes, over the others and per true local action (0 dB when the decoder ignores the code).
     if "code_inferred_squared_error" in records:
         inferred, random = records["code_inferred_squared_error"], records["code_random_squared_error"]
         results["gt/code_effect_db"] = code_effect_db(inferred, random)
         if has_actions.any():
+            inferred, random = inferred[has_actions], random[has_actions]
             switches = records["switches"][has_actions]
             counts["switch_transitions"] = int(switches.sum())
             if switches.any():
-                results["gt/code_effect_switch_db"] = code_effect_db(inferred[has_actions], random[has_actions],
-                                                                     switches)
+                results["gt/code_effect_switch_db"] = code_effect_db(inferred, random, switches)
             else:
                 skipped["gt: code_effect_switch_db"] = "no labelled transition changes local action"
             if not switches.all():
-                results["gt/code_effect_non_switch_db"] = code_effect_db(inferred[has_actions], random[has_actions],
-                                                                         ~switches)
+                results["gt/code_effect_non_switch_db"] = code_effect_db(inferred, random, ~switches)
             # Which animations the code pays on: a turn shows on the switches, a walk phase or a residual
             # motion the code carries on every transition of an animation.
             labels = records["true_local_actions"][has_actions]
-            label_code_effects = [(code_effect_db(inferred[has_actions], random[has_actions], labels == label),
-                                   int((labels == label).sum())) for label in range(int(labels.max()) + 1)]
+            label_code_effects = []
+            for label in range(int(labels.max()) + 1):
+                chosen = labels == label
+                label_code_effects.append((code_effect_db(inferred, random, chosen), int(chosen.sum())))
     # Would a user see another code? How different the next frame is with two different codes, in the character's
     # region, against how much the real video changes there (images in [0, 1]; issue 21 asks for a ratio ≥ 0.25).
     if "code_difference" in records:
