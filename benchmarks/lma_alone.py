@@ -26,10 +26,11 @@ whether the decoder reads the code at all: the one-step PSNR with every window's
 another window, and the share of random codebook rows the action network recovers from what the
 decoder drew with them (`code_recovery`, chance 1/K); the code effect (`code_effect_db`: one-step PSNR with
 the inferred codes minus with uniformly random codebook rows; `code_effect_switch_db`: the same over the
-transitions where the true local action changes) and the PSNR on the pixels that change beyond the shift
-(`psnr_changed_pixels`, with random codes, and of the copy f̃ₜ), and how well a change of code marks a true switch
-on the transitions t ≥ 1 (`code_switch_precision`, `code_switch_recall`, `code_switch_share`: what
-`loss.code_switch_weight` weighs). `--action-cycle W` trains with the recovery
+transitions where the true local action changes; `code_effect_non_switch_db` over the others and
+`code_effect_per_label_db` per true local action of frame t+1, as `evaluate.py`) and the PSNR on the pixels
+that change beyond the shift (`psnr_changed_pixels`, with random codes, and of the copy f̃ₜ), and how well a
+change of code marks a true switch on the transitions t ≥ 1 (`code_switch_precision`, `code_switch_recall`,
+`code_switch_share`: what `loss.code_switch_weight` weighs). `--action-cycle W` trains with the recovery
 as a cross-entropy term; `--oracle` draws with the true local-action label as the code (a fixed embedding per
 label, N(0, S²/D) rows with `--oracle-scale S`) instead of the action network's, and `--switch-weight W`
 multiplies the local reconstruction loss of switch transitions by W (both read the labels: experiments only;
@@ -194,8 +195,15 @@ def code_effect_record(lma: LocalMotionAnalysis, gma: SimpleNamespace, batch: Di
         mse = float(((image - targets).pow(2) * changed).sum() / (changed.sum() * 3).clamp_min(1))
         return 10 * math.log10(4.0 / mse) if mse > 0 else math.inf
 
+    # As evaluate.py: on the other transitions and per true local action (the label of frame t+1); None where a
+    # label has no transition in the windows
+    labels = batch["local_actions"][:, 1:]
+    per_label = [code_effect_db(errors[0], errors[1], labels == label) if bool((labels == label).any()) else None
+                 for label in range(int(labels.max()) + 1)]
     return {"code_effect_db": code_effect_db(errors[0], errors[1]),
             "code_effect_switch_db": code_effect_db(errors[0], errors[1], switches),
+            "code_effect_non_switch_db": code_effect_db(errors[0], errors[1], ~switches),
+            "code_effect_per_label_db": per_label,
             "switch_transitions": int(switches.sum()),
             "psnr_changed_pixels": changed_psnr(drawn[0]), "psnr_changed_pixels_random_codes": changed_psnr(drawn[1]),
             "psnr_changed_pixels_copy": changed_psnr(copy)}

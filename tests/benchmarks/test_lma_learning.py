@@ -8,6 +8,7 @@ options off the same 40 steps do not collapse yet either (5 codes, perplexity 4.
 of longer runs and what the options change there are in the README's experiment tables.
 """
 import json
+import math
 import os
 
 import numpy as np
@@ -79,10 +80,22 @@ def test_the_code_measures_tell_a_decoder_that_ignores_the_code(dataset_root):
     # untrained: 5e-5 dB
     assert abs(reading["psnr_one_step_rolled_codes"] - reading["psnr_one_step_eval"]) > 1e-6, reading
     assert reading["codes_used"] == 4 and 0.0 <= reading["code_recovery"] <= 1.0
+    # the code effect split as evaluate.py splits it: one entry per true label of frame t+1 up to the largest,
+    # None exactly where a label has no transition in these windows
+    labels = batch["local_actions"][:, 1:]
+    per_label = reading["code_effect_per_label_db"]
+    assert len(per_label) == int(labels.max()) + 1
+    assert [value is None for value in per_label] == [not bool((labels == k).any()) for k in range(len(per_label))]
+    assert any(abs(value) > 1e-9 for value in per_label if value is not None), per_label
+    assert math.isfinite(reading["code_effect_non_switch_db"])
     with torch.no_grad():  # the code's only way into the dynamics (no decoder_action here): cut
         lma.dynamics.local_projection.weight.zero_()
     ignoring = lma_alone.evaluate(lma, inputs, batch, 6)
     assert ignoring["psnr_one_step_rolled_codes"] == pytest.approx(ignoring["psnr_one_step_eval"], abs=1e-7)
+    for key in ("code_effect_db", "code_effect_switch_db", "code_effect_non_switch_db"):
+        assert ignoring[key] == pytest.approx(0.0, abs=1e-6), key
+    assert all(value == pytest.approx(0.0, abs=1e-6) for value in ignoring["code_effect_per_label_db"]
+               if value is not None)
 
 
 def test_the_action_recovery_term_trains(dataset_root, tmp_path):
