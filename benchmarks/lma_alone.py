@@ -76,6 +76,7 @@ from utils.config import load_config  # noqa: E402
 from utils.media import image_grid, save_png, to_uint8_images  # noqa: E402
 from utils.metrics import (  # noqa: E402
     code_effect_db,
+    code_effect_per_label,
     code_histogram,
     codes_used,
     mean_nmi_per_group,
@@ -195,11 +196,10 @@ def code_effect_record(lma: LocalMotionAnalysis, gma: SimpleNamespace, batch: Di
         mse = float(((image - targets).pow(2) * changed).sum() / (changed.sum() * 3).clamp_min(1))
         return 10 * math.log10(4.0 / mse) if mse > 0 else math.inf
 
-    # As evaluate.py: on the other transitions and per true local action (the label of frame t+1); None where a
-    # label has no transition in the windows
-    labels = batch["local_actions"][:, 1:]
-    per_label = [code_effect_db(errors[0], errors[1], labels == label) if bool((labels == label).any()) else None
-                 for label in range(int(labels.max()) + 1)]
+    # As evaluate.py: on the other transitions and per true local action (the label of frame t+1); None (JSON null)
+    # where a label has no transition in the windows
+    per_label = [None if count == 0 else value
+                 for value, count in code_effect_per_label(errors[0], errors[1], batch["local_actions"][:, 1:])]
     return {"code_effect_db": code_effect_db(errors[0], errors[1]),
             "code_effect_switch_db": code_effect_db(errors[0], errors[1], switches),
             "code_effect_non_switch_db": code_effect_db(errors[0], errors[1], ~switches),

@@ -8,7 +8,7 @@ Predicted shift t (frames t → t+1) is compared with the true shift stored at t
 from __future__ import annotations
 
 import math
-from typing import Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 
@@ -170,3 +170,16 @@ def code_effect_db(inferred_squared_errors: torch.Tensor, random_squared_errors:
     if inferred == 0:
         return math.inf if random > 0 else 0.0
     return 10.0 * math.log10(random / inferred) if random > 0 else -math.inf
+
+
+def code_effect_per_label(inferred_squared_errors: torch.Tensor, random_squared_errors: torch.Tensor,
+                          labels: torch.Tensor) -> List[Tuple[float, int]]:
+    """`code_effect_db` over each true local action's transitions: per label 0 … max of `labels` (same shape as the
+    errors; the label of frame t+1 for transition t → t+1), (dB, how many transitions) — NaN dB for a label without
+    any. Where the code pays: a turn shows on the switches, a walk phase on every transition of an animation."""
+    effects = []
+    for label in range(int(labels.max()) + 1 if labels.numel() else 0):
+        chosen = labels == label
+        effects.append((code_effect_db(inferred_squared_errors, random_squared_errors, chosen), int(chosen.sum())))
+    return effects
+

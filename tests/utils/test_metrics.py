@@ -141,3 +141,16 @@ def test_code_effect_is_zero_when_the_code_changes_nothing_and_positive_when_the
     assert code_effect_db(torch.zeros(2), torch.ones(2)) == math.inf
     with pytest.raises(ValueError, match="shapes differ"):
         code_effect_db(errors, errors[0])
+
+
+def test_code_effect_per_label_selects_each_labels_transitions_and_marks_absent_labels_nan():
+    from utils.metrics import code_effect_per_label
+
+    inferred = torch.tensor([[1.0, 2.0, 4.0], [1.0, 1.0, 1.0]])
+    random = torch.tensor([[10.0, 2.0, 4.0], [10.0, 1.0, 1.0]])
+    labels = torch.tensor([[0, 2, 2], [0, 2, 2]])  # no transition of label 1
+    (first, first_count), (second, second_count), (third, third_count) = code_effect_per_label(inferred, random, labels)
+    assert first == pytest.approx(10.0) and first_count == 2
+    assert math.isnan(second) and second_count == 0
+    assert third == 0.0 and third_count == 4  # the decoder draws these the same with any code
+    assert code_effect_per_label(inferred[:0], random[:0], labels[:0]) == []

@@ -65,6 +65,7 @@ from utils.distributed import DistributedContext, all_gather_objects
 from utils.errors import GlassError
 from utils.metrics import (
     code_effect_db,
+    code_effect_per_label,
     code_histogram,
     codes_used,
     direction_matches,
@@ -343,13 +344,8 @@ def summarize(records: Dict[str, torch.Tensor], num_actions: int, seed: int,
                 skipped["gt: code_effect_switch_db"] = "no labelled transition changes local action"
             if not switches.all():
                 results["gt/code_effect_non_switch_db"] = code_effect_db(inferred, random, ~switches)
-            # Which animations the code pays on: a turn shows on the switches, a walk phase or a residual
-            # motion the code carries on every transition of an animation.
-            labels = records["true_local_actions"][has_actions]
-            label_code_effects = []
-            for label in range(int(labels.max()) + 1):
-                chosen = labels == label
-                label_code_effects.append((code_effect_db(inferred, random, chosen), int(chosen.sum())))
+            # Which animations the code pays on
+            label_code_effects = code_effect_per_label(inferred, random, records["true_local_actions"][has_actions])
     # Would a user see another code? How different the next frame is with two different codes, in the character's
     # region, against how much the real video changes there (images in [0, 1]; issue 21 asks for a ratio ≥ 0.25).
     if "code_difference" in records:
