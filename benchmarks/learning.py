@@ -18,7 +18,8 @@ the evaluation's values and the means of the training log's LMA values since the
 RUNS_DIR/RUN/learning.png: one panel per curve — mask soft IoU (GT, RE one-step, RE single-image),
 sprite direction within 45°, local-action NMI (split and per character, with their random
 floors), codes used (GT, RE) and the training interval's, the code effect (all transitions,
-switches, and the training log's switches), the code difference ratio with the NMI of codes and
+switches, the training log's switches, and on switches with the best code per transition: the
+renderer's ceiling), the code difference ratio with the NMI of codes and
 character, generated-foreground PSNR (RE one-step, RE single-image) and the training log's
 ground-truth and autoregressive PSNR; grey dashed lines are issue 21's targets (mask IoU 0.7, RE
 0.5, 45° 0.9, NMI 0.15 / 0.35, 4 codes, 1 dB on switches, ratio 0.25). So one picture shows
@@ -60,7 +61,9 @@ PANELS: List[Tuple[str, List[Tuple[str, str, str]], List[Tuple[str, float]]]] = 
                     ("training interval", "train", "lma_codes_used")], [("GT", 4.0)]),
     ("code effect (dB): inferred minus random codes", [("all", "eval", "gt/code_effect_db"),
                                                        ("switches", "eval", "gt/code_effect_switch_db"),
-                                                       ("train switches", "train", "lma_code_effect_switch_db")],
+                                                       ("train switches", "train", "lma_code_effect_switch_db"),
+                                                       ("best code, switches", "eval",
+                                                        "gt/code_effect_best_switch_db")],
      [("switches", 1.0)]),
     ("two codes' difference / real change; codes-character NMI",
      [("ratio", "eval", "gt/code_difference_ratio"), ("codes-character", "eval", "gt/code_character_nmi")],

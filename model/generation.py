@@ -400,7 +400,9 @@ class CodeEffectErrors:
     GMA's mask of fₜ or of fₜ₊₁ is above 0.5; `region`: how many): `code_difference`, the sum over the region
     of |f̂ₜ₊₁ drawn with code k − the same with code l| (channel mean, images in [0, 1]) averaged over the pairs
     k < l of codebook rows — how different choosing another code makes the next frame — and `real_change`, the
-    sum over the region of |fₜ₊₁ − f̃ₜ| on the same scale: how much the real video changes beyond the shift."""
+    sum over the region of |fₜ₊₁ − f̃ₜ| on the same scale: how much the real video changes beyond the shift; and
+    `best`, the squared error (like `inferred`) of the codebook row that draws fₜ₊₁ best, chosen per transition: the
+    code effect the decoder could give if the action network always chose right, the renderer's ceiling."""
 
     inferred: torch.Tensor
     random: torch.Tensor
@@ -408,13 +410,14 @@ class CodeEffectErrors:
     code_difference: Optional[torch.Tensor] = None
     real_change: Optional[torch.Tensor] = None
     region: Optional[torch.Tensor] = None
+    best: Optional[torch.Tensor] = None
 
 
 def _code_differences(draw: Callable[[torch.Tensor], torch.Tensor], codebook: torch.Tensor, batch_size: int,
                       steps: int, foregrounds: torch.Tensor, shifted_foregrounds: torch.Tensor,
-                      masks: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """`CodeEffectErrors`' code_difference, real_change and region: `draw(codes (B, S, D))` → f̂ (B, S, 3, H, W)
-    is called once per codebook row, that row at every step."""
+                      masks: torch.Tensor, targets: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """`CodeEffectErrors`' code_difference, real_change, region and best: `draw(codes (B, S, D))` → f̂ (B, S, 3, H,
+    W) is called once per codebook row, that row at every step; `targets` (B, S, 3, H, W): fₜ₊₁."""
     region = (torch.maximum(masks[:, :steps], masks[:, 1:steps + 1]) > 0.5).float()  # (B, S, 1, H, W)
 
     def region_sum(difference: torch.Tensor) -> torch.Tensor:  # images in [−1, 1]: |a − b| / 2 is in [0, 1]
@@ -425,7 +428,8 @@ def _code_differences(draw: Callable[[torch.Tensor], torch.Tensor], codebook: to
     code_difference = torch.zeros(batch_size, steps, device=region.device)
     for k, j in pairs:
         code_difference = code_difference + region_sum(drawings[k] - drawings[j])
-    return {"code_difference": code_difference / max(len(pairs), 1),
+    errors = torch.stack([(drawing - targets).pow(2).sum(dim=(2, 3, 4)) for drawing in drawings], dim=-1)
+    return {"code_difference": code_difference / max(len(pairs), 1), "best": errors.min(dim=-1).values,
             "real_change": region_sum(foregrounds[:, 1:steps + 1].float() - shifted_foregrounds[:, :steps].float()),
             "region": region.sum(dim=(2, 3, 4))}
 
@@ -456,7 +460,7 @@ def code_effect_errors(lma: torch.nn.Module, foregrounds: torch.Tensor, shifted_
         errors = [(draw(codes).float() - targets).pow(2).sum(dim=(2, 3, 4))
                   for codes in (motion.actions.codes, codebook[random_ids.to(codebook.device)])]
         differences = (_code_differences(draw, codebook, foregrounds.shape[0], steps, foregrounds,
-                                         shifted_foregrounds, masks) if code_differences else {})
+                                         shifted_foregrounds, masks, targets) if code_differences else {})
     return CodeEffectErrors(inferred=errors[0], random=errors[1], action_ids=motion.actions.ids, **differences)
 
 
@@ -483,5 +487,5 @@ def video_code_effect_errors(model: Glass, video: torch.Tensor, generator: torch
                   for codes in (motion.codes, codebook[random_ids.to(codebook.device)])]
         batch_size, steps = motion.ids.shape
         differences = (_code_differences(draw, codebook, batch_size, steps, gma.foregrounds,
-                                         gma.shifted_foregrounds, gma.masks) if code_differences else {})
+                                         gma.shifted_foregrounds, gma.masks, targets) if code_differences else {})
         return CodeEffectErrors(inferred=errors[0], random=errors[1], action_ids=motion.ids, **differences)

@@ -57,8 +57,11 @@ def test_prints_the_table_and_appends_one_line_per_run(run_copy, capsys):
     # true local action, as numbers in the line and as a picture beside it
     assert "code effect, all transitions (dB)" in printed and "codes per true local action" in printed
     assert math.isfinite(results["gt/code_effect_db"])
+    # the renderer's ceiling: the best codebook row per transition draws at least as well as the inferred one
+    assert results["gt/code_effect_best_db"] >= results["gt/code_effect_db"] - 1e-6
     if first["counts"]["switch_transitions"]:
         assert math.isfinite(results["gt/code_effect_switch_db"])
+        assert results["gt/code_effect_best_switch_db"] >= results["gt/code_effect_switch_db"] - 1e-6
     # how different two codes' next frames are, against the real change, in the character's region
     assert "two codes' next frames differ by" in printed and "ratio (codes / real)" in printed
     assert results["gt/code_difference"] >= 0 and results["gt/real_change"] > 0

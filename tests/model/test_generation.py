@@ -238,6 +238,7 @@ def test_code_differences_are_zero_for_a_decoder_that_ignores_the_code_and_the_r
                                 code_differences=True)
     assert effect.code_difference.shape == effect.real_change.shape == effect.region.shape == (4, 1)
     assert float(effect.code_difference.abs().max()) == 0.0
+    assert torch.allclose(effect.best, effect.inferred, rtol=1e-6)  # every code draws the same: no ceiling above 0
     assert effect.region.tolist() == [[16.0 * 32]] * 4
     by_hand = ((foregrounds[:, 1] - shifted[:, 0]).abs().mean(dim=1) / 2).sum(dim=(1, 2))
     assert torch.allclose(effect.real_change[:, 0], by_hand, rtol=1e-5)
@@ -272,3 +273,9 @@ def test_code_difference_is_the_mean_over_code_pairs_of_what_each_code_draws(mak
     by_hand = sum(((drawings[k] - drawings[j]).abs().mean(dim=2) / 2).sum(dim=(2, 3)) for k, j in pairs) / len(pairs)
     assert len(pairs) == codebook.shape[0] * (codebook.shape[0] - 1) // 2 >= 1
     assert torch.allclose(effect.code_difference, by_hand, rtol=1e-5) and float(by_hand.min()) > 0
+    # the best code per transition: the least error over the rows, at most the inferred and the random codes' error
+    errors = torch.stack([(drawing - foregrounds[:, 1:]).pow(2).sum(dim=(2, 3, 4)) for drawing in drawings], dim=-1)
+    assert torch.allclose(effect.best, errors.min(dim=-1).values, rtol=1e-5)
+    for drawn in (effect.inferred, effect.random):
+        assert bool((effect.best <= drawn * (1 + 1e-5)).all())
+    assert bool((errors.max(dim=-1).values > effect.best).all())  # the rows draw differently, so the choice matters

@@ -158,7 +158,8 @@ def window_records(model: torch.nn.Module, batch: Dict[str, Any], protocol: str,
     `code_{inferred,random}_squared_error` (B, T−1): the one-step foregrounds drawn from the GMA's real
     foregrounds with the inferred codes and with codebook rows drawn uniformly (`seed`, the same draw for every
     batch) against fₜ₊₁ (`model.generation.video_code_effect_errors`); `switches`: the transitions where the true
-    local action changes; `code_difference`, `real_change`, `region` (B, T−1): how different the one-step
+    local action changes; `code_best_squared_error` (B, T−1): the same with the codebook row that draws fₜ₊₁ best
+    (the renderer's ceiling); `code_difference`, `real_change`, `region` (B, T−1): how different the one-step
     foregrounds drawn with two different codebook rows are, and how much fₜ₊₁ differs from f̃ₜ, summed over the
     character's region, and its size (`model.generation.CodeEffectErrors`).
     """
@@ -185,6 +186,7 @@ def window_records(model: torch.nn.Module, batch: Dict[str, Any], protocol: str,
     records["code_random_squared_error"] = effect.random.double().cpu()
     for key in ("code_difference", "real_change", "region"):
         records[key] = getattr(effect, key).double().cpu()
+    records["code_best_squared_error"] = effect.best.double().cpu()
     records["switches"] = switch_transitions(batch["local_actions"])
     for name, made in reconstructions.items():
         records[f"{name}_foreground_squared_error"] = _squared_error_sums(made.generated_foregrounds, real_foregrounds)
@@ -331,15 +333,22 @@ def summarize(records: Dict[str, torch.Tensor], num_actions: int, seed: int,
                                                                                      groups.flatten())
     # Does the decoder read the code? The code effect over all transitions, and on labelled windows over those where
     # the true local action changes, over the others and per true local action (0 dB when the decoder ignores the code).
+    # Rendering or discovery? The same with the codebook row that draws each transition best: what the decoder could
+    # give if the action network always chose right (its gap to the code effect is what the choice loses).
     if "code_inferred_squared_error" in records:
         inferred, random = records["code_inferred_squared_error"], records["code_random_squared_error"]
+        best = records.get("code_best_squared_error")
         results["gt/code_effect_db"] = code_effect_db(inferred, random)
+        if best is not None:
+            results["gt/code_effect_best_db"] = code_effect_db(best, random)
         if has_actions.any():
             inferred, random = inferred[has_actions], random[has_actions]
             switches = records["switches"][has_actions]
             counts["switch_transitions"] = int(switches.sum())
             if switches.any():
                 results["gt/code_effect_switch_db"] = code_effect_db(inferred, random, switches)
+                if best is not None:
+                    results["gt/code_effect_best_switch_db"] = code_effect_db(best[has_actions], random, switches)
             else:
                 skipped["gt: code_effect_switch_db"] = "no labelled transition changes local action"
             if not switches.all():
@@ -495,6 +504,8 @@ _TABLE_ROWS = [
     ("code_effect_db", "code effect, all transitions (dB)"),
     ("code_effect_switch_db", "  on switch transitions (dB)"),
     ("code_effect_non_switch_db", "  on the other transitions (dB)"),
+    ("code_effect_best_db", "  best code per transition (dB)"),
+    ("code_effect_best_switch_db", "    on switch transitions (dB)"),
     ("code_difference", "two codes' next frames differ by"),
     ("real_change", "  the real next frame changes by"),
     ("code_difference_ratio", "  ratio (codes / real)"),

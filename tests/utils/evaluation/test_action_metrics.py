@@ -201,10 +201,13 @@ def test_code_effect_over_switches_other_transitions_and_each_true_action():
                        predicted_shifts=[[[1.0, 0.0]] * 3] * 2, true_shifts=[[[1.0, 0.0]] * 3] * 2, sprite_ids=[1, 2])
     records.update({"code_inferred_squared_error": torch.tensor([[1.0, 1.0, 1.0], [2.0, 2.0, 2.0]]),
                     "code_random_squared_error": torch.tensor([[10.0, 1.0, 4.0], [2.0, 2.0, 2.0]]),
-                    "switches": torch.tensor([[False, False, True], [False, False, False]])})
+                    "switches": torch.tensor([[False, False, True], [False, False, False]]),
+                    "code_best_squared_error": torch.tensor([[1.0, 0.5, 0.5], [1.0, 2.0, 2.0]])})
     result = summarize(records, num_actions=2, seed=0)
     values = result.results
     assert values["gt/code_effect_db"] == pytest.approx(10 * math.log10(21 / 9))
+    assert values["gt/code_effect_best_db"] == pytest.approx(10 * math.log10(21 / 7))
+    assert values["gt/code_effect_best_switch_db"] == pytest.approx(10 * math.log10(4 / 0.5))
     assert values["gt/code_effect_switch_db"] == pytest.approx(10 * math.log10(4 / 1))
     assert values["gt/code_effect_non_switch_db"] == pytest.approx(10 * math.log10(17 / 8))
     (walk_front, front_count), (walk_left, left_count) = result.label_code_effects
@@ -212,6 +215,10 @@ def test_code_effect_over_switches_other_transitions_and_each_true_action():
     assert walk_left == pytest.approx(10 * math.log10(10 / 7)) and left_count == 4
     table = format_table(result)
     assert "on the other transitions (dB)" in table and "code effect per true local action" in table
+    assert "best code per transition (dB)" in table
+    without_best = summarize({key: value for key, value in records.items() if key != "code_best_squared_error"},
+                             num_actions=2, seed=0).results
+    assert "gt/code_effect_best_db" not in without_best and "gt/code_effect_best_switch_db" not in without_best
     assert f"  walk-front        {walk_front:>8.3f}     2" in table
     unlabelled = summarize({**records, "has_actions": torch.tensor([False, False])}, num_actions=2, seed=0)
     assert unlabelled.label_code_effects is None and "gt/code_effect_non_switch_db" not in unlabelled.results
