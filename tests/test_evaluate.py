@@ -72,6 +72,11 @@ def test_prints_the_table_and_appends_one_line_per_run(run_copy, capsys):
     per_label = first["local_action_code_effect"]
     assert [entry["transitions"] for entry in per_label] == [sum(row) for row in confusion]
     assert "code effect per true local action" in printed
+    # per kind of switch: the three kinds' transitions are the switches
+    kinds = first["switch_kind_code_effect"]
+    assert [entry["kind"] for entry in kinds] == ["turn front <-> side", "turn side <-> side", "same view"]
+    assert sum(entry["transitions"] for entry in kinds) == first["counts"]["switch_transitions"]
+    assert "code effect per kind of switch" in printed
     picture = os.path.join(run_copy["run_folder"], "metrics", "evaluate-val-one_step-step_000004-confusion.png")
     assert os.path.getsize(picture) > 0
     # the test split and the single-image protocol go to their own file

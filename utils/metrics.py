@@ -151,6 +151,31 @@ def switch_transitions(local_actions: torch.Tensor) -> torch.Tensor:
     return local_actions[:, 1:] != local_actions[:, :-1]
 
 
+# What a switch does to the character's view (labels named "<animation>-<view>", W-Sprites' `LOCAL_ACTION_NAMES`): 0 is
+# not a switch; a turn between the front and a side; a turn from one side to the other; another animation in the
+# same view. A turn draws the character from another side (new pixels), the last moves limbs it shows.
+SWITCH_KINDS = ("turn front <-> side", "turn side <-> side", "same view")
+
+
+def switch_kinds(local_actions: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
+    """Labels per frame (B, T) and each label's name → (B, T−1) int64: 0 where the label does not change, else
+    1 + the index in `SWITCH_KINDS` of what the switch does to the view, read from the names' last '-' part
+    ('front', 'left' or 'right'). Raises ValueError for a label without a name or a name without such a view."""
+    views = [name.rsplit("-", 1)[-1] for name in names]
+    if any(view not in ("front", "left", "right") for view in views):
+        raise ValueError(f"local action names must end in -front, -left or -right, got {list(names)}")
+    if local_actions.numel() and (int(local_actions.min()) < 0 or int(local_actions.max()) >= len(names)):
+        raise ValueError(f"local action labels must be in [0, {len(names)}), got "
+                         f"{int(local_actions.min())} … {int(local_actions.max())}")
+    switches = switch_transitions(local_actions)
+    side = torch.tensor([view != "front" for view in views], device=local_actions.device)[local_actions]
+    view = torch.tensor([("front", "left", "right").index(view) for view in views],
+                        device=local_actions.device)[local_actions]
+    before, after = view[:, :-1], view[:, 1:]
+    kinds = torch.where(before == after, 3, torch.where(side[:, :-1] & side[:, 1:], 2, 1))
+    return torch.where(switches, kinds, torch.zeros_like(kinds))
+
+
 def code_effect_db(inferred_squared_errors: torch.Tensor, random_squared_errors: torch.Tensor,
                    selected: torch.Tensor = None) -> float:
     """The code effect (the idea of Genie's ΔPSNR, Bruce et al. 2024): the PSNR of what the model drew with the

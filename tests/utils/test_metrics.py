@@ -127,6 +127,21 @@ def test_switch_transitions_are_where_the_label_changes():
         switch_transitions(torch.tensor([1, 2, 3]))
 
 
+def test_switch_kinds_tell_turns_between_front_and_side_from_side_to_side_and_same_view():
+    from data.wsprites.walk import LOCAL_ACTION_NAMES
+    from utils.metrics import SWITCH_KINDS, switch_kinds
+
+    # walk-front → walk-left (turn front/side) → walk-right (side to side) → spellcast-right (same view) →
+    # spellcast-front (turn side/front) → spellcast-front (no switch); slash-left → walk-left (same view)
+    labels = torch.tensor([[0, 1, 2, 5, 3, 3], [7, 1, 1, 1, 1, 1]])
+    assert switch_kinds(labels, LOCAL_ACTION_NAMES).tolist() == [[1, 2, 3, 1, 0], [3, 0, 0, 0, 0]]
+    assert SWITCH_KINDS[0].startswith("turn front") and len(SWITCH_KINDS) == 3
+    with pytest.raises(ValueError, match="-front, -left or -right"):
+        switch_kinds(labels, ["left", "right", "up"])
+    with pytest.raises(ValueError, match=r"in \[0, 3\)"):
+        switch_kinds(labels, ["a-front", "a-left", "a-right"])
+
+
 def test_code_effect_is_zero_when_the_code_changes_nothing_and_positive_when_the_inferred_code_draws_better():
     from utils.metrics import code_effect_db
 

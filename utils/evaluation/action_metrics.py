@@ -64,6 +64,7 @@ from utils.config import Config, load_config
 from utils.distributed import DistributedContext, all_gather_objects
 from utils.errors import GlassError
 from utils.metrics import (
+    SWITCH_KINDS,
     code_effect_db,
     code_effect_per_label,
     code_histogram,
@@ -76,6 +77,7 @@ from utils.metrics import (
     shift_errors,
     shifts_to_pixels,
     soft_iou_sums,
+    switch_kinds,
     switch_transitions,
 )
 from utils.training.batches import start_loader_worker
@@ -158,10 +160,11 @@ def window_records(model: torch.nn.Module, batch: Dict[str, Any], protocol: str,
     `code_{inferred,random}_squared_error` (B, T−1): the one-step foregrounds drawn from the GMA's real
     foregrounds with the inferred codes and with codebook rows drawn uniformly (`seed`, the same draw for every
     batch) against fₜ₊₁ (`model.generation.video_code_effect_errors`); `switches`: the transitions where the true
-    local action changes; `code_best_squared_error` (B, T−1): the same with the codebook row that draws fₜ₊₁ best
-    (the renderer's ceiling); `code_difference`, `real_change`, `region` (B, T−1): how different the one-step
-    foregrounds drawn with two different codebook rows are, and how much fₜ₊₁ differs from f̃ₜ, summed over the
-    character's region, and its size (`model.generation.CodeEffectErrors`).
+    local action changes, `switch_kinds` what each does to the view (`utils.metrics.switch_kinds`, −1 for a window
+    whose labels are not W-Sprites' nine); `code_best_squared_error` (B, T−1): the same with the codebook row that
+    draws fₜ₊₁ best (the renderer's ceiling); `code_difference`, `real_change`, `region` (B, T−1): how different
+    the one-step foregrounds drawn with two different codebook rows are, and how much fₜ₊₁ differs from f̃ₜ, summed
+    over the character's region, and its size (`model.generation.CodeEffectErrors`).
     """
     observations = batch["observations"].to(device)
     gma = video_gma(model, observations)  # once for the three inferences from the real video below
@@ -188,6 +191,10 @@ def window_records(model: torch.nn.Module, batch: Dict[str, Any], protocol: str,
         records[key] = getattr(effect, key).double().cpu()
     records["code_best_squared_error"] = effect.best.double().cpu()
     records["switches"] = switch_transitions(batch["local_actions"])
+    labels = batch["local_actions"]  # W-Sprites' names (as `confusion_row_labels`); −1 for a window beyond them
+    named = ((labels >= 0) & (labels < len(LOCAL_ACTION_NAMES))).all(dim=1)
+    kinds = switch_kinds(labels.clamp(0, len(LOCAL_ACTION_NAMES) - 1), LOCAL_ACTION_NAMES)
+    records["switch_kinds"] = torch.where(named[:, None], kinds, torch.full_like(kinds, -1))
     for name, made in reconstructions.items():
         records[f"{name}_foreground_squared_error"] = _squared_error_sums(made.generated_foregrounds, real_foregrounds)
         records[f"{name}_frame_squared_error"] = _squared_error_sums(made.frames[:, 1:], observations[:, 1:])
@@ -224,6 +231,9 @@ class EvaluationResult:
     # gt: per true local action (rows as `confusion`), the code effect in dB over its labelled transitions and how
     # many there are (NaN dB for a label without transitions); None without labels or without the code effect
     label_code_effects: Optional[List[Tuple[float, int]]] = None
+    # gt: per kind of switch (`utils.metrics.SWITCH_KINDS`: a turn between front and side, from side to side, another
+    # animation in the same view), (kind, code effect dB, with the best code per transition dB, how many transitions)
+    switch_kind_code_effects: Optional[List[Tuple[str, float, float, int]]] = None
 
 
 def _shift_metrics(predicted: torch.Tensor, reference: torch.Tensor, prefix: str) -> Tuple[Dict[str, float], int]:
@@ -257,6 +267,7 @@ def summarize(records: Dict[str, torch.Tensor], num_actions: int, seed: int,
     histograms: Dict[str, List[int]] = {}
     confusion: Optional[List[List[int]]] = None
     label_code_effects: Optional[List[Tuple[float, int]]] = None
+    switch_kind_code_effects: Optional[List[Tuple[str, float, float, int]]] = None
     reconstructions = [("re", "generated")]
     if "other_action_ids" in records:
         reconstructions.append((f"re_{other_protocol(protocol)}", "other"))
@@ -355,6 +366,13 @@ def summarize(records: Dict[str, torch.Tensor], num_actions: int, seed: int,
                 results["gt/code_effect_non_switch_db"] = code_effect_db(inferred, random, ~switches)
             # Which animations the code pays on
             label_code_effects = code_effect_per_label(inferred, random, records["true_local_actions"][has_actions])
+            # Which switches: a turn draws the character from another side, another animation moves what it shows
+            if "switch_kinds" in records and best is not None:
+                kinds = records["switch_kinds"][has_actions]
+                switch_kind_code_effects = [
+                    (name, code_effect_db(inferred, random, kinds == kind),
+                     code_effect_db(best[has_actions], random, kinds == kind), int((kinds == kind).sum()))
+                    for kind, name in enumerate(SWITCH_KINDS, start=1)]
     # Would a user see another code? How different the next frame is with two different codes, in the character's
     # region, against how much the real video changes there (images in [0, 1]; issue 21 asks for a ratio ≥ 0.25).
     if "code_difference" in records:
@@ -377,7 +395,8 @@ def summarize(records: Dict[str, torch.Tensor], num_actions: int, seed: int,
                 mse = float(records[key].sum() / records["image_elements"].sum())
                 results[f"{variant}/{image}_psnr"] = 10 * math.log10(4.0 / mse) if mse > 0 else math.inf
     return EvaluationResult(results=results, skipped=skipped, counts=counts, histograms=histograms,
-                            confusion=confusion, label_code_effects=label_code_effects)
+                            confusion=confusion, label_code_effects=label_code_effects,
+                            switch_kind_code_effects=switch_kind_code_effects)
 
 
 def local_action_confusion(true_labels: torch.Tensor, ids: torch.Tensor, num_actions: int) -> torch.Tensor:
@@ -483,7 +502,12 @@ def result_record(result: EvaluationResult, trained: TrainedModel, run_folder: s
             "histograms": result.histograms, "local_action_confusion": result.confusion,
             "local_action_code_effect": (None if result.label_code_effects is None else
                                          [{"code_effect_db": None if math.isnan(value) else value,
-                                           "transitions": count} for value, count in result.label_code_effects])}
+                                           "transitions": count} for value, count in result.label_code_effects]),
+            "switch_kind_code_effect": (None if result.switch_kind_code_effects is None else
+                                        [{"kind": kind, "code_effect_db": None if math.isnan(value) else value,
+                                          "best_code_effect_db": None if math.isnan(best) else best,
+                                          "transitions": count}
+                                         for kind, value, best, count in result.switch_kind_code_effects])}
 
 
 _TABLE_ROWS = [
@@ -544,6 +568,11 @@ def format_table(result: EvaluationResult, protocol: str = "one_step") -> str:
         for name, (value, count) in zip(confusion_row_labels(len(result.label_code_effects)),
                                         result.label_code_effects):
             lines.append(f"  {name:<18}{'—' if math.isnan(value) else f'{value:.3f}':>8}{count:>6}")
+    if result.switch_kind_code_effects is not None:
+        lines.append("code effect per kind of switch (GT; dB, with the best code per transition, how many):")
+        for name, value, best, count in result.switch_kind_code_effects:
+            cells = "".join(f"{'—' if math.isnan(number) else f'{number:.3f}':>8}" for number in (value, best))
+            lines.append(f"  {name:<22}{cells}{count:>6}")
     for what, reason in result.skipped.items():
         lines.append(f"skipped {what}: {reason}")
     return "\n".join(lines)

@@ -202,7 +202,8 @@ def test_code_effect_over_switches_other_transitions_and_each_true_action():
     records.update({"code_inferred_squared_error": torch.tensor([[1.0, 1.0, 1.0], [2.0, 2.0, 2.0]]),
                     "code_random_squared_error": torch.tensor([[10.0, 1.0, 4.0], [2.0, 2.0, 2.0]]),
                     "switches": torch.tensor([[False, False, True], [False, False, False]]),
-                    "code_best_squared_error": torch.tensor([[1.0, 0.5, 0.5], [1.0, 2.0, 2.0]])})
+                    "code_best_squared_error": torch.tensor([[1.0, 0.5, 0.5], [1.0, 2.0, 2.0]]),
+                    "switch_kinds": torch.tensor([[0, 0, 1], [0, 0, 0]])})
     result = summarize(records, num_actions=2, seed=0)
     values = result.results
     assert values["gt/code_effect_db"] == pytest.approx(10 * math.log10(21 / 9))
@@ -216,6 +217,11 @@ def test_code_effect_over_switches_other_transitions_and_each_true_action():
     table = format_table(result)
     assert "on the other transitions (dB)" in table and "code effect per true local action" in table
     assert "best code per transition (dB)" in table
+    # per kind of switch: the one switch (a turn between front and side), none of the other two kinds
+    (turn, turn_db, turn_best, turn_count), (_, side_db, _, side_count), _ = result.switch_kind_code_effects
+    assert turn.startswith("turn front") and turn_count == 1 and side_count == 0 and math.isnan(side_db)
+    assert turn_db == pytest.approx(10 * math.log10(4 / 1)) and turn_best == pytest.approx(10 * math.log10(4 / 0.5))
+    assert "code effect per kind of switch" in table and f"  {turn:<22}{turn_db:>8.3f}{turn_best:>8.3f}     1" in table
     without_best = summarize({key: value for key, value in records.items() if key != "code_best_squared_error"},
                              num_actions=2, seed=0).results
     assert "gt/code_effect_best_db" not in without_best and "gt/code_effect_best_switch_db" not in without_best
