@@ -32,7 +32,8 @@ that change beyond the shift (`psnr_changed_pixels`, with random codes, and of t
 change of code marks a true switch on the transitions t ≥ 1 (`code_switch_precision`, `code_switch_recall`,
 `code_switch_share`: what `loss.code_switch_weight` weighs). `--action-cycle W` trains with the recovery
 as a cross-entropy term; `--oracle` draws with the true local-action label as the code (a fixed embedding per
-label, N(0, S²/D) rows with `--oracle-scale S`) instead of the action network's, and `--switch-weight W`
+label, N(0, S²/D) rows with `--oracle-scale S`; `--oracle-merge-sides`: one row for a left and a right
+animation) instead of the action network's, and `--switch-weight W`
 multiplies the local reconstruction loss of switch transitions by W (both read the labels: experiments only;
 docs/local-actions.md).
 Writes OUT/curves.json (one record per evaluation), OUT/step_N.png (per window: the true
@@ -73,6 +74,7 @@ from model.losses import (  # noqa: E402
 from model.vgg import build_vgg_features  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.config import load_config  # noqa: E402
+from utils.errors import GlassError  # noqa: E402
 from utils.media import image_grid, save_png, to_uint8_images  # noqa: E402
 from utils.metrics import (  # noqa: E402
     code_effect_db,
@@ -149,12 +151,21 @@ def crop_windows(batch: Dict[str, Any], size) -> Dict[str, Any]:
 class OracleCodes(torch.nn.Module):
     """`--oracle`: the true local-action label of each transition as its code: a fixed (not trained) random
     embedding per label, N(0, 1/D) rows, fed where the quantised code goes (dynamics, and the decoder with
-    `decoder_action`). Asks whether the decoder can draw the labelled pose change when it is told it."""
+    `decoder_action`). Asks whether the decoder can draw the labelled pose change when it is told it.
+    `merge_sides` (`--oracle-merge-sides`): each '-right' label gets the row of its '-left' twin, as the codes the
+    whole model discovers do — one code for both sides (W-Sprites' names, `LOCAL_ACTION_NAMES`)."""
 
-    def __init__(self, num_labels: int, code_dim: int, seed: int, scale: float = 1.0):
+    def __init__(self, num_labels: int, code_dim: int, seed: int, scale: float = 1.0, merge_sides: bool = False):
         super().__init__()
         generator = torch.Generator().manual_seed(seed + 7)
-        self.register_buffer("table", torch.randn(num_labels, code_dim, generator=generator) * scale / code_dim ** 0.5)
+        table = torch.randn(num_labels, code_dim, generator=generator) * scale / code_dim ** 0.5
+        if merge_sides:
+            names = list(LOCAL_ACTION_NAMES[:num_labels])
+            for label, name in enumerate(names):
+                twin = name[:-len("right")] + "left"
+                if name.endswith("-right") and twin in names:
+                    table[label] = table[names.index(twin)]
+        self.register_buffer("table", table)
 
     def forward(self, local_actions: torch.Tensor) -> torch.Tensor:
         """Labels per frame (B, T) → the codes of the transitions t → t+1, those of frame t+1: (B, T−1, D)."""
@@ -389,6 +400,9 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("--oracle", action="store_true",
                         help="experiment: the true local-action label of each transition as its code (a fixed "
                              "embedding per label, see OracleCodes) instead of the action network's")
+    parser.add_argument("--oracle-merge-sides", action="store_true",
+                        help="experiment, with --oracle: a left and a right animation share one code (as the "
+                             "discovered codes do): is a turn to a side drawn when the code does not say which?")
     parser.add_argument("--oracle-scale", type=float, default=1.0, metavar="S",
                         help="experiment: the oracle's embedding rows are N(0, S²/D) (default 1: unit-length rows)")
     parser.add_argument("--switch-weight", type=float, default=1.0, metavar="W",
@@ -407,6 +421,8 @@ def main(argv: List[str] = None) -> int:
     args = parser.parse_args(argv)
     if args.random_switches is not None and (args.switch_weight == 1.0 or not 0.0 <= args.random_switches <= 1.0):
         parser.error("--random-switches P needs --switch-weight W (W != 1) and P in [0, 1]")
+    if args.oracle_merge_sides and not args.oracle:
+        raise GlassError("--oracle-merge-sides: needs --oracle")
     if args.blob_masks < 0:
         parser.error(f"--blob-masks R: a radius in pixels >= 0 (0 = the true masks), got {args.blob_masks}")
     torch.set_num_threads(args.threads)
@@ -449,8 +465,8 @@ def main(argv: List[str] = None) -> int:
     curves: List[Dict[str, Any]] = []
     step, started, train_ids, train_seconds = 0, time.time(), [], 0.0
     control_generator = torch.Generator().manual_seed(args.seed + 11)  # --random-switches
-    oracle = OracleCodes(len(LOCAL_ACTION_NAMES), config.model.lma.action_dim, args.seed,
-                          args.oracle_scale) if args.oracle else None
+    oracle = OracleCodes(len(LOCAL_ACTION_NAMES), config.model.lma.action_dim, args.seed, args.oracle_scale,
+                         merge_sides=args.oracle_merge_sides) if args.oracle else None
     usage, restarted, every = torch.zeros(num_actions), 0, config.training.codebook_restart_every
     lma.train()
 

@@ -17,6 +17,7 @@ import torch
 
 from benchmarks import lma_alone
 from tests.small_model import SMALL_MODEL
+from utils.errors import GlassError
 
 pytestmark = pytest.mark.usefixtures("two_torch_threads")
 
@@ -259,3 +260,21 @@ def test_the_switch_sheet_draws_each_code_at_the_switch_transitions(dataset_root
     assert np.array_equal(cell(1, 4), to_uint8_images(drawn[0][2, 0]))  # window 2's switch drawn with code "c"
     assert lma_alone.switch_sheet(lma, inputs, dict(batch, local_actions=torch.zeros(4, 6, dtype=torch.int64)),
                                   one_step, rows, ["a", "b", "c"]) is None
+
+
+def test_the_oracle_with_merged_sides_gives_a_left_and_a_right_animation_one_code():
+    from data.wsprites.walk import LOCAL_ACTION_NAMES
+
+    plain = lma_alone.OracleCodes(len(LOCAL_ACTION_NAMES), 16, seed=0)
+    merged = lma_alone.OracleCodes(len(LOCAL_ACTION_NAMES), 16, seed=0, merge_sides=True)
+    names = list(LOCAL_ACTION_NAMES)
+    for label, name in enumerate(names):
+        twin = names.index(name.replace("-right", "-left")) if name.endswith("-right") else label
+        assert torch.equal(merged.table[label], plain.table[twin]), name  # the rest keep their own rows
+    assert len({tuple(row.tolist()) for row in merged.table}) == 6
+    assert len({tuple(row.tolist()) for row in plain.table}) == 9
+    # walk-left → walk-right → walk-front: the turn to the right is told with walk-left's row, the turn to the front not
+    codes = merged(torch.tensor([[1, 2, 0]]))
+    assert torch.equal(codes[0, 0], plain.table[1]) and torch.equal(codes[0, 1], plain.table[0])
+    with pytest.raises(GlassError, match="needs --oracle"):
+        lma_alone.main(["--out", "unused", "--oracle-merge-sides"])
