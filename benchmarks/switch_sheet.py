@@ -27,7 +27,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from data.video_dataset import collate_videos  # noqa: E402
-from model.generation import video_gma  # noqa: E402
+from model.generation import video_code_drawings  # noqa: E402
 from model.glass import refit_action_reader_statistics  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.errors import GlassError  # noqa: E402
@@ -64,27 +64,8 @@ def switch_rows(model: torch.nn.Module, batch: dict, limit: int) -> List[tuple]:
     """Up to `limit` (label text, images (2 + 1 + K, 3, H, W)) for the switch transitions of one labelled batch."""
     if model.glimpse is not None:
         raise GlassError("benchmarks/switch_sheet.py: a model with model.lma.glimpse is not supported")
-    video = batch["observations"]
-    gma = video_gma(model, video)
-    lma = model.lma
-    lma_mode = lma.training
-    lma.eval()
-    try:
-        with torch.no_grad():
-            foregrounds, masks = gma.foregrounds, gma.masks
-            motion = lma.infer_motion(foregrounds, gma.shifted_foregrounds, gma.foreground_shifts, masks=masks)
-            steps = motion.foreground_shifts.shape[1]
-
-            def draw(codes: torch.Tensor) -> torch.Tensor:
-                generated, _ = lma.unroll(motion.states[:, :steps], motion.foreground_shifts, codes,
-                                          ground_truth_foregrounds=foregrounds[:, :steps],
-                                          ground_truth_masks=masks[:, :steps])
-                return generated[0]
-
-            codebook = lma.action_network.codebook
-            drawings = [draw(motion.actions.codes)] + [draw(row.expand(video.shape[0], steps, -1)) for row in codebook]
-    finally:
-        lma.train(lma_mode)
+    gma, motion, drawings = video_code_drawings(model, batch["observations"])
+    foregrounds, masks = gma.foregrounds, gma.masks
     labels = batch["local_actions"]
     names = confusion_row_labels(int(labels.max()) + 1)
     switches = switch_transitions(labels) & batch["has_actions"][:, None]

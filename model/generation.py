@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, replace
-from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -434,6 +434,41 @@ def _code_differences(draw: Callable[[torch.Tensor], torch.Tensor], codebook: to
             "region": region.sum(dim=(2, 3, 4))}
 
 
+def one_step_drawer(lma: torch.nn.Module, foregrounds: torch.Tensor, shifted_foregrounds: torch.Tensor,
+                    foreground_shifts: torch.Tensor, masks: Optional[torch.Tensor]
+                    ) -> Tuple[InferredMotion, Callable[[torch.Tensor], torch.Tensor]]:
+    """The LMA's motion inferred from real foregrounds (as `code_effect_errors` takes them) and `draw(codes (B, S, D))`
+    → f̂ (B, S, 3, H, W): every f̂ₜ₊₁ drawn from the real fₜ (T_f = T−1) with the given codes. The caller sets the
+    mode (`code_effect_errors` and `video_code_drawings`: eval, without gradients)."""
+    motion = lma.infer_motion(foregrounds, shifted_foregrounds, foreground_shifts, masks=masks)
+    steps = motion.foreground_shifts.shape[1]
+
+    def draw(codes: torch.Tensor) -> torch.Tensor:
+        generated, _ = lma.unroll(motion.states[:, :steps], motion.foreground_shifts, codes,
+                                  ground_truth_foregrounds=foregrounds[:, :steps],
+                                  ground_truth_masks=None if masks is None else masks[:, :steps])
+        return generated[0]
+
+    return motion, draw
+
+
+def video_code_drawings(model: Glass, video: torch.Tensor) -> Tuple[GMAOutput, InferredMotion, List[torch.Tensor]]:
+    """What the code effect compares, as pictures: of a real video (B, T, 3, H, W), the GMA's output, the LMA's
+    inferred motion and the one-step drawings (B, T−1, 3, H, W) with the inferred codes, then with each codebook row
+    at every step — in eval mode without gradients (the model's mode restored after). Not for `model.lma.glimpse`
+    (ValueError)."""
+    if model.glimpse is not None:
+        raise ValueError("video_code_drawings: a model with model.lma.glimpse is not supported")
+    with _generating(model):
+        gma = model.gma(video)
+        motion, draw = one_step_drawer(model.lma, gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts,
+                                       gma.masks)
+        steps = motion.foreground_shifts.shape[1]
+        codebook = model.lma.action_network.codebook
+        drawings = [draw(motion.actions.codes)] + [draw(row.expand(video.shape[0], steps, -1)) for row in codebook]
+    return gma, motion, drawings
+
+
 def code_effect_errors(lma: torch.nn.Module, foregrounds: torch.Tensor, shifted_foregrounds: torch.Tensor,
                        foreground_shifts: torch.Tensor, masks: Optional[torch.Tensor],
                        generator: torch.Generator, code_differences: bool = False) -> CodeEffectErrors:
@@ -445,18 +480,11 @@ def code_effect_errors(lma: torch.nn.Module, foregrounds: torch.Tensor, shifted_
     if code_differences and masks is None:
         raise ValueError("code_differences needs the masks (the character's region)")
     with _generating(lma):
-        motion = lma.infer_motion(foregrounds, shifted_foregrounds, foreground_shifts, masks=masks)
+        motion, draw = one_step_drawer(lma, foregrounds, shifted_foregrounds, foreground_shifts, masks)
         steps = motion.foreground_shifts.shape[1]
         codebook = lma.action_network.codebook
         random_ids = torch.randint(0, codebook.shape[0], (foregrounds.shape[0], steps), generator=generator)
         targets = foregrounds[:, 1:].float()
-
-        def draw(codes: torch.Tensor) -> torch.Tensor:
-            generated, _ = lma.unroll(motion.states[:, :steps], motion.foreground_shifts, codes,
-                                      ground_truth_foregrounds=foregrounds[:, :steps],
-                                      ground_truth_masks=None if masks is None else masks[:, :steps])
-            return generated[0]
-
         errors = [(draw(codes).float() - targets).pow(2).sum(dim=(2, 3, 4))
                   for codes in (motion.actions.codes, codebook[random_ids.to(codebook.device)])]
         differences = (_code_differences(draw, codebook, foregrounds.shape[0], steps, foregrounds,

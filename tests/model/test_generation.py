@@ -14,6 +14,7 @@ from model.generation import (
     reconstruct,
     start_play,
     transfer_motion,
+    video_code_drawings,
     video_code_effect_errors,
     video_gma,
 )
@@ -75,6 +76,21 @@ def test_a_given_gma_output_gives_what_the_gma_would(calibrated_model, small_vid
     # and it is what is used: another video's GMA output changes the reconstruction
     other = video_gma(model, small_video.flip(1))
     assert not torch.equal(reconstruct(model, small_video, gma=other).frames, reconstruct(model, small_video).frames)
+
+
+def test_video_code_drawings_are_what_the_code_effect_measures(calibrated_model, small_video):
+    """benchmarks/switch_sheet.py's pictures: the inferred codes' drawing and each codebook row's, the same draws as
+    the code effect's (its inferred error and its best row's), the model's mode restored."""
+    model = calibrated_model(action_from_masks=True, decoder_skip=True, decoder_skip_mask=True)
+    model.train()
+    gma, motion, drawings = video_code_drawings(model, small_video)
+    assert model.training
+    codebook = model.lma.action_network.codebook
+    assert len(drawings) == 1 + codebook.shape[0] and motion.actions.ids.shape == drawings[0].shape[:2]
+    effect = video_code_effect_errors(model, small_video, torch.Generator().manual_seed(0), code_differences=True)
+    errors = [(drawing - gma.foregrounds[:, 1:]).pow(2).sum(dim=(2, 3, 4)) for drawing in drawings]
+    assert torch.allclose(errors[0], effect.inferred, rtol=1e-5)
+    assert torch.allclose(torch.stack(errors[1:], dim=-1).min(dim=-1).values, effect.best, rtol=1e-5)
 
 
 def test_the_protocols_agree_on_the_first_step_only(calibrated_model, small_video):
