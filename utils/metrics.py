@@ -168,11 +168,10 @@ def switch_kinds(local_actions: torch.Tensor, names: Sequence[str]) -> torch.Ten
         raise ValueError(f"local action labels must be in [0, {len(names)}), got "
                          f"{int(local_actions.min())} … {int(local_actions.max())}")
     switches = switch_transitions(local_actions)
-    side = torch.tensor([view != "front" for view in views], device=local_actions.device)[local_actions]
     view = torch.tensor([("front", "left", "right").index(view) for view in views],
-                        device=local_actions.device)[local_actions]
+                        device=local_actions.device)[local_actions]  # 0 front, 1 left, 2 right
     before, after = view[:, :-1], view[:, 1:]
-    kinds = torch.where(before == after, 3, torch.where(side[:, :-1] & side[:, 1:], 2, 1))
+    kinds = torch.where(before == after, 3, torch.where((before != 0) & (after != 0), 2, 1))
     return torch.where(switches, kinds, torch.zeros_like(kinds))
 
 

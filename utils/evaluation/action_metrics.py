@@ -354,12 +354,13 @@ def summarize(records: Dict[str, torch.Tensor], num_actions: int, seed: int,
             results["gt/code_effect_best_db"] = code_effect_db(best, random)
         if has_actions.any():
             inferred, random = inferred[has_actions], random[has_actions]
+            best = None if best is None else best[has_actions]
             switches = records["switches"][has_actions]
             counts["switch_transitions"] = int(switches.sum())
             if switches.any():
                 results["gt/code_effect_switch_db"] = code_effect_db(inferred, random, switches)
                 if best is not None:
-                    results["gt/code_effect_best_switch_db"] = code_effect_db(best[has_actions], random, switches)
+                    results["gt/code_effect_best_switch_db"] = code_effect_db(best, random, switches)
             else:
                 skipped["gt: code_effect_switch_db"] = "no labelled transition changes local action"
             if not switches.all():
@@ -370,8 +371,8 @@ def summarize(records: Dict[str, torch.Tensor], num_actions: int, seed: int,
             if "switch_kinds" in records and best is not None:
                 kinds = records["switch_kinds"][has_actions]
                 switch_kind_code_effects = [
-                    (name, code_effect_db(inferred, random, kinds == kind),
-                     code_effect_db(best[has_actions], random, kinds == kind), int((kinds == kind).sum()))
+                    (name, code_effect_db(inferred, random, kinds == kind), code_effect_db(best, random, kinds == kind),
+                     int((kinds == kind).sum()))
                     for kind, name in enumerate(SWITCH_KINDS, start=1)]
     # Would a user see another code? How different the next frame is with two different codes, in the character's
     # region, against how much the real video changes there (images in [0, 1]; issue 21 asks for a ratio ≥ 0.25).
