@@ -172,6 +172,53 @@ class OracleCodes(torch.nn.Module):
         return self.table[local_actions[:, 1:]]
 
 
+def oracle_labels(batch: Dict[str, Any]) -> torch.Tensor:
+    """What the oracle is told per frame (B, T): the code ids of a trained run (`--oracle-codes`, attached by
+    `attach_run_codes`) or else the true local-action labels."""
+    return batch.get("oracle_labels", batch["local_actions"])
+
+
+def run_code_ids(run_folder: str, step: int, splits: List[str]) -> Tuple[Dict[str, torch.Tensor], int]:
+    """`--oracle-codes`: the code id the action network of a trained run (`run_folder`, checkpoint `step`, None: the
+    latest; eval mode, as the frozen readers infer them in training after `training.action_freeze_step`) gives every
+    transition of every video of `splits` of the run's own data: {video name: ids (frames − 1,)}, id t for the
+    transition t → t+1, each video read whole; and the run's number of codes."""
+    from model.generation import one_step_drawer, video_gma
+    from model.trained import load_trained_model
+
+    trained = load_trained_model(run_folder, step, "cpu")
+    if trained.model.glimpse is not None:
+        raise GlassError(f"--oracle-codes {run_folder}: a model with model.lma.glimpse is not supported")
+    if trained.config.data.frame_spacing() != 1:
+        raise GlassError(f"--oracle-codes {run_folder}: needs consecutive frames (its data's frame spacing is not 1)")
+    codes: Dict[str, torch.Tensor] = {}
+    for split in splits:
+        dataset = VideoDataset(trained.config.data, split)
+        for index, video in enumerate(dataset.videos):
+            item = dataset[(index, len(video))]  # the whole video (the start of a full-length window is 0)
+            with torch.no_grad():
+                gma = video_gma(trained.model, item["observations"][None])
+                motion, _ = one_step_drawer(trained.model.lma, gma.foregrounds, gma.shifted_foregrounds,
+                                            gma.foreground_shifts, gma.masks)
+            codes[video.name] = motion.actions.ids[0].clone()
+    return codes, trained.config.model.lma.num_actions
+
+
+def attach_run_codes(batch: Dict[str, Any], codes: Dict[str, torch.Tensor]) -> Dict[str, Any]:
+    """The batch with "oracle_labels" (B, T): for frame t ≥ 1 the run's code id of transition t−1 → t of its video
+    (`run_code_ids`), for frame 0 that of the transition into the window (the first transition's own where the
+    window starts the video), so that `oracle_labels(batch)[:, 1:]` are the window's transitions' codes."""
+    length = batch["local_actions"].shape[1]
+    labels = []
+    for name, start in zip(batch["video_name"], batch["start_frame"].tolist()):
+        if name not in codes:
+            raise GlassError(f"--oracle-codes: the run's data has no video {name} (trained on another dataset?)")
+        ids = codes[name]
+        window = ids[start:start + length - 1]
+        labels.append(torch.cat([ids[start - 1:start] if start > 0 else window[:1], window]))
+    return dict(batch, oracle_labels=torch.stack(labels))
+
+
 def oracle_forward(lma: LocalMotionAnalysis, gma: SimpleNamespace, codes: torch.Tensor,
                    ground_truth_steps: int) -> LMAOutput:
     """The LMA's forward with the given codes (B, T−1, D) instead of the inferred ones (no quantiser loss)."""
@@ -248,7 +295,7 @@ def evaluate(lma: LocalMotionAnalysis, gma: SimpleNamespace, batch: Dict[str, An
     record: Dict[str, Any] = {}
     lma.eval()
     if oracle is not None:
-        codes = oracle(batch["local_actions"])
+        codes = oracle(oracle_labels(batch))
         one_step = oracle_forward(lma, gma, codes, length - 1)
         single = oracle_forward(lma, gma, codes, 1)
         lma.train()
@@ -308,7 +355,8 @@ def evaluate(lma: LocalMotionAnalysis, gma: SimpleNamespace, batch: Dict[str, An
     lma.train()
     if oracle is not None:
         # short column names ("spell-l" for spellcast-left): the sheet's cells are as narrow as the frames
-        code_names = [f"{name.split('-')[0][:5]}-{name.split('-')[1][0]}" for name in LOCAL_ACTION_NAMES]
+        code_names = ([f"{name.split('-')[0][:5]}-{name.split('-')[1][0]}" for name in LOCAL_ACTION_NAMES]
+                      if "oracle_labels" not in batch else [f"code {k}" for k in range(oracle.table.shape[0])])
         code_rows = oracle.table
     else:
         code_rows, code_names = lma.action_network.codebook, [f"code {k}" for k in range(num_actions)]
@@ -403,6 +451,16 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("--oracle-merge-sides", action="store_true",
                         help="experiment, with --oracle: a left and a right animation share one code (as the "
                              "discovered codes do): is a turn to a side drawn when the code does not say which?")
+    parser.add_argument("--oracle-codes", default=None, metavar="RUN_FOLDER",
+                        help="experiment, with --oracle: the oracle is told the code ids a trained run's action "
+                             "network gives each transition (checkpoint --oracle-codes-step) instead of the true "
+                             "labels: can the decoder draw the turns with the codes that run discovered?")
+    parser.add_argument("--oracle-codes-step", type=int, default=None, metavar="N",
+                        help="the checkpoint of --oracle-codes (default: its latest)")
+    parser.add_argument("--switch-on", choices=("labels", "codes"), default="labels",
+                        help="experiment, with --switch-weight: weigh the transitions where the true label changes "
+                             "(default) or, as loss.code_switch_weight, those where the code changes (t >= 1 of a "
+                             "window; the oracle's told codes under --oracle)")
     parser.add_argument("--oracle-scale", type=float, default=1.0, metavar="S",
                         help="experiment: the oracle's embedding rows are N(0, S²/D) (default 1: unit-length rows)")
     parser.add_argument("--switch-weight", type=float, default=1.0, metavar="W",
@@ -421,8 +479,14 @@ def main(argv: List[str] = None) -> int:
     args = parser.parse_args(argv)
     if args.random_switches is not None and (args.switch_weight == 1.0 or not 0.0 <= args.random_switches <= 1.0):
         parser.error("--random-switches P needs --switch-weight W (W != 1) and P in [0, 1]")
+    if args.switch_on == "codes" and args.switch_weight == 1.0:
+        parser.error("--switch-on codes needs --switch-weight W (W != 1)")
     if args.oracle_merge_sides and not args.oracle:
         raise GlassError("--oracle-merge-sides: needs --oracle")
+    if args.oracle_codes is not None and (not args.oracle or args.oracle_merge_sides):
+        raise GlassError("--oracle-codes: needs --oracle, and not --oracle-merge-sides")
+    if args.oracle_codes is not None and not os.path.isdir(args.oracle_codes):
+        raise GlassError(f"--oracle-codes {args.oracle_codes}: no such run folder")
     if args.blob_masks < 0:
         parser.error(f"--blob-masks R: a radius in pixels >= 0 (0 = the true masks), got {args.blob_masks}")
     torch.set_num_threads(args.threads)
@@ -442,6 +506,17 @@ def main(argv: List[str] = None) -> int:
     generator = torch.Generator().manual_seed(args.seed)
     val_items = torch.randperm(len(val_set), generator=generator)[:args.eval_windows].tolist()
     val_batch = collate_videos([val_set[i] for i in val_items])
+    run_codes, num_labels = None, len(LOCAL_ACTION_NAMES)
+    if args.oracle_codes is not None:
+        started_codes = time.time()
+        run_codes, num_labels = run_code_ids(args.oracle_codes, args.oracle_codes_step,
+                                             sorted({"train", args.eval_split}))
+        val_batch = attach_run_codes(val_batch, run_codes)
+        told = oracle_labels(val_batch)[:, 1:]
+        print(f"--oracle-codes: {num_labels} codes of {args.oracle_codes} read for {len(run_codes)} videos in "
+              f"{time.time() - started_codes:.0f} s; on the validation windows NMI with the labels "
+              f"{normalized_mutual_information(told.flatten(), val_batch['local_actions'][:, 1:].flatten()):.3f}",
+              flush=True)
     input_size = config.data.input_size  # (width, height)
     if args.crop:
         input_size = (args.crop[1], args.crop[0])
@@ -465,7 +540,7 @@ def main(argv: List[str] = None) -> int:
     curves: List[Dict[str, Any]] = []
     step, started, train_ids, train_seconds = 0, time.time(), [], 0.0
     control_generator = torch.Generator().manual_seed(args.seed + 11)  # --random-switches
-    oracle = OracleCodes(len(LOCAL_ACTION_NAMES), config.model.lma.action_dim, args.seed, args.oracle_scale,
+    oracle = OracleCodes(num_labels, config.model.lma.action_dim, args.seed, args.oracle_scale,
                          merge_sides=args.oracle_merge_sides) if args.oracle else None
     usage, restarted, every = torch.zeros(num_actions), 0, config.training.codebook_restart_every
     lma.train()
@@ -495,6 +570,8 @@ def main(argv: List[str] = None) -> int:
         train_set.set_epoch(epoch)  # a new random window of every video each epoch
         epoch += 1
         for batch in loader:
+            if run_codes is not None:
+                batch = attach_run_codes(batch, run_codes)
             if args.crop:
                 batch, _ = crop_windows(batch, args.crop)
             gma = true_inputs(batch, input_size, args.shift_noise, noise_generator, args.blob_masks)
@@ -503,7 +580,7 @@ def main(argv: List[str] = None) -> int:
             for module in frozen:
                 module.eval()
             if oracle is not None:
-                output = oracle_forward(lma, gma, oracle(batch["local_actions"]), ground_truth_steps)
+                output = oracle_forward(lma, gma, oracle(oracle_labels(batch)), ground_truth_steps)
             else:
                 output = lma(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts, ground_truth_steps,
                              masks=gma.masks)
@@ -519,7 +596,11 @@ def main(argv: List[str] = None) -> int:
                     term = loss._multiscale_weighted_l1(gma.foregrounds[:, 1:], output.generated_foregrounds,
                                                         torch.ones_like(gma.foregrounds[:, 1:, :1]))
                 elif name == "multiscale_local_reconstruction_loss" and args.switch_weight != 1.0:
-                    switches = switch_transitions(batch["local_actions"]).float()
+                    if args.switch_on == "codes":  # as loss.code_switch_weight: where the code changes
+                        switches = code_switches(oracle_labels(batch)[:, 1:] if oracle is not None
+                                                 else output.action_ids).float()
+                    else:
+                        switches = switch_transitions(batch["local_actions"]).float()
                     if args.random_switches is not None:  # the control: as many marks, at random places
                         switches = random_switches(tuple(switches.shape), args.random_switches,
                                                    control_generator).float()

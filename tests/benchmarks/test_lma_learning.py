@@ -278,3 +278,60 @@ def test_the_oracle_with_merged_sides_gives_a_left_and_a_right_animation_one_cod
     assert torch.equal(codes[0, 0], plain.table[1]) and torch.equal(codes[0, 1], plain.table[0])
     with pytest.raises(GlassError, match="needs --oracle"):
         lma_alone.main(["--out", "unused", "--oracle-merge-sides"])
+
+
+def test_the_oracle_is_told_the_codes_a_trained_run_gives_each_transition(trained_run, tmp_path):
+    """`--oracle-codes`: the run's code per transition, read from whole videos, is what its action network infers
+    on any window (frame 0 of a window: the transition into it); the oracle trains with them, weighting where they
+    change (`--switch-on codes`)."""
+    from data.video_dataset import VideoDataset, collate_videos
+    from model.generation import one_step_drawer, video_gma
+    from model.trained import load_trained_model
+
+    codes, num_codes = lma_alone.run_code_ids(trained_run["run_folder"], None, ["train"])
+    trained = load_trained_model(trained_run["run_folder"])
+    dataset = VideoDataset(trained.config.data, "train", observations_count=4)
+    assert num_codes == 3 and set(codes) == {video.name for video in dataset.videos}
+    for video in dataset.videos:
+        ids = codes[video.name]
+        assert ids.shape == (len(video) - 1,) and 0 <= int(ids.min()) and int(ids.max()) < 3
+    dataset.set_epoch(1)
+    batch = collate_videos([dataset[i] for i in range(4)])
+    assert batch["start_frame"].gt(0).any()  # a window inside its video: frame 0 reads the transition before it
+    with torch.no_grad():
+        gma = video_gma(trained.model, batch["observations"])
+        motion, _ = one_step_drawer(trained.model.lma, gma.foregrounds, gma.shifted_foregrounds,
+                                    gma.foreground_shifts, gma.masks)
+    attached = lma_alone.attach_run_codes(batch, codes)
+    assert torch.equal(attached["oracle_labels"][:, 1:], motion.actions.ids)
+    for b, (name, start) in enumerate(zip(batch["video_name"], batch["start_frame"].tolist())):
+        assert attached["oracle_labels"][b, 0] == codes[name][max(start - 1, 0)]
+    assert lma_alone.oracle_labels(attached) is attached["oracle_labels"]
+    assert lma_alone.oracle_labels(batch) is batch["local_actions"]
+    with pytest.raises(GlassError, match="no video"):
+        lma_alone.attach_run_codes(batch, {})
+
+    out = str(tmp_path / "told")
+    assert lma_alone.main(["--config", os.path.join(os.path.dirname(lma_alone.__file__), "..", "configs",
+                                                    "wsprites-tiny.yaml"),
+                           "--out", out, "--steps", "2", "--eval-every", "2", "--eval-windows", "4", "--eval-split",
+                           "train", "--length", "3", "--threads", "1", "--oracle", "--oracle-codes",
+                           trained_run["run_folder"], "--switch-weight", "5", "--switch-on", "codes",
+                           f"data.root={trained_run['dataset_root']}", "data.num_workers=0", "training.batch_size=2",
+                           "data.input_size=[64, 48]", "data.crop=null",
+                           *[override for override in SMALL_MODEL if override.startswith("model.lma.")]]) == 0
+    saved = torch.load(os.path.join(out, "lma.pt"), weights_only=False)
+    assert saved["oracle"]["table"].shape[0] == 3  # one row per code of the run, not per W-Sprites label
+    with open(os.path.join(out, "curves.json"), encoding="utf-8") as handle:
+        assert [record["step"] for record in json.load(handle)["curves"]] == [0, 2]
+
+
+def test_the_told_codes_need_the_oracle_and_a_run_folder(tmp_path):
+    with pytest.raises(GlassError, match="needs --oracle"):
+        lma_alone.main(["--out", str(tmp_path / "a"), "--oracle-codes", str(tmp_path)])
+    with pytest.raises(GlassError, match="no such run folder"):
+        lma_alone.main(["--out", str(tmp_path / "b"), "--oracle", "--oracle-codes", str(tmp_path / "missing")])
+    with pytest.raises(SystemExit):
+        lma_alone.main(["--out", str(tmp_path / "c"), "--switch-on", "pixels"])
+    with pytest.raises(SystemExit):
+        lma_alone.main(["--out", str(tmp_path / "d"), "--switch-on", "codes"])  # needs --switch-weight
