@@ -33,9 +33,10 @@ change of code marks a true switch on the transitions t ≥ 1 (`code_switch_prec
 `code_switch_share`: what `loss.code_switch_weight` weighs). `--action-cycle W` trains with the recovery
 as a cross-entropy term; `--oracle` draws with the true local-action label as the code (a fixed embedding per
 label, N(0, S²/D) rows with `--oracle-scale S`; `--oracle-merge-sides`: one row for a left and a right
-animation) instead of the action network's, and `--switch-weight W`
-multiplies the local reconstruction loss of switch transitions by W (both read the labels: experiments only;
-docs/local-actions.md).
+animation; `--oracle-codes RUN`: the code ids a trained run's action network gives each transition instead of the
+labels) instead of the action network's, and `--switch-weight W`
+multiplies the local reconstruction loss of switch transitions by W (`--switch-on codes`: of the transitions where
+the code changes, as `loss.code_switch_weight`) (both read the labels: experiments only; docs/local-actions.md).
 Writes OUT/curves.json (one record per evaluation), OUT/step_N.png (per window: the true
 foregrounds, the eval-mode and the train-mode one-step generations, the eval-mode
 single-image generation), OUT/switches_step_N.png (switch transitions: fₜ, fₜ₊₁ and the next frame drawn with
@@ -451,10 +452,12 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("--oracle-merge-sides", action="store_true",
                         help="experiment, with --oracle: a left and a right animation share one code (as the "
                              "discovered codes do): is a turn to a side drawn when the code does not say which?")
-    parser.add_argument("--oracle-codes", default=None, metavar="RUN_FOLDER",
+    parser.add_argument("--oracle-codes", default=None, metavar="RUN_FOLDER|FILE",
                         help="experiment, with --oracle: the oracle is told the code ids a trained run's action "
                              "network gives each transition (checkpoint --oracle-codes-step) instead of the true "
-                             "labels: can the decoder draw the turns with the codes that run discovered?")
+                             "labels: can the decoder draw the turns with the codes that run discovered? They are "
+                             "saved as OUT/told_codes.pt ({'codes': {video: ids}, 'num_codes': K}), which this option "
+                             "also reads (edited, for what-ifs)")
     parser.add_argument("--oracle-codes-step", type=int, default=None, metavar="N",
                         help="the checkpoint of --oracle-codes (default: its latest)")
     parser.add_argument("--switch-on", choices=("labels", "codes"), default="labels",
@@ -485,8 +488,8 @@ def main(argv: List[str] = None) -> int:
         raise GlassError("--oracle-merge-sides: needs --oracle")
     if args.oracle_codes is not None and (not args.oracle or args.oracle_merge_sides):
         raise GlassError("--oracle-codes: needs --oracle, and not --oracle-merge-sides")
-    if args.oracle_codes is not None and not os.path.isdir(args.oracle_codes):
-        raise GlassError(f"--oracle-codes {args.oracle_codes}: no such run folder")
+    if args.oracle_codes is not None and not os.path.exists(args.oracle_codes):
+        raise GlassError(f"--oracle-codes {args.oracle_codes}: no such run folder or file")
     if args.blob_masks < 0:
         parser.error(f"--blob-masks R: a radius in pixels >= 0 (0 = the true masks), got {args.blob_masks}")
     torch.set_num_threads(args.threads)
@@ -509,8 +512,13 @@ def main(argv: List[str] = None) -> int:
     run_codes, num_labels = None, len(LOCAL_ACTION_NAMES)
     if args.oracle_codes is not None:
         started_codes = time.time()
-        run_codes, num_labels = run_code_ids(args.oracle_codes, args.oracle_codes_step,
-                                             sorted({"train", args.eval_split}))
+        if os.path.isfile(args.oracle_codes):  # an OUT/told_codes.pt of an earlier run, perhaps edited
+            told = torch.load(args.oracle_codes, weights_only=True)
+            run_codes, num_labels = told["codes"], told["num_codes"]
+        else:
+            run_codes, num_labels = run_code_ids(args.oracle_codes, args.oracle_codes_step,
+                                                 sorted({"train", args.eval_split}))
+        torch.save({"codes": run_codes, "num_codes": num_labels}, os.path.join(args.out, "told_codes.pt"))
         val_batch = attach_run_codes(val_batch, run_codes)
         told = oracle_labels(val_batch)[:, 1:]
         print(f"--oracle-codes: {num_labels} codes of {args.oracle_codes} read for {len(run_codes)} videos in "

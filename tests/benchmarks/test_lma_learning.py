@@ -322,6 +322,8 @@ def test_the_oracle_is_told_the_codes_a_trained_run_gives_each_transition(traine
                            *[override for override in SMALL_MODEL if override.startswith("model.lma.")]]) == 0
     saved = torch.load(os.path.join(out, "lma.pt"), weights_only=False)
     assert saved["oracle"]["table"].shape[0] == 3  # one row per code of the run, not per W-Sprites label
+    told = torch.load(os.path.join(out, "told_codes.pt"), weights_only=True)
+    assert told["num_codes"] == 3 and all(torch.equal(told["codes"][name], codes[name]) for name in codes)
     with open(os.path.join(out, "curves.json"), encoding="utf-8") as handle:
         assert [record["step"] for record in json.load(handle)["curves"]] == [0, 2]
 
@@ -329,7 +331,7 @@ def test_the_oracle_is_told_the_codes_a_trained_run_gives_each_transition(traine
 def test_the_told_codes_need_the_oracle_and_a_run_folder(tmp_path):
     with pytest.raises(GlassError, match="needs --oracle"):
         lma_alone.main(["--out", str(tmp_path / "a"), "--oracle-codes", str(tmp_path)])
-    with pytest.raises(GlassError, match="no such run folder"):
+    with pytest.raises(GlassError, match="no such run folder or file"):
         lma_alone.main(["--out", str(tmp_path / "b"), "--oracle", "--oracle-codes", str(tmp_path / "missing")])
     with pytest.raises(SystemExit):
         lma_alone.main(["--out", str(tmp_path / "c"), "--switch-on", "pixels"])
