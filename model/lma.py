@@ -180,7 +180,9 @@ class ActionNetwork(nn.Module):
     `use_plain_direction`); MLP Linear(64→128), BN1d, LReLU, Linear(128→64), BN1d, LReLU,
     Linear(64→16) → VQ (or, with `use_gumbel`, the direction → Linear(64→K) → Gumbel-softmax).
     With `action_state_difference` (ours, opt-in) the trunk reads target − source and its pooled
-    output goes to the MLP directly. source, target (N, 64, h, w) → `ActionOutput`.
+    output goes to the MLP directly. With `action_mirror_features` (ours, opt-in) Linear(v − v⁻) is added to
+    the MLP's input, v⁻ the pooled trunk of the mirrored target's reading. source, target (N, 64, h, w) →
+    `ActionOutput`.
     """
 
     def __init__(self, config: LMAConfig):
@@ -204,6 +206,7 @@ class ActionNetwork(nn.Module):
             mlp_layers += [nn.Linear(size_in, size_out), nn.BatchNorm1d(size_out), nn.LeakyReLU(LEAKY_RELU_SLOPE)]
         output_size = config.num_actions if config.use_gumbel else config.action_dim
         self.mlp = nn.Sequential(*mlp_layers, nn.Linear(mlp_sizes[-1], output_size))
+        self.mirror = nn.Linear(vector_size, vector_size, bias=False) if config.action_mirror_features else None
         if config.use_gumbel:
             self.quantizer: nn.Module = GumbelQuantizer(config.num_actions, config.action_dim, config.gumbel_eval,
                                                         config.gumbel_eval_temperature)
@@ -216,21 +219,35 @@ class ActionNetwork(nn.Module):
         """(K, D): row k is the code of local action k."""
         return self.quantizer.codebook
 
-    def vectors(self, source_states: torch.Tensor, target_states: torch.Tensor) -> torch.Tensor:
-        """The outputs before quantisation, with gradient: z (N, D) for the VQ, the logits (N, K) for Gumbel."""
+    def vectors(self, source_states: torch.Tensor, target_states: torch.Tensor,
+                mirrored_target_states: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The outputs before quantisation, with gradient: z (N, D) for the VQ, the logits (N, K) for Gumbel.
+        `mirrored_target_states`: with `action_mirror_features` (needed then), the reading of the target image
+        flipped left to right."""
         assert_shape(target_states, tuple(source_states.shape), "action network target states")
+        if self.mirror is not None and mirrored_target_states is None:
+            raise ValueError("model.lma.action_mirror_features: the mirrored target states are needed")
+        v = None
         if self.state_difference:
-            return self.mlp(self.trunk(target_states - source_states).mean(dim=(2, 3)))
-        u = self.trunk(source_states).mean(dim=(2, 3))  # (N, 64)
-        v = self.trunk(target_states).mean(dim=(2, 3))
-        x = v
-        for layer in self.direction_layers:
-            x = layer(u, x)
-        return self.mlp(x - u)
+            direction = self.trunk(target_states - source_states).mean(dim=(2, 3))
+        else:
+            u = self.trunk(source_states).mean(dim=(2, 3))  # (N, 64)
+            v = self.trunk(target_states).mean(dim=(2, 3))
+            x = v
+            for layer in self.direction_layers:
+                x = layer(u, x)
+            direction = x - u
+        if self.mirror is None:
+            return self.mlp(direction)
+        assert_shape(mirrored_target_states, tuple(target_states.shape), "action network mirrored target states")
+        if v is None:
+            v = self.trunk(target_states).mean(dim=(2, 3))
+        return self.mlp(direction + self.mirror(v - self.trunk(mirrored_target_states).mean(dim=(2, 3))))
 
     def forward(self, source_states: torch.Tensor, target_states: torch.Tensor,
-                gumbel_temperature: Optional[float] = None) -> ActionOutput:
-        outputs = self.vectors(source_states, target_states)
+                gumbel_temperature: Optional[float] = None,
+                mirrored_target_states: Optional[torch.Tensor] = None) -> ActionOutput:
+        outputs = self.vectors(source_states, target_states, mirrored_target_states)
         if isinstance(self.quantizer, GumbelQuantizer):
             return self.quantizer(outputs, gumbel_temperature)
         return self.quantizer(outputs)
@@ -679,17 +696,21 @@ class LocalMotionAnalysis(nn.Module):
         """
         batch_size, steps = shifted_foregrounds.shape[:2]
         assert_shape(states, (batch_size, steps + 1, None, *self.state_resolution), "LMA states")
+        mirrored = None
         if self.action_encoder is not None:
             if reader_images is None:
                 raise ValueError("model.lma.action_from_masks and action_from_changes need the masks of every frame")
             source, target = [self.action_encoder(images.flatten(0, 1).expand(-1, 3, -1, -1))
                               for images in reader_images]
             source_features, target_states = source[0] * source[1], target[0] * target[1]
+            if self.action_network.mirror is not None:  # action_mirror_features: the target image flipped
+                flipped = self.action_encoder(reader_images[1].flatten(0, 1).flip(-1).expand(-1, 3, -1, -1))
+                mirrored = flipped[0] * flipped[1]
         else:
             shifted_states, shifted_attention = self.encoder(shifted_foregrounds.flatten(0, 1))
             source_features = shifted_states * shifted_attention
             target_states = (states[:, 1:] * attention[:, 1:]).flatten(0, 1)
-        actions = self.action_network(source_features, target_states, gumbel_temperature)
+        actions = self.action_network(source_features, target_states, gumbel_temperature, mirrored)
         return ActionOutput(codes=actions.codes.unflatten(0, (batch_size, steps)),
                             ids=actions.ids.unflatten(0, (batch_size, steps)), vq_loss=actions.vq_loss,
                             vectors=actions.vectors.unflatten(0, (batch_size, steps)),

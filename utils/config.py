@@ -179,6 +179,12 @@ class LMAConfig:
     # Ours, opt-in: the action network's trunk reads the change of the attention-weighted states, φₜ₊₁ − φ̃ₜ, at
     # every state position, and its pooled output goes straight to the MLP (no u, v, no direction chain).
     action_state_difference: bool = False
+    # Ours, opt-in: the action network also reads how the next frame differs from its mirror image: h(tₜ) − h(tₜ⁻),
+    # tₜ the image its action encoder reads of fₜ₊₁ (its mask with action_from_masks), tₜ⁻ that image flipped left
+    # to right, h the action encoder, trunk and pooling; through a Linear added to the direction. Exactly odd under
+    # the flip: a left and a right view of a mirror-symmetric character give opposite vectors, a view facing the
+    # viewer about zero. Needs an action encoder (action_from_masks, action_from_changes, action_colour_jitter).
+    action_mirror_features: bool = False
     # Ours, opt-in: R > 0 refines each Δ_F the LMA uses by the integer offset in [−R, R]² pixels that best aligns
     # fₜ moved by it with fₜ₊₁ (least mean |·|, no gradient), so that the GMA's shift errors do not blur the LMA's
     # skip copy. Needs the next foreground: training and reconstruction, not play (the user's shift is exact).
@@ -328,6 +334,10 @@ class LMAConfig:
         _require(not (self.action_state_difference and (self.use_plain_direction or self.use_gumbel)),
                  prefix + "action_state_difference",
                  "replaces the direction: not with use_plain_direction or use_gumbel")
+        _require(not self.action_mirror_features or self.action_reader != "features",
+                 prefix + "action_mirror_features",
+                 "reads the flipped image through an action encoder of its own: needs action_from_masks, "
+                 "action_from_changes or action_colour_jitter")
         _require(self.shift_refinement >= 0, prefix + "shift_refinement",
                  f"must be >= 0 pixels, got {self.shift_refinement}")
         _require(not (self.winner_take_all and self.use_gumbel), prefix + "winner_take_all",

@@ -313,6 +313,39 @@ def test_action_from_masks_reads_the_moved_current_mask_and_the_next_one(small_m
         lma.infer_motion(foregrounds, foregrounds[:, :-1], shifts)
 
 
+def test_action_mirror_features_tell_a_view_from_its_mirror_image_and_add_nothing_for_a_symmetric_one(
+        small_model_config):
+    torch.manual_seed(0)
+    lma = LocalMotionAnalysis(small_model_config(action_from_masks=True, action_mirror_features=True).lma,
+                              (2, 4))  # training mode: BatchNorm's batch statistics (untrained running ones flatten z)
+    _, shifts, _, foregrounds, masks = _window_inputs(lma, 4, seed=3)
+    masks = (masks > 0.5).float()
+    read = []
+    lma.action_encoder.register_forward_pre_hook(lambda module, inputs: read.append(inputs[0]))
+    with torch.no_grad():
+        motion = lma.infer_motion(foregrounds, foregrounds[:, :-1], shifts, masks=masks)
+    assert len(read) == 3  # the moved current mask, the next mask, the next mask flipped left to right
+    assert torch.equal(read[2], read[1].flip(-1))
+
+    def vectors(next_masks: torch.Tensor, mirror_weight: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            lma.action_network.mirror.weight.copy_(mirror_weight)
+            both = torch.cat([masks[:, :1], next_masks], dim=1)
+            return lma.infer_motion(foregrounds, foregrounds[:, :-1], shifts, masks=both).actions.vectors
+
+    weight = lma.action_network.mirror.weight.detach().clone()
+    zero = torch.zeros_like(weight)
+    symmetric = masks[:, 1:] * masks[:, 1:].flip(-1)  # each next mask made left-right symmetric
+    torch.testing.assert_close(vectors(symmetric, weight), vectors(symmetric, zero))  # nothing added
+    assert not torch.allclose(vectors(masks[:, 1:], weight), vectors(masks[:, 1:], zero), atol=1e-4)
+    torch.testing.assert_close(vectors(masks[:, 1:], weight), motion.actions.vectors)
+    with pytest.raises(ValueError, match="action_mirror_features"):
+        lma.action_network(torch.zeros(2, 8, 2, 4), torch.zeros(2, 8, 2, 4))
+    from utils.config import ConfigError
+    with pytest.raises(ConfigError, match="action_mirror_features"):
+        small_model_config(action_mirror_features=True).lma.check("model.lma.")
+
+
 def test_colour_jitter_gives_both_images_of_a_pair_one_colour_transform():
     from model.lma import colour_jitter
 
