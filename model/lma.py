@@ -180,7 +180,8 @@ class ActionNetwork(nn.Module):
     `use_plain_direction`); MLP Linear(64→128), BN1d, LReLU, Linear(128→64), BN1d, LReLU,
     Linear(64→16) → VQ (or, with `use_gumbel`, the direction → Linear(64→K) → Gumbel-softmax).
     With `action_state_difference` (ours, opt-in) the trunk reads target − source and its pooled
-    output goes to the MLP directly. With `action_mirror_features` (ours, opt-in) Linear(v − v⁻) is added to
+    output goes to the MLP directly; with `action_target_only` (ours, opt-in) v alone does. With
+    `action_mirror_features` (ours, opt-in) Linear(v − v⁻) is added to
     the MLP's input, v⁻ the pooled trunk of the mirrored target's reading. source, target (N, 64, h, w) →
     `ActionOutput`.
     """
@@ -192,7 +193,8 @@ class ActionNetwork(nn.Module):
                                      for i in range(len(trunk_widths) - 1)])
         vector_size = trunk_widths[-1]
         self.state_difference = config.action_state_difference
-        if config.use_plain_direction or config.action_state_difference:
+        self.target_only = config.action_target_only
+        if config.use_plain_direction or config.action_state_difference or config.action_target_only:
             self.direction_layers = nn.ModuleList()
         else:
             sizes = [vector_size] + list(config.direction_sizes)
@@ -230,6 +232,8 @@ class ActionNetwork(nn.Module):
         v = None
         if self.state_difference:
             direction = self.trunk(target_states - source_states).mean(dim=(2, 3))
+        elif self.target_only:  # action_target_only: the state the transition ends in
+            v = direction = self.trunk(target_states).mean(dim=(2, 3))
         else:
             u = self.trunk(source_states).mean(dim=(2, 3))  # (N, 64)
             v = self.trunk(target_states).mean(dim=(2, 3))

@@ -185,6 +185,10 @@ class LMAConfig:
     # the flip: a left and a right view of a mirror-symmetric character give opposite vectors, a view facing the
     # viewer about zero. Needs an action encoder (action_from_masks, action_from_changes, action_colour_jitter).
     action_mirror_features: bool = False
+    # Ours, opt-in: the action network reads the next frame alone (its pooled trunk v, no u and no direction chain):
+    # a code then names the state a transition ends in (say, the view the character faces in fₜ₊₁) rather than
+    # the change, so a turn and the walk that follows it share their code. Not with action_state_difference.
+    action_target_only: bool = False
     # Ours, opt-in: R > 0 refines each Δ_F the LMA uses by the integer offset in [−R, R]² pixels that best aligns
     # fₜ moved by it with fₜ₊₁ (least mean |·|, no gradient), so that the GMA's shift errors do not blur the LMA's
     # skip copy. Needs the next foreground: training and reconstruction, not play (the user's shift is exact).
@@ -334,6 +338,8 @@ class LMAConfig:
         _require(not (self.action_state_difference and (self.use_plain_direction or self.use_gumbel)),
                  prefix + "action_state_difference",
                  "replaces the direction: not with use_plain_direction or use_gumbel")
+        _require(not (self.action_target_only and self.action_state_difference), prefix + "action_target_only",
+                 "reads the next frame alone: not with action_state_difference")
         _require(not self.action_mirror_features or self.action_reader != "features",
                  prefix + "action_mirror_features",
                  "reads the flipped image through an action encoder of its own: needs action_from_masks, "

@@ -657,6 +657,22 @@ def test_action_state_difference_reads_only_the_change_of_the_states(small_model
         small_model_config(action_state_difference=True, use_plain_direction=True)
 
 
+def test_action_target_only_reads_the_next_frame_alone(small_model_config):
+    torch.manual_seed(0)
+    network = ActionNetwork(small_model_config(action_target_only=True).lma).eval()
+    assert len(network.direction_layers) == 0
+    source, target = torch.randn(5, 8, 4, 4), torch.randn(5, 8, 4, 4)
+    with torch.no_grad():
+        plain = network(source, target)
+        other_source = network(torch.randn(5, 8, 4, 4), target)
+        other_target = network(source, target + torch.randn(5, 8, 4, 4))
+    assert torch.equal(plain.vectors, other_source.vectors)
+    assert not torch.allclose(plain.vectors, other_target.vectors)
+    from utils.config import ConfigError
+    with pytest.raises(ConfigError, match="action_target_only"):
+        small_model_config(action_target_only=True, action_state_difference=True)
+
+
 def _moving_square(steps: int, per_step: Tuple[int, int]) -> torch.Tensor:
     """(1, steps, 3, 16, 32) foregrounds: a random 5×6 patch moving per_step (dx, dy) pixels each frame."""
     generator = torch.Generator().manual_seed(0)
