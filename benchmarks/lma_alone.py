@@ -490,6 +490,15 @@ def main(argv: List[str] = None) -> int:
         raise GlassError("--oracle-codes: needs --oracle, and not --oracle-merge-sides")
     if args.oracle_codes is not None and not os.path.exists(args.oracle_codes):
         raise GlassError(f"--oracle-codes {args.oracle_codes}: no such run folder or file")
+    told_file = None
+    if args.oracle_codes is not None and os.path.isfile(args.oracle_codes):  # a told_codes.pt, perhaps edited
+        try:
+            told = torch.load(args.oracle_codes, weights_only=True)
+            told_file = dict(told["codes"]), int(told["num_codes"])
+        except Exception as error:  # not a file this option wrote: one line, whatever the reason
+            raise GlassError(f"--oracle-codes {args.oracle_codes}: not a told_codes.pt file "
+                             f"({type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''})"
+                             ) from None
     if args.blob_masks < 0:
         parser.error(f"--blob-masks R: a radius in pixels >= 0 (0 = the true masks), got {args.blob_masks}")
     torch.set_num_threads(args.threads)
@@ -512,18 +521,17 @@ def main(argv: List[str] = None) -> int:
     run_codes, num_labels = None, len(LOCAL_ACTION_NAMES)
     if args.oracle_codes is not None:
         started_codes = time.time()
-        if os.path.isfile(args.oracle_codes):  # an OUT/told_codes.pt of an earlier run, perhaps edited
-            told = torch.load(args.oracle_codes, weights_only=True)
-            run_codes, num_labels = told["codes"], told["num_codes"]
+        if told_file is not None:
+            run_codes, num_labels = told_file
         else:
             run_codes, num_labels = run_code_ids(args.oracle_codes, args.oracle_codes_step,
                                                  sorted({"train", args.eval_split}))
         torch.save({"codes": run_codes, "num_codes": num_labels}, os.path.join(args.out, "told_codes.pt"))
         val_batch = attach_run_codes(val_batch, run_codes)
-        told = oracle_labels(val_batch)[:, 1:]
+        told_ids = oracle_labels(val_batch)[:, 1:]
         print(f"--oracle-codes: {num_labels} codes of {args.oracle_codes} read for {len(run_codes)} videos in "
               f"{time.time() - started_codes:.0f} s; on the validation windows NMI with the labels "
-              f"{normalized_mutual_information(told.flatten(), val_batch['local_actions'][:, 1:].flatten()):.3f}",
+              f"{normalized_mutual_information(told_ids.flatten(), val_batch['local_actions'][:, 1:].flatten()):.3f}",
               flush=True)
     input_size = config.data.input_size  # (width, height)
     if args.crop:

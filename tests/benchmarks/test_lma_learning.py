@@ -312,18 +312,26 @@ def test_the_oracle_is_told_the_codes_a_trained_run_gives_each_transition(traine
         lma_alone.attach_run_codes(batch, {})
 
     out = str(tmp_path / "told")
-    assert lma_alone.main(["--config", os.path.join(os.path.dirname(lma_alone.__file__), "..", "configs",
-                                                    "wsprites-tiny.yaml"),
-                           "--out", out, "--steps", "2", "--eval-every", "2", "--eval-windows", "4", "--eval-split",
-                           "train", "--length", "3", "--threads", "1", "--oracle", "--oracle-codes",
-                           trained_run["run_folder"], "--switch-weight", "5", "--switch-on", "codes",
-                           f"data.root={trained_run['dataset_root']}", "data.num_workers=0", "training.batch_size=2",
-                           "data.input_size=[64, 48]", "data.crop=null",
-                           *[override for override in SMALL_MODEL if override.startswith("model.lma.")]]) == 0
+    arguments = ["--config", os.path.join(os.path.dirname(lma_alone.__file__), "..", "configs", "wsprites-tiny.yaml"),
+                 "--out", out, "--steps", "2", "--eval-every", "2", "--eval-windows", "4", "--eval-split",
+                 "train", "--length", "3", "--threads", "1", "--oracle", "--oracle-codes",
+                 trained_run["run_folder"], "--switch-weight", "5", "--switch-on", "codes",
+                 f"data.root={trained_run['dataset_root']}", "data.num_workers=0", "training.batch_size=2",
+                 "data.input_size=[64, 48]", "data.crop=null",
+                 *[override for override in SMALL_MODEL if override.startswith("model.lma.")]]
+    assert lma_alone.main(arguments) == 0
     saved = torch.load(os.path.join(out, "lma.pt"), weights_only=False)
     assert saved["oracle"]["table"].shape[0] == 3  # one row per code of the run, not per W-Sprites label
     told = torch.load(os.path.join(out, "told_codes.pt"), weights_only=True)
     assert told["num_codes"] == 3 and all(torch.equal(told["codes"][name], codes[name]) for name in codes)
+    # the saved file, edited (every id moved to a fourth code), is told instead of the run
+    edited = tmp_path / "edited.pt"
+    torch.save({"codes": {name: torch.full_like(ids, 3) for name, ids in codes.items()}, "num_codes": 4}, edited)
+    again = str(tmp_path / "told_again")
+    changed = list(arguments)
+    changed[changed.index("--out") + 1], changed[changed.index("--oracle-codes") + 1] = again, str(edited)
+    assert lma_alone.main(changed) == 0
+    assert torch.load(os.path.join(again, "lma.pt"), weights_only=False)["oracle"]["table"].shape[0] == 4
     with open(os.path.join(out, "curves.json"), encoding="utf-8") as handle:
         assert [record["step"] for record in json.load(handle)["curves"]] == [0, 2]
 
@@ -333,6 +341,10 @@ def test_the_told_codes_need_the_oracle_and_a_run_folder(tmp_path):
         lma_alone.main(["--out", str(tmp_path / "a"), "--oracle-codes", str(tmp_path)])
     with pytest.raises(GlassError, match="no such run folder or file"):
         lma_alone.main(["--out", str(tmp_path / "b"), "--oracle", "--oracle-codes", str(tmp_path / "missing")])
+    not_codes = tmp_path / "not_codes.pt"
+    torch.save({"something": 1}, not_codes)
+    with pytest.raises(GlassError, match="not a told_codes.pt file"):
+        lma_alone.main(["--out", str(tmp_path / "e"), "--oracle", "--oracle-codes", str(not_codes)])
     with pytest.raises(SystemExit):
         lma_alone.main(["--out", str(tmp_path / "c"), "--switch-on", "pixels"])
     with pytest.raises(SystemExit):
