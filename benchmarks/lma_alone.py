@@ -184,8 +184,8 @@ def run_code_ids(run_folder: str, step: int, splits: List[str]) -> Tuple[Dict[st
     latest; eval mode, as the frozen readers infer them in training after `training.action_freeze_step`) gives every
     transition of every video of `splits` of the run's own data: {video name: ids (frames − 1,)}, id t for the
     transition t → t+1, each video read whole; and the run's number of codes."""
-    from model.generation import one_step_drawer, video_gma
     from model.trained import load_trained_model
+    from utils.evaluation.action_metrics import analyse_motion
 
     trained = load_trained_model(run_folder, step, "cpu")
     if trained.model.glimpse is not None:
@@ -197,11 +197,7 @@ def run_code_ids(run_folder: str, step: int, splits: List[str]) -> Tuple[Dict[st
         dataset = VideoDataset(trained.config.data, split)
         for index, video in enumerate(dataset.videos):
             item = dataset[(index, len(video))]  # the whole video (the start of a full-length window is 0)
-            with torch.no_grad():
-                gma = video_gma(trained.model, item["observations"][None])
-                motion, _ = one_step_drawer(trained.model.lma, gma.foregrounds, gma.shifted_foregrounds,
-                                            gma.foreground_shifts, gma.masks)
-            codes[video.name] = motion.actions.ids[0].clone()
+            codes[video.name] = analyse_motion(trained.model, item["observations"][None]).action_ids[0]
     return codes, trained.config.model.lma.num_actions
 
 
