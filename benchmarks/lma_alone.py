@@ -376,7 +376,8 @@ def recover_codes(lma: LocalMotionAnalysis, gma: SimpleNamespace, output, ids: t
                               ground_truth_masks=gma.masks[:, :steps])
     source_states, source_attention = lma.encoder(output.shifted_foregrounds.flatten(0, 1))
     target_states, target_attention = lma.encoder(generated[0].flatten(0, 1))
-    vectors = lma.action_network.vectors(source_states * source_attention, target_states * target_attention)
+    vectors = lma.action_network.vectors(source_states * source_attention, target_states * target_attention,
+                                         shifts=output.foreground_shifts.flatten(0, 1))
     logits = -torch.cdist(vectors, codebook.detach()).pow(2)
     return logits, generated
 

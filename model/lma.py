@@ -182,8 +182,9 @@ class ActionNetwork(nn.Module):
     With `action_state_difference` (ours, opt-in) the trunk reads target − source and its pooled
     output goes to the MLP directly; with `action_target_only` (ours, opt-in) v alone does. With
     `action_mirror_features` (ours, opt-in) Linear(v − v⁻) is added to
-    the MLP's input, v⁻ the pooled trunk of the mirrored target's reading. source, target (N, 64, h, w) →
-    `ActionOutput`.
+    the MLP's input, v⁻ the pooled trunk of the mirrored target's reading. With `action_shift_input` S > 0
+    (ours, opt-in) Linear(S·Δ_F) is added too, Δ_F the transition's foreground shift. source, target
+    (N, 64, h, w) → `ActionOutput`.
     """
 
     def __init__(self, config: LMAConfig):
@@ -209,6 +210,8 @@ class ActionNetwork(nn.Module):
         output_size = config.num_actions if config.use_gumbel else config.action_dim
         self.mlp = nn.Sequential(*mlp_layers, nn.Linear(mlp_sizes[-1], output_size))
         self.mirror = nn.Linear(vector_size, vector_size, bias=False) if config.action_mirror_features else None
+        self.shift_scale = config.action_shift_input
+        self.shift_input = nn.Linear(2, vector_size) if self.shift_scale > 0 else None
         if config.use_gumbel:
             self.quantizer: nn.Module = GumbelQuantizer(config.num_actions, config.action_dim, config.gumbel_eval,
                                                         config.gumbel_eval_temperature)
@@ -222,13 +225,18 @@ class ActionNetwork(nn.Module):
         return self.quantizer.codebook
 
     def vectors(self, source_states: torch.Tensor, target_states: torch.Tensor,
-                mirrored_target_states: Optional[torch.Tensor] = None) -> torch.Tensor:
+                mirrored_target_states: Optional[torch.Tensor] = None,
+                shifts: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The outputs before quantisation, with gradient: z (N, D) for the VQ, the logits (N, K) for Gumbel.
         `mirrored_target_states`: with `action_mirror_features` (needed then), the reading of the target image
-        flipped left to right."""
+        flipped left to right. `shifts` (N, 2): with `action_shift_input` (needed then), the transitions' Δ_F."""
         assert_shape(target_states, tuple(source_states.shape), "action network target states")
         if self.mirror is not None and mirrored_target_states is None:
             raise ValueError("model.lma.action_mirror_features: the mirrored target states are needed")
+        if self.shift_input is not None:
+            if shifts is None:
+                raise ValueError("model.lma.action_shift_input: the foreground shifts are needed")
+            assert_shape(shifts, (source_states.shape[0], 2), "action network shifts")
         v = None
         if self.state_difference:
             direction = self.trunk(target_states - source_states).mean(dim=(2, 3))
@@ -241,6 +249,8 @@ class ActionNetwork(nn.Module):
             for layer in self.direction_layers:
                 x = layer(u, x)
             direction = x - u
+        if self.shift_input is not None:  # action_shift_input: which way the transition moved the character
+            direction = direction + self.shift_input(shifts.detach().to(direction.dtype) * self.shift_scale)
         if self.mirror is None:
             return self.mlp(direction)
         assert_shape(mirrored_target_states, tuple(target_states.shape), "action network mirrored target states")
@@ -250,8 +260,9 @@ class ActionNetwork(nn.Module):
 
     def forward(self, source_states: torch.Tensor, target_states: torch.Tensor,
                 gumbel_temperature: Optional[float] = None,
-                mirrored_target_states: Optional[torch.Tensor] = None) -> ActionOutput:
-        outputs = self.vectors(source_states, target_states, mirrored_target_states)
+                mirrored_target_states: Optional[torch.Tensor] = None,
+                shifts: Optional[torch.Tensor] = None) -> ActionOutput:
+        outputs = self.vectors(source_states, target_states, mirrored_target_states, shifts)
         if isinstance(self.quantizer, GumbelQuantizer):
             return self.quantizer(outputs, gumbel_temperature)
         return self.quantizer(outputs)
@@ -689,14 +700,16 @@ class LocalMotionAnalysis(nn.Module):
 
     def infer_actions(self, shifted_foregrounds: torch.Tensor, states: torch.Tensor, attention: torch.Tensor,
                       gumbel_temperature: Optional[float] = None,
-                      reader_images: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> ActionOutput:
+                      reader_images: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+                      foreground_shifts: Optional[torch.Tensor] = None) -> ActionOutput:
         """Local actions aₜ = A(E(f̃ₜ), φₜ₊₁), each state multiplied by its own attention channel.
 
         shifted_foregrounds f̃ (B, T−1, 3, H, W); states φ (B, T, 64, h, w) and attention
         (B, T, 1, h, w) of the real foregrounds → codes (B, T−1, D), ids (B, T−1), loss.
         With an action encoder E_A (`action_from_masks`, `action_from_changes`, `action_colour_jitter`),
         `reader_images` = (sₜ, tₜ), each (B, T−1, C, H, W) in [−1, 1] with C = 1 or 3, are read instead:
-        aₜ = A(E_A(sₜ), E_A(tₜ)) (f̃ and φ are then not read); `infer_motion` makes them.
+        aₜ = A(E_A(sₜ), E_A(tₜ)) (f̃ and φ are then not read); `infer_motion` makes them. `foreground_shifts`
+        Δ_F (B, T−1, 2): read with `action_shift_input` (needed then).
         """
         batch_size, steps = shifted_foregrounds.shape[:2]
         assert_shape(states, (batch_size, steps + 1, None, *self.state_resolution), "LMA states")
@@ -714,7 +727,8 @@ class LocalMotionAnalysis(nn.Module):
             shifted_states, shifted_attention = self.encoder(shifted_foregrounds.flatten(0, 1))
             source_features = shifted_states * shifted_attention
             target_states = (states[:, 1:] * attention[:, 1:]).flatten(0, 1)
-        actions = self.action_network(source_features, target_states, gumbel_temperature, mirrored)
+        shifts = None if foreground_shifts is None else foreground_shifts.flatten(0, 1)
+        actions = self.action_network(source_features, target_states, gumbel_temperature, mirrored, shifts)
         return ActionOutput(codes=actions.codes.unflatten(0, (batch_size, steps)),
                             ids=actions.ids.unflatten(0, (batch_size, steps)), vq_loss=actions.vq_loss,
                             vectors=actions.vectors.unflatten(0, (batch_size, steps)),
@@ -744,7 +758,8 @@ class LocalMotionAnalysis(nn.Module):
                 reader_images = (shifted_masks * 2 - 1, changes * 2 - 1)
             else:
                 reader_images = (shifted_masks * 2 - 1, masks[:, 1:] * 2 - 1)
-        actions = self.infer_actions(shifted_foregrounds, states, attention, gumbel_temperature, reader_images)
+        actions = self.infer_actions(shifted_foregrounds, states, attention, gumbel_temperature, reader_images,
+                                     foreground_shifts)
         return InferredMotion(shifted_foregrounds, foreground_shifts, states, actions)
 
     def noise(self, batch_size: int, sample: bool, like: torch.Tensor) -> Optional[torch.Tensor]:

@@ -110,7 +110,7 @@ AUTHORS_VALUES = {"model.lma.decoder_skip": False, "model.lma.decoder_skip_mask"
                   "model.lma.decoder_action": False, "model.lma.decoder_warp": 0.0,
                   "model.lma.decoder_warp_draw": True,
                   "model.lma.action_state_difference": False, "model.lma.action_mirror_features": False,
-                  "model.lma.action_target_only": False,
+                  "model.lma.action_target_only": False, "model.lma.action_shift_input": 0.0,
                   "model.lma.shift_refinement": 0,
                   "model.lma.vq_commitment": 1.0, "model.lma.winner_take_all": False,
                   "model.lma.winner_take_all_balanced": False, "model.lma.action_matching": False,

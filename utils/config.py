@@ -189,6 +189,12 @@ class LMAConfig:
     # a code then names the state a transition ends in (say, the view the character faces in fₜ₊₁) rather than
     # the change, so a turn and the walk that follows it share their code. Not with action_state_difference.
     action_target_only: bool = False
+    # Ours, opt-in: S > 0 makes the action network also read the GMA's foreground shift Δ_F of the transition
+    # (detached, in affine_grid units, times S) through a Linear(2 → 64) added to the direction. The moved current
+    # frame f̃ₜ it reads otherwise hides which way the character went; on W-Sprites a walk's animation follows its
+    # direction (walk-left moves left), so the codes can tell a walk to the left from one to the right, which the
+    # masks' outlines do not. 0 = off (the authors' network).
+    action_shift_input: float = 0.0
     # Ours, opt-in: R > 0 refines each Δ_F the LMA uses by the integer offset in [−R, R]² pixels that best aligns
     # fₜ moved by it with fₜ₊₁ (least mean |·|, no gradient), so that the GMA's shift errors do not blur the LMA's
     # skip copy. Needs the next foreground: training and reconstruction, not play (the user's shift is exact).
@@ -344,6 +350,8 @@ class LMAConfig:
                  prefix + "action_mirror_features",
                  "reads the flipped image through an action encoder of its own: needs action_from_masks, "
                  "action_from_changes or action_colour_jitter")
+        _require(self.action_shift_input >= 0, prefix + "action_shift_input",
+                 f"must be >= 0 (0 = off), got {self.action_shift_input}")
         _require(self.shift_refinement >= 0, prefix + "shift_refinement",
                  f"must be >= 0 pixels, got {self.shift_refinement}")
         _require(not (self.winner_take_all and self.use_gumbel), prefix + "winner_take_all",

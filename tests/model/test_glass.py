@@ -34,6 +34,7 @@ ABLATIONS = {
     "action_mirror_features": {"action_from_masks": True, "action_mirror_features": True},  # ours, opt-in
     "action_target_only": {"action_from_masks": True, "action_target_only": True,
                            "action_mirror_features": True},  # ours, opt-in
+    "action_shift_input": {"action_from_masks": True, "action_shift_input": 10.0},  # ours, opt-in
     "autoregressive_share": {"autoregressive_share": 0.5},  # ours, opt-in
     "decoder_action_film": {"decoder_action": True, "decoder_action_film": True},  # ours, opt-in
     "decoder_palette": {"decoder_skip": True, "decoder_skip_mask": True, "decoder_palette": 4},  # ours, opt-in

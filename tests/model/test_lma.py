@@ -346,6 +346,44 @@ def test_action_mirror_features_tell_a_view_from_its_mirror_image_and_add_nothin
         small_model_config(action_mirror_features=True).lma.check("model.lma.")
 
 
+def test_action_shift_input_reads_the_detached_foreground_shift_and_nothing_else_when_off(small_model_config):
+    torch.manual_seed(0)
+    lma = LocalMotionAnalysis(small_model_config(action_from_masks=True, action_shift_input=10.0).lma, (2, 4))
+    _, shifts, _, foregrounds, masks = _window_inputs(lma, 4, seed=3)
+    read = []
+    lma.action_network.shift_input.register_forward_pre_hook(lambda module, inputs: read.append(inputs[0]))
+    with torch.no_grad():
+        lma.infer_motion(foregrounds, foregrounds[:, :-1], shifts, masks=masks)
+    torch.testing.assert_close(read[0], shifts.flatten(0, 1) * 10)  # 10·Δ_F of every transition
+    # The network trains its Linear and gives no gradient to the shift it reads (the GMA's).
+    network, states = lma.action_network, torch.randn(6, 8, 2, 4)
+    read_shifts = torch.full((6, 2), 0.1, requires_grad=True)
+    network.vectors(states, states.flip(0), shifts=read_shifts).sum().backward()
+    assert network.shift_input.weight.grad.abs().sum() > 0
+    assert read_shifts.grad is None
+    # The same readings with other shifts: other vectors (shifts that vary over the batch: BatchNorm's batch
+    # statistics take away what is common to all).
+    some, others = torch.randn(6, 2) * 0.1, torch.randn(6, 2) * 0.1
+    with torch.no_grad():
+        one = network.vectors(states, states.flip(0), shifts=some)
+        assert not torch.allclose(one, network.vectors(states, states.flip(0), shifts=others), atol=1e-4)
+        # With the Linear zeroed, the network of the authors with the same weights.
+        network.shift_input.weight.zero_()
+        network.shift_input.bias.zero_()
+        off = LocalMotionAnalysis(small_model_config(action_from_masks=True).lma, (2, 4)).action_network
+        assert off.shift_input is None
+        missing = off.load_state_dict(network.state_dict(), strict=False)
+        assert missing.missing_keys == [] and sorted(missing.unexpected_keys) == ["shift_input.bias",
+                                                                                  "shift_input.weight"]
+        torch.testing.assert_close(network.vectors(states, states.flip(0), shifts=some),
+                                   off.vectors(states, states.flip(0)))
+    with pytest.raises(ValueError, match="action_shift_input"):
+        network(torch.zeros(2, 8, 2, 4), torch.zeros(2, 8, 2, 4))
+    from utils.config import ConfigError
+    with pytest.raises(ConfigError, match="action_shift_input"):
+        small_model_config(action_shift_input=-1.0).lma.check("model.lma.")
+
+
 def test_colour_jitter_gives_both_images_of_a_pair_one_colour_transform():
     from model.lma import colour_jitter
 
