@@ -124,12 +124,15 @@ def load_run_for_evaluation(run_folder: str, step: Optional[int], device: torch.
 @dataclass
 class MotionAnalysis:
     """What the model infers from a video (B, T, 3, H, W): masks (B, T, 1, H, W), foreground and
-    background shifts Δ_F, Δ_B (B, T−1, 2) in affine_grid units, local action ids (B, T−1)."""
+    background shifts Δ_F, Δ_B (B, T−1, 2) in affine_grid units, local action ids (B, T−1), and where
+    `analyse_motion` reads them without `model.lma.glimpse`, the action network's outputs before quantisation
+    (B, T−1, D)."""
 
     masks: torch.Tensor
     foreground_shifts: torch.Tensor
     background_shifts: torch.Tensor
     action_ids: torch.Tensor
+    action_vectors: Optional[torch.Tensor] = None
 
 
 def analyse_motion(model: torch.nn.Module, video: torch.Tensor) -> MotionAnalysis:
@@ -137,18 +140,21 @@ def analyse_motion(model: torch.nn.Module, video: torch.Tensor) -> MotionAnalysi
     (the same inference as `model.generation.reconstruct`, without unrolling the dynamics)."""
     was_training = model.training
     model.eval()
+    action_vectors = None
     try:
         with torch.no_grad():
             gma = model.gma(video)
             if model.glimpse is not None:  # `model.lma.glimpse`: each transition in its own box
                 action_ids = transition_motion(model, gma).ids
             else:
-                action_ids = model.lma.infer_motion(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts,
-                                                    masks=gma.masks).actions.ids
+                actions = model.lma.infer_motion(gma.foregrounds, gma.shifted_foregrounds, gma.foreground_shifts,
+                                                 masks=gma.masks).actions
+                action_ids, action_vectors = actions.ids, actions.vectors
     finally:
         model.train(was_training)
     return MotionAnalysis(masks=gma.masks, foreground_shifts=gma.foreground_shifts,
-                          background_shifts=gma.background_shifts, action_ids=action_ids)
+                          background_shifts=gma.background_shifts, action_ids=action_ids,
+                          action_vectors=action_vectors)
 
 
 def window_records(model: torch.nn.Module, batch: Dict[str, Any], protocol: str, input_size: Sequence[int],
