@@ -193,7 +193,8 @@ class LMAConfig:
     # (detached, in affine_grid units, times S) through a Linear(2 → 64) added to the direction. The moved current
     # frame f̃ₜ it reads otherwise hides which way the character went; on W-Sprites a walk's animation follows its
     # direction (walk-left moves left), so the codes can tell a walk to the left from one to the right, which the
-    # masks' outlines do not. 0 = off (the authors' network).
+    # masks' outlines do not; the term counts once it is as large as the trunk's (300 on the c2 recipe, where 10 is a
+    # twenty-sixth of it; docs/local-actions.md, eighteenth round). 0 = off (the authors' network).
     action_shift_input: float = 0.0
     # Ours, opt-in: R > 0 refines each Δ_F the LMA uses by the integer offset in [−R, R]² pixels that best aligns
     # fₜ moved by it with fₜ₊₁ (least mean |·|, no gradient), so that the GMA's shift errors do not blur the LMA's
