@@ -71,7 +71,8 @@ def test_the_code_measures_tell_a_decoder_that_ignores_the_code(dataset_root):
         lma.action_network.codebook.normal_(generator=torch.Generator().manual_seed(0))
 
     # window b: code b
-    def distinct_actions(shifted_foregrounds, states, attention, gumbel_temperature=None, reader_images=None):
+    def distinct_actions(shifted_foregrounds, states, attention, gumbel_temperature=None, reader_images=None,
+                         foreground_shifts=None):
         ids = torch.arange(shifted_foregrounds.shape[0])[:, None].expand(shifted_foregrounds.shape[:2]) % 6
         codes = lma.action_network.codebook[ids]
         return ActionOutput(codes=codes, ids=ids, vq_loss=codes.sum() * 0, vectors=codes)

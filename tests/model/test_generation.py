@@ -198,7 +198,8 @@ def _code_effect_inputs(lma, batch_size: int = 4):
     ids = torch.arange(batch_size)[:, None] % lma.action_network.codebook.shape[0]
 
     # window b: code b mod K
-    def fixed_actions(shifted_foregrounds, states, attention, gumbel_temperature=None, reader_images=None):
+    def fixed_actions(shifted_foregrounds, states, attention, gumbel_temperature=None, reader_images=None,
+                      foreground_shifts=None):
         codes = lma.action_network.codebook[ids]
         return ActionOutput(codes=codes, ids=ids, vq_loss=codes.sum() * 0, vectors=codes)
 
