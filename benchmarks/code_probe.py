@@ -29,7 +29,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from data.video_dataset import VideoDataset  # noqa: E402
-from data.wsprites.walk import LOCAL_ACTION_NAMES  # noqa: E402
+from data.wsprites.walk import GLOBAL_ACTION_NAMES, LOCAL_ACTION_NAMES  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.errors import GlassError  # noqa: E402
 from utils.files import write_json_atomically  # noqa: E402
@@ -39,7 +39,6 @@ PROBES: Tuple[Tuple[str, str], ...] = (("front -> left", "front -> right"),
                                        ("left, same animation", "right, same animation"),
                                        ("left -> right", "left, same animation"))
 MIN_PROBE_ROWS = 10  # transitions each group needs for its probe
-WALK_NAMES = {0: "left", 1: "right", 2: "up", 3: "down", 4: "stay"}  # W-Sprites' global (walk) action ids
 
 
 def transition_kind(before: str, after: str) -> str:
@@ -97,7 +96,9 @@ def read_transitions(model: torch.nn.Module, dataset: VideoDataset, max_videos: 
         vectors.append(motion.action_vectors[0].double())
         for t in range(len(names) - 1):
             kinds.append(transition_kind(names[t], names[t + 1]))
-            labels.append(f"{names[t + 1]} / {WALK_NAMES.get(int(video.global_actions[t + 1]), '?')}")
+            walk = int(video.global_actions[t + 1])
+            walk_name = GLOBAL_ACTION_NAMES[walk] if 0 <= walk < len(GLOBAL_ACTION_NAMES) else "?"
+            labels.append(f"{names[t + 1]} / {walk_name}")
     return {"ids": torch.cat(ids), "vectors": torch.cat(vectors), "kinds": kinds, "labels": labels}
 
 
