@@ -40,6 +40,9 @@ ABLATIONS = {
     "decoder_palette": {"decoder_skip": True, "decoder_skip_mask": True, "decoder_palette": 4},  # ours, opt-in
     "glimpse": {"glimpse": [16, 16], "decoder_skip": True, "action_from_masks": True},  # ours, opt-in
     "glimpse_changes": {"glimpse": [16, 16], "decoder_skip": True, "action_from_changes": True},  # ours, opt-in
+    "glimpse_shift_warp": {"glimpse": [16, 16], "decoder_skip": True, "decoder_skip_mask": True, "decoder_warp": 2.0,
+                           "decoder_action": True, "action_from_masks": True, "action_shift_input": 300.0,
+                           "num_actions": 9},  # ours, opt-in: docs/local-actions.md, nineteenth round
 }
 
 

@@ -116,8 +116,13 @@ def _video(seed: int = 1, length: int = 4) -> torch.Tensor:
     return torch.rand(2, length, 3, FRAME[1], FRAME[0], generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
-def test_the_lma_terms_are_those_of_an_lma_whose_frame_is_the_box():
-    overrides = dict(decoder_skip=True, decoder_skip_mask=True, decoder_action=True)
+@pytest.mark.parametrize("recipe", [
+    {},
+    # the nineteenth round's (docs/local-actions.md): the action network also reads Δ_F — in box units here
+    dict(decoder_warp=2.0, action_from_masks=True, action_shift_input=300.0, num_actions=9),
+], ids=["plain", "warp_masks_shift"])
+def test_the_lma_terms_are_those_of_an_lma_whose_frame_is_the_box(recipe):
+    overrides = dict(decoder_skip=True, decoder_skip_mask=True, decoder_action=True, **recipe)
     model = _glimpse_model(**overrides)
     assert model.lma.state_resolution == (2, 4)
     video = _video()
