@@ -1,6 +1,8 @@
 """The model, its loss, Adam + MultiStepLR and one training step of SPEC §4.2 (`Trainer`)."""
 from __future__ import annotations
 
+import bisect
+import collections
 import contextlib
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
@@ -320,12 +322,29 @@ class Trainer:
             "code_usage": average_over_processes(self.context, self.code_usage.clone()).cpu(),
         }
 
+    def _apply_configured_lr_schedule(self) -> None:
+        """After a scheduler state is loaded: a resumed run whose config changed `training.lr_milestones` or
+        `training.lr_gamma` (a key=value override) gets the configured schedule — MultiStepLR's state dict holds
+        its own copy of both, which would otherwise win silently — with every group's learning rate set to what
+        the new schedule gives at the current step (`learning_rate` · gamma^(milestones passed)). An unchanged
+        schedule is left as loaded, so an exact resume stays bit-identical."""
+        milestones, gamma = sorted(self.training.lr_milestones), self.training.lr_gamma
+        if sorted(self.scheduler.milestones.elements()) == milestones and self.scheduler.gamma == gamma:
+            return
+        self.scheduler.milestones = collections.Counter(milestones)
+        self.scheduler.gamma = gamma
+        passed = bisect.bisect_right(milestones, self.scheduler.last_epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * gamma ** passed
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Load a `state_dict` (a checkpoint dict may be given whole; its other keys are not read). A checkpoint
         written before the codebook options has no 'code_usage': the usage stays zero."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self._apply_configured_lr_schedule()
         self.grad_scaler.load_state_dict(state["grad_scaler"])
         if "code_usage" in state:
             self.code_usage.copy_(state["code_usage"].to(self.code_usage))

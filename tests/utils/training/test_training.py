@@ -258,3 +258,34 @@ def test_the_freeze_refits_the_readers_statistics_first_when_asked(one_torch_thr
     trainer.training_step(batches[2], 2)
     assert all(torch.equal(after[name], value) for name, value in readers(trainer.model).items())
     assert not lma.action_network.training and lma.decoder.training
+
+
+def test_a_resumed_trainer_takes_a_changed_learning_rate_schedule_from_its_config():
+    from tests.small_model import NO_PERCEPTUAL_LOSSES, SMALL_MODEL
+    from utils.distributed import initialize
+    from utils.training.trainer import Trainer
+
+    overrides = [*SMALL_MODEL, *NO_PERCEPTUAL_LOSSES, "training.learning_rate=0.001"]
+    config = load_config(os.path.join(REPOSITORY, "configs", "wsprites.yaml"), overrides)
+    trained = Trainer(config, initialize("cpu"))
+    for _ in range(6):  # six steps as a run would take them, without computing any
+        trained.optimizer.step()
+        trained.scheduler.step()
+    state = trained.state_dict()
+
+    same = Trainer(config, initialize("cpu"))  # the schedule unchanged: the state as saved
+    same.load_state_dict(state)
+    assert same.scheduler.state_dict() == trained.scheduler.state_dict()
+
+    changed = load_config(os.path.join(REPOSITORY, "configs", "wsprites.yaml"),
+                          [*overrides, "training.lr_milestones=[4,10]", "training.lr_gamma=0.1"])
+    resumed = Trainer(changed, initialize("cpu"))
+    resumed.load_state_dict(state)
+    assert resumed.scheduler.last_epoch == 6
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)  # milestone 4 passed, 10 not yet
+    assert resumed.scheduler.get_last_lr() == [resumed.optimizer.param_groups[0]["lr"]]
+    for step in range(6, 11):
+        resumed.optimizer.step()
+        resumed.scheduler.step()
+        expected = 1e-4 if step + 1 < 10 else 1e-5  # the learning rate of the next step
+        assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(expected)
