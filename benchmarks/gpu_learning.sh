@@ -52,7 +52,8 @@ say "data ready"
 
 # issue 21's next GPU question (docs/local-actions.md, tenth to fifteenth rounds): does the code effect on unseen
 # characters reach 1 dB on switches over thousands of steps at batch 16, with the readers frozen at 1,000
-# (statistics refitted: the config's own keys since the fifteenth round) or not?
+# (statistics refitted: the config's own keys since the fifteenth round) or not? Since the twentieth round the
+# config also drops the learning rate tenfold at step 3,000 (training.lr_milestones), in these runs too.
 B16="training.batch_size=16"
 NOFREEZE="training.action_freeze_step=0 training.action_freeze_refit_batches=0"
 RUNS=(

@@ -82,9 +82,10 @@ def test_c2_config_is_the_tiny_one_with_the_local_actions_recipe():
         "name": "wsprites-c2", "data.root": "datasets/wsprites-c2", "model.lma.action_from_masks": True,
         "model.lma.decoder_action": True, "model.lma.decoder_warp": 4.0, "model.lma.action_shift_input": 300.0,
         "model.lma.num_actions": 9, "loss.code_switch_weight": 10.0,
-        "training.action_freeze_step": 1000, "training.action_freeze_refit_batches": 50}
-    # the freeze acts in longer runs only: the first run's 1,000 steps end before it
-    assert c2["training.num_steps"] == c2["training.action_freeze_step"]
+        "training.action_freeze_step": 1000, "training.action_freeze_refit_batches": 50,
+        "training.lr_milestones": [3000], "training.lr_gamma": 0.1}
+    # the freeze and the learning-rate drop act in longer runs only: the first run's 1,000 steps end before them
+    assert c2["training.num_steps"] == c2["training.action_freeze_step"] < c2["training.lr_milestones"][0]
 
 
 def test_tiny_config_is_cpu_sized():
