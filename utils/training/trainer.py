@@ -323,19 +323,23 @@ class Trainer:
         }
 
     def _apply_configured_lr_schedule(self) -> None:
-        """After a scheduler state is loaded: a resumed run whose config changed `training.lr_milestones` or
-        `training.lr_gamma` (a key=value override) gets the configured schedule — MultiStepLR's state dict holds
-        its own copy of both, which would otherwise win silently — with every group's learning rate set to what
-        the new schedule gives at the current step (`learning_rate` · gamma^(milestones passed)). An unchanged
-        schedule is left as loaded, so an exact resume stays bit-identical."""
-        milestones, gamma = sorted(self.training.lr_milestones), self.training.lr_gamma
-        if sorted(self.scheduler.milestones.elements()) == milestones and self.scheduler.gamma == gamma:
+        """After the optimiser and scheduler states are loaded: a resumed run whose config changed
+        `training.learning_rate`, `lr_milestones` or `lr_gamma` (a key=value override) gets the configured schedule —
+        the optimiser's and MultiStepLR's state dicts hold their own copies, which would otherwise win silently —
+        with every group's learning rate set to what the new schedule gives at the current step (`learning_rate` ·
+        gamma^(milestones passed)). An unchanged schedule is left as loaded, so an exact resume stays bit-identical."""
+        training = self.training
+        rate, milestones, gamma = training.learning_rate, sorted(training.lr_milestones), training.lr_gamma
+        if (sorted(self.scheduler.milestones.elements()) == milestones and self.scheduler.gamma == gamma
+                and all(group["initial_lr"] == rate for group in self.optimizer.param_groups)):
             return
         self.scheduler.milestones = collections.Counter(milestones)
         self.scheduler.gamma = gamma
+        self.scheduler.base_lrs = [rate] * len(self.optimizer.param_groups)
         passed = bisect.bisect_right(milestones, self.scheduler.last_epoch)
         for group in self.optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * gamma ** passed
+            group["initial_lr"] = rate
+            group["lr"] = rate * gamma ** passed
         self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:

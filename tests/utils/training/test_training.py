@@ -289,3 +289,11 @@ def test_a_resumed_trainer_takes_a_changed_learning_rate_schedule_from_its_confi
         resumed.scheduler.step()
         expected = 1e-4 if step + 1 < 10 else 1e-5  # the learning rate of the next step
         assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(expected)
+
+    faster = load_config(os.path.join(REPOSITORY, "configs", "wsprites.yaml"),
+                         [*overrides, "training.learning_rate=0.002", "training.lr_milestones=[4,10]",
+                          "training.lr_gamma=0.1"])
+    resumed = Trainer(faster, initialize("cpu"))
+    resumed.load_state_dict(state)
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(2e-4)  # the new rate, milestone 4 passed
+    assert resumed.scheduler.base_lrs == [0.002]
