@@ -26,7 +26,10 @@ frames of the split (default evaluation.split, 'val'); the reconstructions use
 evaluation.protocol (default one_step: T_f = T−1, the authors' evaluation). The metrics and
 their alignment with the labels are defined in utils/evaluation/action_metrics.py. A table is printed and one
 JSON line appended to RUNS_DIR/RUN_NAME/metrics/evaluate-SPLIT-PROTOCOL.jsonl (step, split,
-protocol, checkpoint, time, every value, and what was skipped and why on data without labels).
+protocol, checkpoint, time, every value, and what was skipped and why on data without labels). Beside it, in
+metrics/: on labelled data the codes per true local action as a picture (…-step_N-confusion.png), and the
+local-action sheet with each code's usual shift (…-step_N-local-actions.png: from the split's first characters,
+each code held for 6 steps with the median shift of the transitions given it, as the table's last rows say).
 Several processes split the windows by whole batches and give the single-process result.
 """
 from __future__ import annotations
@@ -70,6 +73,8 @@ from utils.evaluation.action_metrics import (
     reader_refit_batches,
     result_record,
     shard_indices,
+    usual_shift_sheet,
+    usual_shift_sheet_path,
 )
 from utils.files import append_json_line
 from utils.media import confusion_image, save_png
@@ -160,6 +165,10 @@ def run_process(plan: EvaluationPlan, context: DistributedContext, loaded: Optio
                                            [f"code {code}" for code in range(len(result.confusion[0]))]),
                            confusion_path(plan.run_folder, evaluation.split, protocol, trained.step))
         print(f"wrote {picture}")
+    if result.code_shifts is not None and len(dataset):
+        sheet = usual_shift_sheet(trained.model, dataset, result.code_shifts, trained.config.data.input_size)
+        picture = save_png(sheet, usual_shift_sheet_path(plan.run_folder, evaluation.split, protocol, trained.step))
+        print(f"wrote {picture} (each code held 6 steps with its usual shift, from the split's first characters)")
     return 0
 
 

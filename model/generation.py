@@ -378,14 +378,20 @@ def global_action_matrix(model: Glass, start_frames: torch.Tensor, num_frames: i
 
 
 def local_action_matrix(model: Glass, start_frames: torch.Tensor, num_frames: int,
-                        global_shift: Tuple[float, float] = NAMED_SHIFTS["stay"]) -> torch.Tensor:
+                        global_shift: Tuple[float, float] = NAMED_SHIFTS["stay"],
+                        action_shifts: Optional[ShiftLike] = None) -> torch.Tensor:
     """The local-action figure: rows = start frames (R, 3, H, W), column k = local action k of
     the codebook (K columns) applied for `num_frames` steps with the fixed `global_shift`
-    (default stay) → generated frames (R, K, num_frames, 3, H, W) (start frame excluded)."""
+    (default stay), or with its own shift `action_shifts[k]` ((K, 2), affine_grid units: e.g. the shift each code
+    comes with in real videos) → generated frames (R, K, num_frames, 3, H, W) (start frame excluded)."""
     assert_shape(start_frames, (None, 3, *model.frame_size), "start frames")
     num_actions = model.num_actions
-    global_shifts = torch.tensor([global_shift], dtype=start_frames.dtype,
-                                 device=start_frames.device).expand(num_actions, 2)
+    if action_shifts is None:
+        global_shifts = torch.tensor([global_shift], dtype=start_frames.dtype,
+                                     device=start_frames.device).expand(num_actions, 2)
+    else:
+        global_shifts = torch.as_tensor(action_shifts, dtype=start_frames.dtype, device=start_frames.device)
+        assert_shape(global_shifts, (num_actions, 2), "per-action shifts")
     return _action_matrix(model, start_frames, num_frames, global_shifts,
                           torch.arange(num_actions, device=start_frames.device))
 

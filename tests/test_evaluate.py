@@ -79,6 +79,13 @@ def test_prints_the_table_and_appends_one_line_per_run(run_copy, capsys):
     assert "code effect per kind of switch" in printed
     picture = os.path.join(run_copy["run_folder"], "metrics", "evaluate-val-one_step-step_000004-confusion.png")
     assert os.path.getsize(picture) > 0
+    # each code's usual shift over the real transitions, and the local-action sheet drawn with it
+    usual = first["code_usual_shift"]
+    assert [entry["transitions"] for entry in usual] == first["histograms"]["gt"]
+    assert all((entry["dx"] is None) == (entry["transitions"] == 0) for entry in usual)
+    assert "each code's usual foreground shift" in printed
+    sheet = os.path.join(run_copy["run_folder"], "metrics", "evaluate-val-one_step-step_000004-local-actions.png")
+    assert os.path.getsize(sheet) > 0 and sheet in printed
     # the test split and the single-image protocol go to their own file
     assert evaluate.main(evaluate_arguments(run_copy, "--split", "test", "--protocol", "single_image")) == 0
     (record,) = lines(os.path.join(run_copy["run_folder"], "metrics", "evaluate-test-single_image.jsonl"))

@@ -171,6 +171,16 @@ def test_action_matrices_repeat_one_action_per_column(calibrated_model, small_vi
         assert torch.allclose(global_matrix[1, list(NAMED_SHIFTS).index("up"), n], state.frame[0], atol=1e-4)
     state = play_step(model, start_play(model, starts[:1]), NAMED_SHIFTS["stay"], 3)
     assert torch.allclose(local_matrix[0, 3, 0], state.frame[0], atol=1e-4)
+    # Each code with its own shift (the shift it comes with in real videos): column k is code k played with shift k.
+    shifts = torch.tensor([NAMED_SHIFTS["stay"], NAMED_SHIFTS["right"], NAMED_SHIFTS["up"], NAMED_SHIFTS["left"]])
+    own = local_action_matrix(model, starts, num_frames=2, action_shifts=shifts)
+    assert torch.equal(own[:, 0], local_matrix[:, 0]) and not torch.allclose(own[:, 1], local_matrix[:, 1])
+    state = start_play(model, starts[1:2])
+    for n in range(2):
+        state = play_step(model, state, NAMED_SHIFTS["up"], 2)
+        assert torch.allclose(own[1, 2, n], state.frame[0], atol=1e-4)
+    with pytest.raises(ValueError, match="per-action shifts"):
+        local_action_matrix(model, starts, num_frames=1, action_shifts=shifts[:3])
 
 
 def test_reconstruction_generates_with_the_refined_shifts(calibrated_model, small_video):

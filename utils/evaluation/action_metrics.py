@@ -46,12 +46,14 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
 from data.video_dataset import VideoDataset, collate_videos
 from data.wsprites.walk import LOCAL_ACTION_NAMES
 from model.generation import (
+    local_action_matrix,
     num_ground_truth_steps,
     reconstruct,
     transition_motion,
@@ -81,6 +83,7 @@ from utils.metrics import (
     switch_transitions,
 )
 from utils.training.batches import start_loader_worker
+from utils.training.media import action_matrix_media
 
 METRIC_NAME = "glass_action_metrics"  # the "metric" field of every JSON line
 METRICS_FOLDER = "metrics"
@@ -240,6 +243,26 @@ class EvaluationResult:
     # gt: per kind of switch (`utils.metrics.SWITCH_KINDS`: a turn between front and side, from side to side, another
     # animation in the same view), (kind, code effect dB, with the best code per transition dB, how many transitions)
     switch_kind_code_effects: Optional[List[Tuple[str, float, float, int]]] = None
+    # gt: per code, (how many transitions of the real videos got it, the median of the GMA's foreground shift over
+    # them: dx, dy in pixels; NaN for a code no transition got): the global action each local action comes with
+    code_shifts: Optional[List[Tuple[int, float, float]]] = None
+
+
+def code_usual_shifts(action_ids: torch.Tensor, shifts: torch.Tensor,
+                      num_actions: int) -> List[Tuple[int, float, float]]:
+    """Per code k < `num_actions`: (how many of `action_ids` (…) are k, the median dx and dy of `shifts` (…, 2)
+    over them; NaN, NaN for an unused code). An action network that reads the shift (W-Sprites: walks) gives its
+    walk codes the walk's shift; drawn with another shift, such a code is asked for what it never saw."""
+    ids, values = action_ids.reshape(-1), shifts.reshape(-1, 2).double()
+    rows = []
+    for code in range(num_actions):
+        chosen = values[ids == code]
+        if chosen.shape[0]:
+            median = chosen.median(dim=0).values  # per axis; the lower middle value for an even count
+            rows.append((int(chosen.shape[0]), float(median[0]), float(median[1])))
+        else:
+            rows.append((0, math.nan, math.nan))
+    return rows
 
 
 def _shift_metrics(predicted: torch.Tensor, reference: torch.Tensor, prefix: str) -> Tuple[Dict[str, float], int]:
@@ -395,6 +418,7 @@ def summarize(records: Dict[str, torch.Tensor], num_actions: int, seed: int,
     if has_actions.any():
         confusion = local_action_confusion(records["true_local_actions"][has_actions],
                                            records["real_action_ids"][has_actions], num_actions).tolist()
+    code_shifts = code_usual_shifts(records["real_action_ids"], records["real_sprite_shifts"], num_actions)
     for variant, name in reconstructions:
         for image in ("foreground", "frame"):
             key = f"{name}_{image}_squared_error"
@@ -403,7 +427,7 @@ def summarize(records: Dict[str, torch.Tensor], num_actions: int, seed: int,
                 results[f"{variant}/{image}_psnr"] = 10 * math.log10(4.0 / mse) if mse > 0 else math.inf
     return EvaluationResult(results=results, skipped=skipped, counts=counts, histograms=histograms,
                             confusion=confusion, label_code_effects=label_code_effects,
-                            switch_kind_code_effects=switch_kind_code_effects)
+                            switch_kind_code_effects=switch_kind_code_effects, code_shifts=code_shifts)
 
 
 def local_action_confusion(true_labels: torch.Tensor, ids: torch.Tensor, num_actions: int) -> torch.Tensor:
@@ -514,7 +538,10 @@ def result_record(result: EvaluationResult, trained: TrainedModel, run_folder: s
                                         [{"kind": kind, "code_effect_db": None if math.isnan(value) else value,
                                           "best_code_effect_db": None if math.isnan(best) else best,
                                           "transitions": count}
-                                         for kind, value, best, count in result.switch_kind_code_effects])}
+                                         for kind, value, best, count in result.switch_kind_code_effects]),
+            "code_usual_shift": (None if result.code_shifts is None else
+                                 [{"transitions": count, "dx": None if math.isnan(dx) else dx,
+                                   "dy": None if math.isnan(dy) else dy} for count, dx, dy in result.code_shifts])}
 
 
 _TABLE_ROWS = [
@@ -580,6 +607,12 @@ def format_table(result: EvaluationResult, protocol: str = "one_step") -> str:
         for name, value, best, count in result.switch_kind_code_effects:
             cells = "".join(f"{'—' if math.isnan(number) else f'{number:.3f}':>8}" for number in (value, best))
             lines.append(f"  {name:<22}{cells}{count:>6}")
+    if result.code_shifts is not None:
+        lines.append("each code's usual foreground shift (GT; median px of the GMA's shift over its transitions, "
+                     "how many):")
+        for code, (count, dx, dy) in enumerate(result.code_shifts):
+            shift = "—" if not count else f"({dx:+.2f}, {dy:+.2f})"
+            lines.append(f"  code {code:<13}{shift:>18}{count:>6}")
     for what, reason in result.skipped.items():
         lines.append(f"skipped {what}: {reason}")
     return "\n".join(lines)
@@ -590,6 +623,40 @@ def confusion_row_labels(num_labels: int) -> List[str]:
     if num_labels <= len(LOCAL_ACTION_NAMES):
         return list(LOCAL_ACTION_NAMES[:num_labels])
     return [f"label {label}" for label in range(num_labels)]
+
+
+def usual_shift_sheet(model: torch.nn.Module, dataset: VideoDataset, code_shifts: Sequence[Tuple[int, float, float]],
+                      input_size: Sequence[int], rows: int = 2, num_frames: int = 6) -> np.ndarray:
+    """The local-action sheet with each code's usual shift (`EvaluationResult.code_shifts`, pixels): from the first
+    frames of the split's first windows of `rows` different characters (or of its first windows, without
+    characters), code k held for `num_frames` generated steps with its median shift (an unused code: no shift). The
+    training media's sheet holds every code with no shift, which a walk code read with its walk's shift never
+    saw. One row per (start, code), labelled with the shift; columns: time."""
+    starts: List[torch.Tensor] = []
+    seen = set()
+    for window, (video_index, _) in enumerate(dataset.windows):
+        character = dataset.videos[video_index].sprite_id
+        if character in seen and character >= 0:
+            continue
+        seen.add(character)
+        starts.append(dataset[window]["observations"][0, :3])
+        if len(starts) == rows:
+            break
+    width, height = input_size
+    shifts = torch.tensor([(0.0, 0.0) if not count else (dx / (width / 2.0), dy / (height / 2.0))
+                           for count, dx, dy in code_shifts])
+    device = next(model.parameters()).device
+    start_frames = torch.stack(starts).to(device)
+    matrix = local_action_matrix(model, start_frames, num_frames, action_shifts=shifts.to(device))
+    names = [f"code {code}, unused: no shift" if not count else f"code {code}, shift {dx:+.1f} {dy:+.1f} px"
+             for code, (count, dx, dy) in enumerate(code_shifts)]
+    _, sheet = action_matrix_media(matrix.cpu(), start_frames.cpu(), names)
+    return sheet
+
+
+def usual_shift_sheet_path(run_folder: str, split: str, protocol: str, step: int) -> str:
+    """runs/R/metrics/evaluate-SPLIT-PROTOCOL-step_N-local-actions.png: `usual_shift_sheet`."""
+    return os.path.join(run_folder, METRICS_FOLDER, f"evaluate-{split}-{protocol}-step_{step:06d}-local-actions.png")
 
 
 def confusion_path(run_folder: str, split: str, protocol: str, step: int) -> str:

@@ -184,6 +184,51 @@ def test_code_difference_over_the_split_is_a_ratio_of_region_sums():
     assert "gt/code_difference" not in empty.results and "no character region" in empty.skipped["gt: code_difference"]
 
 
+def test_each_codes_usual_shift_is_the_median_of_the_shifts_of_its_transitions():
+    from utils.evaluation.action_metrics import code_usual_shifts
+
+    # code 0: shifts (−2, 0), (−3, 0), (−2, 1) → median (−2, 0); code 2: one stay; code 1 unused
+    records = _records(predicted_ids=[[0, 0, 2], [0, 3, 3]], true_local=[[0, 0, 1], [1, 1, 1]],
+                       predicted_shifts=[[[-2.0, 0.0], [-3.0, 0.0], [0.0, 0.0]], [[-2.0, 1.0], [0.0, 2.0],
+                                                                                  [0.0, 2.0]]],
+                       true_shifts=[[[1.0, 0.0]] * 3] * 2, sprite_ids=[1, 2])
+    result = summarize(records, num_actions=4, seed=0)
+    assert result.code_shifts[0] == (3, -2.0, 0.0) and result.code_shifts[2] == (1, 0.0, 0.0)
+    assert result.code_shifts[3] == (2, 0.0, 2.0)
+    count, dx, dy = result.code_shifts[1]
+    assert count == 0 and math.isnan(dx) and math.isnan(dy)
+    table = format_table(result)
+    assert "each code's usual foreground shift" in table and "(-2.00, +0.00)" in table
+    # the counts are the code histogram of the real videos; an even count takes the lower middle value
+    assert [row[0] for row in result.code_shifts] == result.histograms["gt"]
+    assert code_usual_shifts(torch.tensor([1, 1]), torch.tensor([[1.0, 4.0], [3.0, 2.0]]), 2)[1] == (2, 1.0, 2.0)
+
+
+def test_the_usual_shift_sheet_plays_each_code_with_its_shift_from_one_start_per_character(tiny, device):
+    import numpy as np
+
+    from model.generation import local_action_matrix
+    from utils.evaluation.action_metrics import usual_shift_sheet
+    from utils.training.media import action_matrix_media
+
+    trained, _, _ = tiny
+    dataset = evaluation_dataset(trained.config)
+    width, height = trained.config.data.input_size
+    num_actions = trained.config.model.lma.num_actions
+    # code 0 moves right by 4 px, code 1 was never chosen (no shift), the others stay
+    code_shifts = [(5, 4.0, 0.0), (0, math.nan, math.nan)] + [(1, 0.0, 0.0)] * (num_actions - 2)
+    sheet = usual_shift_sheet(trained.model, dataset, code_shifts, trained.config.data.input_size, num_frames=2)
+    # the split holds one character: one start, the first window's first frame
+    start = dataset[0]["observations"][:1, :3].to(device)
+    shifts = torch.zeros(num_actions, 2)
+    shifts[0, 0] = 4.0 / (width / 2.0)
+    expected = local_action_matrix(trained.model, start, 2, action_shifts=shifts.to(device))
+    names = ["code 0, shift +4.0 +0.0 px", "code 1, unused: no shift"] + [
+        f"code {code}, shift +0.0 +0.0 px" for code in range(2, num_actions)]
+    _, reference = action_matrix_media(expected.cpu(), start.cpu(), names)
+    assert sheet.shape == reference.shape and np.abs(sheet.astype(int) - reference.astype(int)).max() <= 1
+
+
 def test_local_action_confusion_counts_the_codes_of_every_true_action():
     from utils.evaluation.action_metrics import confusion_row_labels, local_action_confusion
 
