@@ -75,6 +75,7 @@ from utils.evaluation.action_metrics import (
     shard_indices,
     usual_shift_sheet,
     usual_shift_sheet_path,
+    usual_shift_steps,
 )
 from utils.files import append_json_line
 from utils.media import confusion_image, save_png
@@ -169,6 +170,8 @@ def run_process(plan: EvaluationPlan, context: DistributedContext, loaded: Optio
         sheet = usual_shift_sheet(trained.model, dataset, result.code_shifts, trained.config.data.input_size)
         picture = save_png(sheet, usual_shift_sheet_path(plan.run_folder, evaluation.split, protocol, trained.step))
         print(f"wrote {picture} (each code held 6 steps with its usual shift, from the split's first characters)")
+        print("play.py steps, each code with its usual shift: " +
+              " ".join(usual_shift_steps(result.code_shifts, trained.config.data.input_size)))
     return 0
 
 

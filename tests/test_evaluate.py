@@ -86,6 +86,7 @@ def test_prints_the_table_and_appends_one_line_per_run(run_copy, capsys):
     assert "each code's usual foreground shift" in printed
     sheet = os.path.join(run_copy["run_folder"], "metrics", "evaluate-val-one_step-step_000004-local-actions.png")
     assert os.path.getsize(sheet) > 0 and sheet in printed
+    assert "play.py steps, each code with its usual shift: " in printed
     # the test split and the single-image protocol go to their own file
     assert evaluate.main(evaluate_arguments(run_copy, "--split", "test", "--protocol", "single_image")) == 0
     (record,) = lines(os.path.join(run_copy["run_folder"], "metrics", "evaluate-test-single_image.jsonl"))

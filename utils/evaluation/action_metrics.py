@@ -654,6 +654,14 @@ def usual_shift_sheet(model: torch.nn.Module, dataset: VideoDataset, code_shifts
     return sheet
 
 
+def usual_shift_steps(code_shifts: Sequence[Tuple[int, float, float]], input_size: Sequence[int]) -> List[str]:
+    """Each used code with its usual shift (`EvaluationResult.code_shifts`, pixels) as a `play.py` step of the
+    action language, `DX,DY:CODE` in affine_grid units (3 decimals; an unused code is left out)."""
+    width, height = input_size
+    return [f"{dx / (width / 2.0):.3f},{dy / (height / 2.0):.3f}:{code}"
+            for code, (count, dx, dy) in enumerate(code_shifts) if count]
+
+
 def usual_shift_sheet_path(run_folder: str, split: str, protocol: str, step: int) -> str:
     """runs/R/metrics/evaluate-SPLIT-PROTOCOL-step_N-local-actions.png: `usual_shift_sheet`."""
     return os.path.join(run_folder, METRICS_FOLDER, f"evaluate-{split}-{protocol}-step_{step:06d}-local-actions.png")

@@ -185,7 +185,8 @@ def test_code_difference_over_the_split_is_a_ratio_of_region_sums():
 
 
 def test_each_codes_usual_shift_is_the_median_of_the_shifts_of_its_transitions():
-    from utils.evaluation.action_metrics import code_usual_shifts
+    from utils.evaluation.action_metrics import code_usual_shifts, usual_shift_steps
+    from utils.play.actions import parse_actions
 
     # code 0: shifts (−2, 0), (−3, 0), (−2, 1) → median (−2, 0); code 2: one stay; code 1 unused
     records = _records(predicted_ids=[[0, 0, 2], [0, 3, 3]], true_local=[[0, 0, 1], [1, 1, 1]],
@@ -202,6 +203,12 @@ def test_each_codes_usual_shift_is_the_median_of_the_shifts_of_its_transitions()
     # the counts are the code histogram of the real videos; an even count takes the lower middle value
     assert [row[0] for row in result.code_shifts] == result.histograms["gt"]
     assert code_usual_shifts(torch.tensor([1, 1]), torch.tensor([[1.0, 4.0], [3.0, 2.0]]), 2)[1] == (2, 1.0, 2.0)
+    # as play.py steps (affine_grid units of a 128 × 96 frame), the unused code left out; the language reads them
+    steps = usual_shift_steps(result.code_shifts, [128, 96])
+    assert steps == ["-0.031,0.000:0", "0.000,0.000:2", "0.000,0.042:3"]
+    parsed = parse_actions(" ".join(steps), num_actions=4)
+    assert [step.local_action for step in parsed] == [0, 2, 3]
+    assert parsed[0].global_shift == pytest.approx((-2.0 / 64, 0.0), abs=1e-3)
 
 
 def test_the_usual_shift_sheet_plays_each_code_with_its_shift_from_one_start_per_character(tiny, device):
