@@ -611,7 +611,7 @@ def format_table(result: EvaluationResult, protocol: str = "one_step") -> str:
         lines.append("each code's usual foreground shift (GT; median px of the GMA's shift over its transitions, "
                      "how many):")
         for code, (count, dx, dy) in enumerate(result.code_shifts):
-            shift = "—" if not count else f"({dx:+.2f}, {dy:+.2f})"
+            shift = "—" if not count else f"({_rounded(dx, 2):+.2f}, {_rounded(dy, 2):+.2f})"
             lines.append(f"  code {code:<13}{shift:>18}{count:>6}")
     for what, reason in result.skipped.items():
         lines.append(f"skipped {what}: {reason}")
@@ -648,7 +648,8 @@ def usual_shift_sheet(model: torch.nn.Module, dataset: VideoDataset, code_shifts
     device = next(model.parameters()).device
     start_frames = torch.stack(starts).to(device)
     matrix = local_action_matrix(model, start_frames, num_frames, action_shifts=shifts.to(device))
-    names = [f"code {code}, unused: no shift" if not count else f"code {code}, shift {dx:+.1f} {dy:+.1f} px"
+    names = [f"code {code}, unused: no shift" if not count else
+             f"code {code}, shift {_rounded(dx, 1):+.1f} {_rounded(dy, 1):+.1f} px"
              for code, (count, dx, dy) in enumerate(code_shifts)]
     _, sheet = action_matrix_media(matrix.cpu(), start_frames.cpu(), names)
     return sheet
@@ -658,8 +659,13 @@ def usual_shift_steps(code_shifts: Sequence[Tuple[int, float, float]], input_siz
     """Each used code with its usual shift (`EvaluationResult.code_shifts`, pixels) as a `play.py` step of the
     action language, `DX,DY:CODE` in affine_grid units (3 decimals; an unused code is left out)."""
     width, height = input_size
-    return [f"{dx / (width / 2.0):.3f},{dy / (height / 2.0):.3f}:{code}"
+    return [f"{_rounded(dx / (width / 2.0), 3):.3f},{_rounded(dy / (height / 2.0), 3):.3f}:{code}"
             for code, (count, dx, dy) in enumerate(code_shifts) if count]
+
+
+def _rounded(value: float, digits: int) -> float:
+    """`value` rounded to `digits` decimals, without a negative zero (printed "-0.0" where it rounds to 0)."""
+    return round(value, digits) + 0.0
 
 
 def usual_shift_sheet_path(run_folder: str, split: str, protocol: str, step: int) -> str:

@@ -209,6 +209,8 @@ def test_each_codes_usual_shift_is_the_median_of_the_shifts_of_its_transitions()
     parsed = parse_actions(" ".join(steps), num_actions=4)
     assert [step.local_action for step in parsed] == [0, 2, 3]
     assert parsed[0].global_shift == pytest.approx((-2.0 / 64, 0.0), abs=1e-3)
+    # a value that rounds to zero is printed without a minus sign
+    assert usual_shift_steps([(1, -0.01, -0.0)], [128, 96]) == ["0.000,0.000:0"]
 
 
 def test_the_usual_shift_sheet_plays_each_code_with_its_shift_from_one_start_per_character(tiny, device):
