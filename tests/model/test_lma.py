@@ -458,8 +458,12 @@ def test_action_from_changes_reads_the_moved_mask_and_where_the_frame_changes(sm
         # What stays still cancels: another character, as still, with the same change, gives the same codes.
         other = (-foregrounds[:, 1:2]).expand(-1, 4, -1, -1, -1).clone()
         other[:, 2:, :, 4:8, 10:20] += 0.3
-        assert torch.allclose(lma.infer_motion(other, other[:, :-1], shifts, masks=masks).actions.vectors,
-                              motion.actions.vectors, atol=1e-5)
+        other_vectors = lma.infer_motion(other, other[:, :-1], shifts, masks=masks).actions.vectors
+        # the action encoder reads the same two maps (to the rounding of f + 0.3 − f against −f + 0.3 + f, a few
+        # 1e-7), and the vectors agree to what the training-mode BatchNorm of a batch of 12 makes of that rounding
+        # (2e-5 on an AVX2 EPYC; a reader of appearance would differ by tenths)
+        assert len(read) == 4 and torch.equal(read[2], read[0]) and torch.allclose(read[3], read[1], atol=1e-6)
+        assert torch.allclose(other_vectors, motion.actions.vectors, atol=1e-4)
     (motion.actions.codes.sum() + motion.actions.vq_loss).backward()
     assert lma.action_encoder.layers[0][0].weight.grad.abs().sum() > 0
     assert lma.encoder.layers[0][0].weight.grad is None
