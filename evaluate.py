@@ -166,7 +166,7 @@ def run_process(plan: EvaluationPlan, context: DistributedContext, loaded: Optio
                                            [f"code {code}" for code in range(len(result.confusion[0]))]),
                            confusion_path(plan.run_folder, evaluation.split, protocol, trained.step))
         print(f"wrote {picture}")
-    if result.code_shifts is not None and len(dataset):
+    if result.code_shifts is not None:
         sheet = usual_shift_sheet(trained.model, dataset, result.code_shifts, trained.config.data.input_size)
         picture = save_png(sheet, usual_shift_sheet_path(plan.run_folder, evaluation.split, protocol, trained.step))
         print(f"wrote {picture} (each code held 6 steps with its usual shift, from the split's first characters)")

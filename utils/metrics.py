@@ -1,7 +1,7 @@
 """Action and segmentation metrics of SPEC §5.1 that need no pretrained network.
 
 Shifts predicted by the model are in `affine_grid` units (2 = the full frame width or
-height); ground-truth shifts are in pixels. `shifts_to_pixels` converts the former.
+height); ground-truth shifts are in pixels. `shifts_to_pixels` converts the former, `pixels_to_shifts` back.
 Predicted shift t (frames t → t+1) is compared with the true shift stored at t+1
 (`global_shifts[:, 1:]` of a batch), which is the displacement from frame t to t+1.
 """
@@ -20,6 +20,14 @@ def shifts_to_pixels(shifts: torch.Tensor, input_size: Sequence[int]) -> torch.T
     width, height = input_size
     scale = torch.tensor([width / 2.0, height / 2.0], dtype=shifts.dtype, device=shifts.device)
     return shifts * scale
+
+
+def pixels_to_shifts(pixels: torch.Tensor, input_size: Sequence[int]) -> torch.Tensor:
+    """The inverse of `shifts_to_pixels`: (…, 2) pixels of frames `input_size` = [W, H] → affine_grid units
+    (dx/(W/2), dy/(H/2))."""
+    width, height = input_size
+    scale = torch.tensor([width / 2.0, height / 2.0], dtype=pixels.dtype, device=pixels.device)
+    return pixels / scale
 
 
 def soft_iou_sums(predicted_masks: torch.Tensor, true_masks: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

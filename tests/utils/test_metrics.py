@@ -4,13 +4,22 @@ import math
 import pytest
 import torch
 
-from utils.metrics import direction_matches, iou_from_sums, shift_errors, shifts_to_pixels, soft_iou, soft_iou_sums
+from utils.metrics import (
+    direction_matches,
+    iou_from_sums,
+    pixels_to_shifts,
+    shift_errors,
+    shifts_to_pixels,
+    soft_iou,
+    soft_iou_sums,
+)
 
 
 def test_shifts_to_pixels_uses_half_the_frame_size():
     shifts = torch.tensor([[0.07, 0.0], [0.0, -0.1], [2.0, 2.0]])
     pixels = shifts_to_pixels(shifts, [128, 96])
     assert torch.allclose(pixels, torch.tensor([[0.07 * 64, 0.0], [0.0, -4.8], [128.0, 96.0]]))
+    assert torch.allclose(pixels_to_shifts(pixels, [128, 96]), shifts)  # and back
 
 
 def test_soft_iou_binary_and_soft():

@@ -76,6 +76,7 @@ from utils.metrics import (
     mean_nmi_per_group,
     normalized_mutual_information,
     perplexity,
+    pixels_to_shifts,
     shift_errors,
     shifts_to_pixels,
     soft_iou_sums,
@@ -642,12 +643,10 @@ def usual_shift_sheet(model: torch.nn.Module, dataset: VideoDataset, code_shifts
         starts.append(dataset[window]["observations"][0, :3])
         if len(starts) == rows:
             break
-    width, height = input_size
-    shifts = torch.tensor([(0.0, 0.0) if not count else (dx / (width / 2.0), dy / (height / 2.0))
-                           for count, dx, dy in code_shifts])
     device = next(model.parameters()).device
     start_frames = torch.stack(starts).to(device)
-    matrix = local_action_matrix(model, start_frames, num_frames, action_shifts=shifts.to(device))
+    matrix = local_action_matrix(model, start_frames, num_frames,
+                                 action_shifts=_usual_grid_shifts(code_shifts, input_size).to(device))
     names = [f"code {code}, unused: no shift" if not count else
              f"code {code}, shift {_rounded(dx, 1):+.1f} {_rounded(dy, 1):+.1f} px"
              for code, (count, dx, dy) in enumerate(code_shifts)]
@@ -658,9 +657,15 @@ def usual_shift_sheet(model: torch.nn.Module, dataset: VideoDataset, code_shifts
 def usual_shift_steps(code_shifts: Sequence[Tuple[int, float, float]], input_size: Sequence[int]) -> List[str]:
     """Each used code with its usual shift (`EvaluationResult.code_shifts`, pixels) as a `play.py` step of the
     action language, `DX,DY:CODE` in affine_grid units (3 decimals; an unused code is left out)."""
-    width, height = input_size
-    return [f"{_rounded(dx / (width / 2.0), 3):.3f},{_rounded(dy / (height / 2.0), 3):.3f}:{code}"
-            for code, (count, dx, dy) in enumerate(code_shifts) if count]
+    shifts = _usual_grid_shifts(code_shifts, input_size).tolist()
+    return [f"{_rounded(shifts[code][0], 3):.3f},{_rounded(shifts[code][1], 3):.3f}:{code}"
+            for code, (count, _, _) in enumerate(code_shifts) if count]
+
+
+def _usual_grid_shifts(code_shifts: Sequence[Tuple[int, float, float]], input_size: Sequence[int]) -> torch.Tensor:
+    """`EvaluationResult.code_shifts` (pixels) → (K, 2) float64 affine_grid units, no shift for an unused code."""
+    pixels = torch.tensor([(dx, dy) if count else (0.0, 0.0) for count, dx, dy in code_shifts], dtype=torch.float64)
+    return pixels_to_shifts(pixels, input_size)
 
 
 def _rounded(value: float, digits: int) -> float:
