@@ -16,6 +16,7 @@ a web page.
     # the global- and local-action matrices of the paper's supplementary figures (GIF + PNG sheets)
     python play.py --run-name wsprites-c2 --grid --image a.png --image b.png --grid-frames 8
     python play.py --run-name wsprites-c2 --grid        # from first frames of the dataset's test videos
+    python play.py --run-name wsprites-c2 --grid --usual-shifts   # each local action with its usual shift
 
     # a web page at http://127.0.0.1:8000/ (this machine only): arrow keys, space, 1..K, 0 = reset
     python play.py --run-name wsprites-c2 --serve --port 8000
@@ -50,6 +51,7 @@ from utils.cli import run_main
 from utils.config import RECONSTRUCTION_PROTOCOLS
 from utils.distributed import DEVICE_CHOICES, resolve_device_kind
 from utils.errors import GlassError
+from utils.evaluation.action_metrics import recorded_usual_shifts, usual_grid_shifts, usual_shift_label
 from utils.files import require_folder_can_be_made
 from utils.media import save_gif, save_png, to_uint8_images
 from utils.play.actions import (
@@ -113,6 +115,10 @@ def parse_arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                              "evaluation.skip_frames, as evaluate.py reads videos; default: all)")
     inputs.add_argument("--grid-frames", type=int, default=8, metavar="N",
                         help="--grid: frames generated per action after the start image (default 8)")
+    inputs.add_argument("--usual-shifts", action="store_true",
+                        help="--grid: draw each local action with the shift it usually comes with in real videos "
+                             "(from the run's latest evaluate.py record of this checkpoint) instead of no shift; a "
+                             "walk code read with its walk's shift is then drawn walking")
     outputs = parser.add_argument_group("outputs")
     outputs.add_argument("--out", metavar="DIR", help="output folder (default: RUNS_DIR/RUN_NAME/play/MODE-TIMESTAMP)")
     outputs.add_argument("--fps", type=float, default=8.0, help="frames per second of the GIF and MP4 (default 8)")
@@ -147,6 +153,8 @@ def check_arguments(arguments: argparse.Namespace) -> None:
         raise GlassError(f"--{mode.replace('_', '-')}: needs exactly one --image (got {len(arguments.image)})")
     if mode == "reconstruct" and arguments.image:
         raise GlassError("--image: not used with --reconstruct (the video's first frame is the start image)")
+    if arguments.usual_shifts and mode != "grid":
+        raise GlassError("--usual-shifts: only with --grid (it sets the local-action matrix's shifts)")
     if arguments.step is not None and arguments.step < 0:
         raise GlassError(f"--step: must be a checkpoint step >= 0, got {arguments.step}")
     for name in ("max_frames", "grid_frames", "max_sessions", "max_session_frames"):
@@ -228,15 +236,26 @@ def run_grid(arguments: argparse.Namespace, trained: TrainedModel, device: torch
     names = [name for name, _ in starts]
     start_frames = torch.stack([image for _, image in starts]).to(device)
     num_actions = trained.model.num_actions
+    local_columns: List[Any] = list(range(num_actions))
+    shifts, labels, usual_from = None, None, None
+    if arguments.usual_shifts:
+        usual_from, usual = recorded_usual_shifts(os.path.join(arguments.runs_dir, arguments.run_name), trained.step,
+                                                  num_actions)
+        shifts = usual_grid_shifts(usual, trained.config.data.input_size).to(device)
+        labels = [usual_shift_label(code, entry) for code, entry in enumerate(usual)]
+        local_columns = [{"action": code, "shift": [round(value, 6) for value in shift]}
+                         for code, shift in enumerate(shifts.tolist())]
     paths: Dict[str, str] = {}
     for name, (video, sheet) in action_matrices(trained.model, start_frames, arguments.grid_frames, row_names=names,
-                                                local_action=arguments.default_action).items():
+                                                local_action=arguments.default_action, local_action_shifts=shifts,
+                                                local_column_names=labels).items():
         paths[name] = save_gif(video, os.path.join(folder, f"{name}.gif"), arguments.fps)
         paths[name + "_sheet"] = save_png(sheet, os.path.join(folder, f"{name}_sheet.png"))
     paths["record"] = write_record(folder, _record(
         trained, arguments.run_name, "grid", device, images=names, fit=arguments.fit,
         grid_frames=arguments.grid_frames, global_local_action=arguments.default_action,
-        global_columns=dict(NAMED_SHIFTS), local_columns=list(range(num_actions)), fps=arguments.fps))
+        global_columns=dict(NAMED_SHIFTS), local_columns=local_columns, usual_shifts_from=usual_from,
+        fps=arguments.fps))
     return paths
 
 

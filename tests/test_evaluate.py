@@ -83,6 +83,9 @@ def test_prints_the_table_and_appends_one_line_per_run(run_copy, capsys):
     usual = first["code_usual_shift"]
     assert [entry["transitions"] for entry in usual] == first["histograms"]["gt"]
     assert all((entry["dx"] is None) == (entry["transitions"] == 0) for entry in usual)
+    assert all(entry["direction"] in (None, "still", "right", "left", "down", "up") for entry in usual)
+    assert all((entry["direction"] is None) == (entry["transitions"] == 0) and 0.0 <= entry["share"] <= 1.0
+               for entry in usual)
     assert "each code's usual foreground shift" in printed
     sheet = os.path.join(run_copy["run_folder"], "metrics", "evaluate-val-one_step-step_000004-local-actions.png")
     assert os.path.getsize(sheet) > 0 and sheet in printed

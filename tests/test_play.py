@@ -137,6 +137,54 @@ def test_grid_of_global_and_local_actions(trained_run, videos, tmp_path, device)
     assert json.load(open(os.path.join(out, "play.json")))["images"] == ["start_0.png", "start_1.png"]
 
 
+def test_grid_with_usual_shifts_draws_each_local_action_with_the_shift_of_the_latest_evaluation(trained_run, videos,
+                                                                                                 tmp_path):
+    from model.generation import local_action_matrix
+    from model.trained import load_trained_model
+    from utils.play.actions import load_start_image
+    from utils.training.media import action_matrix_media
+
+    runs = tmp_path / "runs"
+    shutil.copytree(trained_run["run_folder"], runs / "copy")  # the shared run is read-only for tests
+    metrics = runs / "copy" / "metrics"
+    metrics.mkdir(exist_ok=True)
+
+    def record(step, time, code_0_dx, split="val"):
+        usual = [{"transitions": 4, "dx": code_0_dx, "dy": 0.0, "direction": "right", "share": 0.75},
+                 {"transitions": 0, "dx": None, "dy": None, "direction": None, "share": 0.0},
+                 {"transitions": 2, "dx": 0.0, "dy": -8.0}]  # an older record: no direction, no share
+        return json.dumps({"step": step, "split": split, "time": time, "code_usual_shift": usual}) + "\n"
+
+    # the latest record of step 4 (by time, across files) wins; another step's, and a line cut by a crash, do not
+    (metrics / "evaluate-val-one_step.jsonl").write_text(
+        record(4, "2026-01-02T00:00:00Z", 16.0) + record(2, "2026-01-03T00:00:00Z", 32.0) + '{"step": 4, "cod')
+    (metrics / "evaluate-test-one_step.jsonl").write_text(record(4, "2026-01-01T00:00:00Z", -16.0, "test"))
+    image = os.path.join(videos[0], "00000.png")
+    out = tmp_path / "grid"
+    assert play.main(["--run-name", "copy", "--runs-dir", str(runs), "--device", "cpu", "--grid", "--grid-frames", "2",
+                      "--image", image, "--usual-shifts", "--out", str(out)]) == 0
+    saved = json.load(open(out / "play.json"))
+    assert saved["usual_shifts_from"] == "evaluate-val-one_step.jsonl (val, 2026-01-02T00:00:00Z)"
+    # pixels → affine_grid units of the 128 × 96 frame; the unused code goes without a shift
+    assert saved["local_columns"] == [{"action": 0, "shift": [0.25, 0.0]}, {"action": 1, "shift": [0.0, 0.0]},
+                                      {"action": 2, "shift": [0.0, pytest.approx(-1 / 6, abs=1e-6)]}]
+    trained = load_trained_model(str(runs / "copy"))
+    start = load_start_image(image, trained.config.data, "auto")[None]
+    shifts = torch.tensor([[0.25, 0.0], [0.0, 0.0], [0.0, -1 / 6]])
+    names = ["code 0, shift +16.0 +0.0 px (75%)", "code 1, unused: no shift", "code 2, shift +0.0 -8.0 px"]
+    _, expected = action_matrix_media(local_action_matrix(trained.model, start, 2, action_shifts=shifts), start,
+                                      names, [os.path.basename(image)])
+    sheet = np.asarray(Image.open(out / "local_actions_sheet.png").convert("RGB"))
+    assert sheet.shape == expected.shape and np.abs(sheet.astype(int) - expected.astype(int)).max() <= 1
+    # without a record of the checkpoint: a one-line error naming the folder, nothing written
+    with pytest.raises(GlassError, match=r"metrics: no evaluate.py record of step 2 with the usual shifts of 3 "
+                                         r"codes; run evaluate.py on that checkpoint first \(--step 2\)$"):
+        (metrics / "evaluate-val-one_step.jsonl").write_text(record(4, "2026-01-02T00:00:00Z", 16.0))
+        play.main(["--run-name", "copy", "--runs-dir", str(runs), "--device", "cpu", "--grid", "--step", "2",
+                   "--image", image, "--usual-shifts", "--out", str(tmp_path / "none")])
+    assert not os.path.exists(tmp_path / "none")
+
+
 def test_default_output_folder_is_in_the_run(trained_run, videos, tmp_path):
     runs = tmp_path / "runs"
     shutil.copytree(trained_run["run_folder"], runs / "copy")  # the shared run is read-only for tests
@@ -162,6 +210,7 @@ def test_default_output_folder_is_in_the_run(trained_run, videos, tmp_path):
     (["--image", "IMAGE", "--actions-file", ""], r"^--actions-file: expected a path, got an empty string$"),
     (["--image", "", "--actions", "right"], r"^--image: expected a path, got an empty string$"),
     (["--image", "VIDEO", "--actions", "right"], r"_video_\d+: a folder, not an image file$"),
+    (["--image", "IMAGE", "--actions", "right", "--usual-shifts"], r"^--usual-shifts: only with --grid"),
     (["--image", "IMAGE", "--actions", "right", "--out", "NOT_AN_IMAGE"], r"notes.png: .*notes.png is a file, not a"),
     (["--image", "IMAGE", "--actions", "right", "--out", "UNDER_A_FILE"], r"notes.png/out: .*notes.png is a file, not"),
 ])

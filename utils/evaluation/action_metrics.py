@@ -41,10 +41,11 @@ them by window and reduces them in that order, so K processes give the single-pr
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -244,25 +245,57 @@ class EvaluationResult:
     # gt: per kind of switch (`utils.metrics.SWITCH_KINDS`: a turn between front and side, from side to side, another
     # animation in the same view), (kind, code effect dB, with the best code per transition dB, how many transitions)
     switch_kind_code_effects: Optional[List[Tuple[str, float, float, int]]] = None
-    # gt: per code, (how many transitions of the real videos got it, the median of the GMA's foreground shift over
-    # them: dx, dy in pixels; NaN for a code no transition got): the global action each local action comes with
-    code_shifts: Optional[List[Tuple[int, float, float]]] = None
+    # gt: per code, how many transitions of the real videos got it and the GMA's foreground shift it usually comes
+    # with (`code_usual_shifts`): the global action each local action comes with
+    code_shifts: Optional[List["UsualShift"]] = None
 
 
-def code_usual_shifts(action_ids: torch.Tensor, shifts: torch.Tensor,
-                      num_actions: int) -> List[Tuple[int, float, float]]:
-    """Per code k < `num_actions`: (how many of `action_ids` (…) are k, the median dx and dy of `shifts` (…, 2)
-    over them; NaN, NaN for an unused code). An action network that reads the shift (W-Sprites: walks) gives its
-    walk codes the walk's shift; drawn with another shift, such a code is asked for what it never saw."""
+# A shift shorter than this (pixels) is "still" when the usual shift picks a code's most common direction; a
+# W-Sprites walk moves about 7 px per step at 128 × 96, a standing character's GMA shift is well under a pixel.
+STILL_SHIFT_PX = 2.0
+SHIFT_DIRECTIONS = ("still", "right", "left", "down", "up")  # the order breaks ties
+
+
+class UsualShift(NamedTuple):
+    """A code's usual shift (`code_usual_shifts`): `count` transitions got the code; `dx`, `dy` (pixels) the median
+    shift over those going its most common direction, `direction` (`SHIFT_DIRECTIONS`), `share` of `count` of
+    them. NaN, NaN, "", 0 for an unused code."""
+    count: int
+    dx: float
+    dy: float
+    direction: str
+    share: float
+
+
+def shift_directions(shifts: torch.Tensor) -> torch.Tensor:
+    """Index into `SHIFT_DIRECTIONS` of each shift (…, 2) in pixels: still under `STILL_SHIFT_PX`, else along its
+    longer axis (x first on a tie; y grows downwards)."""
+    dx, dy = shifts[..., 0], shifts[..., 1]
+    horizontal = dx.abs() >= dy.abs()
+    moving = torch.where(horizontal, torch.where(dx > 0, 1, 2), torch.where(dy > 0, 3, 4))
+    return torch.where(shifts.norm(dim=-1) < STILL_SHIFT_PX, 0, moving)
+
+
+def code_usual_shifts(action_ids: torch.Tensor, shifts: torch.Tensor, num_actions: int) -> List[UsualShift]:
+    """Per code k < `num_actions`, the global action it comes with: over the transitions whose id in `action_ids`
+    (…) is k, the most common direction of their `shifts` (…, 2; pixels; `shift_directions`) and the median dx and
+    dy over the transitions going that way. An action network that reads the shift (W-Sprites: walks) gives its
+    walk codes the walk's shift; drawn with another shift, such a code is asked for what it never saw. A code taken
+    both ways (a front walk up and down) gets one of them, with its share, where a median over all would be still."""
     ids, values = action_ids.reshape(-1), shifts.reshape(-1, 2).double()
+    directions = shift_directions(values)
     rows = []
     for code in range(num_actions):
-        chosen = values[ids == code]
-        if chosen.shape[0]:
-            median = chosen.median(dim=0).values  # per axis; the lower middle value for an even count
-            rows.append((int(chosen.shape[0]), float(median[0]), float(median[1])))
-        else:
-            rows.append((0, math.nan, math.nan))
+        chosen = ids == code
+        count = int(chosen.sum())
+        if not count:
+            rows.append(UsualShift(0, math.nan, math.nan, "", 0.0))
+            continue
+        tally = torch.bincount(directions[chosen], minlength=len(SHIFT_DIRECTIONS))
+        direction = int(tally.argmax())  # the first of the most common ones
+        median = values[chosen & (directions == direction)].median(dim=0).values  # the lower middle of an even count
+        rows.append(UsualShift(count, float(median[0]), float(median[1]), SHIFT_DIRECTIONS[direction],
+                               int(tally[direction]) / count))
     return rows
 
 
@@ -541,8 +574,10 @@ def result_record(result: EvaluationResult, trained: TrainedModel, run_folder: s
                                           "transitions": count}
                                          for kind, value, best, count in result.switch_kind_code_effects]),
             "code_usual_shift": (None if result.code_shifts is None else
-                                 [{"transitions": count, "dx": None if math.isnan(dx) else dx,
-                                   "dy": None if math.isnan(dy) else dy} for count, dx, dy in result.code_shifts])}
+                                 [{"transitions": usual.count, "dx": None if math.isnan(usual.dx) else usual.dx,
+                                   "dy": None if math.isnan(usual.dy) else usual.dy,
+                                   "direction": usual.direction or None, "share": usual.share}
+                                  for usual in result.code_shifts])}
 
 
 _TABLE_ROWS = [
@@ -609,11 +644,13 @@ def format_table(result: EvaluationResult, protocol: str = "one_step") -> str:
             cells = "".join(f"{'—' if math.isnan(number) else f'{number:.3f}':>8}" for number in (value, best))
             lines.append(f"  {name:<22}{cells}{count:>6}")
     if result.code_shifts is not None:
-        lines.append("each code's usual foreground shift (GT; median px of the GMA's shift over its transitions, "
-                     "how many):")
-        for code, (count, dx, dy) in enumerate(result.code_shifts):
-            shift = "—" if not count else f"({_rounded(dx, 2):+.2f}, {_rounded(dy, 2):+.2f})"
-            lines.append(f"  code {code:<13}{shift:>18}{count:>6}")
+        lines.append(f"each code's usual foreground shift (GT; the most common direction of the GMA's shift over its "
+                     f"transitions, still under {STILL_SHIFT_PX:g} px, the median px over those and their share; how "
+                     f"many):")
+        for code, usual in enumerate(result.code_shifts):
+            shift = "—" if not usual.count else (f"{usual.direction:<6}({_rounded(usual.dx, 2):+.2f}, "
+                                                 f"{_rounded(usual.dy, 2):+.2f}) {usual.share:4.0%}")
+            lines.append(f"  code {code:<13}{shift:>28}{usual.count:>6}")
     for what, reason in result.skipped.items():
         lines.append(f"skipped {what}: {reason}")
     return "\n".join(lines)
@@ -626,11 +663,11 @@ def confusion_row_labels(num_labels: int) -> List[str]:
     return [f"label {label}" for label in range(num_labels)]
 
 
-def usual_shift_sheet(model: torch.nn.Module, dataset: VideoDataset, code_shifts: Sequence[Tuple[int, float, float]],
+def usual_shift_sheet(model: torch.nn.Module, dataset: VideoDataset, code_shifts: Sequence[UsualShift],
                       input_size: Sequence[int], rows: int = 2, num_frames: int = 6) -> np.ndarray:
     """The local-action sheet with each code's usual shift (`EvaluationResult.code_shifts`, pixels): from the first
     frames of the split's first windows of `rows` different characters (or of its first windows, without
-    characters), code k held for `num_frames` generated steps with its median shift (an unused code: no shift). The
+    characters), code k held for `num_frames` generated steps with its usual shift (an unused code: no shift). The
     training media's sheet holds every code with no shift, which a walk code read with its walk's shift never
     saw. One row per (start, code), labelled with the shift; columns: time."""
     starts: List[torch.Tensor] = []
@@ -646,31 +683,75 @@ def usual_shift_sheet(model: torch.nn.Module, dataset: VideoDataset, code_shifts
     device = next(model.parameters()).device
     start_frames = torch.stack(starts).to(device)
     matrix = local_action_matrix(model, start_frames, num_frames,
-                                 action_shifts=_usual_grid_shifts(code_shifts, input_size).to(device))
-    names = [f"code {code}, unused: no shift" if not count else
-             f"code {code}, shift {_rounded(dx, 1):+.1f} {_rounded(dy, 1):+.1f} px"
-             for code, (count, dx, dy) in enumerate(code_shifts)]
+                                 action_shifts=usual_grid_shifts(code_shifts, input_size).to(device))
+    names = [usual_shift_label(code, usual) for code, usual in enumerate(code_shifts)]
     _, sheet = action_matrix_media(matrix.cpu(), start_frames.cpu(), names)
     return sheet
 
 
-def usual_shift_steps(code_shifts: Sequence[Tuple[int, float, float]], input_size: Sequence[int]) -> List[str]:
+def usual_shift_label(code: int, usual: UsualShift) -> str:
+    """A sheet row's name: the code and its usual shift in pixels (with its share when not all transitions)."""
+    if not usual.count:
+        return f"code {code}, unused: no shift"
+    share = "" if usual.share >= 1.0 else f" ({usual.share:.0%})"
+    return f"code {code}, shift {_rounded(usual.dx, 1):+.1f} {_rounded(usual.dy, 1):+.1f} px{share}"
+
+
+def usual_shift_steps(code_shifts: Sequence[UsualShift], input_size: Sequence[int]) -> List[str]:
     """Each used code with its usual shift (`EvaluationResult.code_shifts`, pixels) as a `play.py` step of the
     action language, `DX,DY:CODE` in affine_grid units (3 decimals; an unused code is left out)."""
-    shifts = _usual_grid_shifts(code_shifts, input_size).tolist()
+    shifts = usual_grid_shifts(code_shifts, input_size).tolist()
     return [f"{_rounded(shifts[code][0], 3):.3f},{_rounded(shifts[code][1], 3):.3f}:{code}"
-            for code, (count, _, _) in enumerate(code_shifts) if count]
+            for code, usual in enumerate(code_shifts) if usual.count]
 
 
-def _usual_grid_shifts(code_shifts: Sequence[Tuple[int, float, float]], input_size: Sequence[int]) -> torch.Tensor:
+def usual_grid_shifts(code_shifts: Sequence[UsualShift], input_size: Sequence[int]) -> torch.Tensor:
     """`EvaluationResult.code_shifts` (pixels) → (K, 2) float64 affine_grid units, no shift for an unused code."""
-    pixels = torch.tensor([(dx, dy) if count else (0.0, 0.0) for count, dx, dy in code_shifts], dtype=torch.float64)
+    pixels = torch.tensor([(usual.dx, usual.dy) if usual.count else (0.0, 0.0) for usual in code_shifts],
+                          dtype=torch.float64)
     return pixels_to_shifts(pixels, input_size)
 
 
 def _rounded(value: float, digits: int) -> float:
     """`value` rounded to `digits` decimals, without a negative zero (printed "-0.0" where it rounds to 0)."""
     return round(value, digits) + 0.0
+
+
+def recorded_usual_shifts(run_folder: str, step: int, num_actions: int) -> Tuple[str, List[UsualShift]]:
+    """The usual shifts (`code_usual_shifts`) of the latest `evaluate.py` record of checkpoint `step` in
+    RUN/metrics/evaluate-*.jsonl (any split and protocol; the latest by its `time`) → (a description of the record,
+    the shifts). A record older than the direction field gives direction "" and share 1 (its median over all
+    transitions). A `GlassError` names the folder when no such record has `num_actions` codes; lines cut by a crash
+    are skipped."""
+    folder = os.path.join(run_folder, METRICS_FOLDER)
+    names = sorted(name for name in os.listdir(folder) if name.startswith("evaluate-") and name.endswith(".jsonl")) \
+        if os.path.isdir(folder) else []
+    latest: Optional[Tuple[str, str, List[Dict[str, Any]]]] = None
+    for name in names:
+        with open(os.path.join(folder, name), encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                shifts = record.get("code_usual_shift") if isinstance(record, dict) else None
+                if record.get("step") != step or not isinstance(shifts, list) or len(shifts) != num_actions:
+                    continue
+                time = str(record.get("time", ""))
+                if latest is None or time >= latest[0]:
+                    latest = (time, f"{name} ({record.get('split')}, {time})", shifts)
+    if latest is None:
+        raise GlassError(f"{folder}: no evaluate.py record of step {step} with the usual shifts of {num_actions} "
+                         f"codes; run evaluate.py on that checkpoint first (--step {step})")
+    try:
+        usual = [UsualShift(int(entry["transitions"]), math.nan, math.nan, "", 0.0) if not entry["transitions"] else
+                 UsualShift(int(entry["transitions"]), float(entry["dx"]), float(entry["dy"]),
+                            str(entry.get("direction") or ""), float(entry.get("share", 1.0)))
+                 for entry in latest[2]]
+    except (KeyError, TypeError, ValueError) as error:
+        raise GlassError(f"{folder}/{latest[1]}: a code_usual_shift entry of step {step} is malformed "
+                         f"({type(error).__name__}: {error})") from None
+    return latest[1], usual
 
 
 def usual_shift_sheet_path(run_folder: str, split: str, protocol: str, step: int) -> str:

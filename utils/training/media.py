@@ -83,17 +83,20 @@ def action_matrix_media(matrix: torch.Tensor, start_frames: torch.Tensor, column
 
 
 def action_matrices(model: Glass, start_frames: torch.Tensor, num_frames: int,
-                    row_names: Optional[Sequence[str]] = None,
-                    local_action: int = 0) -> Dict[str, Tuple[List[np.ndarray], np.ndarray]]:
+                    row_names: Optional[Sequence[str]] = None, local_action: int = 0,
+                    local_action_shifts: Optional[torch.Tensor] = None,
+                    local_column_names: Optional[Sequence[str]] = None,
+                    ) -> Dict[str, Tuple[List[np.ndarray], np.ndarray]]:
     """The two figures of SPEC §3.3 from start frames (R, 3, H, W), each as `action_matrix_media` (GIF frames,
     contact sheet) with rows labelled by `row_names`: 'global_actions' (columns: the `NAMED_SHIFTS`, each with
-    local action `local_action`) and 'local_actions' (columns: the K codebook actions, shift 'stay'), each
-    `num_frames` generated frames after the start frame (`model.generation`)."""
+    local action `local_action`) and 'local_actions' (columns: the K codebook actions, shift 'stay', or each with
+    its own shift `local_action_shifts` (K, 2) in affine_grid units; columns labelled `local_column_names`, default
+    'action k'), each `num_frames` generated frames after the start frame (`model.generation`)."""
     matrices = {
         "global_actions": (global_action_matrix(model, start_frames, num_frames, local_action=local_action),
                            list(NAMED_SHIFTS)),
-        "local_actions": (local_action_matrix(model, start_frames, num_frames),
-                          [f"action {k}" for k in range(model.num_actions)]),
+        "local_actions": (local_action_matrix(model, start_frames, num_frames, action_shifts=local_action_shifts),
+                          list(local_column_names or [f"action {k}" for k in range(model.num_actions)])),
     }
     return {name: action_matrix_media(matrix, start_frames, column_names, row_names)
             for name, (matrix, column_names) in matrices.items()}

@@ -185,24 +185,24 @@ def test_code_difference_over_the_split_is_a_ratio_of_region_sums():
 
 
 def test_each_codes_usual_shift_is_the_median_of_the_shifts_of_its_transitions():
-    from utils.evaluation.action_metrics import code_usual_shifts, usual_shift_steps
+    from utils.evaluation.action_metrics import UsualShift, usual_shift_steps
     from utils.play.actions import parse_actions
 
-    # code 0: shifts (−2, 0), (−3, 0), (−2, 1) → median (−2, 0); code 2: one stay; code 1 unused
+    # code 0: shifts (−2, 0), (−3, 0), (−2, 1), all left → median (−2, 0); code 2: one stay; code 1 unused;
+    # code 3: two steps of 2 px down (the still limit is under 2 px)
     records = _records(predicted_ids=[[0, 0, 2], [0, 3, 3]], true_local=[[0, 0, 1], [1, 1, 1]],
                        predicted_shifts=[[[-2.0, 0.0], [-3.0, 0.0], [0.0, 0.0]], [[-2.0, 1.0], [0.0, 2.0],
                                                                                   [0.0, 2.0]]],
                        true_shifts=[[[1.0, 0.0]] * 3] * 2, sprite_ids=[1, 2])
     result = summarize(records, num_actions=4, seed=0)
-    assert result.code_shifts[0] == (3, -2.0, 0.0) and result.code_shifts[2] == (1, 0.0, 0.0)
-    assert result.code_shifts[3] == (2, 0.0, 2.0)
-    count, dx, dy = result.code_shifts[1]
-    assert count == 0 and math.isnan(dx) and math.isnan(dy)
+    assert result.code_shifts[0] == (3, -2.0, 0.0, "left", 1.0) and result.code_shifts[2] == (1, 0.0, 0.0, "still", 1.0)
+    assert result.code_shifts[3] == (2, 0.0, 2.0, "down", 1.0)
+    count, dx, dy, direction, share = result.code_shifts[1]
+    assert count == 0 and math.isnan(dx) and math.isnan(dy) and direction == "" and share == 0.0
     table = format_table(result)
-    assert "each code's usual foreground shift" in table and "(-2.00, +0.00)" in table
-    # the counts are the code histogram of the real videos; an even count takes the lower middle value
-    assert [row[0] for row in result.code_shifts] == result.histograms["gt"]
-    assert code_usual_shifts(torch.tensor([1, 1]), torch.tensor([[1.0, 4.0], [3.0, 2.0]]), 2)[1] == (2, 1.0, 2.0)
+    assert "each code's usual foreground shift" in table and "left  (-2.00, +0.00) 100%" in table
+    # the counts are the code histogram of the real videos
+    assert [row.count for row in result.code_shifts] == result.histograms["gt"]
     # as play.py steps (affine_grid units of a 128 × 96 frame), the unused code left out; the language reads them
     steps = usual_shift_steps(result.code_shifts, [128, 96])
     assert steps == ["-0.031,0.000:0", "0.000,0.000:2", "0.000,0.042:3"]
@@ -210,14 +210,29 @@ def test_each_codes_usual_shift_is_the_median_of_the_shifts_of_its_transitions()
     assert [step.local_action for step in parsed] == [0, 2, 3]
     assert parsed[0].global_shift == pytest.approx((-2.0 / 64, 0.0), abs=1e-3)
     # a value that rounds to zero is printed without a minus sign
-    assert usual_shift_steps([(1, -0.01, -0.0)], [128, 96]) == ["0.000,0.000:0"]
+    assert usual_shift_steps([UsualShift(1, -0.01, -0.0, "still", 1.0)], [128, 96]) == ["0.000,0.000:0"]
+
+
+def test_a_code_taken_two_ways_gets_its_most_common_direction_not_the_still_median_of_all():
+    from utils.evaluation.action_metrics import code_usual_shifts, shift_directions
+
+    # a front walk read as one code: 2 steps up, 2 down and a still one; the median over all five would be (0, 0)
+    shifts = torch.tensor([[0.0, -7.0], [0.0, 7.0], [0.5, 0.0], [0.0, -6.0], [1.0, 6.0]])
+    (usual,) = code_usual_shifts(torch.zeros(5, dtype=torch.long), shifts, 1)
+    # up and down tie at 2: the first in SHIFT_DIRECTIONS' order (down) wins; the lower middle of its two dy
+    assert usual == (5, 0.0, 6.0, "down", pytest.approx(0.4))
+    (usual,) = code_usual_shifts(torch.zeros(4, dtype=torch.long), shifts[[0, 1, 3, 2]], 1)
+    assert usual == (4, 0.0, -7.0, "up", pytest.approx(0.5))
+    # still under 2 px; else the longer axis, x on a tie; y grows downwards
+    directions = shift_directions(torch.tensor([[1.9, 0.0], [2.0, 0.0], [-3.0, 3.0], [1.0, -3.0], [0.0, 2.5]]))
+    assert directions.tolist() == [0, 1, 2, 4, 3]
 
 
 def test_the_usual_shift_sheet_plays_each_code_with_its_shift_from_one_start_per_character(tiny, device):
     import numpy as np
 
     from model.generation import local_action_matrix
-    from utils.evaluation.action_metrics import usual_shift_sheet
+    from utils.evaluation.action_metrics import UsualShift, usual_shift_sheet
     from utils.training.media import action_matrix_media
 
     trained, _, _ = tiny
@@ -225,14 +240,15 @@ def test_the_usual_shift_sheet_plays_each_code_with_its_shift_from_one_start_per
     width, height = trained.config.data.input_size
     num_actions = trained.config.model.lma.num_actions
     # code 0 moves right by 4 px, code 1 was never chosen (no shift), the others stay
-    code_shifts = [(5, 4.0, 0.0), (0, math.nan, math.nan)] + [(1, 0.0, 0.0)] * (num_actions - 2)
+    code_shifts = [UsualShift(5, 4.0, 0.0, "right", 0.8), UsualShift(0, math.nan, math.nan, "", 0.0)] + [
+        UsualShift(1, 0.0, 0.0, "still", 1.0)] * (num_actions - 2)
     sheet = usual_shift_sheet(trained.model, dataset, code_shifts, trained.config.data.input_size, num_frames=2)
     # the split holds one character: one start, the first window's first frame
     start = dataset[0]["observations"][:1, :3].to(device)
     shifts = torch.zeros(num_actions, 2)
     shifts[0, 0] = 4.0 / (width / 2.0)
     expected = local_action_matrix(trained.model, start, 2, action_shifts=shifts.to(device))
-    names = ["code 0, shift +4.0 +0.0 px", "code 1, unused: no shift"] + [
+    names = ["code 0, shift +4.0 +0.0 px (80%)", "code 1, unused: no shift"] + [
         f"code {code}, shift +0.0 +0.0 px" for code in range(2, num_actions)]
     _, reference = action_matrix_media(expected.cpu(), start.cpu(), names)
     assert sheet.shape == reference.shape and np.abs(sheet.astype(int) - reference.astype(int)).max() <= 1
