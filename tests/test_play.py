@@ -105,6 +105,9 @@ def test_transfer_and_reconstruct(trained_run, videos, tmp_path, device):
     record = json.load(open(os.path.join(transferred, "play.json")))
     assert record["protocol"] == "motion_transfer" and record["frames"] == 5 and len(record["inferred"]) == 4
     assert all(0 <= row["local_action"] < NUM_ACTIONS for row in record["inferred"])
+    for row in record["inferred"]:  # pixels of the 128 × 96 frame: dx·W/2, dy·H/2
+        for name in ("global_shift", "background_shift"):
+            assert row[f"{name}_pixels"] == pytest.approx([row[name][0] * 64, row[name][1] * 48], abs=2e-3)
     comparison_frames, duration, size = _gif_frames_and_duration(os.path.join(transferred, "comparison.gif"))
     assert duration == 5 * 200 and size[0] > 2 * 128  # source | transferred, side by side
 

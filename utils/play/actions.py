@@ -40,6 +40,7 @@ from model.glass import Glass
 from utils.config import DataConfig
 from utils.errors import DatasetError, GlassError
 from utils.media import image_grid, save_gif, save_mp4, save_png, to_uint8_images
+from utils.metrics import shifts_to_pixels
 
 MAX_SHIFT = 2.0  # affine_grid units: a shift of 2 moves content by the whole frame
 MAX_REPEAT = 1000  # the largest N of a `STEP*N` token
@@ -303,15 +304,15 @@ def motion_record(result: Reconstruction, frame_size: Tuple[int, int]) -> List[D
     """Per generated frame of a one-video `Reconstruction`: the foreground and background shifts
     it used (affine_grid units and output pixels: dx·W/2, dy·H/2) and the local action id."""
     height, width = frame_size
-    to_pixels = torch.tensor([width / 2.0, height / 2.0])
     rows = []
     for index in range(result.foreground_shifts.shape[1]):
         foreground, background = result.foreground_shifts[0, index].cpu(), result.background_shifts[0, index].cpu()
         rows.append({"frame": index + 1, "local_action": int(result.action_ids[0, index]),
                      "global_shift": [round(float(v), 6) for v in foreground],
-                     "global_shift_pixels": [round(float(v), 3) for v in foreground * to_pixels],
+                     "global_shift_pixels": [round(float(v), 3) for v in shifts_to_pixels(foreground, (width, height))],
                      "background_shift": [round(float(v), 6) for v in background],
-                     "background_shift_pixels": [round(float(v), 3) for v in background * to_pixels]})
+                     "background_shift_pixels": [round(float(v), 3)
+                                                 for v in shifts_to_pixels(background, (width, height))]})
     return rows
 
 
