@@ -158,9 +158,11 @@ def test_grid_with_usual_shifts_draws_each_local_action_with_the_shift_of_the_la
                  {"transitions": 2, "dx": 0.0, "dy": -8.0}]  # an older record: no direction, no share
         return json.dumps({"step": step, "split": split, "time": time, "code_usual_shift": usual}) + "\n"
 
-    # the latest record of step 4 (by time, across files) wins; another step's, and a line cut by a crash, do not
+    # the latest record of step 4 (by time, across files) wins; another step's, a line that is no record and a line
+    # cut by a crash do not
     (metrics / "evaluate-val-one_step.jsonl").write_text(
-        record(4, "2026-01-02T00:00:00Z", 16.0) + record(2, "2026-01-03T00:00:00Z", 32.0) + '{"step": 4, "cod')
+        record(4, "2026-01-02T00:00:00Z", 16.0) + record(2, "2026-01-03T00:00:00Z", 32.0) + "[4]\n"
+        + '{"step": 4, "cod')
     (metrics / "evaluate-test-one_step.jsonl").write_text(record(4, "2026-01-01T00:00:00Z", -16.0, "test"))
     image = os.path.join(videos[0], "00000.png")
     out = tmp_path / "grid"

@@ -734,8 +734,10 @@ def recorded_usual_shifts(run_folder: str, step: int, num_actions: int) -> Tuple
                     record = json.loads(line)
                 except ValueError:
                     continue
-                shifts = record.get("code_usual_shift") if isinstance(record, dict) else None
-                if record.get("step") != step or not isinstance(shifts, list) or len(shifts) != num_actions:
+                if not isinstance(record, dict) or record.get("step") != step:
+                    continue
+                shifts = record.get("code_usual_shift")
+                if not isinstance(shifts, list) or len(shifts) != num_actions:
                     continue
                 time = str(record.get("time", ""))
                 if latest is None or time >= latest[0]:

@@ -298,3 +298,23 @@ def test_code_effect_over_switches_other_transitions_and_each_true_action():
     assert f"  walk-front        {walk_front:>8.3f}     2" in table
     unlabelled = summarize({**records, "has_actions": torch.tensor([False, False])}, num_actions=2, seed=0)
     assert unlabelled.label_code_effects is None and "gt/code_effect_non_switch_db" not in unlabelled.results
+
+
+def test_recorded_usual_shifts_name_the_file_of_a_malformed_record(tmp_path):
+    import json
+
+    from utils.errors import GlassError
+    from utils.evaluation.action_metrics import recorded_usual_shifts
+
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    entry = {"transitions": 3, "dy": 1.0}  # no dx
+    (metrics / "evaluate-val-one_step.jsonl").write_text(json.dumps({"step": 7, "code_usual_shift": [entry]}) + "\n")
+    with pytest.raises(GlassError, match=r"evaluate-val-one_step.jsonl.*: a code_usual_shift entry of step 7 is "
+                                         r"malformed \(KeyError: 'dx'\)$"):
+        recorded_usual_shifts(str(tmp_path), 7, 1)
+    # a record with another number of codes is not this model's
+    with pytest.raises(GlassError, match=r"no evaluate.py record of step 7 with the usual shifts of 2 codes"):
+        recorded_usual_shifts(str(tmp_path), 7, 2)
+    with pytest.raises(GlassError, match=r"no evaluate.py record of step 7"):
+        recorded_usual_shifts(str(tmp_path / "elsewhere"), 7, 1)
