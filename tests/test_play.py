@@ -182,9 +182,9 @@ def test_grid_with_usual_shifts_draws_each_local_action_with_the_shift_of_the_la
     sheet = np.asarray(Image.open(out / "local_actions_sheet.png").convert("RGB"))
     assert sheet.shape == expected.shape and np.abs(sheet.astype(int) - expected.astype(int)).max() <= 1
     # without a record of the checkpoint: a one-line error naming the folder, nothing written
+    (metrics / "evaluate-val-one_step.jsonl").write_text(record(4, "2026-01-02T00:00:00Z", 16.0))
     with pytest.raises(GlassError, match=r"metrics: no evaluate.py record of step 2 with the usual shifts of 3 "
                                          r"codes; run evaluate.py on that checkpoint first \(--step 2\)$"):
-        (metrics / "evaluate-val-one_step.jsonl").write_text(record(4, "2026-01-02T00:00:00Z", 16.0))
         play.main(["--run-name", "copy", "--runs-dir", str(runs), "--device", "cpu", "--grid", "--step", "2",
                    "--image", image, "--usual-shifts", "--out", str(tmp_path / "none")])
     assert not os.path.exists(tmp_path / "none")
