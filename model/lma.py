@@ -346,6 +346,8 @@ class DynamicsNetwork(nn.Module):
 
 PALETTE_SLOT_INIT_STD = 5.0  # `decoder_palette`: the slots' 1×1 weights at the start (colours in [−1, 1])
 PALETTE_EPSILON = 1e-3  # `decoder_palette`: added to each slot's total weight
+MIRROR_GATE_INIT_LOGIT = -1.5  # `decoder_warp_mirror`: the gate's bias at the start, g = (tanh(−1.5) + 1)/2 ≈ 0.047
+MIRROR_MASK_EPSILON = 1e-3  # `decoder_warp_mirror`: below this total mask the axis is the image's middle column
 
 
 class Decoder(nn.Module):
@@ -364,7 +366,9 @@ class Decoder(nn.Module):
     r > 0 (ours, opt-in) the full-size Final gives 3 more channels, a flow (r·tanh, pixels) and a blend weight b
     ((tanh + 1)/2): the full-size output becomes b·warp(skip) + (1 − b)·drawn (`warp_skip`), the skip's mask read
     as the logit 2m − 1; the flow channels start at zero (the warp starts as the copy). With `decoder_warp_draw`
-    false, b = 1: the warped skip alone (without a mask in the skip, the drawn mask logit). With `decoder_palette`
+    false, b = 1: the warped skip alone (without a mask in the skip, the drawn mask logit). With `decoder_warp_mirror`
+    the full-size Final gives 3 more channels, a second flow and a gate g: the output becomes (1 − g)·(the above) +
+    g·warp(the skip mirrored about its mask's centre column) (`warp_skip`). With `decoder_palette`
     K > 0 (ours, opt-in) f̂ at full size is painted from the skip's colours (`paint`): `palette_slots` (1×1, 3 → K)
     sorts the skip's pixels into K soft colour slots whose means are the palette, and `palette_choice` (3×3 on the
     full-size features and skip → K + 1) chooses per pixel among the K colours and the drawn one (with
@@ -380,6 +384,10 @@ class Decoder(nn.Module):
                               if config.decoder_skip else 0)
         self.warp_pixels = float(config.decoder_warp)
         self.warp_draw = config.decoder_warp_draw
+        self.warp_mirror = config.decoder_warp_mirror
+        # the full-size Final's channels: f̂ and the mask logit; with the warp its flow and blend; with the mirror the
+        # mirror's flow and gate
+        full_channels = 4 + 3 * bool(self.warp_pixels) + 3 * self.warp_mirror
         self.stages = nn.ModuleList()
         self.finals = nn.ModuleList()
         # `decoder_action_film`: one (γ, β) map per stage input (widths[:-1]) and one for the full-size features
@@ -392,12 +400,16 @@ class Decoder(nn.Module):
             last = i == len(widths) - 1
             up = Up(widths[i - 1] + self.action_channels, widths[i], mode="bilinear")
             self.stages.append(up if last else nn.Sequential(up, Res(widths[i], widths[i])))
-            self.finals.append(Final(widths[i] + self.skip_channels, 7 if self.warp_pixels else 4, 7) if last
+            self.finals.append(Final(widths[i] + self.skip_channels, full_channels, 7) if last
                                else Final(widths[i], 3, 3))
         if self.warp_pixels:
             with torch.no_grad():
                 self.finals[-1][0].weight[4:6].zero_()
                 self.finals[-1][0].bias[4:6].zero_()
+                if self.warp_mirror:  # the mirror's flow starts at zero, its gate almost shut
+                    self.finals[-1][0].weight[7:10].zero_()
+                    self.finals[-1][0].bias[7:9].zero_()
+                    self.finals[-1][0].bias[9].fill_(MIRROR_GATE_INIT_LOGIT)
         self.palette_size = config.decoder_palette
         if self.palette_size:
             self.palette_slots = Conv2d(3, self.palette_size, 1)
@@ -461,7 +473,9 @@ class Decoder(nn.Module):
     def warp_skip(self, output: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         """`decoder_warp`: the Final's 7 channels (drawn f̂ 3, mask logit 1, flow 2, blend 1) (N, 7, H, W) and the
         skip (N, 3 or 4, H, W) → (N, 4, H, W): blend · skip warped by the flow + (1 − blend) · drawn. The flow
-        (dx, dy) in pixels says where each output pixel reads the skip (backward warp, zero padding, bilinear)."""
+        (dx, dy) in pixels says where each output pixel reads the skip (backward warp, zero padding, bilinear).
+        With `decoder_warp_mirror` 10 channels, the last three the mirror's flow and gate g: (1 − g) · that + g ·
+        the skip mirrored about its mask's centre column (`mirror_grid`) and warped by the mirror's flow."""
         drawn, flow, blend = output[:, :4], output[:, 4:6] * self.warp_pixels, (output[:, 6:7] + 1) / 2
         if not self.warp_draw:  # `decoder_warp_draw: false`: the warped skip alone (kept in the graph, zero gradient)
             blend = blend * 0 + 1
@@ -469,13 +483,32 @@ class Decoder(nn.Module):
         identity = torch.eye(2, 3, dtype=output.dtype, device=output.device).expand(batch_size, 2, 3)
         grid = F.affine_grid(identity, [batch_size, 1, height, width], align_corners=False)  # pixel centres, (x, y)
         scale = torch.tensor([2.0 / width, 2.0 / height], dtype=output.dtype, device=output.device)
-        grid = grid + flow.permute(0, 2, 3, 1) * scale
+        blended = blend * self._sample(skip, grid + flow.permute(0, 2, 3, 1) * scale, drawn) + (1 - blend) * drawn
+        if not self.warp_mirror:
+            return blended
+        mirror_flow, gate = output[:, 7:9] * self.warp_pixels, (output[:, 9:10] + 1) / 2
+        mirrored = self._sample(skip, mirror_grid(grid, skip[:, 3]) + mirror_flow.permute(0, 2, 3, 1) * scale, drawn)
+        return (1 - gate) * blended + gate * mirrored
+
+    @staticmethod
+    def _sample(skip: torch.Tensor, grid: torch.Tensor, drawn: torch.Tensor) -> torch.Tensor:
+        """The skip (N, 3 or 4, H, W) read at `grid` (N, H, W, 2; bilinear, zero padding) → (N, 4, H, W): its mask
+        m in [0, 1] as the mask logit 2m − 1, or without a mask in the skip the drawn mask logit (drawn[:, 3])."""
         warped = F.grid_sample(skip, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        if warped.shape[1] == 4:  # the skip's mask m in [0, 1] as the mask logit 2m − 1
-            warped = torch.cat([warped[:, :3], 2 * warped[:, 3:] - 1], dim=1)
-        else:
-            warped = torch.cat([warped, drawn[:, 3:]], dim=1)
-        return blend * warped + (1 - blend) * drawn
+        if warped.shape[1] == 4:
+            return torch.cat([warped[:, :3], 2 * warped[:, 3:] - 1], dim=1)
+        return torch.cat([warped, drawn[:, 3:]], dim=1)
+
+
+def mirror_grid(grid: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """`decoder_warp_mirror`: the identity sampling grid (N, H, W, 2; x, y in [−1, 1], pixel centres) mirrored left ↔
+    right about each mask's centre column: x → 2c − x, c the mask-weighted mean of x over masks (N, H, W) (the
+    middle column where a mask is empty). Reading an image at this grid draws it mirrored in place."""
+    weights = masks.to(grid.dtype)
+    total = weights.sum(dim=(1, 2))
+    centre = (weights * grid[..., 0]).sum(dim=(1, 2)) / total.clamp_min(MIRROR_MASK_EPSILON)
+    centre = torch.where(total > MIRROR_MASK_EPSILON, centre, torch.zeros_like(centre))
+    return torch.stack([2 * centre[:, None, None] - grid[..., 0], grid[..., 1]], dim=-1)
 
 
 MASK_PREDICTOR_WIDTH = 32  # its hidden channels

@@ -110,7 +110,7 @@ def test_tiny_config_is_cpu_sized():
 # Our opt-in options for the local half and the values that reproduce the authors' model.
 AUTHORS_VALUES = {"model.lma.decoder_skip": False, "model.lma.decoder_skip_mask": False,
                   "model.lma.decoder_action": False, "model.lma.decoder_warp": 0.0,
-                  "model.lma.decoder_warp_draw": True,
+                  "model.lma.decoder_warp_draw": True, "model.lma.decoder_warp_mirror": False,
                   "model.lma.action_state_difference": False, "model.lma.action_mirror_features": False,
                   "model.lma.action_target_only": False, "model.lma.action_shift_input": 0.0,
                   "model.lma.shift_refinement": 0,

@@ -225,6 +225,12 @@ class LMAConfig:
     # Ours, with decoder_warp: false = f̂ₜ₊₁ (and m̂ₜ₊₁) is the warped skip alone, no drawing blended in: the code can
     # only move pixels, never tint them (the full-size drawing and blend channels are then unused).
     decoder_warp_draw: bool = True
+    # Ours, opt-in, with decoder_warp and decoder_skip_mask: a second warped source, the skip mirrored left ↔ right
+    # about its mask's centre (the mean column of m̃ₜ), with a flow of its own (same bound) and a gate g of its own:
+    # f̂ₜ₊₁ = (1 − g)·(the output of decoder_warp) + g·(the mirrored skip warped). LPC's left- and right-facing rows are
+    # mirror images of each other to the pixel, so a turn from one side to the other is a copy of the mirrored frame
+    # instead of a new drawing of the character's other side. The gate starts almost shut (g ≈ 0.05).
+    decoder_warp_mirror: bool = False
     # Ours, opt-in, with decoder_skip: the decoder paints with the current frame's colours. A 1×1 convolution sorts
     # the pixels of f̃ₜ into this many soft colour slots (weighted by m̃ₜ with decoder_skip_mask) and each slot's colour
     # is its pixels' weighted mean — the character's palette; a second head at the full-size stage chooses per pixel
@@ -378,6 +384,9 @@ class LMAConfig:
                  "needs decoder_skip: true (the warp moves the skip's current foreground)")
         _require(self.decoder_action or not self.decoder_action_film, prefix + "decoder_action_film",
                  "needs model.lma.decoder_action: true")
+        _require(not self.decoder_warp_mirror or (self.decoder_warp > 0 and self.decoder_skip_mask),
+                 prefix + "decoder_warp_mirror", "needs decoder_warp > 0 and decoder_skip_mask: true (the mirror's "
+                 "axis is the centre of the skip's mask)")
         _require(self.decoder_warp_draw or self.decoder_warp > 0, prefix + "decoder_warp_draw",
                  "false needs decoder_warp > 0 (without the warp the decoder only draws)")
         _require(not self.decoder_mask_prediction or (self.action_mask_predictor and self.decoder_skip_mask),

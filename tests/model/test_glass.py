@@ -43,6 +43,9 @@ ABLATIONS = {
     "glimpse_shift_warp": {"glimpse": [16, 16], "decoder_skip": True, "decoder_skip_mask": True, "decoder_warp": 2.0,
                            "decoder_action": True, "action_from_masks": True, "action_shift_input": 300.0,
                            "num_actions": 9},  # ours, opt-in: docs/local-actions.md, nineteenth round
+    "glimpse_warp_mirror": {"glimpse": [16, 16], "decoder_skip": True, "decoder_skip_mask": True,
+                            "decoder_warp": 2.0, "decoder_warp_mirror": True, "decoder_action": True,
+                            "action_from_masks": True},  # ours, opt-in: docs/local-actions.md, twenty-third round
 }
 
 
