@@ -29,7 +29,6 @@ trained and checkpoints already evaluated (with the same --refit-reader-norm) ar
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import subprocess
@@ -43,7 +42,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from utils.cli import run_main  # noqa: E402
 from utils.errors import GlassError  # noqa: E402
-from utils.files import write_atomically, write_json_atomically  # noqa: E402
+from utils.files import json_records, write_atomically, write_json_atomically  # noqa: E402
 
 # (panel title, [(label, source, key)], [(label, target)]): source 'eval' is evaluate.py's results, 'train' the
 # metrics.jsonl row; the targets (grey lines) are issue 21's for an embedded default that shows local actions.
@@ -89,15 +88,13 @@ def records_by_step(path: str,
     the file; a one-line GlassError naming the file and line for a line that is not a record with a step."""
     records: Dict[int, Dict[str, Any]] = {}
     if os.path.isfile(path):
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                try:
-                    record = json.loads(line)
-                    int(record["step"])
-                except (ValueError, TypeError, KeyError) as error:
-                    raise GlassError(f"{path}: line {number} is not a JSON record with a step ({error})") from None
-                if keep(record):
-                    records[int(record["step"])] = record
+        for number, record in json_records(path, strict=True):
+            try:
+                step = int(record["step"])
+            except (ValueError, TypeError, KeyError) as error:
+                raise GlassError(f"{path}: line {number} is not a JSON record with a step ({error})") from None
+            if keep(record):
+                records[step] = record
     return records
 
 

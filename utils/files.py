@@ -10,7 +10,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from typing import Any, Callable, Dict, Mapping, TypeVar
+from typing import Any, Callable, Dict, Iterator, Mapping, Tuple, TypeVar
 
 from utils.errors import GlassError
 
@@ -84,6 +84,26 @@ def append_json_line(path: str, record: Mapping[str, Any]) -> Dict[str, Any]:
         handle.flush()
         os.fsync(handle.fileno())
     return line
+
+
+def json_records(path: str, strict: bool = False) -> Iterator[Tuple[int, Dict[str, Any]]]:
+    """(line number from 1, record) for each line of the JSON-lines file `path` that holds a JSON object, in order
+    (blank lines skipped). Any other line — one cut by a crash (`append_json_line`), or a value that is not an
+    object — is skipped, or with `strict` stops the reading with a one-line GlassError naming the file and line."""
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as error:
+                if strict:
+                    raise GlassError(f"{path}: line {number} is not JSON ({error})") from None
+                continue
+            if isinstance(record, dict):
+                yield number, record
+            elif strict:
+                raise GlassError(f"{path}: line {number} is not a JSON object")
 
 
 def write_folder_atomically(folder: str, write: Callable[[str], _Written]) -> _Written:

@@ -80,8 +80,11 @@ def test_training_values_are_averaged_over_the_interval_since_the_previous_evalu
 def test_a_corrupt_log_line_is_a_one_line_error_naming_the_file(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 25, "lma_trained": true}\n{broken\n', encoding="utf-8")
-    with pytest.raises(GlassError, match=r"metrics\.jsonl: line 2 is not a JSON record with a step"):
+    with pytest.raises(GlassError, match=r"metrics\.jsonl: line 2 is not JSON"):
         learning.records_by_step(str(path))
     path.write_text('{"lma_trained": true}\n', encoding="utf-8")
-    with pytest.raises(GlassError, match="line 1"):
+    with pytest.raises(GlassError, match=r"metrics\.jsonl: line 1 is not a JSON record with a step"):
+        learning.records_by_step(str(path))
+    path.write_text('{"step": 25}\n\n[1, 2]\n', encoding="utf-8")
+    with pytest.raises(GlassError, match=r"metrics\.jsonl: line 3 is not a JSON object"):
         learning.records_by_step(str(path))

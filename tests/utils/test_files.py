@@ -5,7 +5,7 @@ import os
 import pytest
 
 from utils.errors import GlassError
-from utils.files import require_folder_can_be_made, write_atomically, write_json_atomically
+from utils.files import json_records, require_folder_can_be_made, write_atomically, write_json_atomically
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
@@ -104,3 +104,16 @@ def test_write_folder_atomically_replaces_whole_and_an_interrupted_write_leaves_
     assert sorted(os.listdir(tmp_path / "split")) == ["video_0"]
     assert os.listdir(video) == ["00000.png"]
     assert not any(name.startswith(TEMPORARY_PREFIX) for name in os.listdir(tmp_path / "split"))
+
+
+def test_json_records_skip_or_name_what_is_not_an_object(tmp_path):
+    """`json_records`: the objects with their line numbers, blank lines passed over; a line cut by a crash and a
+    value that is not an object are skipped, or with strict=True a one-line error names the file and line."""
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"step": 1}\n\n[1, 2]\n{"step": 2}\n{"step": 3, "cut', encoding="utf-8")
+    assert list(json_records(str(path))) == [(1, {"step": 1}), (4, {"step": 2})]
+    with pytest.raises(GlassError, match=r"log\.jsonl: line 3 is not a JSON object"):
+        list(json_records(str(path), strict=True))
+    path.write_text('{"step": 1}\n{"step": 3, "cut', encoding="utf-8")
+    with pytest.raises(GlassError, match=r"log\.jsonl: line 2 is not JSON"):
+        list(json_records(str(path), strict=True))

@@ -41,7 +41,6 @@ them by window and reduces them in that order, so K processes give the single-pr
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -66,6 +65,7 @@ from utils.checkpoint import CONFIG_FILE
 from utils.config import Config, load_config
 from utils.distributed import DistributedContext, all_gather_objects
 from utils.errors import GlassError
+from utils.files import json_records
 from utils.metrics import (
     SWITCH_KINDS,
     code_effect_db,
@@ -728,20 +728,13 @@ def recorded_usual_shifts(run_folder: str, step: int, num_actions: int) -> Tuple
         if os.path.isdir(folder) else []
     latest: Optional[Tuple[str, str, List[Dict[str, Any]]]] = None
     for name in names:
-        with open(os.path.join(folder, name), encoding="utf-8") as handle:
-            for line in handle:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if not isinstance(record, dict) or record.get("step") != step:
-                    continue
-                shifts = record.get("code_usual_shift")
-                if not isinstance(shifts, list) or len(shifts) != num_actions:
-                    continue
-                time = str(record.get("time", ""))
-                if latest is None or time >= latest[0]:
-                    latest = (time, f"{name} ({record.get('split')}, {time})", shifts)
+        for _, record in json_records(os.path.join(folder, name)):
+            shifts = record.get("code_usual_shift")
+            if record.get("step") != step or not isinstance(shifts, list) or len(shifts) != num_actions:
+                continue
+            time = str(record.get("time", ""))
+            if latest is None or time >= latest[0]:
+                latest = (time, f"{name} ({record.get('split')}, {time})", shifts)
     if latest is None:
         raise GlassError(f"{folder}: no evaluate.py record of step {step} with the usual shifts of {num_actions} "
                          f"codes; run evaluate.py on that checkpoint first (--step {step})")
