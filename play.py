@@ -20,6 +20,7 @@ a web page.
 
     # a web page at http://127.0.0.1:8000/ (this machine only): arrow keys, space, 1..K, 0 = reset
     python play.py --run-name wsprites-c2 --serve --port 8000
+    python play.py --run-name wsprites-c2 --serve --usual-shifts  # keys 1..K: each action with its usual shift
 
     # the GPU is used when there is one (--device auto); --device cpu forces the CPU
     python play.py --run-name wsprites --device cpu --image sprite.png --actions "right*8"
@@ -51,7 +52,13 @@ from utils.cli import run_main
 from utils.config import RECONSTRUCTION_PROTOCOLS
 from utils.distributed import DEVICE_CHOICES, resolve_device_kind
 from utils.errors import GlassError
-from utils.evaluation.action_metrics import recorded_usual_shifts, usual_grid_shifts, usual_shift_label
+from utils.evaluation.action_metrics import (
+    UsualShift,
+    recorded_usual_shifts,
+    usual_grid_shifts,
+    usual_shift_label,
+    usual_shift_tokens,
+)
 from utils.files import require_folder_can_be_made
 from utils.media import save_gif, save_png, to_uint8_images
 from utils.play.actions import (
@@ -118,7 +125,8 @@ def parse_arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     inputs.add_argument("--usual-shifts", action="store_true",
                         help="--grid: draw each local action with the shift it usually comes with in real videos "
                              "(from the run's latest evaluate.py record of this checkpoint) instead of no shift; a "
-                             "walk code read with its walk's shift is then drawn walking")
+                             "walk code read with its walk's shift is then drawn walking. --serve: the page's "
+                             "action buttons and number keys step each action with that shift")
     outputs = parser.add_argument_group("outputs")
     outputs.add_argument("--out", metavar="DIR", help="output folder (default: RUNS_DIR/RUN_NAME/play/MODE-TIMESTAMP)")
     outputs.add_argument("--fps", type=float, default=8.0, help="frames per second of the GIF and MP4 (default 8)")
@@ -153,8 +161,9 @@ def check_arguments(arguments: argparse.Namespace) -> None:
         raise GlassError(f"--{mode.replace('_', '-')}: needs exactly one --image (got {len(arguments.image)})")
     if mode == "reconstruct" and arguments.image:
         raise GlassError("--image: not used with --reconstruct (the video's first frame is the start image)")
-    if arguments.usual_shifts and mode != "grid":
-        raise GlassError("--usual-shifts: only with --grid (it sets the local-action matrix's shifts)")
+    if arguments.usual_shifts and mode not in ("grid", "serve"):
+        raise GlassError("--usual-shifts: only with --grid or --serve (it sets the shift each local action is drawn "
+                         "with)")
     if arguments.step is not None and arguments.step < 0:
         raise GlassError(f"--step: must be a checkpoint step >= 0, got {arguments.step}")
     for name in ("max_frames", "grid_frames", "max_sessions", "max_session_frames"):
@@ -231,6 +240,12 @@ def _start_images(arguments: argparse.Namespace, trained: TrainedModel, max_from
     return [(name, load_start_image(path, trained.config.data, arguments.fit)) for name, path in named]
 
 
+def _recorded_usual_shifts(arguments: argparse.Namespace, trained: TrainedModel) -> Tuple[str, List[UsualShift]]:
+    """--usual-shifts: the latest evaluate.py record of the checkpoint's usual shifts (`recorded_usual_shifts`)."""
+    return recorded_usual_shifts(os.path.join(arguments.runs_dir, arguments.run_name), trained.step,
+                                 trained.model.num_actions)
+
+
 def run_grid(arguments: argparse.Namespace, trained: TrainedModel, device: torch.device, folder: str) -> Dict[str, str]:
     starts = _start_images(arguments, trained, GRID_DEFAULT_STARTS, required=True)
     names = [name for name, _ in starts]
@@ -239,8 +254,7 @@ def run_grid(arguments: argparse.Namespace, trained: TrainedModel, device: torch
     local_columns: List[Any] = list(range(num_actions))
     shifts, labels, usual_from = None, None, None
     if arguments.usual_shifts:
-        usual_from, usual = recorded_usual_shifts(os.path.join(arguments.runs_dir, arguments.run_name), trained.step,
-                                                  num_actions)
+        usual_from, usual = _recorded_usual_shifts(arguments, trained)
         shifts = usual_grid_shifts(usual, trained.config.data.input_size).to(device)
         labels = [usual_shift_label(code, entry) for code, entry in enumerate(usual)]
         local_columns = [{"action": code, "shift": [round(value, 6) for value in shift]}
@@ -260,13 +274,18 @@ def run_grid(arguments: argparse.Namespace, trained: TrainedModel, device: torch
 
 
 def run_server(arguments: argparse.Namespace, trained: TrainedModel) -> int:
-    from utils.play.server import PlayServer, ServerLimits, create_http_server
+    from utils.play.server import PlayServer, ServerLimits, UsualShifts, create_http_server
 
+    usual_shifts = None
+    if arguments.usual_shifts:
+        usual_from, usual = _recorded_usual_shifts(arguments, trained)
+        usual_shifts = UsualShifts(usual_shift_tokens(usual, trained.config.data.input_size),
+                                   [usual_shift_label(code, entry) for code, entry in enumerate(usual)], usual_from)
     starts = _start_images(arguments, trained, SERVE_DEFAULT_STARTS, required=False)
     limits = ServerLimits(max_sessions=arguments.max_sessions, max_frames=arguments.max_session_frames,
                           max_upload_bytes=int(arguments.max_upload_mb * 2 ** 20), fps=arguments.fps)
     server = PlayServer(trained.model, trained.config.data, starts, limits, fit=arguments.fit,
-                        title=f"{arguments.run_name} (step {trained.step})")
+                        title=f"{arguments.run_name} (step {trained.step})", usual_shifts=usual_shifts)
     http_server = create_http_server(server, arguments.port)
     port = http_server.server_address[1]
     print(f"{trained.path}: {len(starts)} start image(s); open http://127.0.0.1:{port}/ (Ctrl-C to stop)", flush=True)

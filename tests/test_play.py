@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -140,6 +141,15 @@ def test_grid_of_global_and_local_actions(trained_run, videos, tmp_path, device)
     assert json.load(open(os.path.join(out, "play.json")))["images"] == ["start_0.png", "start_1.png"]
 
 
+def _usual_shift_record(step, time, code_0_dx, split="val"):
+    """An evaluate.py JSON line with the usual shifts of three codes (pixels): code 0 right by `code_0_dx`, code 1
+    unused, code 2 up 8 px."""
+    usual = [{"transitions": 4, "dx": code_0_dx, "dy": 0.0, "direction": "right", "share": 0.75},
+             {"transitions": 0, "dx": None, "dy": None, "direction": None, "share": 0.0},
+             {"transitions": 2, "dx": 0.0, "dy": -8.0}]  # an older record: no direction, no share
+    return json.dumps({"step": step, "split": split, "time": time, "code_usual_shift": usual}) + "\n"
+
+
 def test_grid_with_usual_shifts_draws_each_local_action_with_the_shift_of_the_latest_evaluation(trained_run, videos,
                                                                                                  tmp_path):
     from model.generation import local_action_matrix
@@ -152,12 +162,7 @@ def test_grid_with_usual_shifts_draws_each_local_action_with_the_shift_of_the_la
     metrics = runs / "copy" / "metrics"
     metrics.mkdir(exist_ok=True)
 
-    def record(step, time, code_0_dx, split="val"):
-        usual = [{"transitions": 4, "dx": code_0_dx, "dy": 0.0, "direction": "right", "share": 0.75},
-                 {"transitions": 0, "dx": None, "dy": None, "direction": None, "share": 0.0},
-                 {"transitions": 2, "dx": 0.0, "dy": -8.0}]  # an older record: no direction, no share
-        return json.dumps({"step": step, "split": split, "time": time, "code_usual_shift": usual}) + "\n"
-
+    record = _usual_shift_record
     # the latest record of step 4 (by time, across files) wins; another step's, a line that is no record and a line
     # cut by a crash do not
     (metrics / "evaluate-val-one_step.jsonl").write_text(
@@ -190,6 +195,43 @@ def test_grid_with_usual_shifts_draws_each_local_action_with_the_shift_of_the_la
     assert not os.path.exists(tmp_path / "none")
 
 
+def test_serve_with_usual_shifts_gives_each_action_button_its_usual_shift(trained_run, tmp_path, monkeypatch):
+    """`--serve --usual-shifts`: the page's info carries each action's step with the shift of the checkpoint's latest
+    evaluate.py record (affine_grid units; the unused code a bare step) and its label; without a record, a one-line
+    error before any server starts."""
+    import urllib.request
+
+    import utils.play.server
+
+    runs = tmp_path / "runs"
+    shutil.copytree(trained_run["run_folder"], runs / "copy")  # the shared run is read-only for tests
+    metrics = runs / "copy" / "metrics"
+    metrics.mkdir(exist_ok=True)
+    (metrics / "evaluate-val-one_step.jsonl").write_text(_usual_shift_record(4, "2026-01-02T00:00:00Z", 16.0))
+    infos = []
+
+    def serve_once(http_server, *arguments, **keywords):  # answers one request, /api/info, instead of serving on
+        thread = threading.Thread(target=http_server.handle_request)
+        thread.start()
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_server.server_address[1]}/api/info", timeout=60) as answer:
+            infos.append(json.load(answer))
+        thread.join(timeout=60)
+
+    monkeypatch.setattr(utils.play.server._LocalHTTPServer, "serve_forever", serve_once)
+    arguments = ["--run-name", "copy", "--runs-dir", str(runs), "--device", "cpu", "--serve", "--port", "0",
+                 "--usual-shifts"]
+    assert play.main(arguments) == 0
+    (info,) = infos
+    assert info["action_steps"] == ["0.250,0.000:0", "1", "0.000,-0.167:2"]
+    assert info["action_labels"] == ["code 0, shift +16.0 +0.0 px (75%)", "code 1, unused: no shift",
+                                     "code 2, shift +0.0 -8.0 px"]
+    assert info["usual_shifts_from"] == "evaluate-val-one_step.jsonl (val, 2026-01-02T00:00:00Z)"
+    (metrics / "evaluate-val-one_step.jsonl").write_text(_usual_shift_record(2, "2026-01-02T00:00:00Z", 16.0))
+    with pytest.raises(GlassError, match=r"metrics: no evaluate.py record of step 4 with the usual shifts of 3 codes"):
+        play.main(arguments)
+    assert len(infos) == 1
+
+
 def test_default_output_folder_is_in_the_run(trained_run, videos, tmp_path):
     runs = tmp_path / "runs"
     shutil.copytree(trained_run["run_folder"], runs / "copy")  # the shared run is read-only for tests
@@ -215,7 +257,7 @@ def test_default_output_folder_is_in_the_run(trained_run, videos, tmp_path):
     (["--image", "IMAGE", "--actions-file", ""], r"^--actions-file: expected a path, got an empty string$"),
     (["--image", "", "--actions", "right"], r"^--image: expected a path, got an empty string$"),
     (["--image", "VIDEO", "--actions", "right"], r"_video_\d+: a folder, not an image file$"),
-    (["--image", "IMAGE", "--actions", "right", "--usual-shifts"], r"^--usual-shifts: only with --grid"),
+    (["--image", "IMAGE", "--actions", "right", "--usual-shifts"], r"^--usual-shifts: only with --grid or --serve"),
     (["--image", "IMAGE", "--actions", "right", "--out", "NOT_AN_IMAGE"], r"notes.png: .*notes.png is a file, not a"),
     (["--image", "IMAGE", "--actions", "right", "--out", "UNDER_A_FILE"], r"notes.png/out: .*notes.png is a file, not"),
 ])

@@ -18,7 +18,7 @@ import torch
 
 from model.trained import load_trained_model
 from utils.play.actions import dataset_start_frames, load_start_image
-from utils.play.server import PlayServer, ServerLimits, create_http_server, serve_in_thread
+from utils.play.server import PlayServer, ServerLimits, UsualShifts, create_http_server, serve_in_thread
 
 CHROMEDRIVER = shutil.which("chromedriver")
 CHROMIUM = next((path for path in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if path), None)
@@ -75,13 +75,14 @@ class WebDriver:
         self.command("DELETE", f"/session/{self.session}")
 
 
-def _serve(trained_run, start_count: int):
+def _serve(trained_run, start_count: int, usual_shifts=None):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # see tests/test_play.py
     trained = load_trained_model(trained_run["run_folder"])
     starts = [(name, load_start_image(path, trained.config.data))
               for name, path in dataset_start_frames(trained.config.data, start_count)]
-    http_server = create_http_server(PlayServer(trained.model, trained.config.data, starts, ServerLimits()), port=0)
+    http_server = create_http_server(PlayServer(trained.model, trained.config.data, starts, ServerLimits(),
+                                                usual_shifts=usual_shifts), port=0)
     thread = serve_in_thread(http_server)
     yield f"http://127.0.0.1:{http_server.server_address[1]}/"
     http_server.shutdown()
@@ -99,6 +100,14 @@ def page_url(trained_run):
 def page_url_without_starts(trained_run):
     """The page of a server that has no start images (the run's dataset is elsewhere and no --image was given)."""
     yield from _serve(trained_run, 0)
+
+
+@pytest.fixture(scope="module")
+def page_url_with_usual_shifts(trained_run):
+    """The page of `play.py --serve --usual-shifts`: action 0 comes with a shift right, action 2 with one up."""
+    yield from _serve(trained_run, 1, UsualShifts(["0.250,0.000:0", "1", "0.000,-0.167:2"],
+                                                  ["code 0, shift +16.0 +0.0 px", "code 1, unused: no shift",
+                                                   "code 2, shift +0.0 -8.0 px"], "evaluate-val-one_step.jsonl"))
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +192,23 @@ def test_no_image_is_shown_until_there_is_a_frame(page_url_without_starts, brows
     assert browser.wait_for("return document.body.dataset.step || null", "0") == "0"
     assert browser.script(displayed.format("frame")) is True and browser.script(displayed.format("no-frame")) is False
     assert browser.script("return document.getElementById('frame').src").startswith("data:image/png;base64,")
+
+
+def test_usual_shifts_move_each_action_its_way(page_url_with_usual_shifts, browser):
+    """With usual shifts the action buttons carry their labels, and a number key steps its action with its usual
+    shift: key 1 moves right by 0.25 with action 0; key 2 (an unused code) stays."""
+    browser.session_command("POST", "/url", {"url": page_url_with_usual_shifts})
+    assert browser.wait_for("return document.body.dataset.ready || null", "true") == "true"
+    buttons = browser.script("return document.getElementById('action-buttons').textContent")
+    assert "1: code 0, shift +16.0 +0.0 px" in buttons and "3: code 2, shift +0.0 -8.0 px" in buttons
+    assert "with its usual shift" in browser.script("return document.getElementById('keys').textContent")
+    counter = "return document.getElementById('counter').textContent"
+    last_shift = "return document.getElementById('last-shift').textContent"
+    browser.press("1")
+    assert browser.wait_for(counter, "1") == "1"
+    assert browser.script(last_shift) == "(0.25, 0)"
+    assert browser.script("return document.getElementById('current-action').textContent") == "0"
+    browser.press("2")
+    assert browser.wait_for(counter, "2") == "2"
+    assert browser.script(last_shift) == "stay"
+    assert browser.script("return document.getElementById('current-action').textContent") == "1"

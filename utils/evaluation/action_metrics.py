@@ -700,9 +700,15 @@ def usual_shift_label(code: int, usual: UsualShift) -> str:
 def usual_shift_steps(code_shifts: Sequence[UsualShift], input_size: Sequence[int]) -> List[str]:
     """Each used code with its usual shift (`EvaluationResult.code_shifts`, pixels) as a `play.py` step of the
     action language, `DX,DY:CODE` in affine_grid units (3 decimals; an unused code is left out)."""
+    return [token for token, usual in zip(usual_shift_tokens(code_shifts, input_size), code_shifts) if usual.count]
+
+
+def usual_shift_tokens(code_shifts: Sequence[UsualShift], input_size: Sequence[int]) -> List[str]:
+    """Every code's step of the action language: `DX,DY:CODE` with its usual shift in affine_grid units (3
+    decimals), or the bare `CODE` (no shift) for a code no transition took."""
     shifts = usual_grid_shifts(code_shifts, input_size).tolist()
-    return [f"{_rounded(shifts[code][0], 3):.3f},{_rounded(shifts[code][1], 3):.3f}:{code}"
-            for code, usual in enumerate(code_shifts) if usual.count]
+    return [f"{_rounded(shifts[code][0], 3):.3f},{_rounded(shifts[code][1], 3):.3f}:{code}" if usual.count
+            else str(code) for code, usual in enumerate(code_shifts)]
 
 
 def usual_grid_shifts(code_shifts: Sequence[UsualShift], input_size: Sequence[int]) -> torch.Tensor:

@@ -8,7 +8,8 @@ The page (`page.html`, no external scripts or styles) talks to a small JSON API;
 frame is generated here by the model (`model.generation.play_step`), one session per page:
 
     GET  /                           the page
-    GET  /api/info                   the model (frame size, K actions), the start images, the limits, the keys
+    GET  /api/info                   the model (frame size, K actions), the start images, the limits, the keys,
+                                     each local action's step and label (with `UsualShifts`: its usual shift)
     GET  /api/start/I.png            start image I as the model sees it
     POST /api/session  {"start": I}  a new session from start image I → a state (below)
     POST /api/upload   image bytes   a new session from an uploaded image (Content-Type image/*,
@@ -63,14 +64,16 @@ _LOCAL_HOST_NAMES = ("127.0.0.1", "localhost")
 PAGE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page.html")
 _DRAIN_LIMIT = 64 * 1024 * 1024  # read (and drop) an over-limit upload up to this size so the client sees the 413
 
-def key_bindings(num_actions: int) -> List[Tuple[str, str]]:
-    """What the page's keys do (served in /api/info and shown on the page), for K = `num_actions`."""
+def key_bindings(num_actions: int, usual_shifts: bool = False) -> List[Tuple[str, str]]:
+    """What the page's keys do (served in /api/info and shown on the page), for K = `num_actions`; with
+    `usual_shifts` the number keys step each local action with its usual shift instead of 'stay'."""
     last_key = min(num_actions, 9)
+    how = "with its usual shift (on its button)" if usual_shifts else "'stay'"
     return [
         ("← → ↑ ↓", "one step with that global shift (left, right, up, down) and the current local action"),
         ("space", "one step 'stay' with the current local action"),
         (f"1 … {last_key}" if last_key > 1 else "1",
-         f"one step 'stay' with local action 0 … {last_key - 1} (key k: action k−1), "
+         f"one step {how} with local action 0 … {last_key - 1} (key k: action k−1), "
          "which becomes the current action"
          + (f"; actions 9 … {num_actions - 1} by their buttons" if num_actions > 9 else "")),
         ("0", "reset: back to the start image"),
@@ -86,6 +89,16 @@ class ServerLimits:
     max_upload_bytes: int = 10 * 1024 * 1024  # uploads larger than this are refused with 413
     max_upload_pixels: int = 40_000_000  # decoded size limit of an uploaded image (width × height)
     fps: float = 8.0  # of the downloaded GIF
+
+
+@dataclass(frozen=True)
+class UsualShifts:
+    """`play.py --serve --usual-shifts`: each local action's step of the action language with its usual shift
+    (`utils.evaluation.action_metrics.usual_shift_tokens`, e.g. "0.120,0.000:3"), its button label, and the
+    evaluation record they come from."""
+    steps: Sequence[str]
+    labels: Sequence[str]
+    source: str
 
 
 class RequestError(Exception):
@@ -120,7 +133,8 @@ class PlayServer:
     (a JSON-ready dict) or raises `RequestError`."""
 
     def __init__(self, model: Glass, data_config: DataConfig, start_images: Sequence[Tuple[str, torch.Tensor]],
-                 limits: Optional[ServerLimits] = None, fit: str = "auto", title: str = "GLASS"):
+                 limits: Optional[ServerLimits] = None, fit: str = "auto", title: str = "GLASS",
+                 usual_shifts: Optional["UsualShifts"] = None):
         self.model = model.eval()
         self.data_config = data_config
         self.limits = limits or ServerLimits()
@@ -128,6 +142,15 @@ class PlayServer:
         self.title = title
         self.device = next(model.parameters()).device
         self.num_actions = model.num_actions
+        self.usual_shifts = usual_shifts
+        if usual_shifts is not None:
+            if len(usual_shifts.steps) != self.num_actions or len(usual_shifts.labels) != self.num_actions:
+                raise ValueError(f"usual shifts: {len(usual_shifts.steps)} steps and {len(usual_shifts.labels)} "
+                                 f"labels for {self.num_actions} local actions")
+            for action, token in enumerate(usual_shifts.steps):
+                steps = parse_token(token, self.num_actions, 0)
+                if len(steps) != 1 or steps[0].local_action != action:
+                    raise ValueError(f"usual shifts: {token!r} is not one step with local action {action}")
         self.start_images = [(name, image.to(self.device)) for name, image in start_images]
         self._sessions: "OrderedDict[str, _Session]" = OrderedDict()
         self._sessions_lock = threading.Lock()
@@ -143,7 +166,14 @@ class PlayServer:
                 "starts": [{"index": index, "name": name} for index, (name, _) in enumerate(self.start_images)],
                 "max_frames": self.limits.max_frames, "max_sessions": self.limits.max_sessions,
                 "max_upload_mb": self.limits.max_upload_bytes / 2 ** 20,
-                "keys": [{"key": key, "does": does} for key, does in key_bindings(self.num_actions)]}
+                # each local action's button and number key: the action language's step, and its label
+                "action_steps": (list(self.usual_shifts.steps) if self.usual_shifts
+                                 else [str(action) for action in range(self.num_actions)]),
+                "action_labels": (list(self.usual_shifts.labels) if self.usual_shifts
+                                  else [f"action {action}" for action in range(self.num_actions)]),
+                "usual_shifts_from": self.usual_shifts.source if self.usual_shifts else None,
+                "keys": [{"key": key, "does": does}
+                         for key, does in key_bindings(self.num_actions, self.usual_shifts is not None)]}
 
     def start_png(self, index: int) -> bytes:
         if not 0 <= index < len(self.start_images):

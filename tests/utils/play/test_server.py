@@ -13,7 +13,15 @@ from PIL import Image
 from model.trained import load_trained_model
 from utils.errors import GlassError
 from utils.play.actions import dataset_start_frames, load_start_image
-from utils.play.server import PAGE_FILE, PlayServer, ServerLimits, create_http_server, serve_in_thread
+from utils.play.server import (
+    PAGE_FILE,
+    PlayServer,
+    ServerLimits,
+    UsualShifts,
+    create_http_server,
+    key_bindings,
+    serve_in_thread,
+)
 
 UPLOAD_LIMIT = 100_000  # bytes
 MAX_FRAMES = 4
@@ -71,6 +79,9 @@ def test_page_and_info(server):
     status, info = api(server, "/api/info")
     assert status == 200 and info["num_actions"] == 3 and info["frame_size"] == [128, 96]
     assert info["directions"]["right"] == [0.07, 0.0] and len(info["starts"]) == 2
+    # without usual shifts each action's button and key is the bare action: one step 'stay'
+    assert info["action_steps"] == ["0", "1", "2"] and info["action_labels"] == ["action 0", "action 1", "action 2"]
+    assert info["usual_shifts_from"] is None
     status, headers, body = request(server, "/api/start/1.png")
     assert status == 200 and Image.open(io.BytesIO(body)).size == (128, 96)
     assert api(server, "/api/start/7.png")[0] == 404
@@ -166,3 +177,27 @@ def test_other_hosts_and_bad_requests_are_refused(server):
     assert api(server, "/api/nothing", {})[0] == 404
     with pytest.raises(GlassError, match=r"listens on 127.0.0.1 only"):
         create_http_server(server["play_server"], port=0, host="0.0.0.0")
+
+
+def test_usual_shifts_set_each_actions_step_and_are_checked(server):
+    """`UsualShifts`: /api/info serves each action's step of the action language and its label, the number keys'
+    description says so, and a step with that token moves by the usual shift with that action; steps that are not
+    one step of their own action, or a count other than K, are refused when the server is made."""
+    served = server["play_server"]
+    usual = UsualShifts(["0.120,0.000:0", "1", "0.000,-0.100:2"],
+                        ["code 0, shift +7.7 +0.0 px", "code 1, unused: no shift", "code 2, shift +0.0 -4.8 px"],
+                        "evaluate-val-one_step.jsonl (val, 2026-01-02T00:00:00Z)")
+    with_usual = PlayServer(served.model, served.data_config, served.start_images, served.limits, usual_shifts=usual)
+    info = with_usual.info()
+    assert info["action_steps"] == list(usual.steps) and info["action_labels"] == list(usual.labels)
+    assert info["usual_shifts_from"] == usual.source
+    assert info["keys"][2]["does"].startswith("one step with its usual shift (on its button) with local action 0")
+    assert key_bindings(3)[2][1].startswith("one step 'stay' with local action 0")
+    state = with_usual.new_session(0)
+    state = with_usual.step(state["session"], info["action_steps"][2])
+    assert state["global_shift"] == [0.0, -0.1] and state["local_action"] == 2
+    for steps, labels, match in ((["0", "1"], ["a", "b"], "2 steps and 2 labels for 3 local actions"),
+                                 (["0", "2", "1"], ["a", "b", "c"], "'2' is not one step with local action 1"),
+                                 (["0", "1", "2*2"], ["a", "b", "c"], "'2\\*2' is not one step with local action 2")):
+        with pytest.raises(ValueError, match=match):
+            PlayServer(served.model, served.data_config, [], usual_shifts=UsualShifts(steps, labels, "x"))
