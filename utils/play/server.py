@@ -68,12 +68,14 @@ def key_bindings(num_actions: int, usual_shifts: bool = False) -> List[Tuple[str
     """What the page's keys do (served in /api/info and shown on the page), for K = `num_actions`; with
     `usual_shifts` the number keys step each local action with its usual shift instead of 'stay'."""
     last_key = min(num_actions, 9)
-    how = "with its usual shift (on its button)" if usual_shifts else "'stay'"
+    actions = f"local action 0 … {last_key - 1}"
+    step = (f"one step of {actions} with its usual shift, shown on its button" if usual_shifts
+            else f"one step 'stay' with {actions}")
     return [
         ("← → ↑ ↓", "one step with that global shift (left, right, up, down) and the current local action"),
         ("space", "one step 'stay' with the current local action"),
         (f"1 … {last_key}" if last_key > 1 else "1",
-         f"one step {how} with local action 0 … {last_key - 1} (key k: action k−1), "
+         f"{step} (key k: action k−1), "
          "which becomes the current action"
          + (f"; actions 9 … {num_actions - 1} by their buttons" if num_actions > 9 else "")),
         ("0", "reset: back to the start image"),

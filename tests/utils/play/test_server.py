@@ -191,7 +191,8 @@ def test_usual_shifts_set_each_actions_step_and_are_checked(server):
     info = with_usual.info()
     assert info["action_steps"] == list(usual.steps) and info["action_labels"] == list(usual.labels)
     assert info["usual_shifts_from"] == usual.source
-    assert info["keys"][2]["does"].startswith("one step with its usual shift (on its button) with local action 0")
+    assert info["keys"][2]["does"].startswith("one step of local action 0 … 2 with its usual shift, shown on its "
+                                              "button (key k: action k−1)")
     assert key_bindings(3)[2][1].startswith("one step 'stay' with local action 0")
     state = with_usual.new_session(0)
     state = with_usual.step(state["session"], info["action_steps"][2])
