@@ -240,10 +240,13 @@ def _start_images(arguments: argparse.Namespace, trained: TrainedModel, max_from
     return [(name, load_start_image(path, trained.config.data, arguments.fit)) for name, path in named]
 
 
-def _recorded_usual_shifts(arguments: argparse.Namespace, trained: TrainedModel) -> Tuple[str, List[UsualShift]]:
-    """--usual-shifts: the latest evaluate.py record of the checkpoint's usual shifts (`recorded_usual_shifts`)."""
-    return recorded_usual_shifts(os.path.join(arguments.runs_dir, arguments.run_name), trained.step,
-                                 trained.model.num_actions)
+def _recorded_usual_shifts(arguments: argparse.Namespace,
+                           trained: TrainedModel) -> Tuple[str, List[UsualShift], List[str]]:
+    """--usual-shifts: the latest evaluate.py record of the checkpoint's usual shifts (`recorded_usual_shifts`) →
+    (the record's description, the shifts, each code's label)."""
+    source, usual = recorded_usual_shifts(os.path.join(arguments.runs_dir, arguments.run_name), trained.step,
+                                          trained.model.num_actions)
+    return source, usual, [usual_shift_label(code, entry) for code, entry in enumerate(usual)]
 
 
 def run_grid(arguments: argparse.Namespace, trained: TrainedModel, device: torch.device, folder: str) -> Dict[str, str]:
@@ -254,9 +257,8 @@ def run_grid(arguments: argparse.Namespace, trained: TrainedModel, device: torch
     local_columns: List[Any] = list(range(num_actions))
     shifts, labels, usual_from = None, None, None
     if arguments.usual_shifts:
-        usual_from, usual = _recorded_usual_shifts(arguments, trained)
+        usual_from, usual, labels = _recorded_usual_shifts(arguments, trained)
         shifts = usual_grid_shifts(usual, trained.config.data.input_size).to(device)
-        labels = [usual_shift_label(code, entry) for code, entry in enumerate(usual)]
         local_columns = [{"action": code, "shift": [round(value, 6) for value in shift]}
                          for code, shift in enumerate(shifts.tolist())]
     paths: Dict[str, str] = {}
@@ -278,9 +280,8 @@ def run_server(arguments: argparse.Namespace, trained: TrainedModel) -> int:
 
     usual_shifts = None
     if arguments.usual_shifts:
-        usual_from, usual = _recorded_usual_shifts(arguments, trained)
-        usual_shifts = UsualShifts(usual_shift_tokens(usual, trained.config.data.input_size),
-                                   [usual_shift_label(code, entry) for code, entry in enumerate(usual)], usual_from)
+        usual_from, usual, labels = _recorded_usual_shifts(arguments, trained)
+        usual_shifts = UsualShifts(usual_shift_tokens(usual, trained.config.data.input_size), labels, usual_from)
     starts = _start_images(arguments, trained, SERVE_DEFAULT_STARTS, required=False)
     limits = ServerLimits(max_sessions=arguments.max_sessions, max_frames=arguments.max_session_frames,
                           max_upload_bytes=int(arguments.max_upload_mb * 2 ** 20), fps=arguments.fps)

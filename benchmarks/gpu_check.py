@@ -80,6 +80,7 @@ sys.path.insert(0, REPOSITORY)
 from tests.small_model import NO_PERCEPTUAL_LOSSES, SMALL_MODEL  # noqa: E402  (after the repository is on the path)
 from utils.cli import run_main  # noqa: E402
 from utils.errors import GlassError  # noqa: E402
+from utils.files import json_records  # noqa: E402
 
 DEFAULT_OUT = os.path.join("runs", "gpu-check")
 MARKER_FILE = ".gpu-check"  # written into OUT, so that a later check may empty it
@@ -328,8 +329,8 @@ class StepRunner:
 # --------------------------------------------------------------------------- parsing
 
 def read_jsonl(path: str) -> List[Dict[str, Any]]:
-    with open(path, "r", encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    """Every record of a JSON-lines file; a line that is not a JSON object is a one-line error naming it."""
+    return [record for _, record in json_records(path, strict=True)]
 
 
 def _median_seconds(rows: Sequence[Dict[str, Any]]) -> Optional[float]:
