@@ -9,7 +9,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from model.glass import Glass, build_model
-from utils.checkpoint import CONFIG_FILE, load_checkpoint, read_run_config, resume_checkpoint_path
+from utils.checkpoint import CONFIG_FILE, load_checkpoint, read_run_config, resume_checkpoint_path, state_dict_mismatch
 from utils.config import Config
 from utils.errors import GlassError
 
@@ -35,10 +35,10 @@ def load_trained_model(run_folder: str, step: Optional[int] = None, device: Unio
     path = resume_checkpoint_path(run_folder, step)
     state = load_checkpoint(path, step_option="--step")  # the option of every script that reads a run
     model = build_model(config)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as error:
-        first_line = str(error).strip().splitlines()[0]
-        raise GlassError(f"{path}: its weights do not fit the model of {os.path.join(run_folder, CONFIG_FILE)} "
-                         f"({first_line[:200]})") from None
+    problem = state_dict_mismatch(model.state_dict(), state["model"])
+    if problem is not None:
+        given = f" with {' '.join(overrides)}" if overrides else ""
+        raise GlassError(f"{path}: its weights do not fit the model of {os.path.join(run_folder, CONFIG_FILE)}{given} "
+                         f"({problem})")
+    model.load_state_dict(state["model"])
     return TrainedModel(config=config, model=model.to(device).eval(), step=int(state["step"]), path=path)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from model.blocks import Conv2d, assert_shape
+from utils.checkpoint import state_dict_mismatch
 from utils.config import LossConfig
 from utils.errors import GlassError
 from utils.pretrained import PretrainedFile, find_pretrained, load_state_dict_file
@@ -113,15 +114,11 @@ def build_vgg_features(config: LossConfig, random_weights: bool = False) -> VGGF
     else:
         path = find_pretrained(VGG19_IMAGENET, config.vgg_weights, option="loss.vgg_weights")
         state_dict = load_state_dict_file(path)
-        expected = features.state_dict()
-        for name, tensor in expected.items():
-            loaded = state_dict.get("features." + name)
-            if not isinstance(loaded, torch.Tensor) or loaded.shape != tensor.shape:
-                found = ("missing" if loaded is None else f"found shape {tuple(loaded.shape)}"
-                         if isinstance(loaded, torch.Tensor) else f"found a {type(loaded).__name__}")
-                raise GlassError(f"{path}: not a torchvision VGG19 state dict: features.{name} should be a tensor "
-                                 f"of shape {tuple(tensor.shape)}, {found}")
-        features.load_state_dict({name: state_dict["features." + name] for name in expected})
+        expected = {"features." + name: tensor for name, tensor in features.state_dict().items()}
+        problem = state_dict_mismatch(expected, state_dict, ignore_unexpected=True)  # the classifier is not used
+        if problem is not None:
+            raise GlassError(f"{path}: not a torchvision VGG19 state dict ({problem})")
+        features.load_state_dict({name[len("features."):]: state_dict[name] for name in expected})
     return VGGFeatures(features, config.vgg_imagenet_normalization)
 
 

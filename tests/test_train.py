@@ -98,6 +98,16 @@ def test_a_new_run_is_refused_where_checkpoints_exist_and_resuming_needs_them(da
         train.main(arguments(dataset_root, runs, "run", "--resume-step", "1"))
     with pytest.raises(GlassError, match=r"step_5.pth: no such checkpoint \(steps available: 1\)"):
         train.main(arguments(dataset_root, runs, "run", "--resume-step", "5", config=False))
+    config_path = os.path.join(runs, "run", "config.yaml")
+    with open(config_path, encoding="utf-8") as handle:
+        stored = handle.read()
+    with pytest.raises(GlassError, match=r"step_1.pth: its weights do not fit the model of the run's config.yaml with "
+                                         r"this command's overrides \(lma\.action_network\.quantizer\.codebook: "
+                                         r"\(3, \d+\) in the file, \(9, \d+\) here\)$"):
+        train.main(arguments(dataset_root, runs, "run", "--resume-step", "1", "model.lma.num_actions=9",
+                             "training.num_steps=2", config=False))
+    with open(config_path, encoding="utf-8") as handle:
+        assert handle.read() == stored, "a refused resume leaves the run's config.yaml as it was"
     with open(os.path.join(runs, "run", "checkpoints", "step_1.pth"), "wb") as handle:
         handle.write(b"not a checkpoint")
     with pytest.raises(GlassError, match="step_1.pth: cannot be loaded"):

@@ -20,7 +20,7 @@ import pickle
 import re
 import shutil
 import zipfile
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
@@ -162,6 +162,32 @@ def save_checkpoint(run_folder: str, state: Dict[str, Any]) -> str:
 
     write_atomically(os.path.join(folder, LATEST_CHECKPOINT), link_or_copy)
     return path
+
+
+def state_dict_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str, Any], ignore_unexpected: bool = False,
+                        shown: int = 3) -> Optional[str]:
+    """What keeps `found` from loading into a module whose state dict is `expected`, in one line; None when it fits.
+
+    Names the first `shown` differences — an entry missing from `found`, one of another shape, one not a tensor and
+    (unless `ignore_unexpected`) one the module does not have — and counts the rest, e.g.
+    "lma.codebook: (9, 64) in the file, (16, 64) here; 2 more entries differ".
+    """
+    problems: List[str] = []
+    for name, tensor in expected.items():
+        loaded = found.get(name)
+        if loaded is None:
+            problems.append(f"{name}: missing in the file")
+        elif not isinstance(loaded, torch.Tensor):
+            problems.append(f"{name}: not a tensor in the file")
+        elif loaded.shape != tensor.shape:
+            problems.append(f"{name}: {tuple(loaded.shape)} in the file, {tuple(tensor.shape)} here")
+    if not ignore_unexpected:
+        problems.extend(f"{name}: in the file, not here" for name in found if name not in expected)
+    if not problems:
+        return None
+    rest = len(problems) - shown
+    more = f"; {rest} more {'entry differs' if rest == 1 else 'entries differ'}" if rest > 0 else ""
+    return "; ".join(problems[:shown]) + more
 
 
 def load_checkpoint(path: str, step_option: str = "--resume-step") -> Dict[str, Any]:

@@ -20,6 +20,7 @@ from utils.checkpoint import (
     read_run_config,
     resume_checkpoint_path,
     save_checkpoint,
+    state_dict_mismatch,
 )
 from utils.config import Config
 from utils.errors import GlassError
@@ -144,5 +145,18 @@ def test_load_trained_model_rebuilds_the_run_model_in_eval_mode(trained_run):
 def test_load_trained_model_names_the_file_when_the_weights_do_not_fit(trained_run):
     from model.trained import load_trained_model
 
-    with pytest.raises(GlassError, match=r"latest\.pth: its weights do not fit"):
+    with pytest.raises(GlassError, match=r"latest\.pth: its weights do not fit the model of .*config\.yaml with "
+                                         r"model\.lma\.num_actions=5 \(lma\.action_network\.quantizer\.codebook: "
+                                         r"\(\d+, \d+\) in the file, \(5, \d+\) here\)$"):
         load_trained_model(trained_run["run_folder"], overrides=["model.lma.num_actions=5"])
+
+
+def test_state_dict_mismatch_names_the_first_differences_and_counts_the_rest():
+    expected = {"a": torch.zeros(2, 3), "b": torch.zeros(4), "c": torch.zeros(1), "d": torch.zeros(1)}
+    assert state_dict_mismatch(expected, dict(expected)) is None
+    assert state_dict_mismatch(expected, {**expected, "e": torch.zeros(1)}, ignore_unexpected=True) is None
+    assert state_dict_mismatch(expected, {**expected, "e": torch.zeros(1)}) == "e: in the file, not here"
+    found = {"a": torch.zeros(3, 3), "b": [0.0] * 4, "d": torch.zeros(1), "e": torch.zeros(1)}
+    assert state_dict_mismatch(expected, found) == ("a: (3, 3) in the file, (2, 3) here; b: not a tensor in the file; "
+                                                    "c: missing in the file; 1 more entry differs")
+    assert state_dict_mismatch(expected, found, shown=5).endswith("c: missing in the file; e: in the file, not here")

@@ -33,6 +33,7 @@ import torchvision
 from torch import nn
 
 from model.vgg import VGG19_IMAGENET, build_vgg_features
+from utils.checkpoint import state_dict_mismatch
 from utils.config import Config
 from utils.errors import GlassError
 from utils.pretrained import MissingWeightsError, PretrainedFile, find_pretrained, load_state_dict_file
@@ -92,17 +93,14 @@ def check_feature_weights(config: Config, networks: Sequence[str]) -> None:
 
 
 def _load_checked(module: nn.Module, state_dict: dict, path: str, what: str) -> None:
-    """load_state_dict with a one-line GlassError naming the file when keys or shapes disagree."""
+    """load_state_dict with a one-line GlassError naming the file when keys or shapes disagree (extra entries in
+    the file are ignored)."""
     # Files saved by PyTorch < 0.4.1 (such as the I3D port's) have no BatchNorm step counters; they are unused in eval.
     expected = {name: tensor for name, tensor in module.state_dict().items()
                 if not (name.endswith("num_batches_tracked") and name not in state_dict)}
-    for name, tensor in expected.items():
-        loaded = state_dict.get(name)
-        if not isinstance(loaded, torch.Tensor) or loaded.shape != tensor.shape:
-            found = "missing" if loaded is None else (f"found shape {tuple(loaded.shape)}"
-                                                      if isinstance(loaded, torch.Tensor) else "not a tensor")
-            raise GlassError(f"{path}: not a {what} state dict: {name} should be a tensor of shape "
-                             f"{tuple(tensor.shape)}, {found}")
+    problem = state_dict_mismatch(expected, state_dict, ignore_unexpected=True)
+    if problem is not None:
+        raise GlassError(f"{path}: not a {what} state dict ({problem})")
     module.load_state_dict({name: state_dict[name] for name in expected}, strict=False)
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional
 import numpy as np
 import torch
 
-from utils.checkpoint import CHECKPOINT_FORMAT
+from utils.checkpoint import CHECKPOINT_FORMAT, state_dict_mismatch
 from utils.config import TrainingConfig
 from utils.distributed import DistributedContext, all_gather_objects, broadcast_buffers, check_replicas_identical
 from utils.errors import GlassError
@@ -120,7 +120,12 @@ def training_checkpoint(trainer: Trainer, batches: TrainingBatches, step: int,
 
 def resume_training(trainer: Trainer, checkpoint: Dict[str, Any], path: str) -> Dict[str, int]:
     """Load a checkpoint into the trainer and this process's generators; returns the data position
-    {'epoch', 'position'} to give `TrainingBatches`. A mismatch is a one-line `GlassError`."""
+    {'epoch', 'position'} to give `TrainingBatches`. A mismatch is a one-line `GlassError`; for the weights it
+    names the first entries that differ (on resume, a key=value override that changes the model's shape, say)."""
+    problem = state_dict_mismatch(trainer.model.state_dict(), checkpoint["model"])
+    if problem is not None:
+        raise GlassError(f"{path}: its weights do not fit the model of the run's config.yaml with this command's "
+                         f"overrides ({problem})")
     try:
         trainer.load_state_dict(checkpoint)
     except (RuntimeError, ValueError, KeyError) as error:
