@@ -408,7 +408,9 @@ class CodeEffectErrors:
     k < l of codebook rows — how different choosing another code makes the next frame — and `real_change`, the
     sum over the region of |fₜ₊₁ − f̃ₜ| on the same scale: how much the real video changes beyond the shift; and
     `best`, the squared error (like `inferred`) of the codebook row that draws fₜ₊₁ best, chosen per transition: the
-    code effect the decoder could give if the action network always chose right, the renderer's ceiling."""
+    code effect the decoder could give if the action network always chose right, the renderer's ceiling; and
+    `per_code` (B, T−1, K), the squared error of each codebook row's drawing (`best` is its minimum), from which a
+    random baseline drawn as often as the codes are used can be taken exactly."""
 
     inferred: torch.Tensor
     random: torch.Tensor
@@ -417,13 +419,14 @@ class CodeEffectErrors:
     real_change: Optional[torch.Tensor] = None
     region: Optional[torch.Tensor] = None
     best: Optional[torch.Tensor] = None
+    per_code: Optional[torch.Tensor] = None
 
 
 def _code_differences(draw: Callable[[torch.Tensor], torch.Tensor], codebook: torch.Tensor, batch_size: int,
                       steps: int, foregrounds: torch.Tensor, shifted_foregrounds: torch.Tensor,
                       masks: torch.Tensor, targets: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """`CodeEffectErrors`' code_difference, real_change, region and best: `draw(codes (B, S, D))` → f̂ (B, S, 3, H,
-    W) is called once per codebook row, that row at every step; `targets` (B, S, 3, H, W): fₜ₊₁."""
+    """`CodeEffectErrors`' code_difference, real_change, region, best and per_code: `draw(codes (B, S, D))` → f̂
+    (B, S, 3, H, W) is called once per codebook row, that row at every step; `targets` (B, S, 3, H, W): fₜ₊₁."""
     region = (torch.maximum(masks[:, :steps], masks[:, 1:steps + 1]) > 0.5).float()  # (B, S, 1, H, W)
 
     def region_sum(difference: torch.Tensor) -> torch.Tensor:  # images in [−1, 1]: |a − b| / 2 is in [0, 1]
@@ -436,6 +439,7 @@ def _code_differences(draw: Callable[[torch.Tensor], torch.Tensor], codebook: to
         code_difference = code_difference + region_sum(drawings[k] - drawings[j])
     errors = torch.stack([(drawing - targets).pow(2).sum(dim=(2, 3, 4)) for drawing in drawings], dim=-1)
     return {"code_difference": code_difference / max(len(pairs), 1), "best": errors.min(dim=-1).values,
+            "per_code": errors,
             "real_change": region_sum(foregrounds[:, 1:steps + 1].float() - shifted_foregrounds[:, :steps].float()),
             "region": region.sum(dim=(2, 3, 4))}
 

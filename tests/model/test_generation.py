@@ -91,6 +91,7 @@ def test_video_code_drawings_are_what_the_code_effect_measures(calibrated_model,
     errors = [(drawing - gma.foregrounds[:, 1:]).pow(2).sum(dim=(2, 3, 4)) for drawing in drawings]
     assert torch.allclose(errors[0], effect.inferred, rtol=1e-5)
     assert torch.allclose(torch.stack(errors[1:], dim=-1).min(dim=-1).values, effect.best, rtol=1e-5)
+    assert torch.allclose(torch.stack(errors[1:], dim=-1), effect.per_code, rtol=1e-5)  # each row's own error
 
 
 def test_the_protocols_agree_on_the_first_step_only(calibrated_model, small_video):
@@ -303,6 +304,7 @@ def test_code_difference_is_the_mean_over_code_pairs_of_what_each_code_draws(mak
     # the best code per transition: the least error over the rows, at most the inferred and the random codes' error
     errors = torch.stack([(drawing - foregrounds[:, 1:]).pow(2).sum(dim=(2, 3, 4)) for drawing in drawings], dim=-1)
     assert torch.allclose(effect.best, errors.min(dim=-1).values, rtol=1e-5)
+    assert torch.allclose(effect.per_code, errors, rtol=1e-5)
     for drawn in (effect.inferred, effect.random):
         assert bool((effect.best <= drawn * (1 + 1e-5)).all())
     assert bool((errors.max(dim=-1).values > effect.best).all())  # the rows draw differently, so the choice matters

@@ -173,9 +173,10 @@ def window_records(model: torch.nn.Module, batch: Dict[str, Any], protocol: str,
     batch) against fₜ₊₁ (`model.generation.video_code_effect_errors`); `switches`: the transitions where the true
     local action changes, `switch_kinds` what each does to the view (`utils.metrics.switch_kinds`, −1 for a window
     whose labels are not W-Sprites' nine); `code_best_squared_error` (B, T−1): the same with the codebook row that
-    draws fₜ₊₁ best (the renderer's ceiling); `code_difference`, `real_change`, `region` (B, T−1): how different
-    the one-step foregrounds drawn with two different codebook rows are, and how much fₜ₊₁ differs from f̃ₜ, summed
-    over the character's region, and its size (`model.generation.CodeEffectErrors`).
+    draws fₜ₊₁ best (the renderer's ceiling), `code_row_squared_error` (B, T−1, K) the same with each row;
+    `code_difference`, `real_change`, `region` (B, T−1): how different the one-step foregrounds drawn with two
+    different codebook rows are, and how much fₜ₊₁ differs from f̃ₜ, summed over the character's region, and its
+    size (`model.generation.CodeEffectErrors`).
     """
     observations = batch["observations"].to(device)
     gma = video_gma(model, observations)  # once for the three inferences from the real video below
@@ -201,6 +202,7 @@ def window_records(model: torch.nn.Module, batch: Dict[str, Any], protocol: str,
     for key in ("code_difference", "real_change", "region"):
         records[key] = getattr(effect, key).double().cpu()
     records["code_best_squared_error"] = effect.best.double().cpu()
+    records["code_row_squared_error"] = effect.per_code.double().cpu()
     records["switches"] = switch_transitions(batch["local_actions"])
     labels = batch["local_actions"]  # W-Sprites' names (as `confusion_row_labels`); −1 for a window beyond them
     named = ((labels >= 0) & (labels < len(LOCAL_ACTION_NAMES))).all(dim=1)
@@ -415,6 +417,15 @@ def summarize(records: Dict[str, torch.Tensor], num_actions: int, seed: int,
         results["gt/code_effect_db"] = code_effect_db(inferred, random)
         if best is not None:
             results["gt/code_effect_best_db"] = code_effect_db(best, random)
+        # A baseline that unused or rare codes cannot lower: random codes drawn as often as the split's inferred
+        # codes are used, its expected error taken exactly from every row's drawing (so a model with more codes, or
+        # with codes it never uses, is not credited for their poor drawings).
+        usage_random = None
+        if "code_row_squared_error" in records:
+            rows = records["code_row_squared_error"]
+            usage = code_histogram(records["real_action_ids"], rows.shape[-1]).double()
+            usage_random = (rows * (usage / usage.sum().clamp(min=1))).sum(dim=-1)
+            results["gt/code_effect_usage_db"] = code_effect_db(inferred, usage_random)
         if has_actions.any():
             inferred, random = inferred[has_actions], random[has_actions]
             best = None if best is None else best[has_actions]
@@ -422,6 +433,9 @@ def summarize(records: Dict[str, torch.Tensor], num_actions: int, seed: int,
             counts["switch_transitions"] = int(switches.sum())
             if switches.any():
                 results["gt/code_effect_switch_db"] = code_effect_db(inferred, random, switches)
+                if usage_random is not None:
+                    results["gt/code_effect_usage_switch_db"] = code_effect_db(inferred, usage_random[has_actions],
+                                                                               switches)
                 if best is not None:
                     results["gt/code_effect_best_switch_db"] = code_effect_db(best, random, switches)
             else:
@@ -600,6 +614,8 @@ _TABLE_ROWS = [
     ("code_effect_non_switch_db", "  on the other transitions (dB)"),
     ("code_effect_best_db", "  best code per transition (dB)"),
     ("code_effect_best_switch_db", "    on switch transitions (dB)"),
+    ("code_effect_usage_db", "  against codes drawn as used (dB)"),
+    ("code_effect_usage_switch_db", "    on switch transitions (dB)"),
     ("code_difference", "two codes' next frames differ by"),
     ("real_change", "  the real next frame changes by"),
     ("code_difference_ratio", "  ratio (codes / real)"),

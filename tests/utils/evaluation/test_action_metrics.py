@@ -300,6 +300,33 @@ def test_code_effect_over_switches_other_transitions_and_each_true_action():
     assert unlabelled.label_code_effects is None and "gt/code_effect_non_switch_db" not in unlabelled.results
 
 
+def test_code_effect_against_codes_drawn_as_used_is_not_raised_by_an_unused_code():
+    """The usage baseline: the expected error of random codes drawn as often as the split's inferred codes are used,
+    exactly, from every row's drawing; an unused code that draws badly raises the uniform baseline, not this one,
+    and a decoder that draws every code alike has 0 dB."""
+    ids = [[0, 0, 1], [0, 0, 0]]  # usage 5/6, 1/6, 0
+    records = _records(predicted_ids=ids, true_local=[[0, 0, 1], [0, 0, 0]],
+                       predicted_shifts=[[[1.0, 0.0]] * 3] * 2, true_shifts=[[[1.0, 0.0]] * 3] * 2, sprite_ids=[1, 2])
+    # each transition's inferred code draws it with error 1, the other used code with 4, code 2 (unused) with 100
+    rows = torch.tensor([[[1.0, 4.0, 100.0] if code == 0 else [4.0, 1.0, 100.0] for code in window] for window in ids])
+    inferred = torch.ones(2, 3)
+    records.update({"code_inferred_squared_error": inferred,
+                    "code_random_squared_error": torch.tensor([[100.0, 4.0, 100.0], [1.0, 100.0, 4.0]]),
+                    "code_row_squared_error": rows,
+                    "switches": torch.tensor([[False, False, True], [False, False, False]])})
+    values = summarize(records, num_actions=3, seed=0).results
+    # five transitions of code 0: 5/6·1 + 1/6·4 = 1.5 each; the one of code 1: 5/6·4 + 1/6·1 = 3.5
+    assert values["gt/code_effect_usage_db"] == pytest.approx(10 * math.log10((5 * 1.5 + 3.5) / 6))
+    assert values["gt/code_effect_usage_switch_db"] == pytest.approx(10 * math.log10(3.5 / 1))
+    assert values["gt/code_effect_db"] > values["gt/code_effect_usage_db"] + 10  # the unused code's 100s
+    assert "against codes drawn as used (dB)" in format_table(summarize(records, num_actions=3, seed=0))
+    alike = summarize({**records, "code_row_squared_error": torch.ones(2, 3, 3)}, num_actions=3, seed=0).results
+    assert alike["gt/code_effect_usage_db"] == pytest.approx(0.0)
+    without = summarize({key: value for key, value in records.items() if key != "code_row_squared_error"},
+                        num_actions=3, seed=0).results
+    assert "gt/code_effect_usage_db" not in without and "gt/code_effect_usage_switch_db" not in without
+
+
 def test_recorded_usual_shifts_name_the_file_of_a_malformed_record(tmp_path):
     import json
 
