@@ -170,8 +170,10 @@ def state_dict_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str
 
     Names the first `shown` differences — an entry missing from `found`, one of another shape, one not a tensor and
     (unless `ignore_unexpected`) one the module does not have — and counts the rest, e.g.
-    "lma.codebook: (9, 64) in the file, (16, 64) here; 2 more entries differ".
+    "lma.codebook: (9, 64) in the file, (16, 64) here; 2 more entries differ"; or says that `found` is not a mapping.
     """
+    if not isinstance(found, Mapping):
+        return f"the file holds a {type(found).__name__}, not a state dict"
     problems: List[str] = []
     for name, tensor in expected.items():
         loaded = found.get(name)

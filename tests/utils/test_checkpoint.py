@@ -160,3 +160,4 @@ def test_state_dict_mismatch_names_the_first_differences_and_counts_the_rest():
     assert state_dict_mismatch(expected, found) == ("a: (3, 3) in the file, (2, 3) here; b: not a tensor in the file; "
                                                     "c: missing in the file; 1 more entry differs")
     assert state_dict_mismatch(expected, found, shown=5).endswith("c: missing in the file; e: in the file, not here")
+    assert state_dict_mismatch(expected, [torch.zeros(1)]) == "the file holds a list, not a state dict"
