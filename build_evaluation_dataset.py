@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 import torch
 from tqdm import tqdm
 
-from utils.cli import run_main
+from utils.cli import TRAINED_WEIGHTS_HELP, run_main
 from utils.config import RECONSTRUCTION_PROTOCOLS
 from utils.distributed import DEVICE_CHOICES, resolve_device_kind
 from utils.evaluation.action_metrics import load_run_for_evaluation
@@ -48,6 +48,7 @@ def parse_arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true", help="empty the output folder first")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="auto: CUDA when a GPU is visible")
     parser.add_argument("--num-threads", type=int, help="CPU threads of PyTorch (torch.set_num_threads)")
+    parser.add_argument("--trained-weights", action="store_true", help=TRAINED_WEIGHTS_HELP)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="dotted config overrides, e.g. evaluation.batch_size=8 data.root=/data/wsprites")
@@ -62,12 +63,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     device = torch.device(resolve_device_kind(arguments.device))
     # data and evaluation settings from --config when given; the model always from the run
     trained, comparable = load_run_for_evaluation(run_folder, arguments.step, device, arguments.overrides,
-                                                  arguments.config)
+                                                  arguments.config, arguments.trained_weights)
     config = trained.config
     protocol = arguments.protocol or config.evaluation.protocol
-    folder = arguments.out or default_folder(run_folder, trained.step, protocol)
-    print(f"{trained.path} (step {trained.step}) → {folder}: test windows of {config.evaluation.observations_count} "
-          f"frames, protocol {protocol}, {device.type}")
+    folder = arguments.out or default_folder(run_folder, trained.step, protocol, arguments.trained_weights)
+    print(f"{trained.path} (step {trained.step}, {trained.describe_weights()}) → {folder}: test windows of "
+          f"{config.evaluation.observations_count} frames, protocol {protocol}, {device.type}")
     with tqdm(desc="videos", unit="video", disable=arguments.no_progress) as bar:
         manifest = build_evaluation_dataset(trained, run_folder, folder, protocol, device, comparable,
                                             overwrite=arguments.overwrite, progress=bar.update)

@@ -51,7 +51,7 @@ from tqdm import tqdm
 from data.video_dataset import VideoDataset
 from model.glass import refit_action_reader_statistics
 from model.trained import TrainedModel
-from utils.cli import run_main
+from utils.cli import TRAINED_WEIGHTS_HELP, run_main
 from utils.config import RECONSTRUCTION_PROTOCOLS, SPLITS
 from utils.distributed import (
     DEVICE_CHOICES,
@@ -94,6 +94,7 @@ class EvaluationPlan:
     device_kind: str
     show_progress: bool
     refit_reader_norm: int = 0
+    trained_weights: bool = False  # --trained-weights
 
 
 def parse_arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -119,6 +120,7 @@ def parse_arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help="first recompute the action readers' BatchNorm running statistics from N batches of the "
                              "training split with the checkpoint's weights (their plain average; nothing is written "
                              "to the checkpoint); 0 (default): the checkpoint's statistics")
+    parser.add_argument("--trained-weights", action="store_true", help=TRAINED_WEIGHTS_HELP)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="dotted config overrides, e.g. evaluation.batch_size=8 data.root=/data/wsprites")
@@ -131,7 +133,7 @@ def run_process(plan: EvaluationPlan, context: DistributedContext, loaded: Optio
     here); each process of a multi-process run reads its own."""
     if loaded is None:
         trained, comparable = load_run_for_evaluation(plan.run_folder, plan.step, context.device, plan.overrides,
-                                                      plan.config_path)
+                                                      plan.config_path, plan.trained_weights)
         dataset = evaluation_dataset(trained.config)
     else:
         trained, comparable, dataset = loaded
@@ -145,9 +147,9 @@ def run_process(plan: EvaluationPlan, context: DistributedContext, loaded: Optio
             print(f"the action readers' BatchNorm statistics refitted from {refitted} training batch(es)" if refitted
                   else "no BatchNorm in the action readers: nothing to refit")
     if context.is_main:
-        print(f"{trained.path} (step {trained.step}): split {evaluation.split}, windows of "
-              f"{evaluation.observations_count} frames, protocol {protocol}, {context.world_size} process(es) on "
-              f"{context.device.type}")
+        print(f"{trained.path} (step {trained.step}, {trained.describe_weights()}): split {evaluation.split}, "
+              f"windows of {evaluation.observations_count} frames, protocol {protocol}, {context.world_size} "
+              f"process(es) on {context.device.type}")
     share = len(shard_indices(len(dataset), evaluation.batch_size, context.rank, context.world_size))
     with tqdm(desc="windows", unit="window", total=share, disable=not (plan.show_progress and context.is_main)) as bar:
         result = evaluate_run(trained, protocol, context, progress=bar.update, dataset=dataset)
@@ -164,11 +166,13 @@ def run_process(plan: EvaluationPlan, context: DistributedContext, loaded: Optio
     if result.confusion is not None:
         picture = save_png(confusion_image(np.array(result.confusion), confusion_row_labels(len(result.confusion)),
                                            [f"code {code}" for code in range(len(result.confusion[0]))]),
-                           confusion_path(plan.run_folder, evaluation.split, protocol, trained.step))
+                           confusion_path(plan.run_folder, evaluation.split, protocol, trained.step,
+                                          plan.trained_weights))
         print(f"wrote {picture}")
     if result.code_shifts is not None:
         sheet = usual_shift_sheet(trained.model, dataset, result.code_shifts, trained.config.data.input_size)
-        picture = save_png(sheet, usual_shift_sheet_path(plan.run_folder, evaluation.split, protocol, trained.step))
+        picture = save_png(sheet, usual_shift_sheet_path(plan.run_folder, evaluation.split, protocol, trained.step,
+                                                         plan.trained_weights))
         print(f"wrote {picture} (each code held 6 steps with its usual shift, from the split's first characters)")
         print("play.py steps, each code with its usual shift: " +
               " ".join(usual_shift_steps(result.code_shifts, trained.config.data.input_size)))
@@ -188,11 +192,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise GlassError(f"--refit-reader-norm: must be >= 0 batches, got {arguments.refit_reader_norm}")
     plan = EvaluationPlan(run_folder=os.path.join(arguments.runs_dir, arguments.run_name), step=arguments.step,
                           config_path=arguments.config, overrides=overrides, device_kind=device_kind,
-                          show_progress=not arguments.no_progress, refit_reader_norm=arguments.refit_reader_norm)
+                          show_progress=not arguments.no_progress, refit_reader_norm=arguments.refit_reader_norm,
+                          trained_weights=arguments.trained_weights)
     # Every bad input (run, checkpoint, config keys, data) fails here, once, before processes start; a single
     # process then uses what was read (the checkpoint is read and the windows are listed once).
     trained, comparable = load_run_for_evaluation(plan.run_folder, plan.step, torch.device("cpu"), plan.overrides,
-                                                  plan.config_path)
+                                                  plan.config_path, plan.trained_weights)
     loaded: Loaded = (trained, comparable, evaluation_dataset(trained.config))
     single = functools.partial(run_process, loaded=loaded) if launches_single_process(arguments.num_gpus) else None
     del trained, loaded  # several processes each read their own

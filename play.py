@@ -48,7 +48,7 @@ import torch  # noqa: E402 (after the OpenMP setting)
 from data.video_dataset import FIT_MODES
 from model.generation import NAMED_SHIFTS, reconstruct, transfer_motion
 from model.trained import TrainedModel, load_trained_model
-from utils.cli import run_main
+from utils.cli import TRAINED_WEIGHTS_HELP, run_main
 from utils.config import RECONSTRUCTION_PROTOCOLS
 from utils.distributed import DEVICE_CHOICES, resolve_device_kind
 from utils.errors import GlassError
@@ -91,6 +91,7 @@ def parse_arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--runs-dir", default="runs", help="folder holding the run folders (default: runs)")
     parser.add_argument("--step", type=int, metavar="N", help="use checkpoints/step_N.pth (default: latest.pth)")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="auto: CUDA when a GPU is visible")
+    parser.add_argument("--trained-weights", action="store_true", help=TRAINED_WEIGHTS_HELP)
     parser.add_argument("--num-threads", type=int, metavar="N",
                         help="PyTorch CPU threads (default: PyTorch's choice, one per core)")
     mode = parser.add_argument_group("what to do (exactly one)").add_mutually_exclusive_group(required=True)
@@ -182,7 +183,7 @@ def check_arguments(arguments: argparse.Namespace) -> None:
 
 def _record(trained: TrainedModel, run_name: str, mode: str, device: torch.device, **extra: Any) -> Dict[str, Any]:
     return {"mode": mode, "run_name": run_name, "checkpoint": trained.path, "step": trained.step,
-            "device": device.type, **extra}
+            "weights": "averaged" if trained.averaged else "trained", "device": device.type, **extra}
 
 
 def run_actions(arguments: argparse.Namespace, trained: TrainedModel, device: torch.device,
@@ -304,7 +305,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if arguments.num_threads is not None:
         torch.set_num_threads(arguments.num_threads)
     run_folder = os.path.join(arguments.runs_dir, arguments.run_name)
-    trained = load_trained_model(run_folder, arguments.step, device)
+    trained = load_trained_model(run_folder, arguments.step, device, trained_weights=arguments.trained_weights)
     if trained.config.training.channels_last:
         # As in training: the channels-last convolution kernels make a frame about 15 % faster on the CPU.
         trained.model.to(memory_format=torch.channels_last)
@@ -314,7 +315,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     folder = arguments.out or default_output_folder(run_folder, mode)
     runner = {"actions": run_actions, "transfer": run_video, "reconstruct": run_video, "grid": run_grid}[mode]
     paths = runner(arguments, trained, device, folder)
-    print(f"{trained.path} (step {trained.step}) → {folder}")
+    print(f"{trained.path} (step {trained.step}, {trained.describe_weights()}) → {folder}")
     for kind, path in paths.items():
         print(f"  {kind:<22} {path}")
     return 0

@@ -9,7 +9,14 @@ from typing import Optional, Sequence, Union
 import torch
 
 from model.glass import Glass, build_model
-from utils.checkpoint import CONFIG_FILE, load_checkpoint, read_run_config, resume_checkpoint_path, state_dict_mismatch
+from utils.checkpoint import (
+    AVERAGED_MODEL_KEY,
+    CONFIG_FILE,
+    load_checkpoint,
+    read_run_config,
+    resume_checkpoint_path,
+    state_dict_mismatch,
+)
 from utils.config import Config
 from utils.errors import GlassError
 
@@ -22,14 +29,23 @@ class TrainedModel:
     model: Glass  # in eval mode, on the requested device
     step: int  # optimiser steps of the checkpoint
     path: str  # the checkpoint file read
+    # True: the checkpoint's moving average of the weights (training.weight_average_decay) was loaded; False: the
+    # trained weights (the run had no average, or trained_weights was asked)
+    averaged: bool = False
+
+    def describe_weights(self) -> str:
+        """'averaged weights' or 'trained weights', for the scripts' status lines."""
+        return "averaged weights" if self.averaged else "trained weights"
 
 
 def load_trained_model(run_folder: str, step: Optional[int] = None, device: Union[str, torch.device] = "cpu",
-                       overrides: Sequence[str] = ()) -> TrainedModel:
+                       overrides: Sequence[str] = (), trained_weights: bool = False) -> TrainedModel:
     """Rebuild the model of `run_folder` from its config.yaml and load checkpoint `step` (None: latest).
 
     `overrides` (dotted `key=value`) may change evaluation or data settings; a checkpoint whose weights
-    do not fit the stored model configuration is a one-line `GlassError`.
+    do not fit the stored model configuration is a one-line `GlassError`. A checkpoint of a run with
+    training.weight_average_decay holds the moving average of the weights too: that is loaded, unless
+    `trained_weights` (the scripts' --trained-weights) asks for the weights training left.
     """
     config = read_run_config(run_folder, list(overrides))
     path = resume_checkpoint_path(run_folder, step)
@@ -40,5 +56,12 @@ def load_trained_model(run_folder: str, step: Optional[int] = None, device: Unio
         given = f" with {' '.join(overrides)}" if overrides else ""
         raise GlassError(f"{path}: its weights do not fit the model of {os.path.join(run_folder, CONFIG_FILE)}{given} "
                          f"({problem})")
-    model.load_state_dict(state["model"])
-    return TrainedModel(config=config, model=model.to(device).eval(), step=int(state["step"]), path=path)
+    averaged = not trained_weights and state.get(AVERAGED_MODEL_KEY) is not None
+    weights = state[AVERAGED_MODEL_KEY] if averaged else state["model"]
+    problem = state_dict_mismatch(model.state_dict(), weights)
+    if problem is not None:  # the average is written from the same model, so only a damaged file gets here
+        raise GlassError(f"{path}: its averaged weights ('{AVERAGED_MODEL_KEY}') do not fit the model ({problem}); "
+                         f"--trained-weights reads the trained ones")
+    model.load_state_dict(weights)
+    return TrainedModel(config=config, model=model.to(device).eval(), step=int(state["step"]), path=path,
+                        averaged=averaged)

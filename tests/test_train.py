@@ -260,8 +260,10 @@ def test_codebook_options_restart_unused_codes_and_start_from_kmeans():
 @pytest.mark.determinism
 @pytest.mark.parametrize("num_workers, resume_step, codebook_options", [
     (0, "latest", []),
-    # k-means after step 2, restarts after steps 3 and 5: the usage counted in step 4 crosses the resume.
-    (1, "4", ["training.codebook_kmeans_init=true", "training.codebook_restart_every=2"])])
+    # k-means after step 2, restarts after steps 3 and 5: the usage counted in step 4 crosses the resume; the
+    # moving average of the weights (copying the codebook when a restart moves it) continues exactly too.
+    (1, "4", ["training.codebook_kmeans_init=true", "training.codebook_restart_every=2",
+              "training.weight_average_decay=0.9"])])
 def test_resuming_gives_bit_identical_weights(dataset_root, tmp_path, num_workers, resume_step, codebook_options):
     """7 steps in one go, and 4 steps + resume + 3 steps: the same weights, optimiser, data position and
     generators. The runs cross the end of the warm-up, changes of T and T_f, epochs (3 steps each) and
@@ -286,6 +288,11 @@ def test_resuming_gives_bit_identical_weights(dataset_root, tmp_path, num_worker
     assert whole["step"] == parts["step"] == 7 and whole["data"] == parts["data"]
     assert whole["model"].keys() == parts["model"].keys()
     assert all(torch.equal(whole["model"][name], parts["model"][name]) for name in whole["model"])
+    assert whole.keys() == parts.keys() and ("averaged_model" in whole) == bool(codebook_options)
+    if "averaged_model" in whole:
+        assert all(torch.equal(whole["averaged_model"][name], parts["averaged_model"][name])
+                   for name in whole["averaged_model"])
+        assert any(not torch.equal(whole["averaged_model"][name], whole["model"][name]) for name in whole["model"])
     for state_whole, state_parts in zip(whole["optimizer"]["state"].values(), parts["optimizer"]["state"].values()):
         assert all(torch.equal(state_whole[key], state_parts[key]) for key in state_whole)
     assert whole["scheduler"] == parts["scheduler"]

@@ -37,6 +37,8 @@ CHECKPOINT_FOLDER = "checkpoints"
 LATEST_CHECKPOINT = "latest.pth"
 _STEP_CHECKPOINT = re.compile(r"^step_(\d+)\.pth$")
 REQUIRED_KEYS = ("format", "step", "model", "optimizer", "scheduler", "grad_scaler", "data", "rng")
+# training.weight_average_decay: the moving average of the weights, a state dict of the model beside 'model'
+AVERAGED_MODEL_KEY = "averaged_model"
 
 
 def checkpoint_folder(run_folder: str) -> str:

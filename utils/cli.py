@@ -4,6 +4,9 @@ from typing import Callable, Optional, Sequence
 
 from utils.errors import GlassError
 
+TRAINED_WEIGHTS_HELP = ("read the weights training left, not their moving average (a run trained with "
+                        "training.weight_average_decay saves both; the average is read by default)")
+
 
 def run_main(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None) -> None:
     """Run `main(argv)`; a `GlassError` becomes a one-line message and exit status 2.

@@ -594,6 +594,11 @@ class TrainingConfig:
     # evaluation.observations_count frames, seeded by evaluation.seed; model.glass.refit_action_reader_statistics),
     # so the fixed function is the one training used, not an exponential average of earlier weights. 0 = off.
     action_freeze_refit_batches: int = 0
+    # Ours, opt-in: keep an exponential moving average of the weights, with this decay at most (utils/training/
+    # averaging.py: min(decay, (1 + step) / (10 + step)) after each step, so the average spans about the last tenth of
+    # the run until that reaches 1 / (1 − decay) steps), saved in checkpoints; evaluation, generation and play read
+    # the averaged weights by default (--trained-weights: the trained ones). 0 = off (the authors').
+    weight_average_decay: float = 0.0
     nan_gradient_value: float = 0.0  # non-finite gradients are replaced before each step: NaN → this
     inf_gradient_value: float = 1e5  # ±∞ → ±this
     log_every: int = 100  # steps between status lines and metrics.jsonl rows
@@ -651,6 +656,8 @@ class TrainingConfig:
         _require(not self.action_freeze_refit_batches or self.action_freeze_step > 0,
                  prefix + "action_freeze_refit_batches",
                  "needs training.action_freeze_step > 0 (it refits at the freeze)")
+        _require(0.0 <= self.weight_average_decay < 1.0, prefix + "weight_average_decay",
+                 f"must be in [0, 1) (0 = off), got {self.weight_average_decay}")
         _require(self.codebook_restart_every >= 0, prefix + "codebook_restart_every",
                  f"must be >= 0 (0 = off), got {self.codebook_restart_every}")
         _require(self.precision in PRECISIONS, prefix + "precision",

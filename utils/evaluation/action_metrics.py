@@ -108,14 +108,16 @@ def _squared_error_sums(predicted: torch.Tensor, reference: torch.Tensor) -> tor
 
 
 def load_run_for_evaluation(run_folder: str, step: Optional[int], device: torch.device, overrides: Sequence[str] = (),
-                            config_path: Optional[str] = None) -> Tuple[TrainedModel, bool]:
+                            config_path: Optional[str] = None, trained_weights: bool = False
+                            ) -> Tuple[TrainedModel, bool]:
     """The run's model (rebuilt from its config.yaml, checkpoint `step` or latest) and whether its results are
     comparable with the paper's (false when it trained with random VGG19 weights).
 
     With `config_path`, the `data` and `evaluation` sections come from that file (e.g. the dataset
-    elsewhere) and the model from the run; `overrides` apply to both files.
+    elsewhere) and the model from the run; `overrides` apply to both files. `trained_weights`: see
+    `load_trained_model` (the averaged weights are read where the checkpoint has them).
     """
-    trained = load_trained_model(run_folder, step, device, overrides)
+    trained = load_trained_model(run_folder, step, device, overrides, trained_weights)
     if config_path:
         chosen = load_config(config_path, list(overrides))
         trained.config = dataclasses.replace(trained.config, data=chosen.data, evaluation=chosen.evaluation)
@@ -573,7 +575,8 @@ def result_record(result: EvaluationResult, trained: TrainedModel, run_folder: s
     count = config.evaluation.observations_count
     return {"metric": METRIC_NAME, "run_folder": os.path.abspath(run_folder),
             "checkpoint": os.path.abspath(trained.path),
-            "step": trained.step, "split": config.evaluation.split, "protocol": protocol,
+            "step": trained.step, "weights": "averaged" if trained.averaged else "trained",
+            "split": config.evaluation.split, "protocol": protocol,
             "num_ground_truth_steps": num_ground_truth_steps(protocol, count), "observations_count": count,
             "skip_frames": config.evaluation.skip_frames, "data_root": os.path.abspath(config.data.root),
             "seed": config.evaluation.seed, "world_size": world_size, "comparable": comparable,
@@ -771,11 +774,18 @@ def recorded_usual_shifts(run_folder: str, step: int, num_actions: int) -> Tuple
     return latest[1], usual
 
 
-def usual_shift_sheet_path(run_folder: str, split: str, protocol: str, step: int) -> str:
+def _picture_stem(run_folder: str, split: str, protocol: str, step: int, trained_weights: bool) -> str:
+    """runs/R/metrics/evaluate-SPLIT-PROTOCOL-step_N, with -trained-weights for evaluate.py --trained-weights (so that
+    a run's averaged and trained weights never overwrite each other's pictures)."""
+    suffix = "-trained-weights" if trained_weights else ""
+    return os.path.join(run_folder, METRICS_FOLDER, f"evaluate-{split}-{protocol}-step_{step:06d}{suffix}")
+
+
+def usual_shift_sheet_path(run_folder: str, split: str, protocol: str, step: int, trained_weights: bool = False) -> str:
     """runs/R/metrics/evaluate-SPLIT-PROTOCOL-step_N-local-actions.png: `usual_shift_sheet`."""
-    return os.path.join(run_folder, METRICS_FOLDER, f"evaluate-{split}-{protocol}-step_{step:06d}-local-actions.png")
+    return _picture_stem(run_folder, split, protocol, step, trained_weights) + "-local-actions.png"
 
 
-def confusion_path(run_folder: str, split: str, protocol: str, step: int) -> str:
+def confusion_path(run_folder: str, split: str, protocol: str, step: int, trained_weights: bool = False) -> str:
     """runs/R/metrics/evaluate-SPLIT-PROTOCOL-step_N-confusion.png: the picture of `EvaluationResult.confusion`."""
-    return os.path.join(run_folder, METRICS_FOLDER, f"evaluate-{split}-{protocol}-step_{step:06d}-confusion.png")
+    return _picture_stem(run_folder, split, protocol, step, trained_weights) + "-confusion.png"

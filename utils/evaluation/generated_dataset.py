@@ -6,7 +6,7 @@
     00000/00000.png … 000{T-1}.png   one video per test window of T = evaluation.observations_count
                                      frames at the model size (data.input_size), RGB PNG: frame 0
                                      is the real first frame, frames 1 … T−1 the reconstruction
-    manifest.json                    written last: {format, run_folder, step, checkpoint, protocol,
+    manifest.json                    written last: {format, run_folder, step, checkpoint, weights, protocol,
                                      split, observations_count, skip_frames, data_root, comparable,
                                      videos: [{name, source_video, start_frame}, …]}
 
@@ -46,9 +46,12 @@ EVALUATION_FOLDER = "evaluation_dataset"  # inside the run folder
 _TEMPORARY_PREFIXES = (TEMPORARY_PREFIX, ".partial-")
 
 
-def default_folder(run_folder: str, step: int, protocol: str) -> str:
-    """runs/R/evaluation_dataset/step_N-PROTOCOL."""
-    return os.path.join(run_folder, EVALUATION_FOLDER, f"step_{step}-{protocol}")
+def default_folder(run_folder: str, step: int, protocol: str, trained_weights: bool = False) -> str:
+    """runs/R/evaluation_dataset/step_N-PROTOCOL, or step_N-PROTOCOL-trained-weights for the weights training left
+    (build_evaluation_dataset.py --trained-weights), so that a run's averaged and trained weights never share a
+    folder."""
+    suffix = "-trained-weights" if trained_weights else ""
+    return os.path.join(run_folder, EVALUATION_FOLDER, f"step_{step}-{protocol}{suffix}")
 
 
 def latest_folder(run_folder: str, protocol: str) -> str:
@@ -153,7 +156,7 @@ def build_evaluation_dataset(trained: TrainedModel, run_folder: str, folder: str
         if progress is not None:
             progress(len(names))
     manifest = {"format": MANIFEST_FORMAT, "run_folder": os.path.abspath(run_folder), "step": trained.step,
-        "checkpoint": os.path.abspath(trained.path),
+        "checkpoint": os.path.abspath(trained.path), "weights": "averaged" if trained.averaged else "trained",
         "protocol": protocol, "split": EVALUATION_SPLIT, "observations_count": count,
         "skip_frames": config.evaluation.skip_frames, "data_root": os.path.abspath(config.data.root),
         "comparable": comparable, "videos": videos}

@@ -18,6 +18,7 @@ from model.glass import Glass, build_model, refit_action_reader_statistics
 from model.losses import GlassLoss, LossResult
 from model.ops import native_transforms
 from model.vgg import build_vgg_features
+from utils.checkpoint import AVERAGED_MODEL_KEY
 from utils.config import Config, TrainingConfig
 from utils.distributed import DistributedContext, all_gather_objects, average_over_processes
 from utils.errors import GlassError
@@ -32,6 +33,7 @@ from utils.schedules import (
     in_gma_warmup,
     observations_count_at,
 )
+from utils.training.averaging import WeightAverage, module_state_keys, parameter_state_key
 from utils.training.media import write_training_media
 from utils.training.state import preserved_buffers, preserved_random_state
 
@@ -110,6 +112,10 @@ class Trainer:
         # Codebook maintenance (training.codebook_restart_every): transitions per code since the last restart check,
         # averaged over the processes at each check and in checkpoints.
         self.code_usage = torch.zeros(config.model.lma.num_actions, device=self.device)
+        # training.weight_average_decay: the moving average of the weights (utils/training/averaging.py), or None
+        self.weight_average: Optional[WeightAverage] = (
+            WeightAverage(self.model, self.training.weight_average_decay) if self.training.weight_average_decay > 0
+            else None)
         self._phase_runs_lma: Optional[bool] = None  # the phase the following are for (warm-up or not)
         self._forward_module: nn.Module = self.model
         self._idle_parameters: List[nn.Parameter] = []
@@ -217,13 +223,25 @@ class Trainer:
         self.grad_scaler.update()
         self.scheduler.step()
         statistics = lma_step_statistics(output, self.model.num_actions)
+        restarted = 0
         if statistics is not None and plan["lma_loss_scale"] > 0:
+            restarted = self.maintain_codebook(step, statistics["code_counts"], output.lma.action_vectors)
             # new_full: a fill on the device, where new_tensor would copy a host value to the GPU at every step
-            statistics["codes_restarted"] = statistics["z_spread"].new_full(
-                (), float(self.maintain_codebook(step, statistics["code_counts"], output.lma.action_vectors)))
+            statistics["codes_restarted"] = statistics["z_spread"].new_full((), float(restarted))
+        if self.weight_average is not None:
+            self.update_weight_average(step, frozen, codebook_moved=restarted > 0)
         return StepResult(loss=LossResult(total=result.total.detach(), terms=result.terms),
                           observations_count=observations_count, ground_truth_steps=plan["ground_truth_steps"],
                           ran_lma=plan["run_lma"], learning_rate=learning_rate, lma_statistics=statistics)
+
+    def update_weight_average(self, step: int, frozen: List[nn.Module], codebook_moved: bool) -> None:
+        """training.weight_average_decay: the average moves towards the weights after the optimiser step of `step`;
+        the frozen action readers, and the codebook when a restart or the k-means initialisation has just moved it,
+        are copied as they are (utils/training/averaging.py)."""
+        copied = module_state_keys(self.model, frozen) if frozen else set()
+        if codebook_moved:
+            copied.add(parameter_state_key(self.model, self.model.lma.action_network.codebook))
+        self.weight_average.update(self.model, step, copied)
 
     def refit_frozen_readers(self) -> int:
         """`training.action_freeze_refit_batches` N: at the freeze step, the action readers' BatchNorm running
@@ -312,15 +330,19 @@ class Trainer:
 
     def state_dict(self) -> Dict[str, Any]:
         """What a checkpoint holds of the trainer, the one place its keys are written: 'model', 'optimizer',
-        'scheduler', 'grad_scaler' (their state dicts) and 'code_usage' (averaged over the processes, on the
-        CPU). A collective under several processes: every process calls it."""
-        return {
+        'scheduler', 'grad_scaler' (their state dicts), 'code_usage' (averaged over the processes, on the
+        CPU) and, with training.weight_average_decay, 'averaged_model' (the moving average of the weights, a state
+        dict of the model). A collective under several processes: every process calls it."""
+        state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "grad_scaler": self.grad_scaler.state_dict(),
             "code_usage": average_over_processes(self.context, self.code_usage.clone()).cpu(),
         }
+        if self.weight_average is not None:
+            state[AVERAGED_MODEL_KEY] = self.weight_average.state_dict()
+        return state
 
     def _apply_configured_lr_schedule(self) -> None:
         """After the optimiser and scheduler states are loaded: a resumed run whose config changed
@@ -344,8 +366,23 @@ class Trainer:
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Load a `state_dict` (a checkpoint dict may be given whole; its other keys are not read). A checkpoint
-        written before the codebook options has no 'code_usage': the usage stays zero."""
+        written before the codebook options has no 'code_usage': the usage stays zero. With
+        training.weight_average_decay, a checkpoint without 'averaged_model' (a run that had it off, resumed with it on)
+        starts the average at its weights, and says so; one with it, resumed with the average off, drops it (a
+        warning)."""
         self.model.load_state_dict(state["model"])
+        averaged = state.get(AVERAGED_MODEL_KEY)
+        if self.weight_average is not None:
+            if averaged is None:
+                self.weight_average.copy_from(self.model)
+                if self.context.is_main:
+                    print("the checkpoint has no averaged weights (training.weight_average_decay was off): the average "
+                          "starts at its trained weights", flush=True)
+            else:
+                self.weight_average.load_state_dict(averaged)
+        elif averaged is not None and self.context.is_main:
+            print("warning: the checkpoint's averaged weights are dropped (training.weight_average_decay is 0 in this "
+                  "run's config)", flush=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self._apply_configured_lr_schedule()
