@@ -193,3 +193,27 @@ def test_evaluate_records_which_weights_it_read(averaged_run, capsys):
     assert pictures == ["evaluate-val-one_step-step_000004-confusion.png",
                         "evaluate-val-one_step-step_000004-trained-weights-confusion.png"]
     assert records[0]["results"]["gt/mask_iou"] != records[1]["results"]["gt/mask_iou"]
+
+
+def test_play_and_the_generated_videos_name_the_weights_they_read(averaged_run, tmp_path, capsys):
+    import json
+
+    import build_evaluation_dataset
+    import play
+    from data.video_dataset import split_video_folders
+    from utils.config import DataConfig
+    from utils.evaluation.generated_dataset import default_folder, read_manifest
+
+    image = os.path.join(split_video_folders(DataConfig(root=averaged_run["dataset_root"]), "test")[0], "00000.png")
+    common = ["--run-name", "tiny", "--runs-dir", averaged_run["runs_dir"], "--device", "cpu"]
+    played = {}
+    for extra in ([], ["--trained-weights"]):
+        out = str(tmp_path / f"played{len(extra)}")
+        assert play.main([*common, "--image", image, "--actions", "right 0", "--out", out, *extra]) == 0
+        with open(os.path.join(out, "play.json"), encoding="utf-8") as handle:
+            played[len(extra)] = json.load(handle)["weights"]
+    assert played == {0: "averaged", 1: "trained"}
+    assert "averaged weights" in capsys.readouterr().out
+    assert build_evaluation_dataset.main([*common, "--no-progress", "--trained-weights"]) == 0
+    folder = default_folder(averaged_run["run_folder"], 4, "one_step", trained_weights=True)
+    assert folder.endswith("step_4-one_step-trained-weights") and read_manifest(folder)["weights"] == "trained"
