@@ -183,7 +183,7 @@ def check_arguments(arguments: argparse.Namespace) -> None:
 
 def _record(trained: TrainedModel, run_name: str, mode: str, device: torch.device, **extra: Any) -> Dict[str, Any]:
     return {"mode": mode, "run_name": run_name, "checkpoint": trained.path, "step": trained.step,
-            "weights": "averaged" if trained.averaged else "trained", "device": device.type, **extra}
+            "weights": trained.weights, "device": device.type, **extra}
 
 
 def run_actions(arguments: argparse.Namespace, trained: TrainedModel, device: torch.device,

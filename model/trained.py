@@ -20,6 +20,10 @@ from utils.checkpoint import (
 from utils.config import Config
 from utils.errors import GlassError
 
+# The names of the outputs of --trained-weights (evaluate.py's pictures, build_evaluation_dataset.py's folder) end
+# with this, so that a run's averaged and trained weights never overwrite each other's.
+TRAINED_WEIGHTS_SUFFIX = "-trained-weights"
+
 
 @dataclass
 class TrainedModel:
@@ -33,9 +37,14 @@ class TrainedModel:
     # trained weights (the run had no average, or trained_weights was asked)
     averaged: bool = False
 
+    @property
+    def weights(self) -> str:
+        """'averaged' or 'trained': which weights were loaded, as the scripts' records name them."""
+        return "averaged" if self.averaged else "trained"
+
     def describe_weights(self) -> str:
         """'averaged weights' or 'trained weights', for the scripts' status lines."""
-        return "averaged weights" if self.averaged else "trained weights"
+        return f"{self.weights} weights"
 
 
 def load_trained_model(run_folder: str, step: Optional[int] = None, device: Union[str, torch.device] = "cpu",
@@ -57,11 +66,11 @@ def load_trained_model(run_folder: str, step: Optional[int] = None, device: Unio
         raise GlassError(f"{path}: its weights do not fit the model of {os.path.join(run_folder, CONFIG_FILE)}{given} "
                          f"({problem})")
     averaged = not trained_weights and state.get(AVERAGED_MODEL_KEY) is not None
-    weights = state[AVERAGED_MODEL_KEY] if averaged else state["model"]
-    problem = state_dict_mismatch(model.state_dict(), weights)
-    if problem is not None:  # the average is written from the same model, so only a damaged file gets here
-        raise GlassError(f"{path}: its averaged weights ('{AVERAGED_MODEL_KEY}') do not fit the model ({problem}); "
-                         f"--trained-weights reads the trained ones")
-    model.load_state_dict(weights)
+    if averaged:
+        problem = state_dict_mismatch(model.state_dict(), state[AVERAGED_MODEL_KEY])
+        if problem is not None:  # the average is written from the same model, so only a damaged file gets here
+            raise GlassError(f"{path}: its averaged weights ('{AVERAGED_MODEL_KEY}') do not fit the model "
+                             f"({problem}); --trained-weights reads the trained ones")
+    model.load_state_dict(state[AVERAGED_MODEL_KEY] if averaged else state["model"])
     return TrainedModel(config=config, model=model.to(device).eval(), step=int(state["step"]), path=path,
                         averaged=averaged)

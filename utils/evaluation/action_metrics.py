@@ -60,7 +60,7 @@ from model.generation import (
     video_code_effect_errors,
     video_gma,
 )
-from model.trained import TrainedModel, load_trained_model
+from model.trained import TRAINED_WEIGHTS_SUFFIX, TrainedModel, load_trained_model
 from utils.checkpoint import CONFIG_FILE
 from utils.config import Config, load_config
 from utils.distributed import DistributedContext, all_gather_objects
@@ -575,7 +575,7 @@ def result_record(result: EvaluationResult, trained: TrainedModel, run_folder: s
     count = config.evaluation.observations_count
     return {"metric": METRIC_NAME, "run_folder": os.path.abspath(run_folder),
             "checkpoint": os.path.abspath(trained.path),
-            "step": trained.step, "weights": "averaged" if trained.averaged else "trained",
+            "step": trained.step, "weights": trained.weights,
             "split": config.evaluation.split, "protocol": protocol,
             "num_ground_truth_steps": num_ground_truth_steps(protocol, count), "observations_count": count,
             "skip_frames": config.evaluation.skip_frames, "data_root": os.path.abspath(config.data.root),
@@ -777,7 +777,7 @@ def recorded_usual_shifts(run_folder: str, step: int, num_actions: int) -> Tuple
 def _picture_stem(run_folder: str, split: str, protocol: str, step: int, trained_weights: bool) -> str:
     """runs/R/metrics/evaluate-SPLIT-PROTOCOL-step_N, with -trained-weights for evaluate.py --trained-weights (so that
     a run's averaged and trained weights never overwrite each other's pictures)."""
-    suffix = "-trained-weights" if trained_weights else ""
+    suffix = TRAINED_WEIGHTS_SUFFIX if trained_weights else ""
     return os.path.join(run_folder, METRICS_FOLDER, f"evaluate-{split}-{protocol}-step_{step:06d}{suffix}")
 
 

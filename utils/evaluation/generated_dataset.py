@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from data.video_dataset import VideoDataset, collate_videos
 from model.generation import reconstruct
-from model.trained import TrainedModel
+from model.trained import TRAINED_WEIGHTS_SUFFIX, TrainedModel
 from utils.config import Config
 from utils.errors import GlassError
 from utils.files import TEMPORARY_PREFIX, write_folder_atomically, write_json_atomically
@@ -50,7 +50,7 @@ def default_folder(run_folder: str, step: int, protocol: str, trained_weights: b
     """runs/R/evaluation_dataset/step_N-PROTOCOL, or step_N-PROTOCOL-trained-weights for the weights training left
     (build_evaluation_dataset.py --trained-weights), so that a run's averaged and trained weights never share a
     folder."""
-    suffix = "-trained-weights" if trained_weights else ""
+    suffix = TRAINED_WEIGHTS_SUFFIX if trained_weights else ""
     return os.path.join(run_folder, EVALUATION_FOLDER, f"step_{step}-{protocol}{suffix}")
 
 
@@ -156,7 +156,7 @@ def build_evaluation_dataset(trained: TrainedModel, run_folder: str, folder: str
         if progress is not None:
             progress(len(names))
     manifest = {"format": MANIFEST_FORMAT, "run_folder": os.path.abspath(run_folder), "step": trained.step,
-        "checkpoint": os.path.abspath(trained.path), "weights": "averaged" if trained.averaged else "trained",
+        "checkpoint": os.path.abspath(trained.path), "weights": trained.weights,
         "protocol": protocol, "split": EVALUATION_SPLIT, "observations_count": count,
         "skip_frames": config.evaluation.skip_frames, "data_root": os.path.abspath(config.data.root),
         "comparable": comparable, "videos": videos}

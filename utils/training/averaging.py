@@ -67,17 +67,12 @@ class WeightAverage:
             else:
                 average.lerp_(tensor.to(average.dtype), weight)
 
-    def copy_from(self, model: nn.Module) -> None:
-        """Restart the average at `model`'s weights."""
-        with torch.no_grad():
-            for name, tensor in model.state_dict().items():
-                self.state[name].copy_(tensor)
-
     def state_dict(self) -> Dict[str, torch.Tensor]:
         """The averaged weights, a state dict of the model (on the model's device)."""
         return self.state
 
     def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
+        """Set the average to `state` (a saved average, or a model's state dict to restart it there)."""
         with torch.no_grad():
             for name, tensor in state.items():
                 self.state[name].copy_(tensor)

@@ -116,6 +116,7 @@ class Trainer:
         self.weight_average: Optional[WeightAverage] = (
             WeightAverage(self.model, self.training.weight_average_decay) if self.training.weight_average_decay > 0
             else None)
+        self._frozen_state_keys: Optional[set] = None  # the frozen readers' state-dict keys, found once
         self._phase_runs_lma: Optional[bool] = None  # the phase the following are for (warm-up or not)
         self._forward_module: nn.Module = self.model
         self._idle_parameters: List[nn.Parameter] = []
@@ -238,9 +239,13 @@ class Trainer:
         """training.weight_average_decay: the average moves towards the weights after the optimiser step of `step`;
         the frozen action readers, and the codebook when a restart or the k-means initialisation has just moved it,
         are copied as they are (utils/training/averaging.py)."""
-        copied = module_state_keys(self.model, frozen) if frozen else set()
+        copied = set()
+        if frozen:  # the same modules at every step from the freeze on
+            if self._frozen_state_keys is None:
+                self._frozen_state_keys = module_state_keys(self.model, frozen)
+            copied = self._frozen_state_keys
         if codebook_moved:
-            copied.add(parameter_state_key(self.model, self.model.lma.action_network.codebook))
+            copied = copied | {parameter_state_key(self.model, self.model.lma.action_network.codebook)}
         self.weight_average.update(self.model, step, copied)
 
     def refit_frozen_readers(self) -> int:
@@ -374,7 +379,7 @@ class Trainer:
         averaged = state.get(AVERAGED_MODEL_KEY)
         if self.weight_average is not None:
             if averaged is None:
-                self.weight_average.copy_from(self.model)
+                self.weight_average.load_state_dict(self.model.state_dict())
                 if self.context.is_main:
                     print("the checkpoint has no averaged weights (training.weight_average_decay was off): the average "
                           "starts at its trained weights", flush=True)

@@ -46,7 +46,7 @@ def test_the_average_follows_the_formula_and_copies_integers_and_the_keys_it_is_
     assert torch.equal(state["1.weight"], start["1.weight"])  # unchanged weights stay
     average.update(module, step=0)  # the warm-up: decay 0.1 at the first step
     assert torch.allclose(state["0.weight"], 0.1 * (start["0.weight"] + 0.1) + 0.9 * module[0].weight.detach())
-    average.copy_from(module)
+    average.load_state_dict(module.state_dict())  # restarted at the weights
     assert all(torch.equal(state[name], tensor) for name, tensor in module.state_dict().items())
     with pytest.raises(ValueError, match="decay must be in"):
         WeightAverage(module, 1.0)
