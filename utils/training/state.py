@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional
 import numpy as np
 import torch
 
-from utils.checkpoint import CHECKPOINT_FORMAT, state_dict_mismatch
+from utils.checkpoint import AVERAGED_MODEL_KEY, CHECKPOINT_FORMAT, state_dict_mismatch
 from utils.config import TrainingConfig
 from utils.distributed import DistributedContext, all_gather_objects, broadcast_buffers, check_replicas_identical
 from utils.errors import GlassError
@@ -126,6 +126,10 @@ def resume_training(trainer: Trainer, checkpoint: Dict[str, Any], path: str) -> 
     if problem is not None:
         raise GlassError(f"{path}: its weights do not fit the model of the run's config.yaml with this command's "
                          f"overrides ({problem})")
+    if trainer.weight_average is not None and checkpoint.get(AVERAGED_MODEL_KEY) is not None:
+        problem = state_dict_mismatch(trainer.model.state_dict(), checkpoint[AVERAGED_MODEL_KEY])
+        if problem is not None:  # written from the same model, so only a damaged file gets here
+            raise GlassError(f"{path}: its averaged weights ('{AVERAGED_MODEL_KEY}') do not fit the model ({problem})")
     try:
         trainer.load_state_dict(checkpoint)
     except (RuntimeError, ValueError, KeyError) as error:

@@ -138,6 +138,16 @@ def test_the_average_round_trips_through_the_trainer_state_and_starts_at_weights
     assert plain.weight_average is None and "averaged weights are dropped" in capsys.readouterr().out
 
 
+def test_a_damaged_average_stops_a_resume_in_one_line():
+    from utils.training.state import resume_training
+
+    averaging = trainer("training.weight_average_decay=0.5")
+    state = {**averaging.state_dict(), AVERAGED_MODEL_KEY: [1, 2]}
+    with pytest.raises(GlassError, match=r"^ckpt\.pth: its averaged weights \('averaged_model'\) do not fit the model "
+                                         r"\(the file holds a list, not a state dict\)$"):
+        resume_training(averaging, state, "ckpt.pth")
+
+
 def test_the_decay_must_be_below_one():
     with pytest.raises(GlassError, match="training.weight_average_decay: must be in"):
         load_config(os.path.join(REPOSITORY, "configs", "wsprites.yaml"), ["training.weight_average_decay=1.0"])
