@@ -15,6 +15,7 @@ from typing import Dict, Iterable, Optional, Sequence
 import torch
 from torch import nn
 
+from model.augmentation import inverse_orders, permute_colours
 from model.blocks import assert_shape
 from model.glimpse import GlimpseBoxes, crop, paste, window_boxes
 from model.gma import GlobalMotionAnalysis, GMAOutput
@@ -83,26 +84,35 @@ class Glass(nn.Module):
                          boxes.to_box_shifts(foreground_shifts), crop(masks, boxes), boxes)
 
     def forward(self, observations: torch.Tensor, num_ground_truth_steps: int, run_lma: bool = True,
-                gumbel_temperature: Optional[float] = None, sample_noise: bool = False) -> GlassOutput:
+                gumbel_temperature: Optional[float] = None, sample_noise: bool = False,
+                colour_orders: Optional[torch.Tensor] = None) -> GlassOutput:
         """observations (B, T, 3, H, W) in [−1, 1], T ≥ 2 → `GlassOutput`.
 
         The LMA unrolls T−1 steps, the first `num_ground_truth_steps` (T_f, 1 ≤ T_f ≤ T−1)
         from the real foregrounds. Its inputs (fₜ, f̃ₜ, Δ_F) are detached, so no gradient from
         an LMA output reaches a GMA parameter. `run_lma=False` runs the GMA alone (warm-up;
         `lma` is None). `gumbel_temperature` is needed by the Gumbel ablation in training
-        mode; `sample_noise` draws the dynamics noise from N(0, 1) instead of zeros.
+        mode; `sample_noise` draws the dynamics noise from N(0, 1) instead of zeros. `colour_orders` (B, 3)
+        (training.colour_permutation, training only): the LMA sees window b's foregrounds with their channels in
+        the order colour_orders[b] and its foreground outputs are put back in the frames' order
+        (model/augmentation.py); the GMA reads the frames as they are.
         """
         assert_shape(observations, (None, None, 3, *self.frame_size), "observations")
         gma = self.gma(observations)
         if not run_lma:
             return GlassOutput(gma=gma, lma=None)
-        inputs = self.lma_inputs(gma.foregrounds.detach(), gma.shifted_foregrounds.detach(),
-                                 gma.foreground_shifts.detach(), gma.masks.detach())
+        foregrounds, shifted_foregrounds = gma.foregrounds.detach(), gma.shifted_foregrounds.detach()
+        if colour_orders is not None:
+            foregrounds = permute_colours(foregrounds, colour_orders)
+            shifted_foregrounds = permute_colours(shifted_foregrounds, colour_orders)
+        inputs = self.lma_inputs(foregrounds, shifted_foregrounds, gma.foreground_shifts.detach(), gma.masks.detach())
         lma = self.lma(inputs.foregrounds, inputs.shifted_foregrounds, inputs.foreground_shifts,
                        num_ground_truth_steps, gumbel_temperature, sample_noise,
                        inputs.masks if self.config.lma.needs_masks else None)
         if inputs.boxes is not None:
             lma = paste_output(lma, inputs.boxes)
+        if colour_orders is not None:
+            lma = restore_colours(lma, colour_orders)
         return GlassOutput(gma=gma, lma=lma)
 
     @property
@@ -127,6 +137,15 @@ class Glass(nn.Module):
                   for name, parts in modules.items()}
         counts["total"] = sum(p.numel() for p in self.parameters() if p.requires_grad)
         return counts
+
+
+def restore_colours(lma: LMAOutput, colour_orders: torch.Tensor) -> LMAOutput:
+    """An LMA output computed on foregrounds permuted by `colour_orders` (B, 3), with f̂ (every scale) and f̃ put back
+    in the frames' channel order (the states stay the LMA's own: their loss compares two of them)."""
+    inverse = inverse_orders(colour_orders)
+    return replace(lma, generated_foregrounds=[permute_colours(scale, inverse) for scale in lma.generated_foregrounds],
+                   shifted_foregrounds=None if lma.shifted_foregrounds is None else permute_colours(
+                       lma.shifted_foregrounds, inverse))
 
 
 def paste_output(lma: LMAOutput, boxes: GlimpseBoxes) -> LMAOutput:

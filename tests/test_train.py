@@ -261,9 +261,10 @@ def test_codebook_options_restart_unused_codes_and_start_from_kmeans():
 @pytest.mark.parametrize("num_workers, resume_step, codebook_options", [
     (0, "latest", []),
     # k-means after step 2, restarts after steps 3 and 5: the usage counted in step 4 crosses the resume; the
-    # moving average of the weights (copying the codebook when a restart moves it) continues exactly too.
+    # moving average of the weights (copying the codebook when a restart moves it) and the colour orders the LMA
+    # sees (drawn from the seed and the step) continue exactly too.
     (1, "4", ["training.codebook_kmeans_init=true", "training.codebook_restart_every=2",
-              "training.weight_average_decay=0.9"])])
+              "training.weight_average_decay=0.9", "training.colour_permutation=0.5"])])
 def test_resuming_gives_bit_identical_weights(dataset_root, tmp_path, num_workers, resume_step, codebook_options):
     """7 steps in one go, and 4 steps + resume + 3 steps: the same weights, optimiser, data position and
     generators. The runs cross the end of the warm-up, changes of T and T_f, epochs (3 steps each) and

@@ -599,6 +599,12 @@ class TrainingConfig:
     # the run until that reaches 1 / (1 − decay) steps), saved in checkpoints; evaluation, generation and play read
     # the averaged weights by default (--trained-weights: the trained ones). 0 = off (the authors').
     weight_average_decay: float = 0.0
+    # Ours, opt-in (model/augmentation.py): each training window, with this probability, is seen by the LMA with its
+    # RGB channels in one of the five other orders (its foreground inputs permuted, its outputs put back before the
+    # losses; the GMA, and so the masks, shifts and codes, read the frames as they are), so that the decoder learns
+    # how a character's colours move in a turn instead of what each training character looks like from another
+    # side. Evaluation, media and the frozen readers' refit read the frames as they are. 0 = off (the authors').
+    colour_permutation: float = 0.0
     nan_gradient_value: float = 0.0  # non-finite gradients are replaced before each step: NaN → this
     inf_gradient_value: float = 1e5  # ±∞ → ±this
     log_every: int = 100  # steps between status lines and metrics.jsonl rows
@@ -658,6 +664,8 @@ class TrainingConfig:
                  "needs training.action_freeze_step > 0 (it refits at the freeze)")
         _require(0.0 <= self.weight_average_decay < 1.0, prefix + "weight_average_decay",
                  f"must be in [0, 1) (0 = off), got {self.weight_average_decay}")
+        _require(0.0 <= self.colour_permutation <= 1.0, prefix + "colour_permutation",
+                 f"must be a probability in [0, 1] (0 = off), got {self.colour_permutation}")
         _require(self.codebook_restart_every >= 0, prefix + "codebook_restart_every",
                  f"must be >= 0 (0 = off), got {self.codebook_restart_every}")
         _require(self.precision in PRECISIONS, prefix + "precision",

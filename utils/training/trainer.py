@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from model.augmentation import COLOUR_ORDERS, augmentation_generator, draw_colour_orders
 from model.blocks import use_cpu_kernels
 from model.codebook import kmeans_codebook, restart_dead_codes
 from model.generation import video_code_effect_errors
@@ -186,6 +187,16 @@ class Trainer:
         observations = observations.to(self.device, non_blocking=True)
         return to_channels_last_frames(observations) if self.training.channels_last else observations
 
+    def colour_orders(self, batch_size: int, step: int) -> Optional[torch.Tensor]:
+        """training.colour_permutation: the (B, 3) channel orders in which the LMA sees the windows of step `step`
+        (model/augmentation.py; drawn from (seed, rank, step), so a resumed run draws the same); None when
+        off or when every window keeps its order."""
+        if not self.training.colour_permutation:
+            return None
+        orders = draw_colour_orders(batch_size, self.training.colour_permutation,
+                                    augmentation_generator(self.training.seed, self.context.rank, step))
+        return None if torch.equal(orders, COLOUR_ORDERS[0].expand_as(orders)) else orders
+
     def training_step(self, batch: Dict[str, Any], step: int) -> StepResult:
         """One optimiser step on `batch` at 0-based `step`; batch["observations"] (B, T, 3, H, W) with T of
         the curriculum."""
@@ -205,7 +216,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             output = self._forward_module(observations, plan["ground_truth_steps"], run_lma=plan["run_lma"],
-                                          gumbel_temperature=plan["gumbel_temperature"])
+                                          gumbel_temperature=plan["gumbel_temperature"],
+                                          colour_orders=self.colour_orders(observations.shape[0], step))
             result = self.loss(observations, output, lma_loss_scale=plan["lma_loss_scale"])
         total = result.total
         if self.context.is_distributed and self._idle_parameters:
