@@ -2,8 +2,11 @@
 step on one CPU thread (128×96 frames kept): shared by the tests of train.py and of the scripts that
 read a trained run."""
 import dataclasses
+import os
 
-from utils.config import GMAConfig, LMAConfig, ModelConfig
+import torch
+
+from utils.config import GMAConfig, LMAConfig, ModelConfig, load_config
 
 SMALL_MODEL = [
     "model.gma.mask_first_channels=8", "model.gma.mask_middle_channels=16", "model.gma.mask_middle_blocks=1",
@@ -32,3 +35,18 @@ def small_model_config(**lma_overrides) -> ModelConfig:
     lma = dataclasses.replace(lma, **lma_overrides)
     lma.check("model.lma.")
     return ModelConfig(gma=gma, lma=lma)
+
+
+# --------------------------------------------------------------------------- a trainer for 32×16 frames
+def small_trainer(*overrides: str):
+    """A seeded Trainer of the small model for 32×16 frames, windows of 3 with T_f 2, LMA steps after a one-step
+    warm-up; `overrides` as train.py's key=value."""
+    from utils.distributed import initialize
+    from utils.training.trainer import Trainer
+
+    wsprites = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "wsprites.yaml")
+    config = load_config(wsprites, [*SMALL_MODEL, *NO_PERCEPTUAL_LOSSES, "data.input_size=[32, 16]",
+                                    "training.gma_warmup_steps=1", "training.observations_count={start: 3, end: 3}",
+                                    "training.ground_truth_steps={start: 2, end: 2}", *overrides])
+    torch.manual_seed(0)
+    return Trainer(config, initialize("cpu"))

@@ -79,24 +79,11 @@ def test_the_lma_sees_the_permuted_foregrounds_and_gives_back_the_frames_order(c
 def test_training_with_permuted_colours_changes_the_lma_and_leaves_the_gma_bit_identical(one_torch_thread):
     """Two trainers, with the option at probability 1 and without: the GMA's weights stay bit-identical (it reads
     the frames as they are and the LMA's losses never reach it), the LMA's drawing learns something else."""
-    import os
-
-    from tests.small_model import NO_PERCEPTUAL_LOSSES, SMALL_MODEL
-    from utils.config import load_config
-    from utils.distributed import initialize
+    from tests.small_model import small_trainer
     from utils.errors import GlassError
-    from utils.training.trainer import Trainer
 
-    repository = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    wsprites = os.path.join(repository, "configs", "wsprites.yaml")
-
-    def trainer(probability: float) -> Trainer:
-        config = load_config(wsprites, [*SMALL_MODEL, *NO_PERCEPTUAL_LOSSES, "data.input_size=[32, 16]",
-                                        "training.gma_warmup_steps=1", "training.observations_count={start: 3, end: 3}",
-                                        "training.ground_truth_steps={start: 2, end: 2}",
-                                        f"training.colour_permutation={probability}"])
-        torch.manual_seed(0)
-        return Trainer(config, initialize("cpu"))
+    def trainer(probability: float):
+        return small_trainer(f"training.colour_permutation={probability}")
 
     plain, permuting = trainer(0.0), trainer(1.0)
     assert plain.colour_orders(2, 5) is None and permuting.colour_orders(2, 5) is not None
@@ -114,4 +101,4 @@ def test_training_with_permuted_colours_changes_the_lma_and_leaves_the_gma_bit_i
     assert plain_result.loss.terms["multiscale_local_reconstruction_loss"] != permuting_result.loss.terms[
         "multiscale_local_reconstruction_loss"]
     with pytest.raises(GlassError, match=r"training.colour_permutation: must be a probability in \[0, 1\]"):
-        load_config(wsprites, ["training.colour_permutation=1.5"])
+        small_trainer("training.colour_permutation=1.5")

@@ -8,10 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from tests.small_model import NO_PERCEPTUAL_LOSSES, SMALL_MODEL
+from tests.small_model import small_trainer
 from utils.checkpoint import AVERAGED_MODEL_KEY
 from utils.config import load_config
-from utils.distributed import initialize
 from utils.errors import GlassError
 from utils.training.averaging import WeightAverage, average_decay_at, module_state_keys, parameter_state_key
 from utils.training.trainer import Trainer
@@ -65,13 +64,7 @@ def test_state_keys_of_submodules_and_parameters():
 
 def trainer(*overrides: str) -> Trainer:
     """A Trainer of the small model for 32×16 frames, two LMA steps after a one-step warm-up."""
-    config = load_config(os.path.join(REPOSITORY, "configs", "wsprites.yaml"),
-                         [*SMALL_MODEL, *NO_PERCEPTUAL_LOSSES, "data.input_size=[32, 16]",
-                          "training.gma_warmup_steps=1",
-                          "training.observations_count={start: 3, end: 3}",
-                          "training.ground_truth_steps={start: 2, end: 2}", *overrides])
-    torch.manual_seed(0)
-    return Trainer(config, initialize("cpu"))
+    return small_trainer(*overrides)
 
 
 def batch(step: int) -> dict:
