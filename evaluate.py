@@ -11,6 +11,8 @@ against the labels (GT), of those on their reconstructions (RE), and between the
     python evaluate.py --config configs/wsprites.yaml --run-name wsprites data.root=/data/wsprites
     # the action readers' BatchNorm statistics recomputed from 50 training batches first (see --help)
     python evaluate.py --run-name wsprites --refit-reader-norm 50
+    # training characters (the first 30 videos of the training split) beside the validation split's unseen ones
+    python evaluate.py --run-name wsprites --split train --max-videos 30
 
     # several GPUs of this machine, one process each (NCCL); or torchrun
     python evaluate.py --run-name wsprites --num-gpus 4
@@ -107,6 +109,10 @@ def parse_arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                                          "config.yaml (the model is always the run's)")
     parser.add_argument("--step", type=int, metavar="N", help="use checkpoints/step_N.pth (default: latest.pth)")
     parser.add_argument("--split", choices=SPLITS, help="the split to evaluate (default: evaluation.split, 'val')")
+    parser.add_argument("--max-videos", type=int, metavar="N",
+                        help="only the split's first N videos, by folder name (evaluation.max_videos; default: all); "
+                             "with --split train, training characters to compare with the validation split's unseen "
+                             "ones")
     parser.add_argument("--protocol", choices=list(RECONSTRUCTION_PROTOCOLS),
                         help="reconstruction for RE and CO: one_step (T_f = T−1) or single_image (T_f = 1); "
                              "default: evaluation.protocol")
@@ -147,7 +153,8 @@ def run_process(plan: EvaluationPlan, context: DistributedContext, loaded: Optio
             print(f"the action readers' BatchNorm statistics refitted from {refitted} training batch(es)" if refitted
                   else "no BatchNorm in the action readers: nothing to refit")
     if context.is_main:
-        print(f"{trained.path} (step {trained.step}, {trained.describe_weights()}): split {evaluation.split}, "
+        videos = "" if evaluation.max_videos is None else f" (its first {len(dataset.all_videos)} videos)"
+        print(f"{trained.path} (step {trained.step}, {trained.describe_weights()}): split {evaluation.split}{videos}, "
               f"windows of {evaluation.observations_count} frames, protocol {protocol}, {context.world_size} "
               f"process(es) on {context.device.type}")
     share = len(shard_indices(len(dataset), evaluation.batch_size, context.rank, context.world_size))
@@ -186,6 +193,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         overrides.append(f"evaluation.split={arguments.split}")
     if arguments.protocol:
         overrides.append(f"evaluation.protocol={arguments.protocol}")
+    if arguments.max_videos is not None:
+        overrides.append(f"evaluation.max_videos={arguments.max_videos}")
     device_kind = resolve_device_kind(arguments.device)
     check_launch(arguments.num_gpus, device_kind, arguments.num_threads)
     if arguments.refit_reader_norm < 0:

@@ -263,11 +263,12 @@ class VideoDataset(Dataset):
     `sampling`: 'random' — one window per video, its start drawn from a generator seeded
     by (seed, epoch, index), so the data order is reproducible whatever the workers;
     'first' — the first window of each video; 'all' — every non-overlapping window.
-    Videos shorter than one window are left out (their count is in `skipped_short`).
+    Videos shorter than one window are left out (their count is in `skipped_short`). `max_videos`: only the
+    split's first videos (by folder name).
     """
 
     def __init__(self, config: DataConfig, split: str, sampling: str = "random", seed: int = 0,
-                 observations_count: Optional[int] = None):
+                 observations_count: Optional[int] = None, max_videos: Optional[int] = None):
         if sampling not in SAMPLING_MODES:
             raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {sampling!r}")
         self.config = config
@@ -275,7 +276,7 @@ class VideoDataset(Dataset):
         self.sampling = sampling
         self.seed = seed
         self.epoch = 0
-        self.all_videos = [index_video(path) for path in split_video_folders(config, split)]
+        self.all_videos = [index_video(path) for path in split_video_folders(config, split)[:max_videos]]
         if not self.all_videos:
             raise DatasetError(f"{config.root}: the '{split}' split holds no videos")
         self.crop = tuple(config.crop) if config.crop is not None else None

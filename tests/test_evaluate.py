@@ -53,6 +53,7 @@ def test_prints_the_table_and_appends_one_line_per_run(run_copy, capsys):
     assert "random/local_action_nmi" in results and "all_foreground/mask_iou" in results and first["skipped"] == {}
     assert all(0.0 <= results[f"{v}/mask_iou"] <= 1.0 for v in ("gt", "re", "co"))
     assert first["counts"]["windows"] == 4  # 1 val character × 2 videos of 12 frames, 2 windows of 6 each
+    assert first["max_videos"] is None
     # the local half: the code effect (all transitions, and switches where the labels change) and the codes per
     # true local action, as numbers in the line and as a picture beside it
     assert "code effect, all transitions (dB)" in printed and "codes per true local action" in printed
@@ -94,6 +95,24 @@ def test_prints_the_table_and_appends_one_line_per_run(run_copy, capsys):
     assert evaluate.main(evaluate_arguments(run_copy, "--split", "test", "--protocol", "single_image")) == 0
     (record,) = lines(os.path.join(run_copy["run_folder"], "metrics", "evaluate-test-single_image.jsonl"))
     assert record["num_ground_truth_steps"] == 1 and record["split"] == "test"
+
+
+def test_max_videos_evaluates_the_first_videos_of_the_training_split(run_copy, capsys):
+    """--split train --max-videos 2: the training split's first two videos by name (of its six), said in the
+    output and the record; its own file and pictures, so the validation split's are left as they are."""
+    assert evaluate.main(evaluate_arguments(run_copy, "--split", "train", "--max-videos", "2")) == 0
+    printed = capsys.readouterr().out
+    assert "split train (its first 2 videos)" in printed
+    (record,) = lines(os.path.join(run_copy["run_folder"], "metrics", "evaluate-train-one_step.jsonl"))
+    assert record["split"] == "train" and record["max_videos"] == 2
+    assert record["counts"]["windows"] == 4  # 2 videos of 12 frames, 2 windows of 6 each
+    metrics = os.listdir(os.path.join(run_copy["run_folder"], "metrics"))
+    assert "evaluate-train-one_step-step_000004-local-actions.png" in metrics
+    assert not any(name.startswith("evaluate-val") for name in metrics)
+    # more than the split holds: all of them
+    assert evaluate.main(evaluate_arguments(run_copy, "--split", "train", "--max-videos", "100")) == 0
+    _, whole = lines(os.path.join(run_copy["run_folder"], "metrics", "evaluate-train-one_step.jsonl"))
+    assert whole["counts"]["windows"] == 12  # the training split's 6 videos
 
 
 def test_data_without_labels_reports_what_it_skipped(run_copy, tmp_path, capsys):
@@ -146,6 +165,7 @@ def test_refit_reader_norm_evaluates_with_refitted_statistics_and_writes_nothing
     (["--num-gpus", "0"], "--num-gpus"),
     (["--num-threads", "0"], "--num-threads: must be >= 1"),
     (["--refit-reader-norm", "-1"], "--refit-reader-norm: must be >= 0"),
+    (["--max-videos", "0"], "evaluation.max_videos"),
 ])
 def test_bad_input_is_one_line(run_copy, capsys, extra, message):
     with pytest.raises(SystemExit) as exit_info:

@@ -699,6 +699,9 @@ class EvaluationConfig:
     batch_size: int = 16  # sequences per batch, for the model and the feature networks (FVD embeds 16 at a time)
     seed: int = 0  # evaluation is seeded: the random-id NMI floor and any sampling
     skip_frames: int = 0  # source frames skipped between evaluated observations (the authors: 0 everywhere, Tennis too)
+    # Ours: evaluate.py reads only the split's first N videos (by folder name; null = all). With --split train it
+    # measures training characters beside the validation split's unseen ones (W-Sprites names videos by character).
+    max_videos: Optional[int] = None
     # Feature-network weights; null = the torch hub cache (~/.cache/torch/hub/checkpoints/<standard file name>).
     inception_weights: Optional[str] = None  # FID Inception-v3 (pt_inception-2015-12-05-6726825d.pth)
     i3d_weights: Optional[str] = None  # FVD I3D Kinetics-400 (see README "Feature networks")
@@ -714,6 +717,8 @@ class EvaluationConfig:
                  f"must be one of {EVALUATION_PROTOCOLS}, got {self.protocol!r}")
         _require(self.batch_size >= 1, prefix + "batch_size", f"must be >= 1, got {self.batch_size}")
         _require(self.skip_frames >= 0, prefix + "skip_frames", f"must be >= 0, got {self.skip_frames}")
+        _require(self.max_videos is None or self.max_videos >= 1, prefix + "max_videos",
+                 f"must be null or >= 1, got {self.max_videos}")
 
 
 @dataclass

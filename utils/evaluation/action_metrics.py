@@ -496,10 +496,11 @@ def shard_indices(num_windows: int, batch_size: int, rank: int, world_size: int)
 
 
 def evaluation_dataset(config: Config) -> VideoDataset:
-    """Every non-overlapping window of `evaluation.observations_count` frames of `evaluation.split`."""
+    """Every non-overlapping window of `evaluation.observations_count` frames of `evaluation.split` (of its first
+    `evaluation.max_videos` videos where set)."""
     evaluation = config.evaluation
     dataset = VideoDataset(config.evaluation_data(), evaluation.split, sampling="all",
-                           observations_count=evaluation.observations_count)
+                           observations_count=evaluation.observations_count, max_videos=evaluation.max_videos)
     if len(dataset) == 0:
         raise GlassError(f"{config.data.root}: no '{evaluation.split}' window of {evaluation.observations_count} "
                          f"frames (evaluation.observations_count)")
@@ -578,7 +579,8 @@ def result_record(result: EvaluationResult, trained: TrainedModel, run_folder: s
             "step": trained.step, "weights": trained.weights,
             "split": config.evaluation.split, "protocol": protocol,
             "num_ground_truth_steps": num_ground_truth_steps(protocol, count), "observations_count": count,
-            "skip_frames": config.evaluation.skip_frames, "data_root": os.path.abspath(config.data.root),
+            "skip_frames": config.evaluation.skip_frames, "max_videos": config.evaluation.max_videos,
+            "data_root": os.path.abspath(config.data.root),
             "seed": config.evaluation.seed, "world_size": world_size, "comparable": comparable,
             "counts": result.counts, "results": result.results, "skipped": result.skipped,
             "histograms": result.histograms, "local_action_confusion": result.confusion,
