@@ -88,6 +88,16 @@ def test_c2_config_is_the_tiny_one_with_the_local_actions_recipe():
     assert c2["training.num_steps"] == c2["training.action_freeze_step"] < c2["training.lr_milestones"][0]
 
 
+def test_c3_config_is_the_c2_one_with_the_longer_run_recipe():
+    c2 = _flatten(config_to_dict(load_config(os.path.join(CONFIGS, "wsprites-c2.yaml"))))
+    c3 = _flatten(config_to_dict(load_config(os.path.join(CONFIGS, "wsprites-c3.yaml"))))
+    assert {key: c3[key] for key in c3 if c3[key] != c2[key]} == {
+        "name": "wsprites-c3", "data.root": "datasets/wsprites-c3", "model.lma.glimpse": [64, 80],
+        "model.lma.num_actions": 16, "training.num_steps": 4000, "training.weight_average_decay": 0.999}
+    # the run goes past the readers' freeze and the learning-rate drop
+    assert c3["training.action_freeze_step"] < c3["training.lr_milestones"][0] < c3["training.num_steps"]
+
+
 def test_tiny_config_is_cpu_sized():
     config = load_config(os.path.join(CONFIGS, "wsprites-tiny.yaml"))
     training = config.training
@@ -133,7 +143,7 @@ AUTHORS_VALUES = {"model.lma.decoder_skip": False, "model.lma.decoder_skip_mask"
 
 
 # The CPU-sized configs turn some of those options on; every other config is a paper config.
-CPU_CONFIGS = ("wsprites-tiny.yaml", "wsprites-c2.yaml")
+CPU_CONFIGS = ("wsprites-tiny.yaml", "wsprites-c2.yaml", "wsprites-c3.yaml")
 
 
 @pytest.mark.parametrize("path", [path for path in CONFIG_FILES if os.path.basename(path) not in CPU_CONFIGS],
