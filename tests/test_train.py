@@ -191,6 +191,34 @@ def test_gma_only_warmup_leaves_the_lma_bit_identical():
     assert len(trained) == len(list(trainer.model.lma.parameters())), "after the warm-up the LMA is trained"
 
 
+def _pictures(files: dict) -> dict:
+    """The PNG media of `Trainer.write_media`'s answer as pixel arrays, by name."""
+    import numpy as np
+    from PIL import Image
+    return {name: np.asarray(Image.open(path)) for name, path in files.items() if path.endswith(".png")}
+
+
+def test_training_media_draw_the_moving_average_and_leave_the_trained_weights(tmp_path):
+    trainer = small_trainer("training.gma_warmup_steps=1", "training.weight_average_decay=0.5")
+    for step in range(3):
+        trainer.training_step(random_batch(step), step)
+    trained = _snapshot(trainer.model)
+    average = {name: tensor.clone() for name, tensor in trainer.weight_average.state_dict().items()}
+    assert any(not torch.equal(average[name], trained[name]) for name in trained)
+    observations = random_batch(9)["observations"]
+    drawn = _pictures(trainer.write_media(observations, 2, str(tmp_path / "averaged")))
+    assert drawn and all(torch.equal(tensor, trained[name]) for name, tensor in trainer.model.state_dict().items())
+    # the same pictures as a model that holds the average; other pictures than the trained weights draw
+    trainer.weight_average = None
+    with_trained = _pictures(trainer.write_media(observations, 2, str(tmp_path / "trained")))
+    trainer.model.load_state_dict(average)
+    with_average = _pictures(trainer.write_media(observations, 2, str(tmp_path / "loaded")))
+    assert drawn.keys() == with_average.keys() == with_trained.keys()
+    assert all((drawn[name] == with_average[name]).all() for name in drawn)
+    assert any(drawn[name].shape != with_trained[name].shape or (drawn[name] != with_trained[name]).any()
+               for name in drawn)
+
+
 def test_authors_warmup_runs_the_lma_and_weight_decay_moves_it():
     trainer = small_trainer("training.gma_warmup_steps=3", "training.warmup_mode=authors")
     before = {name: parameter.detach().clone() for name, parameter in trainer.model.lma.named_parameters()}

@@ -18,7 +18,8 @@ its rows (an average of a row before and after a restart is no code at all).
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable
+import contextlib
+from typing import Dict, Iterable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -76,3 +77,24 @@ class WeightAverage:
         with torch.no_grad():
             for name, tensor in state.items():
                 self.state[name].copy_(tensor)
+
+
+@contextlib.contextmanager
+def weights_swapped_in(model: nn.Module, state: Optional[Dict[str, torch.Tensor]]) -> Iterator[None]:
+    """Inside the block `model` holds `state` (a state dict of it: the average), in place; after it, its own weights
+    and buffers again, bit for bit, whatever the block did to them. `state` None: the block runs on the model as it
+    is."""
+    if state is None:
+        yield
+        return
+    current = model.state_dict()
+    own = {name: tensor.detach().clone() for name, tensor in current.items()}
+    with torch.no_grad():
+        for name, tensor in current.items():
+            tensor.copy_(state[name])
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, tensor in current.items():
+                tensor.copy_(own[name])

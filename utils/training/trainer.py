@@ -34,7 +34,7 @@ from utils.schedules import (
     in_gma_warmup,
     observations_count_at,
 )
-from utils.training.averaging import WeightAverage, module_state_keys, parameter_state_key
+from utils.training.averaging import WeightAverage, module_state_keys, parameter_state_key, weights_swapped_in
 from utils.training.media import write_training_media
 from utils.training.state import preserved_buffers, preserved_random_state
 
@@ -335,11 +335,14 @@ class Trainer:
     @torch.no_grad()
     def write_media(self, observations: torch.Tensor, step: int, folder: str) -> Dict[str, str]:
         """`write_training_media` for `observations` (B, T, 3, H, W) after 0-based `step` (files named step + 1):
-        the training-mode forward of that step, then generation in eval mode. Leaves no trace on
-        training: the batch-norm statistics and every random generator are as before."""
+        the training-mode forward of that step, then generation in eval mode, with the moving average of the
+        weights when training.weight_average_decay keeps one (what evaluate.py and play.py read), else the trained
+        weights. Leaves no trace on training: the weights, the batch-norm statistics and every random generator are
+        as before."""
         observations = self.prepare_observations(observations)
         plan = self.curriculum(step, observations.shape[1])
-        with preserved_random_state(self.device):
+        average = self.weight_average.state_dict() if self.weight_average is not None else None
+        with preserved_random_state(self.device), weights_swapped_in(self.model, average):
             with preserved_buffers(self.model):  # restored before generation, which reads them in eval mode
                 output = self.model(observations, plan["ground_truth_steps"], run_lma=plan["run_lma"],
                                     gumbel_temperature=plan["gumbel_temperature"])

@@ -12,7 +12,13 @@ from tests.small_model import small_trainer
 from utils.checkpoint import AVERAGED_MODEL_KEY
 from utils.config import load_config
 from utils.errors import GlassError
-from utils.training.averaging import WeightAverage, average_decay_at, module_state_keys, parameter_state_key
+from utils.training.averaging import (
+    WeightAverage,
+    average_decay_at,
+    module_state_keys,
+    parameter_state_key,
+    weights_swapped_in,
+)
 from utils.training.trainer import Trainer
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -49,6 +55,21 @@ def test_the_average_follows_the_formula_and_copies_integers_and_the_keys_it_is_
     assert all(torch.equal(state[name], tensor) for name, tensor in module.state_dict().items())
     with pytest.raises(ValueError, match="decay must be in"):
         WeightAverage(module, 1.0)
+
+
+def test_weights_swapped_in_holds_the_state_inside_and_restores_the_own_weights_after_anything():
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    own = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    other = {name: tensor + 1 if tensor.is_floating_point() else tensor + 5 for name, tensor in own.items()}
+    with pytest.raises(RuntimeError, match="inside"):
+        with weights_swapped_in(model, other):
+            assert all(torch.equal(model.state_dict()[name], other[name]) for name in own)
+            with torch.no_grad():
+                model[0].weight.mul_(3)  # whatever the block does to the weights
+            raise RuntimeError("inside")
+    assert all(torch.equal(model.state_dict()[name], own[name]) for name in own)
+    with weights_swapped_in(model, None):
+        assert all(torch.equal(model.state_dict()[name], own[name]) for name in own)
 
 
 def test_state_keys_of_submodules_and_parameters():
