@@ -16,6 +16,9 @@ train the LMA's parameters with Adam at `training.learning_rate`. T is `--length
 `--ground-truth-steps` (default T − 1, the one-step protocol). Training draws a new random window of every
 video each epoch; the evaluation windows are the split's non-overlapping windows (`--eval-windows` of them).
 `--crop H W` trains and evaluates on an H × W box around the character instead of the whole frame.
+The config's training settings it does not apply (`loss.code_switch_weight`, a learning-rate drop the run reaches,
+the readers' refit, the moving average of the weights, colour permutations; `model.lma.glimpse`) are named in a
+line at the start.
 
 Every `--eval-every` steps, on a fixed set of validation windows: the PSNR of f̂ₜ₊₁ against
 fₜ₊₁ at full size (one_step, T_f = T − 1, and single_image, T_f = 1) in eval mode and in
@@ -418,6 +421,25 @@ def write_sheet(images, path: str, num_windows: int = 4) -> None:
     save_png(image_grid(np.stack(rows)), path)
 
 
+def settings_not_applied(config, steps: int) -> List[str]:
+    """The config's training settings that the LMA alone does not apply, a phrase each with what stands in for it, so
+    that a run of a longer-run config (configs/wsprites-c3.yaml, say) does not leave them out silently."""
+    training, notes = config.training, []
+    if config.loss.code_switch_weight != 1.0:
+        weight = f"{config.loss.code_switch_weight:g}"
+        notes.append(f"loss.code_switch_weight {weight} (--switch-weight {weight} --switch-on codes applies it)")
+    passed = [milestone for milestone in training.lr_milestones if milestone < steps]
+    if passed:
+        notes.append(f"training.lr_milestones {passed} (the learning rate stays {training.learning_rate:g})")
+    if training.action_freeze_refit_batches:
+        notes.append("training.action_freeze_refit_batches (the readers freeze with the statistics they have)")
+    if training.weight_average_decay:
+        notes.append("training.weight_average_decay (the evaluations read the trained weights)")
+    if training.colour_permutation:
+        notes.append("training.colour_permutation (the LMA sees every window in its own colours)")
+    return notes
+
+
 def main(argv: List[str] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -506,6 +528,9 @@ def main(argv: List[str] = None) -> int:
         print(f"model.lma.glimpse {config.model.lma.glimpse} is not used here: the LMA alone works on the whole frame "
               "(or on --crop boxes around the true masks)", flush=True)
         config.model.lma.glimpse = None
+    not_applied = settings_not_applied(config, args.steps)
+    if not_applied:
+        print("not applied by the LMA alone: " + "; ".join(not_applied), flush=True)
     os.makedirs(args.out, exist_ok=True)
     ground_truth_steps = args.ground_truth_steps or args.length - 1
 

@@ -350,3 +350,20 @@ def test_the_told_codes_need_the_oracle_and_a_run_folder(tmp_path):
         lma_alone.main(["--out", str(tmp_path / "c"), "--switch-on", "pixels"])
     with pytest.raises(SystemExit):
         lma_alone.main(["--out", str(tmp_path / "d"), "--switch-on", "codes"])  # needs --switch-weight
+
+
+def test_the_settings_the_lma_alone_does_not_apply_are_named():
+    from utils.config import load_config
+
+    configs = os.path.join(os.path.dirname(lma_alone.__file__), "..", "configs")
+    assert lma_alone.settings_not_applied(load_config(os.path.join(configs, "wsprites-tiny.yaml")), 600) == []
+    notes = lma_alone.settings_not_applied(load_config(os.path.join(configs, "wsprites-c3.yaml")), 4000)
+    assert [note.split(" (")[0] for note in notes] == [
+        "loss.code_switch_weight 10", "training.lr_milestones [3000]", "training.action_freeze_refit_batches",
+        "training.weight_average_decay"]
+    assert "--switch-weight 10 --switch-on codes" in notes[0]
+    # a milestone the run does not reach changes nothing; a colour permutation is named
+    notes = lma_alone.settings_not_applied(load_config(os.path.join(configs, "wsprites-c2.yaml"),
+                                                       ["training.colour_permutation=0.5"]), 2000)
+    assert not any(note.startswith("training.lr_milestones") for note in notes)
+    assert any(note.startswith("training.colour_permutation") for note in notes)
