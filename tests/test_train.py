@@ -219,6 +219,14 @@ def test_training_media_draw_the_moving_average_and_leave_the_trained_weights(tm
                for name in drawn)
 
 
+def test_only_rank_0_keeps_the_moving_average():
+    config = load_config(WSPRITES, [*SMALL_MODEL, *NO_PERCEPTUAL_LOSSES, "data.input_size=[32, 16]",
+                                    "training.weight_average_decay=0.9"])
+    ranks = [Trainer(config, DistributedContext(rank=rank, world_size=2, local_rank=rank, device=torch.device("cpu")))
+             for rank in (0, 1)]
+    assert ranks[0].weight_average is not None and ranks[1].weight_average is None  # the checkpoint: the DDP test
+
+
 def test_authors_warmup_runs_the_lma_and_weight_decay_moves_it():
     trainer = small_trainer("training.gma_warmup_steps=3", "training.warmup_mode=authors")
     before = {name: parameter.detach().clone() for name, parameter in trainer.model.lma.named_parameters()}
@@ -422,7 +430,8 @@ def test_two_cpu_processes_keep_identical_replicas_and_stop_together(dataset_roo
         dataset_root, runs, "ddp", "--num-gpus", "2", "training.batch_size=1", "training.num_steps=1000",
         "training.gma_warmup_steps=2", "training.checkpoint_every=2", "training.media_every=3", *SHORT_CURRICULA,
         # the codebook options change the codebook in place on every process: the replicas must stay identical
-        "training.codebook_kmeans_init=true", "training.codebook_restart_every=1")]
+        "training.codebook_kmeans_init=true", "training.codebook_restart_every=1",
+        "training.weight_average_decay=0.9")]  # kept by rank 0 alone, which saves it and draws the media with it
     status, output, errors = _stop_with_sigterm(command, os.path.join(runs, "ddp", "metrics.jsonl"), rows=4)
     assert status == 128 + signal.SIGTERM, errors
     assert "2 process(es) × batch 1" in output and "stopped by SIGTERM" in output
@@ -431,6 +440,8 @@ def test_two_cpu_processes_keep_identical_replicas_and_stop_together(dataset_roo
     assert final["world_size"] == 2 and len(final["rng"]) == 2 and final["step"] == rows[-1]["step"] >= 4
     assert not torch.equal(final["rng"][0]["torch"], final["rng"][1]["torch"]), "seeds are seed·world + rank"
     assert all(torch.isfinite(torch.tensor(row["loss"])) for row in rows) and rows[-1]["lma_trained"]
+    assert final["averaged_model"].keys() == final["model"].keys()
+    assert any(not torch.equal(tensor, final["model"][name]) for name, tensor in final["averaged_model"].items())
     for module in ("gma.masking_network.", "lma.decoder."):
         assert any(not torch.equal(tensor, final["model"][name]) for name, tensor in after_warmup["model"].items()
                    if name.startswith(module)), f"{module} trained"

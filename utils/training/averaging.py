@@ -1,6 +1,6 @@
 """`training.weight_average_decay`: an exponential moving average of the model's weights, kept beside training and
-saved in checkpoints ('averaged_model'), which evaluation, generation and play read by default (ours, opt-in; the
-authors evaluate the trained weights).
+saved in checkpoints ('averaged_model'), which evaluation, generation, play and the training media read by default
+(ours, opt-in; the authors evaluate the trained weights); under DDP rank 0 alone keeps it.
 
 After each optimiser step of 0-based step s, every floating-point entry of the model's state dict (parameters and
 BatchNorm running statistics) moves towards the trained one:

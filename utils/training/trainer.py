@@ -113,10 +113,12 @@ class Trainer:
         # Codebook maintenance (training.codebook_restart_every): transitions per code since the last restart check,
         # averaged over the processes at each check and in checkpoints.
         self.code_usage = torch.zeros(config.model.lma.num_actions, device=self.device)
-        # training.weight_average_decay: the moving average of the weights (utils/training/averaging.py), or None
+        # training.weight_average_decay: the moving average of the weights (utils/training/averaging.py), or None;
+        # kept by rank 0 alone, which writes the checkpoints and the media (the replicas are identical, and rank 0's
+        # batch-norm statistics are the ones DDP broadcasts and the checkpoint holds)
         self.weight_average: Optional[WeightAverage] = (
-            WeightAverage(self.model, self.training.weight_average_decay) if self.training.weight_average_decay > 0
-            else None)
+            WeightAverage(self.model, self.training.weight_average_decay)
+            if self.training.weight_average_decay > 0 and context.is_main else None)
         self._frozen_state_keys: Optional[set] = None  # the frozen readers' state-dict keys, found once
         self._phase_runs_lma: Optional[bool] = None  # the phase the following are for (warm-up or not)
         self._forward_module: nn.Module = self.model
@@ -352,7 +354,7 @@ class Trainer:
         """What a checkpoint holds of the trainer, the one place its keys are written: 'model', 'optimizer',
         'scheduler', 'grad_scaler' (their state dicts), 'code_usage' (averaged over the processes, on the
         CPU) and, with training.weight_average_decay, 'averaged_model' (the moving average of the weights, a state
-        dict of the model). A collective under several processes: every process calls it."""
+        dict of the model; rank 0 alone keeps it). A collective under several processes: every process calls it."""
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
