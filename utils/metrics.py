@@ -204,6 +204,38 @@ def code_effect_db(inferred_squared_errors: torch.Tensor, random_squared_errors:
     return 10.0 * math.log10(random / inferred) if random > 0 else -math.inf
 
 
+def code_effect_interval(inferred_squared_errors: torch.Tensor, random_squared_errors: torch.Tensor,
+                         groups: torch.Tensor, selected: torch.Tensor = None, level: float = 0.9, draws: int = 2000,
+                         seed: int = 0) -> Tuple[float, float]:
+    """How much `code_effect_db` depends on which characters a split holds: a percentile bootstrap interval (`level`,
+    from `draws` resamplings) that redraws whole groups with replacement — the rows of the (N, T−1) error arrays
+    belong to group `groups[n]` (W-Sprites: the character; < 0 unknown, left out) — and recomputes the figure over
+    their `selected` transitions (bool, same shape; all when None). (NaN, NaN) when fewer than two groups hold a
+    selected transition. Seeded: the same inputs give the same interval."""
+    if inferred_squared_errors.shape != random_squared_errors.shape:
+        raise ValueError(f"shapes differ: {tuple(inferred_squared_errors.shape)} and "
+                         f"{tuple(random_squared_errors.shape)}")
+    if not 0.0 < level < 1.0 or draws < 1:
+        raise ValueError(f"level must be in (0, 1) and draws >= 1, got {level} and {draws}")
+    chosen = torch.ones_like(inferred_squared_errors, dtype=torch.bool) if selected is None else selected.bool()
+    chosen = chosen & (groups >= 0)[:, None]
+    rows = chosen.any(dim=1)
+    names, index = torch.unique(groups[rows], return_inverse=True)
+    if len(names) < 2:
+        return math.nan, math.nan
+    sums = torch.zeros(2, len(names), dtype=torch.float64)
+    for row, errors in enumerate((inferred_squared_errors, random_squared_errors)):
+        sums[row].index_add_(0, index, (errors.double() * chosen.double()).sum(dim=1)[rows])
+    # each draw: as many groups as there are, drawn with replacement (how often each is drawn)
+    picks = torch.randint(0, len(names), (draws, len(names)), generator=torch.Generator().manual_seed(seed))
+    counts = torch.zeros(draws, len(names), dtype=torch.float64)
+    counts.scatter_add_(1, picks, torch.ones(picks.shape, dtype=torch.float64))
+    inferred_total, random_total = counts @ sums[0], counts @ sums[1]
+    effects = 10.0 * torch.log10(random_total.clamp(min=1e-300) / inferred_total.clamp(min=1e-300))
+    low, high = torch.quantile(effects, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
+    return float(low), float(high)
+
+
 def code_effect_per_label(inferred_squared_errors: torch.Tensor, random_squared_errors: torch.Tensor,
                           labels: torch.Tensor) -> List[Tuple[float, int]]:
     """`code_effect_db` over each true local action's transitions: per label 0 … max of `labels` (same shape as the

@@ -167,6 +167,31 @@ def test_code_effect_is_zero_when_the_code_changes_nothing_and_positive_when_the
         code_effect_db(errors, errors[0])
 
 
+def test_code_effect_interval_redraws_whole_characters():
+    from utils.metrics import code_effect_db, code_effect_interval
+
+    inferred = torch.ones(4, 3)
+    # characters 7 and 9 (two windows each): the code is worth 10 dB on 9's transitions, nothing on 7's
+    random = torch.tensor([[1.0] * 3, [1.0] * 3, [10.0] * 3, [10.0] * 3])
+    groups = torch.tensor([7, 7, 9, 9])
+    low, high = code_effect_interval(inferred, random, groups)
+    # the redraws hold 7 twice (0 dB), 9 twice (10 dB) or both (about 7.4 dB), each pair as likely as in the split
+    assert low == pytest.approx(0.0) and high == pytest.approx(10.0)
+    assert low <= code_effect_db(inferred, random) <= high
+    assert code_effect_interval(inferred, random, groups) == (low, high)  # seeded
+    # every character alike: no spread; the selected transitions only; unknown characters (< 0) left out
+    alike = code_effect_interval(inferred, inferred * 10, groups)
+    assert alike[0] == pytest.approx(10.0) and alike[1] == pytest.approx(10.0)
+    first = torch.tensor([[True, False, False]] * 4)
+    assert code_effect_interval(inferred, random + torch.tensor([0.0, 5.0, 5.0]), groups, first) == pytest.approx(
+        (0.0, 10.0))
+    assert all(math.isnan(bound) for bound in code_effect_interval(inferred, random, torch.tensor([7, 7, -1, -1])))
+    assert all(math.isnan(bound) for bound in code_effect_interval(inferred, random, groups,
+                                                                   torch.tensor([[True] * 3] * 2 + [[False] * 3] * 2)))
+    with pytest.raises(ValueError, match="shapes differ"):
+        code_effect_interval(inferred, random[:, :2], groups)
+
+
 def test_code_effect_per_label_selects_each_labels_transitions_and_marks_absent_labels_nan():
     from utils.metrics import code_effect_per_label
 

@@ -69,6 +69,7 @@ from utils.files import json_records
 from utils.metrics import (
     SWITCH_KINDS,
     code_effect_db,
+    code_effect_interval,
     code_effect_per_label,
     code_histogram,
     codes_used,
@@ -417,6 +418,8 @@ def summarize(records: Dict[str, torch.Tensor], num_actions: int, seed: int,
         inferred, random = records["code_inferred_squared_error"], records["code_random_squared_error"]
         best = records.get("code_best_squared_error")
         results["gt/code_effect_db"] = code_effect_db(inferred, random)
+        # how much the figure owes to which characters the split holds (a bootstrap over them; W-Sprites)
+        _put_interval(results, "gt/code_effect", code_effect_interval(inferred, random, characters))
         if best is not None:
             results["gt/code_effect_best_db"] = code_effect_db(best, random)
         # A baseline that unused or rare codes cannot lower: random codes drawn as often as the split's inferred
@@ -435,6 +438,8 @@ def summarize(records: Dict[str, torch.Tensor], num_actions: int, seed: int,
             counts["switch_transitions"] = int(switches.sum())
             if switches.any():
                 results["gt/code_effect_switch_db"] = code_effect_db(inferred, random, switches)
+                _put_interval(results, "gt/code_effect_switch",
+                              code_effect_interval(inferred, random, characters[has_actions], switches))
                 if usage_random is not None:
                     results["gt/code_effect_usage_switch_db"] = code_effect_db(inferred, usage_random[has_actions],
                                                                                switches)
@@ -599,6 +604,14 @@ def result_record(result: EvaluationResult, trained: TrainedModel, run_folder: s
                                   for usual in result.code_shifts])}
 
 
+def _put_interval(results: Dict[str, float], prefix: str, interval: Tuple[float, float]) -> None:
+    """`code_effect_interval`'s bounds as PREFIX_low_db and PREFIX_high_db, when there is one (two characters or
+    more)."""
+    low, high = interval
+    if not (math.isnan(low) or math.isnan(high)):
+        results[f"{prefix}_low_db"], results[f"{prefix}_high_db"] = low, high
+
+
 _TABLE_ROWS = [
     ("local_action_nmi", "local action NMI"),
     ("local_action_nmi_per_character", "  mean per-character NMI"),
@@ -615,7 +628,11 @@ _TABLE_ROWS = [
     ("code_perplexity", "  code perplexity"),
     ("code_character_nmi", "  NMI of the codes and the character"),
     ("code_effect_db", "code effect, all transitions (dB)"),
+    ("code_effect_low_db", "  90% over characters, from (dB)"),
+    ("code_effect_high_db", "    to (dB)"),
     ("code_effect_switch_db", "  on switch transitions (dB)"),
+    ("code_effect_switch_low_db", "    90% over characters, from (dB)"),
+    ("code_effect_switch_high_db", "      to (dB)"),
     ("code_effect_non_switch_db", "  on the other transitions (dB)"),
     ("code_effect_best_db", "  best code per transition (dB)"),
     ("code_effect_best_switch_db", "    on switch transitions (dB)"),

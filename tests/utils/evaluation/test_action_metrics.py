@@ -327,6 +327,23 @@ def test_code_effect_against_codes_drawn_as_used_is_not_raised_by_an_unused_code
     assert "gt/code_effect_usage_db" not in without and "gt/code_effect_usage_switch_db" not in without
 
 
+def test_the_code_effect_gets_an_interval_over_characters_when_the_split_holds_two_or_more():
+    records = _records(predicted_ids=[[0, 0, 1], [0, 1, 1]], true_local=[[0, 0, 1], [0, 1, 1]],
+                       predicted_shifts=[[[1.0, 0.0]] * 3] * 2, true_shifts=[[[1.0, 0.0]] * 3] * 2, sprite_ids=[1, 2])
+    records.update({"code_inferred_squared_error": torch.ones(2, 3),
+                    "code_random_squared_error": torch.tensor([[1.0, 1.0, 1.0], [10.0, 10.0, 10.0]]),
+                    "switches": torch.tensor([[False, False, True], [False, True, False]])})
+    result = summarize(records, num_actions=3, seed=0)
+    values = result.results
+    for prefix in ("gt/code_effect", "gt/code_effect_switch"):
+        assert values[prefix + "_low_db"] == pytest.approx(0.0) and values[prefix + "_high_db"] == pytest.approx(10.0)
+        assert values[prefix + "_low_db"] <= values[prefix + "_db"] <= values[prefix + "_high_db"]
+    assert "90% over characters, from (dB)" in format_table(result)
+    one_character = summarize({**records, "sprite_id": torch.tensor([1, 1])}, num_actions=3, seed=0).results
+    assert "gt/code_effect_db" in one_character and "gt/code_effect_low_db" not in one_character
+    assert "gt/code_effect_switch_low_db" not in one_character
+
+
 def test_recorded_usual_shifts_name_the_file_of_a_malformed_record(tmp_path):
     import json
 
