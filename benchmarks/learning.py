@@ -19,8 +19,8 @@ RUNS_DIR/RUN/learning.png: one panel per curve — mask soft IoU (GT, RE one-ste
 sprite direction within 45°, local-action NMI (split and per character, with their random
 floors), codes used (GT, RE) and the training interval's, the code effect (all transitions,
 switches, the training log's switches, and on switches with the best code per transition: the
-renderer's ceiling), the code difference ratio with the NMI of codes and
-character, generated-foreground PSNR (RE one-step, RE single-image) and the training log's
+renderer's ceiling; bars: evaluate.py's 90 % interval over characters), the code difference ratio
+with the NMI of codes and character, generated-foreground PSNR (RE one-step, RE single-image) and the training log's
 ground-truth and autoregressive PSNR; grey dashed lines are issue 21's targets (mask IoU 0.7, RE
 0.5, 45° 0.9, NMI 0.15 / 0.35, 4 codes, 1 dB on switches, ratio 0.25). So one picture shows
 whether a change helps the local half learn. An existing run folder is continued: steps already
@@ -72,6 +72,9 @@ PANELS: List[Tuple[str, List[Tuple[str, str, str]], List[Tuple[str, float]]]] = 
                               ("train GT steps", "train", "lma_foreground_psnr_gt"),
                               ("train AR steps", "train", "lma_foreground_psnr_ar")], []),
 ]
+# evaluate.py's 90 % interval over characters, drawn as a bar through the point of the series it belongs to
+INTERVALS = {"gt/code_effect_db": ("gt/code_effect_low_db", "gt/code_effect_high_db"),
+             "gt/code_effect_switch_db": ("gt/code_effect_switch_low_db", "gt/code_effect_switch_high_db")}
 TARGET_COLOUR = (150, 150, 150)
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (148, 103, 189)]
 
@@ -141,6 +144,8 @@ def draw_curves(records: Sequence[Dict[str, Any]], path: str, title: str) -> Non
         left, top = (index % 2) * width, 24 + (index // 2) * height
         x0, y0, x1, y1 = left + margin, top + 22, left + width - 12, top + height - 30
         values = [_finite(record[source].get(key)) for record in records for _, source, key in series]
+        values += [_finite(record[source].get(bound)) for record in records for _, source, key in series
+                   for bound in INTERVALS.get(key, ())]
         values = [value for value in values if value is not None] + [target for _, target in targets]
         low, high = (min(values), max(values)) if values else (0.0, 1.0)
         if high - low < 1e-9:
@@ -169,6 +174,13 @@ def draw_curves(records: Sequence[Dict[str, Any]], path: str, title: str) -> Non
                       if (value := _finite(record[source].get(key))) is not None]
             if len(points) > 1:
                 draw.line(points, fill=colour, width=2)
+            for record in records:  # the interval over characters, where evaluate.py gave one
+                bounds = [_finite(record[source].get(bound)) for bound in INTERVALS.get(key, ())]
+                if bounds and None not in bounds:
+                    (x, y_low), (_, y_high) = point(record["step"], bounds[0]), point(record["step"], bounds[1])
+                    draw.line([(x, y_low), (x, y_high)], fill=colour, width=1)
+                    for y in (y_low, y_high):
+                        draw.line([(x - 4, y), (x + 4, y)], fill=colour, width=1)
             for x, y in points:
                 draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
             draw.text((x0 + 6 + 118 * number, y1 + 14), label, fill=colour)

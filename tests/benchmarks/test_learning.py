@@ -63,6 +63,24 @@ def test_targets_are_drawn_as_grey_lines_at_their_values(tmp_path):
     assert learning.TARGET_COLOUR not in [image.getpixel((x, target_y - 20)) for x in range(60, 400)]
 
 
+def test_the_interval_over_characters_is_drawn_as_a_bar_through_its_point(tmp_path):
+    """The code-effect panel (the fifth: left column, third row) draws evaluate.py's interval of the switches as a
+    vertical bar in the switches' colour at the step that has one, and none where a step has no interval."""
+    records = [{"step": 0, "eval": {"gt/code_effect_switch_db": 1.0}, "train": {}},
+               {"step": 10, "eval": {"gt/code_effect_switch_db": 1.0, "gt/code_effect_switch_low_db": 0.5,
+                                     "gt/code_effect_switch_high_db": 1.5}, "train": {}}]
+    path = str(tmp_path / "curves.png")
+    learning.draw_curves(records, path, "test")
+    image = Image.open(path).convert("RGB")
+    top, bottom = 24 + 2 * 260 + 22, 24 + 3 * 260 - 30  # values 0.5 … 1.5 (the bounds set the panel's range)
+    left, right = 46, 520 - 12  # steps 0 and 10
+    switches = learning.COLOURS[1]
+    quarter = round(bottom - 0.25 * (bottom - top))  # 0.75 dB: on the bar, away from the point at 1.0
+    assert image.getpixel((right, quarter)) == switches
+    assert image.getpixel((right, bottom)) == switches and image.getpixel((right, top)) == switches  # the caps
+    assert image.getpixel((left, quarter)) != switches
+
+
 def test_training_values_are_averaged_over_the_interval_since_the_previous_evaluation():
     nan = float("nan")
     rows = {25: {"lma_code_effect_switch_db": 1.0, "lma_trained": True, "lma_code_histogram": [1.0, 0.0], "loss": 9},
