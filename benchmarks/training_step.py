@@ -23,6 +23,8 @@ Cases (T and T_f are fixed through the config's schedules):
     warmup     T 6, the GMA warm-up (with warmup_mode gma_only the LMA is not run)
     full-t6    T 6, T_f 5 (the start of the curriculum)
     full-t12   T 12, T_f 1 (the end of the W-Sprites curriculum)
+    frozen-gma-t6  T 6, T_f 5 with the GMA frozen (training.gma_freeze_step: no GMA backward; a step after the
+               freeze, so the step count differs from the others by one — not in the default set)
 
 Each (config, case, channels-last) runs in a fresh subprocess, so that its peak memory is
 its own, on the CPU with train.py's allocator settings (utils/allocator.py; `GLASS_MALLOC_TUNING=0`
@@ -72,7 +74,9 @@ CASES: Dict[str, Dict[str, Any]] = {
     "warmup": {"observations_count": 6, "ground_truth_steps": 5, "warmup": True},
     "full-t6": {"observations_count": 6, "ground_truth_steps": 5, "warmup": False},
     "full-t12": {"observations_count": 12, "ground_truth_steps": 1, "warmup": False},
+    "frozen-gma-t6": {"observations_count": 6, "ground_truth_steps": 5, "warmup": False, "gma_freeze_step": 1},
 }
+DEFAULT_CASES = ["warmup", "full-t6", "full-t12"]
 DEFAULT_CONFIGS = ["configs/wsprites.yaml", "configs/wsprites-tiny.yaml"]
 MATMUL_SIZE = {"cpu": 2048, "cuda": 8192}
 GIB = 2 ** 30
@@ -115,7 +119,7 @@ def _case_overrides(case: Dict[str, Any], channels_last: bool, arguments: argpar
         f"training.compile={str(arguments.compile).lower()}",
         "training.random_vgg_weights=true",
         "data.num_workers=0",
-    ]
+    ] + ([f"training.gma_freeze_step={case['gma_freeze_step']}"] if case.get("gma_freeze_step") else [])
 
 
 def run_case(spec: Dict[str, Any]) -> Dict[str, Any]:
@@ -144,7 +148,8 @@ def run_case(spec: Dict[str, Any]) -> Dict[str, Any]:
     # The work of one step, counted on the eager model (the same arithmetic as a compiled one): with
     # direct convolutions (the model's arithmetic), and as executed where Winograd layers do it in fewer products.
     observations = trainer.prepare_observations(batch["observations"])
-    plan = trainer.curriculum(0, observations.shape[1])
+    step = config.training.gma_freeze_step  # 0, or the first step of the frozen GMA (the frozen-gma case)
+    plan = trainer.curriculum(step, observations.shape[1])
     autocast = (torch.autocast(device, dtype=torch.bfloat16) if config.training.precision == "bf16"
                 else contextlib.nullcontext())
     winograd_layers = [layer for part in (trainer.model, trainer.loss) for layer in part.modules()
@@ -157,7 +162,7 @@ def run_case(spec: Dict[str, Any]) -> Dict[str, Any]:
         counter = FlopCounterMode(display=False)
         with counter, autocast:
             output = trainer.model(observations, plan["ground_truth_steps"], run_lma=plan["run_lma"],
-                                   gumbel_temperature=plan["gumbel_temperature"])
+                                   gumbel_temperature=plan["gumbel_temperature"], freeze_gma=plan["freeze_gma"])
             trainer.loss(observations, output, lma_loss_scale=plan["lma_loss_scale"]).total.backward()
         del output
         trainer.optimizer.zero_grad(set_to_none=True)
@@ -169,7 +174,7 @@ def run_case(spec: Dict[str, Any]) -> Dict[str, Any]:
         if device == "cuda":
             torch.cuda.synchronize()
         start, cpu_start = time.perf_counter(), time.process_time()
-        result = trainer.training_step(batch, 0)
+        result = trainer.training_step(batch, step)
         float(result.loss.total)  # waits for the step on a GPU
         if index >= spec["warmup"]:
             times.append(time.perf_counter() - start)
@@ -210,7 +215,8 @@ def _format_row(row: Dict[str, Any], matmul_rate: float) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, help="config files (default: %(default)s)")
-    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES), help="default: all")
+    parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES, choices=list(CASES),
+                        help=f"default: {' '.join(DEFAULT_CASES)}")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: os.cpu_count())")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per case; the median is reported")

@@ -8,6 +8,7 @@ foregrounds, shifts and actions.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 from dataclasses import dataclass, replace
 from typing import Dict, Iterable, Optional, Sequence
@@ -85,7 +86,7 @@ class Glass(nn.Module):
 
     def forward(self, observations: torch.Tensor, num_ground_truth_steps: int, run_lma: bool = True,
                 gumbel_temperature: Optional[float] = None, sample_noise: bool = False,
-                colour_orders: Optional[torch.Tensor] = None) -> GlassOutput:
+                colour_orders: Optional[torch.Tensor] = None, freeze_gma: bool = False) -> GlassOutput:
         """observations (B, T, 3, H, W) in [−1, 1], T ≥ 2 → `GlassOutput`.
 
         The LMA unrolls T−1 steps, the first `num_ground_truth_steps` (T_f, 1 ≤ T_f ≤ T−1)
@@ -95,10 +96,12 @@ class Glass(nn.Module):
         mode; `sample_noise` draws the dynamics noise from N(0, 1) instead of zeros. `colour_orders` (B, 3)
         (training.colour_permutation, training only): the LMA sees window b's foregrounds with their channels in
         the order colour_orders[b] and its foreground outputs are put back in the frames' order
-        (model/augmentation.py); the GMA reads the frames as they are.
+        (model/augmentation.py); the GMA reads the frames as they are. `freeze_gma` (training.gma_freeze_step): the
+        GMA runs without autograd (its outputs need no gradient; the LMA's inputs are detached anyway).
         """
         assert_shape(observations, (None, None, 3, *self.frame_size), "observations")
-        gma = self.gma(observations)
+        with torch.no_grad() if freeze_gma else contextlib.nullcontext():
+            gma = self.gma(observations)
         if not run_lma:
             return GlassOutput(gma=gma, lma=None)
         foregrounds, shifted_foregrounds = gma.foregrounds.detach(), gma.shifted_foregrounds.detach()

@@ -594,6 +594,13 @@ class TrainingConfig:
     # evaluation.observations_count frames, seeded by evaluation.seed; model.glass.refit_action_reader_statistics),
     # so the fixed function is the one training used, not an exponential average of earlier weights. 0 = off.
     action_freeze_refit_batches: int = 0
+    # Ours, opt-in: from this 0-based step on (at or after the GMA warm-up's end), the GMA stops learning and runs
+    # without autograd — no gradient, no optimiser step for its parameters, its loss terms still computed and logged
+    # (they then move nothing). The LMA reads the GMA's outputs detached in any case, so nothing else changes in what
+    # it learns from; the step skips the GMA's backward and loss gradients (about a third of a W-Sprites step of the
+    # CPU configs). The GMA stays in training mode: BatchNorm on batch statistics, as the LMA saw it before, its
+    # running statistics still following the batches for evaluation. 0 = off (the authors').
+    gma_freeze_step: int = 0
     # Ours, opt-in: keep an exponential moving average of the weights, with this decay at most (utils/training/
     # averaging.py: min(decay, (1 + step) / (10 + step)) after each step, so the average spans about the last tenth of
     # the run until that reaches 1 / (1 − decay) steps), saved in checkpoints; evaluation, generation and play read
@@ -659,6 +666,11 @@ class TrainingConfig:
                  f"must be >= 0 (0 = off), got {self.action_freeze_step}")
         _require(self.action_freeze_refit_batches >= 0, prefix + "action_freeze_refit_batches",
                  f"must be >= 0 (0 = off), got {self.action_freeze_refit_batches}")
+        _require(self.gma_freeze_step >= 0, prefix + "gma_freeze_step",
+                 f"must be >= 0 (0 = off), got {self.gma_freeze_step}")
+        _require(not self.gma_freeze_step or self.gma_freeze_step >= self.gma_warmup_steps, prefix + "gma_freeze_step",
+                 f"must be 0 (off) or >= training.gma_warmup_steps ({self.gma_warmup_steps}): a frozen GMA during the "
+                 f"warm-up would leave the step nothing to learn, got {self.gma_freeze_step}")
         _require(not self.action_freeze_refit_batches or self.action_freeze_step > 0,
                  prefix + "action_freeze_refit_batches",
                  "needs training.action_freeze_step > 0 (it refits at the freeze)")

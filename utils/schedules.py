@@ -78,6 +78,11 @@ def in_gma_warmup(training: TrainingConfig, step: int) -> bool:
     return step < training.gma_warmup_steps
 
 
+def gma_frozen(training: TrainingConfig, step: int) -> bool:
+    """True from 0-based step `gma_freeze_step` on when it is set (> 0): the GMA no longer learns."""
+    return 0 < training.gma_freeze_step <= step
+
+
 def action_readers_frozen(training: TrainingConfig, step: int) -> bool:
     """True from 0-based step `action_freeze_step` on when it is set (> 0): the LMA's action readers
     (`LocalMotionAnalysis.action_readers`) no longer learn."""

@@ -5,7 +5,7 @@ import bisect
 import collections
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -29,6 +29,7 @@ from utils.pretrained import MissingWeightsError
 from utils.run_logger import lma_step_statistics
 from utils.schedules import (
     action_readers_frozen,
+    gma_frozen,
     ground_truth_steps_at,
     gumbel_temperature_at,
     in_gma_warmup,
@@ -120,7 +121,8 @@ class Trainer:
             WeightAverage(self.model, self.training.weight_average_decay)
             if self.training.weight_average_decay > 0 and context.is_main else None)
         self._frozen_state_keys: Optional[set] = None  # the frozen readers' state-dict keys, found once
-        self._phase_runs_lma: Optional[bool] = None  # the phase the following are for (warm-up or not)
+        # the phase the following are for: (whether the LMA runs, whether the GMA is frozen)
+        self._phase: Optional[Tuple[bool, bool]] = None
         self._forward_module: nn.Module = self.model
         self._idle_parameters: List[nn.Parameter] = []
 
@@ -139,8 +141,10 @@ class Trainer:
         return vgg.to(self.device)
 
     def _enter_phase(self, observations: torch.Tensor, plan: Dict[str, Any]) -> None:
-        """At the first step of a phase (warm-up or not): find the idle parameters, wrap the model."""
-        if plan["run_lma"] == self._phase_runs_lma:
+        """At the first step of a phase (warm-up, the LMA trained, the GMA frozen): find the idle parameters, wrap the
+        model."""
+        phase = (plan["run_lma"], plan["freeze_gma"])
+        if phase == self._phase:
             return
         self._forward_module = self.model  # free the previous wrapper's gradient buckets first
         idle_names = set(self.parameters_without_gradient(observations, plan))
@@ -151,22 +155,21 @@ class Trainer:
             module = DistributedDataParallel(module, device_ids=device_ids)
         if self.training.compile:
             module = torch.compile(module)
-        self._forward_module, self._phase_runs_lma = module, plan["run_lma"]
+        self._forward_module, self._phase = module, phase
 
     def parameters_without_gradient(self, observations: torch.Tensor, plan: Dict[str, Any]) -> List[str]:
         """Names of the trainable parameters that the loss of a step planned as `plan` leaves without
-        gradient, found by a forward and backward of the bare model on `observations` that leaves no
-        trace (gradients cleared, batch-norm statistics and random generators as before)."""
+        gradient, found by a forward of the bare model on `observations` and `torch.autograd.grad` of its loss,
+        which leaves no trace (no `.grad` written, so no hook of a previous phase's DistributedDataParallel
+        wrapper fires; batch-norm statistics and random generators as before)."""
+        named = [(name, parameter) for name, parameter in self.model.named_parameters() if parameter.requires_grad]
         with preserved_buffers(self.model), preserved_random_state(self.device):
             with self._autocast():
                 output = self.model(observations, plan["ground_truth_steps"], run_lma=plan["run_lma"],
-                                    gumbel_temperature=plan["gumbel_temperature"])
+                                    gumbel_temperature=plan["gumbel_temperature"], freeze_gma=plan["freeze_gma"])
                 total = self.loss(observations, output, lma_loss_scale=plan["lma_loss_scale"]).total
-            total.backward()
-            unused = [name for name, parameter in self.model.named_parameters()
-                      if parameter.requires_grad and parameter.grad is None]
-            self.optimizer.zero_grad(set_to_none=True)
-        return unused
+            gradients = torch.autograd.grad(total, [parameter for _, parameter in named], allow_unused=True)
+        return [name for (name, _), gradient in zip(named, gradients) if gradient is None]
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -174,8 +177,8 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def curriculum(self, step: int, observations_count: int) -> Dict[str, Any]:
-        """T_f, whether the LMA runs, its loss scale and the Gumbel temperature at 0-based `step` for sequences
-        of T frames."""
+        """T_f, whether the LMA runs, its loss scale, the Gumbel temperature and whether the GMA is frozen
+        (training.gma_freeze_step) at 0-based `step` for sequences of T frames."""
         warmup = in_gma_warmup(self.training, step)
         return {
             "ground_truth_steps": ground_truth_steps_at(self.training, step, observations_count),
@@ -183,6 +186,7 @@ class Trainer:
             "lma_loss_scale": 0.0 if warmup else 1.0,
             "gumbel_temperature": (gumbel_temperature_at(self.training, step) if self.config.model.lma.use_gumbel
                                    else None),
+            "freeze_gma": gma_frozen(self.training, step),
         }
 
     def prepare_observations(self, observations: torch.Tensor) -> torch.Tensor:
@@ -219,7 +223,8 @@ class Trainer:
         with self._autocast():
             output = self._forward_module(observations, plan["ground_truth_steps"], run_lma=plan["run_lma"],
                                           gumbel_temperature=plan["gumbel_temperature"],
-                                          colour_orders=self.colour_orders(observations.shape[0], step))
+                                          colour_orders=self.colour_orders(observations.shape[0], step),
+                                          freeze_gma=plan["freeze_gma"])
             result = self.loss(observations, output, lma_loss_scale=plan["lma_loss_scale"])
         total = result.total
         if self.context.is_distributed and self._idle_parameters:

@@ -211,6 +211,59 @@ def test_action_freeze_step_holds_what_reads_the_actions_while_the_rest_learns(o
     assert trainer.action_modules_frozen(5) == [lma.action_encoder, lma.action_network]
 
 
+def test_gma_freeze_step_holds_the_gma_and_leaves_the_lma_step_as_it_was(one_torch_thread):
+    """training.gma_freeze_step 2: steps 0 and 1 train the GMA; at steps 2 and 3 its parameters stay bit-identical
+    and no GMA parameter gets a gradient, its loss terms are still reported, and the LMA's step at the freeze is the
+    one an unfrozen twin makes on the same batch (the LMA reads the GMA's outputs detached). A freeze inside the GMA
+    warm-up is refused."""
+    import copy
+
+    from tests.small_model import NO_PERCEPTUAL_LOSSES, SMALL_MODEL
+    from utils.distributed import initialize
+    from utils.errors import ConfigError
+    from utils.schedules import gma_frozen
+    from utils.training.trainer import Trainer
+
+    overrides = [*SMALL_MODEL, *NO_PERCEPTUAL_LOSSES, "training.observations_count={start: 3, end: 3}",
+                 "training.ground_truth_steps={start: 2, end: 2}"]
+    path = os.path.join(REPOSITORY, "configs", "wsprites.yaml")
+    with pytest.raises(ConfigError, match="gma_freeze_step"):
+        load_config(path, [*overrides, "training.gma_warmup_steps=3", "training.gma_freeze_step=2"])
+    with pytest.raises(ConfigError, match="gma_freeze_step"):
+        load_config(path, [*overrides, "training.gma_freeze_step=-1"])
+    config = load_config(path, [*overrides, "training.gma_warmup_steps=1", "training.gma_freeze_step=2"])
+    assert [gma_frozen(config.training, step) for step in range(4)] == [False, False, True, True]
+    twin_config = load_config(path, [*overrides, "training.gma_warmup_steps=1"])
+    batches = [{"observations": torch.rand(2, 3, 3, 96, 128, generator=torch.Generator().manual_seed(seed)) * 2 - 1}
+               for seed in range(4)]
+    torch.manual_seed(0)
+    trainer = Trainer(config, initialize("cpu"))
+    twin = Trainer(twin_config, initialize("cpu"))
+    twin.model.load_state_dict(copy.deepcopy(trainer.model.state_dict()))
+
+    def snapshot(module):
+        return {name: value.detach().clone() for name, value in module.named_parameters()}
+
+    for step in range(4):
+        gma_before = snapshot(trainer.model.gma)
+        result = trainer.training_step(batches[step], step)
+        twin.training_step(batches[step], step)
+        gma_after = snapshot(trainer.model.gma)
+        moved = [name for name in gma_before if not torch.equal(gma_before[name], gma_after[name])]
+        if step < 2:
+            assert moved, step
+        else:
+            assert moved == [], step
+            assert all(parameter.grad is None for parameter in trainer.model.gma.parameters())
+            assert all(torch.isfinite(result.loss.terms[name]) for name in ("reconstruction_loss", "background_loss"))
+            twin_gma = snapshot(twin.model.gma)
+            assert any(not torch.equal(twin_gma[name], gma_after[name]) for name in twin_gma), "the twin's GMA learns"
+        if step in (1, 2):  # the LMA trains from step 1; at step 2 both GMAs are still the same, so are its inputs
+            for (name, ours), (_, theirs) in zip(trainer.model.lma.named_parameters(),
+                                                 twin.model.lma.named_parameters()):
+                assert torch.equal(ours, theirs), (step, name)
+
+
 def test_the_freeze_refits_the_readers_statistics_first_when_asked(one_torch_thread, dataset_root, capsys):
     """training.action_freeze_refit_batches 2: at the freeze step (1) the readers' running statistics become those
     `refit_action_reader_statistics` gives with the weights after step 0 on two training batches; their parameters
