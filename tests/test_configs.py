@@ -140,7 +140,8 @@ AUTHORS_VALUES = {"model.lma.decoder_skip": False, "model.lma.decoder_skip_mask"
                   "loss.action_mask_prediction_weight": 1.0, "training.codebook_kmeans_init": False,
                   "training.codebook_restart_every": 0, "training.action_freeze_step": 0,
                   "training.action_freeze_refit_batches": 0, "training.weight_average_decay": 0.0,
-                  "training.colour_permutation": 0.0, "training.gma_freeze_step": 0}
+                  "training.colour_permutation": 0.0, "training.gma_freeze_step": 0,
+                  "training.gma_freeze_average": False}
 
 
 # The CPU-sized configs turn some of those options on; every other config is a paper config.

@@ -423,7 +423,8 @@ def test_sigterm_finishes_the_step_saves_and_exits(dataset_root, tmp_path):
 def test_two_cpu_processes_keep_identical_replicas_and_stop_together(dataset_root, tmp_path):
     """--num-gpus 2 --device cpu: two gloo processes (one thread each on 2 cores) on a fresh localhost port.
     Every checkpoint first checks that the replicas are bit-identical (the run fails otherwise), the
-    codebook's k-means start and restarts included, and the GMA frozen from the warm-up's end stays as it was; SIGTERM
+    codebook's k-means start and restarts included, and the GMA frozen at rank 0's average from the warm-up's
+    end stays so; SIGTERM
     to the launcher reaches both processes, which finish the step and save."""
     runs = str(tmp_path / "runs")
     command = [sys.executable, "train.py", *arguments(
@@ -432,7 +433,8 @@ def test_two_cpu_processes_keep_identical_replicas_and_stop_together(dataset_roo
         # the codebook options change the codebook in place on every process: the replicas must stay identical
         "training.codebook_kmeans_init=true", "training.codebook_restart_every=1",
         "training.weight_average_decay=0.9",  # kept by rank 0 alone, which saves it and draws the media with it
-        "training.gma_freeze_step=2")]  # the GMA's parameters idle from the warm-up's end: DDP must not wait for them
+        # the GMA's parameters idle from the warm-up's end (DDP must not wait for them), at rank 0's average
+        "training.gma_freeze_step=2", "training.gma_freeze_average=true")]
     status, output, errors = _stop_with_sigterm(command, os.path.join(runs, "ddp", "metrics.jsonl"), rows=4)
     assert status == 128 + signal.SIGTERM, errors
     assert "2 process(es) × batch 1" in output and "stopped by SIGTERM" in output
@@ -447,8 +449,9 @@ def test_two_cpu_processes_keep_identical_replicas_and_stop_together(dataset_roo
                if name.startswith("lma.decoder.")), "the LMA's decoder trained"
     buffers = ("running_mean", "running_var", "num_batches_tracked")  # BatchNorm's: they follow the batches
     gma_parameters = [name for name in final["model"] if name.startswith("gma.") and not name.endswith(buffers)]
-    assert gma_parameters and all(torch.equal(after_warmup["model"][name], final["model"][name])
-                                  for name in gma_parameters), "the GMA frozen from step 2 (training.gma_freeze_step)"
+    assert gma_parameters and all(torch.equal(after_warmup["averaged_model"][name], final["model"][name])
+                                  for name in gma_parameters), "the GMA frozen from step 2 at the average of step 1"
+    assert any(not torch.equal(after_warmup["model"][name], final["model"][name]) for name in gma_parameters)
 
 
 @pytest.fixture

@@ -601,6 +601,10 @@ class TrainingConfig:
     # CPU configs). The GMA stays in training mode: BatchNorm on batch statistics, as the LMA saw it before, its
     # running statistics still following the batches for evaluation. 0 = off (the authors').
     gma_freeze_step: int = 0
+    # Ours, opt-in, with gma_freeze_step and weight_average_decay: at the freeze, the GMA first takes its moving
+    # average's weights and BatchNorm statistics (rank 0's, given to every process), so what stays is the smoothed
+    # GMA rather than the last step's; a run at the full learning rate until the freeze otherwise locks a noisier one.
+    gma_freeze_average: bool = False
     # Ours, opt-in: keep an exponential moving average of the weights, with this decay at most (utils/training/
     # averaging.py: min(decay, (1 + step) / (10 + step)) after each step, so the average spans about the last tenth of
     # the run until that reaches 1 / (1 − decay) steps), saved in checkpoints; evaluation, generation and play read
@@ -671,6 +675,10 @@ class TrainingConfig:
         _require(not self.gma_freeze_step or self.gma_freeze_step >= self.gma_warmup_steps, prefix + "gma_freeze_step",
                  f"must be 0 (off) or >= training.gma_warmup_steps ({self.gma_warmup_steps}): a frozen GMA during the "
                  f"warm-up would leave the step nothing to learn, got {self.gma_freeze_step}")
+        _require(not self.gma_freeze_average or (self.gma_freeze_step > 0 and self.weight_average_decay > 0),
+                 prefix + "gma_freeze_average",
+                 "needs training.gma_freeze_step > 0 and training.weight_average_decay > 0 (it loads the average at "
+                 "the freeze)")
         _require(not self.action_freeze_refit_batches or self.action_freeze_step > 0,
                  prefix + "action_freeze_refit_batches",
                  "needs training.action_freeze_step > 0 (it refits at the freeze)")

@@ -294,6 +294,14 @@ def broadcast_buffers(context: DistributedContext, module: nn.Module) -> None:
         dist.broadcast(buffer, src=0)
 
 
+def broadcast_tensors(context: DistributedContext, tensors: List[torch.Tensor]) -> None:
+    """Give every process rank 0's values of `tensors` (in place; the same list, in the same order, everywhere)."""
+    if not context.is_distributed:
+        return
+    for tensor in tensors:
+        dist.broadcast(tensor, src=0)
+
+
 def _bit_checksums(tensor: torch.Tensor) -> torch.Tensor:
     """Two int64 checksums of a tensor's bytes: their sum and their position-weighted sum.
 

@@ -21,7 +21,7 @@ from model.ops import native_transforms
 from model.vgg import build_vgg_features
 from utils.checkpoint import AVERAGED_MODEL_KEY
 from utils.config import Config, TrainingConfig
-from utils.distributed import DistributedContext, all_gather_objects, average_over_processes
+from utils.distributed import DistributedContext, all_gather_objects, average_over_processes, broadcast_tensors
 from utils.errors import GlassError
 from utils.evaluation.action_metrics import reader_refit_batches
 from utils.metrics import code_effect_db, switch_transitions
@@ -215,6 +215,8 @@ class Trainer:
         self.model.train()
         if self.training.action_freeze_refit_batches and step == self.training.action_freeze_step:
             self.refit_frozen_readers()
+        if self.training.gma_freeze_average and step == self.training.gma_freeze_step:
+            self.load_gma_average()
         frozen = self.action_modules_frozen(step)
         for module in frozen:  # training.action_freeze_step: a fixed function, BatchNorm on running statistics
             module.eval()
@@ -266,6 +268,20 @@ class Trainer:
         if codebook_moved:
             copied = copied | {parameter_state_key(self.model, self.model.lma.action_network.codebook)}
         self.weight_average.update(self.model, step, copied)
+
+    @torch.no_grad()
+    def load_gma_average(self) -> None:
+        """`training.gma_freeze_average`: at the GMA's freeze, its parameters and BatchNorm statistics become those of
+        the moving average of the weights (rank 0 keeps it; every process then takes rank 0's values)."""
+        state = self.model.state_dict()
+        keys = sorted(module_state_keys(self.model, [self.model.gma]))
+        if self.weight_average is not None:
+            average = self.weight_average.state_dict()
+            for key in keys:
+                state[key].copy_(average[key])
+        broadcast_tensors(self.context, [state[key] for key in keys])
+        if self.context.is_main:
+            print(f"step {self.training.gma_freeze_step}: the GMA is frozen at its moving average", flush=True)
 
     def refit_frozen_readers(self) -> int:
         """`training.action_freeze_refit_batches` N: at the freeze step, the action readers' BatchNorm running

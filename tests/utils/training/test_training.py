@@ -264,6 +264,39 @@ def test_gma_freeze_step_holds_the_gma_and_leaves_the_lma_step_as_it_was(one_tor
                 assert torch.equal(ours, theirs), (step, name)
 
 
+def test_gma_freeze_average_freezes_the_gma_at_its_moving_average(one_torch_thread):
+    """training.gma_freeze_average: at the freeze step (2) the GMA's parameters become the moving average's after
+    step 1, and stay so; the LMA's do not. It is refused without the freeze or without an average."""
+    from tests.small_model import NO_PERCEPTUAL_LOSSES, SMALL_MODEL
+    from utils.distributed import initialize
+    from utils.errors import ConfigError
+    from utils.training.trainer import Trainer
+
+    overrides = [*SMALL_MODEL, *NO_PERCEPTUAL_LOSSES, "training.observations_count={start: 3, end: 3}",
+                 "training.ground_truth_steps={start: 2, end: 2}", "training.gma_warmup_steps=1",
+                 "training.gma_freeze_average=true"]
+    path = os.path.join(REPOSITORY, "configs", "wsprites.yaml")
+    for missing in (["training.weight_average_decay=0.5"], ["training.gma_freeze_step=2"]):
+        with pytest.raises(ConfigError, match="gma_freeze_average"):
+            load_config(path, [*overrides, *missing])
+    config = load_config(path, [*overrides, "training.weight_average_decay=0.5", "training.gma_freeze_step=2"])
+    batches = [{"observations": torch.rand(2, 3, 3, 96, 128, generator=torch.Generator().manual_seed(seed)) * 2 - 1}
+               for seed in range(4)]
+    torch.manual_seed(0)
+    trainer = Trainer(config, initialize("cpu"))
+    for step in range(2):
+        trainer.training_step(batches[step], step)
+    average = {name: tensor.clone() for name, tensor in trainer.weight_average.state_dict().items()}
+    gma = [name for name, _ in trainer.model.named_parameters() if name.startswith("gma.")]
+    lma = [name for name, _ in trainer.model.named_parameters() if name.startswith("lma.decoder.")]
+    parameters = dict(trainer.model.named_parameters())
+    assert any(not torch.equal(parameters[name], average[name]) for name in gma), "0.5: the average lags"
+    for step in (2, 3):
+        trainer.training_step(batches[step], step)
+        assert all(torch.equal(parameters[name], average[name]) for name in gma), step
+        assert any(not torch.equal(parameters[name], average[name]) for name in lma), step
+
+
 def test_the_freeze_refits_the_readers_statistics_first_when_asked(one_torch_thread, dataset_root, capsys):
     """training.action_freeze_refit_batches 2: at the freeze step (1) the readers' running statistics become those
     `refit_action_reader_statistics` gives with the weights after step 0 on two training batches; their parameters
