@@ -288,10 +288,7 @@ def broadcast_buffers(context: DistributedContext, module: nn.Module) -> None:
     training are always rank 0's; in between, each process's forward has moved its own copy
     with its own batch. Call before saving or checking the replicas.
     """
-    if not context.is_distributed:
-        return
-    for buffer in module.buffers():
-        dist.broadcast(buffer, src=0)
+    broadcast_tensors(context, list(module.buffers()))
 
 
 def broadcast_tensors(context: DistributedContext, tensors: List[torch.Tensor]) -> None:
