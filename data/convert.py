@@ -530,7 +530,9 @@ def _results(jobs: List[Job], options: FrameOptions, workers: int) -> Iterator[R
         return
     import multiprocessing
 
-    with multiprocessing.Pool(min(workers, len(jobs))) as pool:  # leaving terminates it
+    # Spawned, not forked: a fork copies this process's threads' locks (PyAV's decoder threads, tqdm's monitor, the
+    # OpenMP pool of a caller that imported torch) held, and a worker that needs one waits forever (a test run hung so).
+    with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:  # leaving terminates it
         yield from pool.imap_unordered(partial(convert_video, options=options), jobs)
 
 
