@@ -94,8 +94,8 @@ def test_c3_config_is_the_c2_one_with_the_longer_run_recipe():
     assert {key: c3[key] for key in c3 if c3[key] != c2[key]} == {
         "name": "wsprites-c3", "data.root": "datasets/wsprites-c3", "model.lma.glimpse": [64, 80],
         "model.lma.num_actions": 16, "model.lma.hidden_size": 32, "model.lma.decoder_channels": [64, 32, 16],
-        "training.num_steps": 6000, "training.lr_gamma": 0.3, "training.weight_average_decay": 0.999,
-        "training.gma_freeze_step": 3000, "training.gma_freeze_average": True}
+        "training.num_steps": 4000, "training.lr_milestones": [2000], "training.lr_gamma": 0.3,
+        "training.weight_average_decay": 0.999, "training.gma_freeze_step": 2000, "training.gma_freeze_average": True}
     # the run goes past the readers' freeze and the learning-rate drop, where the GMA freezes at its average
     assert c3["training.action_freeze_step"] < c3["training.lr_milestones"][0] < c3["training.num_steps"]
     assert c3["training.gma_freeze_step"] == c3["training.lr_milestones"][0]
