@@ -359,7 +359,7 @@ def test_the_settings_the_lma_alone_does_not_apply_are_named():
     assert lma_alone.settings_not_applied(load_config(os.path.join(configs, "wsprites-tiny.yaml")), 600) == []
     notes = lma_alone.settings_not_applied(load_config(os.path.join(configs, "wsprites-c3.yaml")), 4000)
     assert [note.split(" (")[0] for note in notes] == [
-        "loss.code_switch_weight 10", "training.lr_milestones [3000]", "training.action_freeze_refit_batches",
+        "loss.code_switch_weight 10", "training.lr_milestones [2000]", "training.action_freeze_refit_batches",
         "training.weight_average_decay"]
     assert "--switch-weight 10 --switch-on codes" in notes[0]
     # a milestone the run does not reach changes nothing; a colour permutation is named
